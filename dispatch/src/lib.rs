@@ -1,0 +1,31 @@
+//! Tern's dispatch: turns client requests into durable, ordered conversation state and pushes.
+//!
+//! - [`Dispatcher`] ([`dispatcher`]): routes one request to its handler and returns the answer.
+//! - [`pipeline`]: group commit: sends wait in one queue, are appended to the store in batches
+//!   (one durable write per batch), then acknowledged and pushed in sequence order.
+//! - One module per request kind, each returning a reply frame and never touching a socket:
+//!   [`send`], [`recall`], [`receipt`], [`sync`], [`conversations`], [`group`].
+//! - [`membership`]: who may use a conversation.
+//! - [`push`]: the [`Pusher`] trait through which deliveries reach connections.
+//! - [`config`], [`error`], [`metrics`].
+//!
+//! Dispatch is stateless apart from the store: any worker can serve any request.
+
+pub mod config;
+pub mod conversations;
+pub mod dispatcher;
+pub mod error;
+pub mod group;
+pub mod membership;
+pub mod metrics;
+pub mod pipeline;
+pub mod push;
+pub mod recall;
+pub mod receipt;
+pub mod send;
+pub mod sync;
+
+pub use config::DispatchConfig;
+pub use dispatcher::{BoxFuture, Dispatcher, Origin};
+pub use error::DispatchError;
+pub use push::Pusher;

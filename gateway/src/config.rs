@@ -1,0 +1,33 @@
+//! The gateway's limits and timings. Every limit bounds memory or work; its doc says the cost.
+
+use tern_proto::session::server::ServerSessionConfig;
+
+/// Gateway settings. Defaults suit a loopback development server.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Login timeout, heartbeat interval, idle timeout and maximum frame size.
+    pub session: ServerSessionConfig,
+    /// Cap on bytes queued for one connection that it has not read yet. Past it the connection
+    /// is kicked (SLOW_CONSUMER) and closed; the client recovers by sync. Worst-case memory per
+    /// connection is about this much. Default 1 MiB.
+    pub max_outbound_bytes: usize,
+    /// Cap on frames queued for one connection (same effect as the byte cap). Default 4096.
+    pub max_outbound_frames: usize,
+    /// Requests of one connection being processed at once; past it the gateway stops reading
+    /// that connection until one finishes (back-pressure). Default 256.
+    pub max_inflight_requests: usize,
+    /// Connections held at once; further connections are closed at accept. Default 100_000.
+    pub max_connections: usize,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            session: ServerSessionConfig::default(),
+            max_outbound_bytes: 1024 * 1024,
+            max_outbound_frames: 4096,
+            max_inflight_requests: 256,
+            max_connections: 100_000,
+        }
+    }
+}

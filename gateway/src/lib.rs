@@ -1,0 +1,28 @@
+//! Tern's gateway: holds client connections and moves frames between them and dispatch.
+//!
+//! - [`config`]: the gateway's limits and timings.
+//! - [`auth`]: JWT (HS256) login tokens.
+//! - [`upstream`]: the [`Upstream`] trait through which requests reach dispatch.
+//! - [`registry`]: which local connection holds each (user, device); pushes and kicks.
+//! - [`outbound`]: a connection's bounded outbound queue (the slow-reader cap).
+//! - [`connection`]: the I/O loop of one connection, driving the sans-IO
+//!   [`tern_proto::session::server::ServerSession`].
+//! - [`server`]: the accept loop ([`serve`]) with a shutdown future.
+//! - [`metrics`]: counters in Prometheus text format.
+//!
+//! The gateway keeps no durable state.
+
+pub mod auth;
+pub mod config;
+pub mod connection;
+pub mod metrics;
+pub mod outbound;
+pub mod registry;
+pub mod server;
+pub mod upstream;
+
+pub use auth::TokenKey;
+pub use config::GatewayConfig;
+pub use registry::Registry;
+pub use server::{Gateway, serve};
+pub use upstream::{BoxFuture, RequestCtx, Upstream};

@@ -1,0 +1,115 @@
+//! Gateway counters, rendered in Prometheus text format.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Gateway counters and gauges. All updates are relaxed atomics.
+#[derive(Debug, Default)]
+pub struct GatewayMetrics {
+    /// Connections open now.
+    pub connections_open: AtomicU64,
+    /// Connections accepted since start.
+    pub connections_accepted: AtomicU64,
+    /// Connections refused because `max_connections` was reached.
+    pub connections_rejected: AtomicU64,
+    /// Successful logins.
+    pub logins_ok: AtomicU64,
+    /// Refused logins (bad or expired token, unsupported version).
+    pub logins_failed: AtomicU64,
+    /// Connections closed for sending no Login in time.
+    pub login_timeouts: AtomicU64,
+    /// Connections closed for silence.
+    pub idle_timeouts: AtomicU64,
+    /// Older connections kicked by a newer login of the same device.
+    pub duplicate_login_kicks: AtomicU64,
+    /// Connections closed because their outbound queue hit its cap.
+    pub slow_consumer_kicks: AtomicU64,
+    /// Connections closed for a malformed or oversized frame or a frame before login.
+    pub bad_frames: AtomicU64,
+    /// Frames received.
+    pub frames_in: AtomicU64,
+    /// Frames queued for sending.
+    pub frames_out: AtomicU64,
+}
+
+impl GatewayMetrics {
+    /// Appends every metric to `out` in Prometheus text exposition format.
+    pub fn render(&self, out: &mut String) {
+        let rows: [(&str, &str, &str, &AtomicU64); 12] = [
+            (
+                "tern_gateway_connections_open",
+                "gauge",
+                "Client connections open now.",
+                &self.connections_open,
+            ),
+            (
+                "tern_gateway_connections_accepted_total",
+                "counter",
+                "Client connections accepted.",
+                &self.connections_accepted,
+            ),
+            (
+                "tern_gateway_connections_rejected_total",
+                "counter",
+                "Connections refused at the connection limit.",
+                &self.connections_rejected,
+            ),
+            ("tern_gateway_logins_total", "counter", "Successful logins.", &self.logins_ok),
+            (
+                "tern_gateway_login_failures_total",
+                "counter",
+                "Refused logins.",
+                &self.logins_failed,
+            ),
+            (
+                "tern_gateway_login_timeouts_total",
+                "counter",
+                "Connections closed for no Login in time.",
+                &self.login_timeouts,
+            ),
+            (
+                "tern_gateway_idle_timeouts_total",
+                "counter",
+                "Connections closed for silence.",
+                &self.idle_timeouts,
+            ),
+            (
+                "tern_gateway_duplicate_login_kicks_total",
+                "counter",
+                "Connections kicked by a newer login of the same device.",
+                &self.duplicate_login_kicks,
+            ),
+            (
+                "tern_gateway_slow_consumer_kicks_total",
+                "counter",
+                "Connections closed at the outbound queue cap.",
+                &self.slow_consumer_kicks,
+            ),
+            (
+                "tern_gateway_bad_frames_total",
+                "counter",
+                "Connections closed for a bad frame or a frame before login.",
+                &self.bad_frames,
+            ),
+            (
+                "tern_gateway_frames_in_total",
+                "counter",
+                "Frames received from clients.",
+                &self.frames_in,
+            ),
+            (
+                "tern_gateway_frames_out_total",
+                "counter",
+                "Frames queued to clients.",
+                &self.frames_out,
+            ),
+        ];
+        for (name, kind, help, v) in rows {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
+                v.load(Relaxed)
+            );
+        }
+    }
+}

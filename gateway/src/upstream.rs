@@ -1,0 +1,31 @@
+//! The seam between the gateway and dispatch: in embedded mode an in-process call, in the
+//! distributed mode a link to dispatch workers.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tern_proto::v1::Envelope;
+
+/// A boxed future.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Who sent a request: the logged-in identity of a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestCtx {
+    /// The user.
+    pub user_id: String,
+    /// The user's device.
+    pub device_id: String,
+    /// The gateway's id for the connection (pushes skip the sending connection).
+    pub connection_id: u64,
+}
+
+/// Where logged-in requests go.
+pub trait Upstream: Send + Sync + 'static {
+    /// Handles one request and resolves to its answer (a response frame or an Error frame
+    /// carrying the request's id). Work that fixes the order of requests (entering the send
+    /// pipeline) happens before this returns, so requests of one connection keep their order
+    /// even though their answers are awaited concurrently.
+    fn request(&self, ctx: &Arc<RequestCtx>, env: Envelope) -> BoxFuture<'static, Envelope>;
+}

@@ -1,0 +1,261 @@
+//! Replays the committed fuzz corpus (`fuzz/corpus/<target>/`) through the fuzz bodies on stable,
+//! and keeps the generated seed files in that corpus up to date.
+//!
+//! To (re)write the seeds after changing them here: `TERN_WRITE_CORPUS=1 cargo test -p
+//! tern-proto --test fuzz_corpus`.
+
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::path::PathBuf;
+
+use prost::Message as _;
+use tern_proto::fuzzing;
+use tern_proto::v1::{self, envelope::Body};
+
+/// A fuzz target: its name (directory under `fuzz/corpus/`) and its body.
+type Target = (&'static str, fn(&[u8]));
+
+const TARGETS: [Target; 3] = [
+    ("frame_decoder", fuzzing::frame_decoder),
+    ("envelope", fuzzing::envelope),
+    ("server_session", fuzzing::server_session),
+];
+
+fn corpus_dir(target: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(target)
+}
+
+fn env(request_id: u64, body: Body) -> v1::Envelope {
+    v1::Envelope { request_id, body: Some(body) }
+}
+
+fn login(token: &str, protocol_version: u32) -> v1::Envelope {
+    env(
+        1,
+        Body::Login(v1::Login {
+            token: token.into(),
+            protocol_version,
+            client_version: "seed/1".into(),
+        }),
+    )
+}
+
+fn send() -> v1::Envelope {
+    env(
+        2,
+        Body::Send(v1::Send {
+            conversation_id: "dm:alice:bob".into(),
+            client_msg_id: "m-1".into(),
+            content_type: "text/plain".into(),
+            body: b"hello".to_vec().into(),
+            ..Default::default()
+        }),
+    )
+}
+
+fn group_event_message() -> v1::Message {
+    let event = v1::GroupEvent {
+        kind: v1::group_event::Kind::MembersAdded as i32,
+        actor_user_id: "alice".into(),
+        user_ids: vec!["bob".into(), "carol".into()],
+    };
+    v1::Message {
+        conversation_id: "g:team".into(),
+        seq: 3,
+        sender_user_id: "alice".into(),
+        kind: v1::MessageKind::GroupEvent as i32,
+        body: event.encode_to_vec().into(),
+        ..Default::default()
+    }
+}
+
+fn sync_page() -> v1::Envelope {
+    env(
+        5,
+        Body::SyncPage(v1::SyncPage {
+            conversation_id: "g:team".into(),
+            messages: vec![group_event_message()],
+            missing: vec![v1::SeqRange { first: 1, last: 2 }],
+            next_from_seq: 4,
+            has_more: false,
+            last_seq: 3,
+        }),
+    )
+}
+
+fn framed(envs: &[v1::Envelope]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in envs {
+        let bytes = e.encode_to_vec();
+        out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+        out.extend_from_slice(&bytes);
+    }
+    out
+}
+
+/// server_session op: a frame (opcode 0, 1-byte length, bytes).
+fn op_frame(e: &v1::Envelope) -> Vec<u8> {
+    let bytes = e.encode_to_vec();
+    let mut out = vec![0, u8::try_from(bytes.len()).unwrap_or(u8::MAX)];
+    out.extend_from_slice(&bytes);
+    out
+}
+
+/// server_session op: `secs` (0..=63) seconds pass, then a tick.
+fn op_wait(secs: u8) -> Vec<u8> {
+    vec![1 + 4 * secs.min(63)]
+}
+
+const OP_TO_DEADLINE: u8 = 2;
+const OP_TOO_LARGE: u8 = 3;
+
+fn with_seed(seed: u8, stream: Vec<u8>) -> Vec<u8> {
+    let mut out = vec![seed];
+    out.extend(stream);
+    out
+}
+
+/// The generated seeds: (target, file name, bytes).
+fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
+    let ping = env(3, Body::Ping(v1::Ping { client_time_ms: 1_700_000_000_000 }));
+    let login_ok = login("ok:alice:phone", 1);
+    vec![
+        // frame_decoder: first byte drives the chunk sizes, the rest is the byte stream.
+        ("frame_decoder", "seed-session", with_seed(0, framed(&[login_ok.clone(), ping.clone()]))),
+        ("frame_decoder", "seed-messages", with_seed(77, framed(&[send(), sync_page()]))),
+        ("frame_decoder", "seed-empty-envelope", with_seed(1, vec![0, 0, 0, 0])),
+        ("frame_decoder", "seed-too-large", with_seed(9, vec![0xFF, 0xFF, 0xFF, 0xFF, 1, 2])),
+        ("frame_decoder", "seed-just-over-max", with_seed(9, vec![0, 0, 2, 1])),
+        ("frame_decoder", "seed-malformed", with_seed(200, vec![0, 0, 0, 2, 0x52, 0x05])),
+        ("frame_decoder", "seed-truncated", with_seed(3, framed(&[send()])[..12].to_vec())),
+        // envelope: raw protobuf bytes.
+        ("envelope", "seed-login", login_ok.encode_to_vec()),
+        ("envelope", "seed-send", send().encode_to_vec()),
+        ("envelope", "seed-sync-page", sync_page().encode_to_vec()),
+        (
+            "envelope",
+            "seed-deliver-group-event",
+            env(0, Body::Deliver(v1::Deliver { message: Some(group_event_message()) }))
+                .encode_to_vec(),
+        ),
+        ("envelope", "seed-message", group_event_message().encode_to_vec()),
+        ("envelope", "seed-negative-enum", vec![0x72, 0x06, 0x08, 0xFF, 0xFF, 0xFF, 0xFF, 0x0F]),
+        ("envelope", "seed-unknown-field", vec![0x98, 0x06, 0x05, 0x08, 0x07]),
+        ("envelope", "seed-garbage", vec![0xFF; 11]),
+        // server_session: opcodes (see tern_proto::fuzzing::server_session).
+        (
+            "server_session",
+            "seed-happy-path",
+            [op_frame(&login_ok), op_wait(20), op_frame(&ping), op_frame(&send()), op_wait(63)]
+                .concat(),
+        ),
+        (
+            "server_session",
+            "seed-idle-timeout",
+            [op_frame(&login_ok), vec![OP_TO_DEADLINE], op_frame(&ping)].concat(),
+        ),
+        ("server_session", "seed-login-timeout", [op_wait(9), op_wait(1), op_wait(1)].concat()),
+        (
+            "server_session",
+            "seed-frame-before-login",
+            [op_frame(&ping), op_frame(&login_ok)].concat(),
+        ),
+        ("server_session", "seed-bad-token", op_frame(&login("nope", 1))),
+        ("server_session", "seed-expired-token", op_frame(&login("expired", 1))),
+        ("server_session", "seed-future-version", op_frame(&login("ok:a:b", 2))),
+        (
+            "server_session",
+            "seed-second-login-and-server-frames",
+            [
+                op_frame(&login_ok),
+                op_frame(&login_ok),
+                op_frame(&v1::Envelope::default()),
+                op_frame(&env(4, Body::Pong(v1::Pong::default()))),
+                op_frame(&sync_page()),
+            ]
+            .concat(),
+        ),
+        (
+            "server_session",
+            "seed-decode-errors",
+            [op_frame(&login_ok), vec![0, 2, 0x52, 0x05], vec![OP_TOO_LARGE]].concat(),
+        ),
+    ]
+}
+
+#[test]
+fn seed_corpus_is_committed_and_up_to_date() {
+    let write = std::env::var_os("TERN_WRITE_CORPUS").is_some();
+    let mut stale = Vec::new();
+    for (target, name, bytes) in seeds() {
+        let path = corpus_dir(target).join(name);
+        if write {
+            if let Err(e) = std::fs::create_dir_all(corpus_dir(target)) {
+                panic!("cannot create {}: {e}", corpus_dir(target).display());
+            }
+            if let Err(e) = std::fs::write(&path, &bytes) {
+                panic!("cannot write {}: {e}", path.display());
+            }
+        }
+        if std::fs::read(&path).ok().as_deref() != Some(&bytes[..]) {
+            stale.push(path.display().to_string());
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "seed files missing or stale (rerun with TERN_WRITE_CORPUS=1): {stale:#?}"
+    );
+}
+
+fn replay(target: &str, body: fn(&[u8])) {
+    let dir = corpus_dir(target);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) => panic!("corpus dir {} is missing: {e}", dir.display()),
+    };
+    let mut files: Vec<PathBuf> =
+        entries.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_file()).collect();
+    files.sort();
+    assert!(!files.is_empty(), "corpus dir {} is empty", dir.display());
+    for file in &files {
+        let data = match std::fs::read(file) {
+            Ok(data) => data,
+            Err(e) => panic!("cannot read {}: {e}", file.display()),
+        };
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| body(&data))) {
+            eprintln!("fuzz target {target} failed on {}", file.display());
+            resume_unwind(panic);
+        }
+    }
+}
+
+#[test]
+fn replay_frame_decoder_corpus() {
+    replay(TARGETS[0].0, TARGETS[0].1);
+}
+
+#[test]
+fn replay_envelope_corpus() {
+    replay(TARGETS[1].0, TARGETS[1].1);
+}
+
+#[test]
+fn replay_server_session_corpus() {
+    replay(TARGETS[2].0, TARGETS[2].1);
+}
+
+#[test]
+fn every_fuzz_target_has_a_replay() {
+    // The cargo-fuzz targets in fuzz/fuzz_targets/ must match the bodies replayed here.
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/fuzz_targets");
+    let mut found: Vec<String> = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().to_str()?.strip_suffix(".rs").map(str::to_owned))
+            .collect(),
+        Err(e) => panic!("{} is missing: {e}", dir.display()),
+    };
+    found.sort();
+    let mut expected: Vec<String> = TARGETS.iter().map(|(t, _)| (*t).to_owned()).collect();
+    expected.sort();
+    assert_eq!(found, expected);
+}

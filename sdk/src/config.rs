@@ -1,0 +1,73 @@
+//! The client's plain configuration struct; the app fills it (no files, no environment).
+
+use std::time::Duration;
+
+/// How a [`crate::Client`] connects and behaves. Build it with [`ClientConfig::new`] and change
+/// the public fields as needed.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Server address, `"host:port"`.
+    pub addr: String,
+    /// Login token (see docs/PROTOCOL.md "Tokens").
+    pub token: String,
+    /// How long a request (other than a send) waits for its answer, and the bound on connecting
+    /// and logging in. Default 10 s.
+    pub request_timeout: Duration,
+    /// How long [`crate::Client::send`] waits for the ack across reconnects before it returns
+    /// `SdkError::Timeout` (the message stays in the outbox and is resent later). Default 30 s.
+    pub send_timeout: Duration,
+    /// Largest frame accepted from the server, and largest sent (the server's own limit from
+    /// LoginOk applies too). Default 64 KiB. Costs nothing until a frame that large arrives.
+    pub max_frame_bytes: usize,
+    /// Free-form client name and version sent at login (at most 64 bytes).
+    pub client_version: String,
+    /// Capacity of the event channel. When the app does not drain it, the connection task waits
+    /// (it stops reading the socket), and past the server's queue cap the server drops the
+    /// connection; the client then reconnects and catches up by sync. Default 4096.
+    pub event_capacity: usize,
+    /// Most unacknowledged sends held (in memory, and in persistence); beyond it `send` fails
+    /// with `SdkError::OutboxFull`. Default 10 000.
+    pub max_outbox: usize,
+    /// Most out-of-order messages held per conversation while a gap is synced; beyond it they
+    /// are forgotten and fetched again by sync. Default 1000.
+    pub max_buffered_per_conversation: usize,
+    /// Page size asked for in sync requests (0: the server's default). Default 100.
+    pub sync_page_limit: u32,
+    /// How long a gap seen on the live path (a push or an own ack past a missing seq) may stay
+    /// open before the client syncs it: the missing pushes are usually already in flight (acks
+    /// and pushes of concurrent senders interleave). Catch-up after login syncs at once.
+    /// Default 500 ms.
+    pub gap_grace: Duration,
+    /// Most conversations synced at the same time. Default 4.
+    pub max_concurrent_syncs: usize,
+    /// Requests issued while disconnected wait for the next login; at most this many. Default
+    /// 1024.
+    pub max_queued_requests: usize,
+    /// First reconnect delay (the backoff grows from it, with jitter). Default 100 ms.
+    pub reconnect_min: Duration,
+    /// Largest reconnect delay. Default 30 s.
+    pub reconnect_max: Duration,
+}
+
+impl ClientConfig {
+    /// A configuration with defaults for `addr` (`"host:port"`) and `token`.
+    pub fn new(addr: impl Into<String>, token: impl Into<String>) -> Self {
+        Self {
+            addr: addr.into(),
+            token: token.into(),
+            request_timeout: Duration::from_secs(10),
+            send_timeout: Duration::from_secs(30),
+            max_frame_bytes: tern_proto::DEFAULT_MAX_FRAME_BYTES,
+            client_version: concat!("tern-sdk/", env!("CARGO_PKG_VERSION")).to_owned(),
+            event_capacity: 4096,
+            max_outbox: 10_000,
+            max_buffered_per_conversation: 1000,
+            sync_page_limit: 100,
+            gap_grace: Duration::from_millis(500),
+            max_concurrent_syncs: 4,
+            max_queued_requests: 1024,
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(30),
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! Tern client SDK: one logged-in connection kept up in the background, with reconnect and
+//! backoff, an outbox that resends unacknowledged messages with the same id, and incoming
+//! messages deduplicated, ordered per conversation and caught up by sync.
+//!
+//! - [`config`]: [`ClientConfig`], a plain struct with defaults.
+//! - [`client`]: [`Client`], the cheap cloneable handle (send, recall, receipts, sync, list).
+//! - [`event`]: [`Event`]s the client emits and [`Target`]s messages go to.
+//! - [`persist`]: the [`Persistence`] trait (cursors and outbox) and [`MemoryPersistence`].
+//! - [`error`]: the one error type, [`SdkError`].
+//! - `connection` (private): the background task driving `tern_proto::session::client`.
+//! - `transport` (private): one framed TCP connection and the login handshake.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//!
+//! use bytes::Bytes;
+//! use tern_sdk::{Client, ClientConfig, Event, MemoryPersistence, Target};
+//!
+//! # async fn run() -> Result<(), tern_sdk::SdkError> {
+//! let cfg = ClientConfig::new("127.0.0.1:7400", "<token for alice>");
+//! let (client, mut events) = Client::connect(cfg, Arc::new(MemoryPersistence::new())).await?;
+//!
+//! // Drain events in a task of their own while the app makes requests.
+//! tokio::spawn(async move {
+//!     while let Some(event) = events.recv().await {
+//!         match event {
+//!             Event::Message(m) => println!("{} #{}: {:?}", m.conversation_id, m.seq, m.body),
+//!             other => println!("{other:?}"),
+//!         }
+//!     }
+//! });
+//!
+//! let ack = client
+//!     .send(Target::Peer("bob".into()), "text/plain", Bytes::from_static(b"hi bob"))
+//!     .await?;
+//! client.mark_read(&ack.conversation_id, ack.seq).await?;
+//! client.close().await;
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod client;
+pub mod config;
+mod connection;
+pub mod error;
+pub mod event;
+pub mod persist;
+mod transport;
+
+pub use client::{Client, new_client_msg_id};
+pub use config::ClientConfig;
+pub use error::SdkError;
+pub use event::{Event, Target};
+pub use persist::{MemoryPersistence, PendingSend, Persistence};
+pub use tern_proto;

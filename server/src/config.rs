@@ -1,0 +1,390 @@
+//! Configuration: one TOML file, then `TERN_<SECTION>_<KEY>` environment variables, then
+//! command-line flags (`--set section.key=value` reaches every key). Every key has a default
+//! that works on loopback with no file at all; `etc/tern.toml` lists them all.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Process-level settings.
+    pub server: ServerSection,
+    /// Login tokens.
+    pub auth: AuthSection,
+    /// Client connections.
+    pub gateway: GatewaySection,
+    /// Sequencing, recall, sync.
+    pub dispatch: DispatchSection,
+    /// Embedded store.
+    pub store: StoreSection,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSection {
+    /// Where the embedded store and the generated token key live.
+    pub data_dir: PathBuf,
+    /// Client TCP address.
+    pub listen: SocketAddr,
+    /// HTTP address for /metrics and /healthz; empty string disables it.
+    pub http_listen: String,
+    /// Log filter (tracing EnvFilter syntax); RUST_LOG wins when set.
+    pub log: String,
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSection {
+    /// HS256 key as base64 (at least 32 bytes). Empty: use `key_file`.
+    pub hs256_key: String,
+    /// Key file; empty means `<data_dir>/jwt.key`, created with a random key at first start.
+    pub key_file: String,
+}
+
+/// `[gateway]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewaySection {
+    /// Time a new connection has to send Login.
+    #[serde(with = "duration")]
+    pub login_timeout: Duration,
+    /// Heartbeat interval asked of clients.
+    #[serde(with = "duration")]
+    pub heartbeat_interval: Duration,
+    /// Silence after which a connection is closed.
+    #[serde(with = "duration")]
+    pub idle_timeout: Duration,
+    /// Largest frame accepted (bytes).
+    pub max_frame_bytes: usize,
+    /// Per-connection cap on unsent bytes before a slow reader is kicked.
+    pub max_outbound_bytes: usize,
+    /// Per-connection cap on unsent frames.
+    pub max_outbound_frames: usize,
+    /// Per-connection requests in flight before reading pauses.
+    pub max_inflight_requests: usize,
+    /// Connections held at once.
+    pub max_connections: usize,
+}
+
+/// `[dispatch]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DispatchSection {
+    /// How long a sender may recall a message.
+    #[serde(with = "duration")]
+    pub recall_window: Duration,
+    /// Most messages per durable write.
+    pub max_commit_batch: usize,
+    /// Sends waiting for commit before new ones are refused (UNAVAILABLE).
+    pub pipeline_queue: usize,
+}
+
+/// `[store]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSection {
+    /// fsync every commit. Only turn off for throwaway benchmarks: an ack would no longer
+    /// mean durable.
+    pub fsync: bool,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
+            http_listen: "127.0.0.1:7401".into(),
+            log: "info".into(),
+        }
+    }
+}
+
+impl Default for GatewaySection {
+    fn default() -> Self {
+        let g = tern_gateway::GatewayConfig::default();
+        Self {
+            login_timeout: g.session.login_timeout,
+            heartbeat_interval: g.session.heartbeat_interval,
+            idle_timeout: g.session.idle_timeout,
+            max_frame_bytes: g.session.max_frame_bytes,
+            max_outbound_bytes: g.max_outbound_bytes,
+            max_outbound_frames: g.max_outbound_frames,
+            max_inflight_requests: g.max_inflight_requests,
+            max_connections: g.max_connections,
+        }
+    }
+}
+
+impl Default for DispatchSection {
+    fn default() -> Self {
+        let d = tern_dispatch::DispatchConfig::default();
+        Self {
+            recall_window: d.recall_window,
+            max_commit_batch: d.max_commit_batch,
+            pipeline_queue: d.pipeline_queue,
+        }
+    }
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        Self { fsync: true }
+    }
+}
+
+impl Config {
+    /// Layers the configuration: defaults, then the TOML file (when given), then environment
+    /// variables `TERN_<SECTION>_<KEY>`, then `overrides` (`section.key=value`, from flags).
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &[String],
+    ) -> anyhow::Result<Self> {
+        let mut table = toml::Table::try_from(Config::default()).context("default config")?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading config file {}", path.display()))?;
+            let file: toml::Table =
+                toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+            merge(&mut table, file);
+        }
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix("TERN_") else { continue };
+            let rest = rest.to_ascii_lowercase();
+            let Some((section, key)) = find_key(&table, &rest) else { continue };
+            set(&mut table, &section, &key, &value)
+                .with_context(|| format!("environment variable {name}"))?;
+        }
+        for o in overrides {
+            let (path, value) = o
+                .split_once('=')
+                .with_context(|| format!("--set {o}: expected section.key=value"))?;
+            let (section, key) = path
+                .split_once('.')
+                .with_context(|| format!("--set {o}: expected section.key=value"))?;
+            set(&mut table, section, key, value).with_context(|| format!("--set {o}"))?;
+        }
+        let cfg: Config = table.try_into().context("invalid configuration")?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        let g = &self.gateway;
+        if g.max_frame_bytes < 1024 || g.max_frame_bytes > 16 * 1024 * 1024 {
+            bail!("gateway.max_frame_bytes must be between 1 KiB and 16 MiB");
+        }
+        if g.idle_timeout <= g.heartbeat_interval {
+            bail!("gateway.idle_timeout must be longer than gateway.heartbeat_interval");
+        }
+        if g.max_outbound_bytes < g.max_frame_bytes {
+            bail!("gateway.max_outbound_bytes must be at least gateway.max_frame_bytes");
+        }
+        if self.dispatch.max_commit_batch == 0 || self.dispatch.pipeline_queue == 0 {
+            bail!("dispatch.max_commit_batch and dispatch.pipeline_queue must be positive");
+        }
+        Ok(())
+    }
+
+    /// The gateway's settings.
+    pub fn gateway_config(&self) -> tern_gateway::GatewayConfig {
+        let g = &self.gateway;
+        tern_gateway::GatewayConfig {
+            session: tern_proto::session::server::ServerSessionConfig {
+                login_timeout: g.login_timeout,
+                heartbeat_interval: g.heartbeat_interval,
+                idle_timeout: g.idle_timeout,
+                max_frame_bytes: g.max_frame_bytes,
+            },
+            max_outbound_bytes: g.max_outbound_bytes,
+            max_outbound_frames: g.max_outbound_frames,
+            max_inflight_requests: g.max_inflight_requests,
+            max_connections: g.max_connections,
+        }
+    }
+
+    /// Dispatch's settings.
+    pub fn dispatch_config(&self) -> tern_dispatch::DispatchConfig {
+        tern_dispatch::DispatchConfig {
+            recall_window: self.dispatch.recall_window,
+            max_commit_batch: self.dispatch.max_commit_batch,
+            pipeline_queue: self.dispatch.pipeline_queue,
+            ..Default::default()
+        }
+        .fit_frames(self.gateway.max_frame_bytes)
+    }
+
+    /// Where the token key file is.
+    pub fn key_file(&self) -> PathBuf {
+        if self.auth.key_file.is_empty() {
+            self.server.data_dir.join("jwt.key")
+        } else {
+            PathBuf::from(&self.auth.key_file)
+        }
+    }
+
+    /// The token key: `auth.hs256_key`, or the key file (created at first use).
+    pub fn token_key(&self) -> anyhow::Result<tern_gateway::TokenKey> {
+        if !self.auth.hs256_key.is_empty() {
+            return Ok(tern_gateway::TokenKey::from_base64(&self.auth.hs256_key)?);
+        }
+        let path = self.key_file();
+        let (key, created) = tern_gateway::TokenKey::load_or_create(&path)?;
+        if created {
+            tracing::info!(path = %path.display(), "generated a new token signing key");
+        }
+        Ok(key)
+    }
+}
+
+fn merge(dst: &mut toml::Table, src: toml::Table) {
+    for (k, v) in src {
+        match (dst.get_mut(&k), v) {
+            (Some(toml::Value::Table(d)), toml::Value::Table(s)) => merge(d, s),
+            (_, v) => {
+                dst.insert(k, v);
+            }
+        }
+    }
+}
+
+/// Finds `section_key` (e.g. `gateway_max_frame_bytes`) among the known keys.
+fn find_key(table: &toml::Table, name: &str) -> Option<(String, String)> {
+    table.iter().find_map(|(section, v)| {
+        let key = name.strip_prefix(section.as_str())?.strip_prefix('_')?;
+        v.as_table()?.contains_key(key).then(|| (section.clone(), key.to_owned()))
+    })
+}
+
+/// Sets one key from its text form, typed like the key's current value.
+fn set(table: &mut toml::Table, section: &str, key: &str, text: &str) -> anyhow::Result<()> {
+    let sec = table
+        .get_mut(section)
+        .and_then(|s| s.as_table_mut())
+        .with_context(|| format!("unknown section [{section}]"))?;
+    let old = sec.get(key).with_context(|| format!("unknown key {section}.{key}"))?;
+    let new = match old {
+        toml::Value::Integer(_) => {
+            toml::Value::Integer(text.trim().parse().context("expected an integer")?)
+        }
+        toml::Value::Boolean(_) => {
+            toml::Value::Boolean(text.trim().parse().context("expected true or false")?)
+        }
+        _ => toml::Value::String(text.to_owned()),
+    };
+    sec.insert(key.to_owned(), new);
+    Ok(())
+}
+
+/// Parses a duration like `500ms`, `10s`, `2m`, `24h` or `7d`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("invalid duration {text:?}"))?;
+    let ms = match unit {
+        "ms" => 1,
+        "s" | "" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("invalid duration unit in {text:?} (use ms, s, m, h or d)")),
+    };
+    n.checked_mul(ms)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("duration {text:?} too large"))
+}
+
+/// Formats a duration in the largest exact unit.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)] {
+        if ms > 0 && ms.is_multiple_of(size) {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
+}
+
+mod duration {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_duration(*d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_round_trip() {
+        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86_400));
+        for (t, ms) in [
+            ("500ms", 500),
+            ("10s", 10_000),
+            ("2m", 120_000),
+            ("36h", 129_600_000),
+            ("7d", 604_800_000),
+        ] {
+            assert_eq!(parse_duration(t).unwrap(), Duration::from_millis(ms));
+            assert_eq!(format_duration(Duration::from_millis(ms)), t);
+        }
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn layers_file_then_env_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tern.toml");
+        std::fs::write(
+            &path,
+            "[server]\nlisten = \"127.0.0.1:9000\"\n[gateway]\nidle_timeout = \"5m\"\n",
+        )
+        .unwrap();
+        let env = vec![
+            ("TERN_GATEWAY_MAX_FRAME_BYTES".to_string(), "2048".to_string()),
+            ("TERN_SERVER_LISTEN".to_string(), "127.0.0.1:9001".to_string()),
+            ("UNRELATED".to_string(), "x".to_string()),
+        ];
+        let cfg = Config::load(Some(&path), env, &["server.listen=127.0.0.1:9002".into()]).unwrap();
+        assert_eq!(cfg.server.listen.port(), 9002);
+        assert_eq!(cfg.gateway.idle_timeout, Duration::from_secs(300));
+        assert_eq!(cfg.gateway.max_frame_bytes, 2048);
+        let cfg = Config::load(Some(&path), Vec::new(), &[]).unwrap();
+        assert_eq!(cfg.server.listen.port(), 9000);
+    }
+
+    #[test]
+    fn rejects_unknown_keys_and_bad_values() {
+        assert!(Config::load(None, Vec::new(), &["gateway.nope=1".into()]).is_err());
+        assert!(Config::load(None, Vec::new(), &["gateway.max_frame_bytes=big".into()]).is_err());
+        assert!(Config::load(None, Vec::new(), &["gateway.idle_timeout=1s".into()]).is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "[gateway]\ntypo_key = 3\n").unwrap();
+        assert!(Config::load(Some(&path), Vec::new(), &[]).is_err());
+    }
+
+    #[test]
+    fn shipped_example_file_parses_and_matches_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../etc/tern.toml");
+        let cfg = Config::load(Some(&path), Vec::new(), &[]).unwrap();
+        assert_eq!(cfg, Config::default(), "etc/tern.toml must list the defaults");
+    }
+}

@@ -1,0 +1,84 @@
+//! Embedded single-node mode: gateway and dispatch in one process over the embedded store,
+//! with the gateway's registry as presence.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context;
+use bytes::Bytes;
+use tern_dispatch::{Dispatcher, Origin, Pusher};
+use tern_gateway::metrics::GatewayMetrics;
+use tern_gateway::{BoxFuture, Gateway, Registry, RequestCtx, Upstream};
+use tern_proto::v1::Envelope;
+use tern_store::embedded::{Durability, EmbeddedConfig, EmbeddedStore};
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+
+/// Presence in embedded mode: the local registry.
+struct LocalPusher(Arc<Registry>);
+
+impl Pusher for LocalPusher {
+    fn push(&self, user_id: &str, frame: &Bytes, skip_connection: Option<u64>) {
+        self.0.push(user_id, frame, skip_connection);
+    }
+}
+
+/// The gateway's upstream in embedded mode: a direct call into dispatch.
+struct InProcess(Arc<Dispatcher>);
+
+impl Upstream for InProcess {
+    fn request(&self, ctx: &Arc<RequestCtx>, env: Envelope) -> BoxFuture<'static, Envelope> {
+        let origin = Origin {
+            user_id: ctx.user_id.clone(),
+            device_id: ctx.device_id.clone(),
+            connection_id: ctx.connection_id,
+        };
+        self.0.handle(&origin, env)
+    }
+}
+
+/// Runs the embedded server on already-bound listeners until `shutdown` resolves.
+pub async fn run(
+    cfg: &Config,
+    listener: TcpListener,
+    http: Option<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let key = cfg.token_key()?;
+    let store_dir = cfg.server.data_dir.join("store");
+    let durability = if cfg.store.fsync { Durability::Fsync } else { Durability::NoSync };
+    let store =
+        EmbeddedStore::open_with(&store_dir, &EmbeddedConfig { durability, ..Default::default() })
+            .with_context(|| format!("opening the store in {}", store_dir.display()))?;
+    let gw_cfg = cfg.gateway_config();
+    let registry = Arc::new(Registry::new(&gw_cfg, Arc::new(GatewayMetrics::default())));
+    let dispatcher = Dispatcher::new(
+        cfg.dispatch_config(),
+        Arc::new(store),
+        Arc::new(LocalPusher(registry.clone())),
+    );
+    let gateway = Arc::new(Gateway::new(gw_cfg, key, registry, InProcess(dispatcher.clone())));
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let http_task = http.map(|l| {
+        let gw = gateway.clone();
+        let d = dispatcher.clone();
+        let render: crate::http::Render = Arc::new(move || {
+            let mut out = String::new();
+            gw.metrics.render(&mut out);
+            d.metrics.render(&mut out);
+            out
+        });
+        let mut rx = stop_rx.clone();
+        tokio::spawn(crate::http::serve(l, render, async move {
+            let _ = rx.wait_for(|v| *v).await;
+        }))
+    });
+    tern_gateway::serve(gateway, listener, shutdown).await;
+    let _ = stop_tx.send(true);
+    if let Some(t) = http_task {
+        let _ = t.await;
+    }
+    Ok(())
+}

@@ -1,0 +1,14 @@
+//! The `tern` binary's library: configuration layering, process wiring and the operator and
+//! developer commands. The only crate that uses `anyhow`.
+//!
+//! - [`config`]: TOML file → environment → flags.
+//! - [`embedded`]: `tern serve`, gateway + dispatch + embedded store in one process.
+//! - [`http`]: `/metrics` and `/healthz`.
+//! - [`chat`]: `tern chat`, a terminal chat client on the SDK.
+//! - [`bench`]: `tern bench`, an end-to-end load run through a server.
+
+pub mod bench;
+pub mod chat;
+pub mod config;
+pub mod embedded;
+pub mod http;

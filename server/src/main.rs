@@ -1,0 +1,153 @@
+//! `tern`: the one binary operators and developers run. `tern serve` starts the embedded
+//! single-node server; `tern token` mints a development login token; `tern chat` is a terminal
+//! chat client; `tern bench` measures a running server end to end.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use tern::config::{Config, parse_duration};
+use tokio::net::TcpListener;
+
+#[derive(Parser)]
+#[command(name = "tern", version, about = "Tern instant-messaging server")]
+struct Cli {
+    /// Configuration file (TOML). Without it, built-in defaults apply (see etc/tern.toml).
+    #[arg(long, short = 'c', global = true, env = "TERN_CONFIG")]
+    config: Option<PathBuf>,
+    /// Override any configuration key: `--set gateway.idle_timeout=2m` (repeatable).
+    #[arg(long = "set", global = true, value_name = "SECTION.KEY=VALUE")]
+    set: Vec<String>,
+    /// Data directory (same as `--set server.data_dir=...`).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the embedded single-node server (gateway + dispatch + embedded store).
+    Serve(ServeArgs),
+    /// Print a login token signed with the server's key, for development.
+    Token(TokenArgs),
+    /// Chat from a terminal through a running server.
+    Chat(tern::chat::ChatArgs),
+    /// Measure a running server end to end with many SDK clients.
+    Bench(tern::bench::BenchArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Client TCP address (same as `--set server.listen=...`); port 0 picks a free port.
+    #[arg(long)]
+    listen: Option<String>,
+    /// HTTP address for /metrics and /healthz (same as `--set server.http_listen=...`).
+    #[arg(long)]
+    http_listen: Option<String>,
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    /// User id.
+    #[arg(long)]
+    user: String,
+    /// Device id.
+    #[arg(long, default_value = "default")]
+    device: String,
+    /// Validity, e.g. 30m, 24h, 7d.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    ttl: Duration,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let mut overrides = cli.set.clone();
+    if let Some(d) = &cli.data_dir {
+        overrides.push(format!("server.data_dir={}", d.display()));
+    }
+    if let Command::Serve(a) = &cli.command {
+        if let Some(l) = &a.listen {
+            overrides.push(format!("server.listen={l}"));
+        }
+        if let Some(h) = &a.http_listen {
+            overrides.push(format!("server.http_listen={h}"));
+        }
+    }
+    let cfg = Config::load(cli.config.as_deref(), std::env::vars(), &overrides)?;
+    init_logging(&cfg.server.log);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cli.command {
+        Command::Serve(_) => rt.block_on(serve(cfg)),
+        Command::Token(a) => {
+            let key = cfg.token_key()?;
+            let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() as i64;
+            if !tern_proto::ids::is_valid_id(&a.user) || !tern_proto::ids::is_valid_id(&a.device) {
+                anyhow::bail!("user and device ids: 1-128 characters of letters, digits, _ . @ -");
+            }
+            println!("{}", key.mint_for(&a.user, &a.device, now, a.ttl.as_secs() as i64));
+            Ok(())
+        }
+        Command::Chat(a) => rt.block_on(tern::chat::run(&cfg, a)),
+        Command::Bench(a) => rt.block_on(tern::bench::run(&cfg, a)),
+    }
+}
+
+async fn serve(cfg: Config) -> anyhow::Result<()> {
+    // Load (or create) the token key before announcing the address, so that whoever reads
+    // that line can read the key too.
+    cfg.token_key()?;
+    let listener = TcpListener::bind(cfg.server.listen)
+        .await
+        .with_context(|| format!("binding client address {}", cfg.server.listen))?;
+    let http = if cfg.server.http_listen.is_empty() {
+        None
+    } else {
+        Some(
+            TcpListener::bind(&cfg.server.http_listen)
+                .await
+                .with_context(|| format!("binding HTTP address {}", cfg.server.http_listen))?,
+        )
+    };
+    let client_addr = listener.local_addr()?;
+    let http_addr = http.as_ref().and_then(|l| l.local_addr().ok());
+    // One machine-readable line on stdout: tests and scripts read the bound addresses here.
+    println!(
+        "tern listening client={client_addr} http={} data_dir={}",
+        http_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
+        cfg.server.data_dir.display()
+    );
+    tracing::info!(%client_addr, ?http_addr, "tern serve started");
+    tern::embedded::run(&cfg, listener, http, shutdown_signal()).await?;
+    tracing::info!("tern serve stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn init_logging(default_filter: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(default_filter))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}

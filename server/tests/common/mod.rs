@@ -1,0 +1,307 @@
+//! Shared harness for end-to-end tests: an embedded server in this process (bound to port 0,
+//! stopped by a shutdown future) or as a child `tern serve` process, token minting, SDK
+//! clients and a raw frame client for bad-input tests.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use tern::config::Config;
+use tern_gateway::TokenKey;
+use tern_proto::v1::{self, Envelope, envelope::Body};
+use tern_proto::{FrameDecoder, encode_to_bytes};
+use tern_sdk::{Client, ClientConfig, Event, MemoryPersistence};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc::Receiver;
+
+/// Upper bound for any single wait in a test (a failure guard, not a timing assertion).
+pub const WAIT: Duration = Duration::from_secs(30);
+
+pub fn now_secs() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+/// A fixed test key (base64 of 32 bytes).
+pub fn test_key() -> TokenKey {
+    TokenKey::from_secret(&[42u8; 32]).unwrap()
+}
+
+/// An embedded server running inside the test process.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub http: SocketAddr,
+    pub key: TokenKey,
+    pub dir: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// Starts with extra `section.key=value` overrides.
+    pub async fn start_with(overrides: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir, overrides).await
+    }
+
+    pub async fn start_in(dir: tempfile::TempDir, overrides: &[&str]) -> Self {
+        let key = test_key();
+        let mut sets = vec![
+            format!("server.data_dir={}", dir.path().display()),
+            format!("auth.hs256_key={}", key.to_base64()),
+        ];
+        sets.extend(overrides.iter().map(|s| s.to_string()));
+        let cfg = Config::load(None, Vec::new(), &sets).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let http_addr = http.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            tern::embedded::run(&cfg, listener, Some(http), async move {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        Self { addr, http: http_addr, key, dir, stop: Some(stop), task: Some(task) }
+    }
+
+    pub fn token(&self, user: &str, device: &str) -> String {
+        self.key.mint_for(user, device, now_secs(), 3600)
+    }
+
+    pub async fn client(&self, user: &str, device: &str) -> (Client, Receiver<Event>) {
+        connect(self.addr, &self.token(user, device)).await
+    }
+
+    /// GET a path from the HTTP endpoint; returns the body.
+    pub async fn http_get(&self, path: &str) -> String {
+        let mut s = TcpStream::connect(self.http).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    /// The value of one metric from /metrics.
+    pub async fn metric(&self, name: &str) -> u64 {
+        let text = self.http_get("/metrics").await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("metric {name} not found in:\n{text}"))
+    }
+
+    /// Stops the server (kicks everyone) and waits for it; returns its data directory.
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.unwrap().unwrap();
+        }
+        // Give the store's blocking threads a moment to drop the database handle.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+pub async fn connect(addr: SocketAddr, token: &str) -> (Client, Receiver<Event>) {
+    let cfg = ClientConfig::new(addr.to_string(), token.to_string());
+    tokio::time::timeout(WAIT, Client::connect(cfg, Arc::new(MemoryPersistence::default())))
+        .await
+        .expect("connect timed out")
+        .expect("connect failed")
+}
+
+/// Waits for the next Message event (skipping others).
+pub async fn next_message(events: &mut Receiver<Event>) -> v1::Message {
+    loop {
+        match tokio::time::timeout(WAIT, events.recv()).await.expect("no event in time") {
+            Some(Event::Message(m)) => return m,
+            Some(_) => continue,
+            None => panic!("event stream ended"),
+        }
+    }
+}
+
+/// Waits for an event matching `f`.
+pub async fn wait_event<T>(
+    events: &mut Receiver<Event>,
+    mut f: impl FnMut(&Event) -> Option<T>,
+) -> T {
+    loop {
+        let ev = tokio::time::timeout(WAIT, events.recv()).await.expect("no event in time");
+        match ev {
+            Some(ev) => {
+                if let Some(t) = f(&ev) {
+                    return t;
+                }
+            }
+            None => panic!("event stream ended"),
+        }
+    }
+}
+
+pub fn text(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+/// A raw frame-level client, for bad-input tests.
+pub struct Raw {
+    pub stream: TcpStream,
+    buf: BytesMut,
+    decoder: FrameDecoder,
+}
+
+impl Raw {
+    pub async fn connect(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        Self::from_stream(stream)
+    }
+
+    pub fn from_stream(stream: TcpStream) -> Self {
+        Self { stream, buf: BytesMut::new(), decoder: FrameDecoder::new(16 * 1024 * 1024) }
+    }
+
+    pub async fn send(&mut self, request_id: u64, body: Body) {
+        let frame =
+            encode_to_bytes(&Envelope { request_id, body: Some(body) }, usize::MAX).unwrap();
+        self.stream.write_all(&frame).await.unwrap();
+    }
+
+    pub async fn send_bytes(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// Next frame, or None at EOF/reset.
+    pub async fn recv(&mut self) -> Option<Envelope> {
+        loop {
+            if let Some(env) = self.decoder.decode(&mut self.buf).unwrap() {
+                return Some(env);
+            }
+            let n = tokio::time::timeout(WAIT, self.stream.read_buf(&mut self.buf))
+                .await
+                .expect("no frame in time");
+            match n {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Next frame that is not a push (request_id != 0) or is an Error/Kick.
+    pub async fn recv_answer(&mut self) -> Envelope {
+        loop {
+            let env = self.recv().await.expect("connection closed");
+            if env.request_id != 0 || matches!(env.body, Some(Body::Error(_)) | Some(Body::Kick(_)))
+            {
+                return env;
+            }
+        }
+    }
+
+    /// Logs in and returns the LoginOk.
+    pub async fn login(addr: SocketAddr, token: &str) -> (Self, v1::LoginOk) {
+        let mut raw = Self::connect(addr).await;
+        raw.send(
+            1,
+            Body::Login(v1::Login {
+                token: token.into(),
+                protocol_version: 1,
+                client_version: "test".into(),
+            }),
+        )
+        .await;
+        match raw.recv().await {
+            Some(Envelope { body: Some(Body::LoginOk(ok)), .. }) => (raw, ok),
+            other => panic!("login failed: {other:?}"),
+        }
+    }
+
+    /// Reads until EOF and returns every frame seen.
+    pub async fn drain_to_eof(&mut self) -> Vec<Envelope> {
+        let mut out = Vec::new();
+        while let Some(e) = self.recv().await {
+            out.push(e);
+        }
+        out
+    }
+}
+
+pub fn error_code(env: &Envelope) -> Option<(v1::ErrorCode, bool)> {
+    match &env.body {
+        Some(Body::Error(e)) => {
+            Some((v1::ErrorCode::try_from(e.code).unwrap_or_default(), e.fatal))
+        }
+        _ => None,
+    }
+}
+
+/// A `tern serve` child process (for tests that kill the server).
+pub struct ChildServer {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl ChildServer {
+    pub fn start(data_dir: &Path) -> Self {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--http-listen", ""])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("TERN_SERVER_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn tern serve");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line).unwrap();
+        let addr = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("client="))
+            .unwrap_or_else(|| panic!("unexpected first line from tern serve: {line:?}"))
+            .parse()
+            .unwrap();
+        Self { child, addr }
+    }
+
+    pub fn key(data_dir: &Path) -> TokenKey {
+        TokenKey::load_or_create(&data_dir.join("jwt.key")).unwrap().0
+    }
+
+    /// SIGKILL, no chance to flush anything.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn data_path(dir: &tempfile::TempDir) -> PathBuf {
+    dir.path().to_path_buf()
+}

@@ -1,0 +1,51 @@
+//! Receipts are watermarks: "delivered up to N" and "read up to N" per member, never moving
+//! back, pushed to the other member and to the user's other devices.
+
+mod common;
+
+use common::*;
+use tern_sdk::{Event, Target};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watermarks_move_forward_and_are_pushed() {
+    let srv = TestServer::start().await;
+    let (alice, mut ae) = srv.client("alice", "phone").await;
+    let (bob, mut be) = srv.client("bob", "phone").await;
+    let (_bob2, mut be2) = srv.client("bob", "laptop").await;
+    for i in 0..5 {
+        alice.send(Target::Peer("bob".into()), "text/plain", text(&i.to_string())).await.unwrap();
+    }
+    for _ in 0..5 {
+        next_message(&mut be).await;
+    }
+    let conv = "dm:alice:bob";
+
+    let w = bob.mark_delivered(conv, 5).await.unwrap();
+    assert_eq!((w.delivered_seq, w.read_seq), (5, 0));
+    let w = bob.mark_read(conv, 3).await.unwrap();
+    assert_eq!((w.delivered_seq, w.read_seq), (5, 3));
+    // Lower values never move a watermark back.
+    let w = bob.mark_read(conv, 1).await.unwrap();
+    assert_eq!((w.delivered_seq, w.read_seq), (5, 3));
+    // A watermark cannot pass the conversation's end.
+    let w = bob.mark_read(conv, 1_000).await.unwrap();
+    assert_eq!((w.delivered_seq, w.read_seq), (5, 5));
+
+    // Alice sees bob's progress as pushes; bob's other device too.
+    let last = wait_event(&mut ae, |e| match e {
+        Event::Receipt(r) if r.read_seq == 5 => Some(r.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!((last.user_id.as_str(), last.conversation_id.as_str()), ("bob", conv));
+    wait_event(&mut be2, |e| matches!(e, Event::Receipt(r) if r.read_seq == 5).then_some(())).await;
+
+    let all = alice.get_receipts(conv).await.unwrap();
+    let bob_row = all.members.iter().find(|m| m.user_id == "bob").unwrap();
+    assert_eq!((bob_row.delivered_seq, bob_row.read_seq), (5, 5));
+
+    // Outsiders may not see or set receipts.
+    let (carol, _ce) = srv.client("carol", "phone").await;
+    assert!(carol.get_receipts(conv).await.is_err());
+    assert!(carol.mark_read(conv, 1).await.is_err());
+}

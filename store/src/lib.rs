@@ -1,0 +1,153 @@
+//! Tern's storage layer: one [`Store`] trait that dispatch talks to, with its backends beside it.
+//!
+//! - [`Store`], [`NewMessage`], [`Appended`], [`Watermarks`], [`ConversationEntry`]: the contract.
+//! - [`embedded`]: the single-node backend on redb (pure Rust, one file, fsync per commit).
+//! - [`conformance`]: the suite every backend must pass (run from `tests/`).
+//!
+//! Messages are stored as protobuf-encoded [`tern_proto::v1::Message`]s.
+
+pub mod conformance;
+pub mod embedded;
+mod error;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use bytes::Bytes;
+use tern_proto::v1;
+
+pub use embedded::{EmbeddedConfig, EmbeddedStore};
+pub use error::StoreError;
+
+/// A boxed future, so that `Arc<dyn Store>` works for every backend.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A message or event to append to a conversation. The store assigns `seq`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewMessage {
+    /// Target conversation.
+    pub conversation_id: String,
+    /// Users whose conversation index (see [`Store::list_conversations`]) must show the new
+    /// last seq: every member of the conversation.
+    pub members: Vec<String>,
+    /// Who sent it.
+    pub sender_user_id: String,
+    /// From which device.
+    pub sender_device_id: String,
+    /// The sender's idempotency id: (sender_user_id, client_msg_id) is stored at most once.
+    pub client_msg_id: String,
+    /// Normal message, recall event or group event.
+    pub kind: v1::MessageKind,
+    /// Opaque content type.
+    pub content_type: String,
+    /// Opaque payload.
+    pub body: Bytes,
+    /// For a recall event: the seq of the message it recalls. The store marks that message
+    /// recalled and clears its body in the same atomic write.
+    pub recalled_seq: u64,
+    /// Acceptance time, Unix milliseconds (chosen by dispatch).
+    pub server_time_ms: i64,
+}
+
+/// The outcome of one appended message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// The conversation the message is in (for a duplicate: where the original went).
+    pub conversation_id: String,
+    /// Its sequence number.
+    pub seq: u64,
+    /// Its acceptance time (for a duplicate: the original's).
+    pub server_time_ms: i64,
+    /// True when (sender, client_msg_id) was already stored: nothing new was written and the
+    /// fields above describe the original.
+    pub duplicate: bool,
+}
+
+/// A member's receipt watermarks in one conversation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Watermarks {
+    /// Delivered up to this seq (always >= read).
+    pub delivered: u64,
+    /// Read up to this seq.
+    pub read: u64,
+}
+
+/// One entry of a user's conversation index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationEntry {
+    /// The conversation.
+    pub conversation_id: String,
+    /// Its latest seq.
+    pub last_seq: u64,
+    /// Acceptance time of its latest message.
+    pub last_time_ms: i64,
+    /// The user's own watermarks there.
+    pub watermarks: Watermarks,
+}
+
+/// Messages read from one conversation.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Range {
+    /// Stored messages with seq in the requested window, in seq order.
+    pub messages: Vec<v1::Message>,
+    /// The conversation's latest allocated seq when read (0: empty conversation).
+    pub last_seq: u64,
+}
+
+/// Durable storage for conversations. Every backend passes [`conformance`].
+///
+/// Guarantees callers rely on:
+/// - [`Store::append`] is durable when it returns `Ok`: a crash afterwards loses nothing.
+/// - Within a conversation seqs start at 1 and strictly increase in append order; no two
+///   messages share one, even with several writers (processes) at once.
+/// - (sender_user_id, client_msg_id) is stored at most once; appending it again returns the
+///   original's outcome with `duplicate = true`, also within one batch.
+pub trait Store: Send + Sync + 'static {
+    /// Appends a batch of messages in one durable write (group commit: the whole batch shares
+    /// one fsync). Outcomes are in batch order. Seqs are assigned in batch order.
+    fn append(&self, batch: Vec<NewMessage>) -> BoxFuture<'_, Result<Vec<Appended>, StoreError>>;
+
+    /// Reads stored messages of `conversation_id` with `from_seq <= seq < from_seq + window`,
+    /// in seq order, and the conversation's latest seq.
+    fn read_range<'a>(
+        &'a self,
+        conversation_id: &'a str,
+        from_seq: u64,
+        window: u32,
+    ) -> BoxFuture<'a, Result<Range, StoreError>>;
+
+    /// One message, if stored.
+    fn get_message<'a>(
+        &'a self,
+        conversation_id: &'a str,
+        seq: u64,
+    ) -> BoxFuture<'a, Result<Option<v1::Message>, StoreError>>;
+
+    /// The conversation's latest seq (0 when it has none).
+    fn last_seq<'a>(&'a self, conversation_id: &'a str) -> BoxFuture<'a, Result<u64, StoreError>>;
+
+    /// Moves `user_id`'s watermark of `kind` forward to `seq` (never back; read also moves
+    /// delivered). Returns the resulting watermarks.
+    fn set_watermark<'a>(
+        &'a self,
+        conversation_id: &'a str,
+        user_id: &'a str,
+        kind: v1::ReceiptKind,
+        seq: u64,
+    ) -> BoxFuture<'a, Result<Watermarks, StoreError>>;
+
+    /// Every member's watermarks in a conversation, by user id order (members without any
+    /// receipt are absent).
+    fn watermarks<'a>(
+        &'a self,
+        conversation_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<(String, Watermarks)>, StoreError>>;
+
+    /// The user's conversations with id > `after`, in id order, at most `limit`.
+    fn list_conversations<'a>(
+        &'a self,
+        user_id: &'a str,
+        after: &'a str,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Vec<ConversationEntry>, StoreError>>;
+}
