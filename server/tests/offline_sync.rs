@@ -37,3 +37,33 @@ async fn offline_recipient_catches_up_in_order() {
     alice.send(Target::Peer("bob".into()), "text/plain", text("live")).await.unwrap();
     assert_eq!(next_message(&mut events).await.seq, N + 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_messages_sync_in_pages_that_fit_a_frame() {
+    let srv = TestServer::start().await;
+    let (alice, _ae) = srv.client("alice", "phone").await;
+    let big = bytes::Bytes::from(vec![b'z'; 60 * 1024]);
+    for _ in 0..6 {
+        alice
+            .send(Target::Peer("bob".into()), "application/octet-stream", big.clone())
+            .await
+            .unwrap();
+    }
+    // A body that could not fit in a Deliver frame is refused up front.
+    let too_big = bytes::Bytes::from(vec![b'z'; 64 * 1024 - 1024]);
+    match alice.send(Target::Peer("bob".into()), "application/octet-stream", too_big).await {
+        Err(tern_sdk::SdkError::Server { code, .. }) => {
+            assert_eq!(code, tern_proto::v1::ErrorCode::InvalidRequest)
+        }
+        other => panic!("expected INVALID_REQUEST, got {other:?}"),
+    }
+    // Raw pages stay under the 64 KiB frame limit: one 60 KiB message per page.
+    let page = alice.sync_page("dm:alice:bob", 1, 100).await.unwrap();
+    assert_eq!((page.messages.len(), page.next_from_seq, page.has_more), (1, 2, true));
+    // And the SDK catches up through them.
+    let (_bob, mut events) = srv.client("bob", "phone").await;
+    for expected in 1..=6 {
+        let m = next_message(&mut events).await;
+        assert_eq!((m.seq, m.body.len()), (expected, 60 * 1024));
+    }
+}

@@ -2,11 +2,11 @@
 //!
 //! - [`Store`], [`NewMessage`], [`Appended`], [`Watermarks`], [`ConversationEntry`]: the contract.
 //! - [`embedded`]: the single-node backend on redb (pure Rust, one file, fsync per commit).
-//! - [`conformance`]: the suite every backend must pass (run from `tests/`).
+//! - The conformance suite every backend must pass lives beside this crate, in
+//!   `store/conformance/` (crate `tern-store-conformance`).
 //!
 //! Messages are stored as protobuf-encoded [`tern_proto::v1::Message`]s.
 
-pub mod conformance;
 pub mod embedded;
 mod error;
 
@@ -94,7 +94,8 @@ pub struct Range {
     pub last_seq: u64,
 }
 
-/// Durable storage for conversations. Every backend passes [`conformance`].
+/// Durable storage for conversations. Every backend passes the conformance suite
+/// (`tern-store-conformance`).
 ///
 /// Guarantees callers rely on:
 /// - [`Store::append`] is durable when it returns `Ok`: a crash afterwards loses nothing.

@@ -53,6 +53,17 @@ impl TestServer {
     }
 
     pub async fn start_in(dir: tempfile::TempDir, overrides: &[&str]) -> Self {
+        Self::start_at(dir, "127.0.0.1:0".parse().unwrap(), overrides).await
+    }
+
+    /// Stops the server and starts a new one on the same address and data directory.
+    pub async fn restart(self, overrides: &[&str]) -> Self {
+        let addr = self.addr;
+        let dir = self.stop().await;
+        Self::start_at(dir, addr, overrides).await
+    }
+
+    pub async fn start_at(dir: tempfile::TempDir, at: SocketAddr, overrides: &[&str]) -> Self {
         let key = test_key();
         let mut sets = vec![
             format!("server.data_dir={}", dir.path().display()),
@@ -60,7 +71,7 @@ impl TestServer {
         ];
         sets.extend(overrides.iter().map(|s| s.to_string()));
         let cfg = Config::load(None, Vec::new(), &sets).unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = TcpListener::bind(at).await.unwrap();
         let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let http_addr = http.local_addr().unwrap();

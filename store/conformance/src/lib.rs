@@ -10,16 +10,16 @@
 //!
 //! ```text
 //! struct Setup { _dir: tempfile::TempDir, store: EmbeddedStore }
-//! impl tern_store::conformance::Fixture for Setup {
+//! impl tern_store_conformance::Fixture for Setup {
 //!     fn store(&self) -> &dyn tern_store::Store { &self.store }
 //! }
 //! async fn setup() -> Setup { /* open a fresh store */ }
-//! tern_store::conformance_tests!(setup);
+//! tern_store_conformance::conformance_tests!(setup);
 //! ```
 //!
 //! or calls [`run_all`] from a single test.
 //!
-//! This is test code shipped as a library module: it panics on purpose (assert!, expect) so a
+//! This is test code shipped as a library crate: it panics on purpose (assert!, expect) so a
 //! failing case names the broken guarantee.
 
 use std::collections::BTreeSet;
@@ -32,7 +32,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use tern_proto::v1;
 
-use crate::{Appended, NewMessage, Store, Watermarks};
+use tern_store::{Appended, NewMessage, Store, Watermarks};
 
 /// What a backend's setup function returns: owns the store (and whatever must outlive it, such
 /// as a temporary directory or a child process).
@@ -65,7 +65,7 @@ macro_rules! conformance_tests {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
                 let fixture = $setup().await;
-                $crate::conformance::$case($crate::conformance::Fixture::store(&fixture)).await;
+                $crate::$case($crate::Fixture::store(&fixture)).await;
             }
         )*
     };

@@ -2,9 +2,9 @@
 
 use tempfile::TempDir;
 use tern_proto::v1;
-use tern_store::conformance::Fixture;
 use tern_store::embedded::{EmbeddedConfig, EmbeddedStore};
 use tern_store::{NewMessage, Store, Watermarks};
+use tern_store_conformance::Fixture;
 
 /// A fresh store in its own temporary directory (removed on drop).
 struct Setup {
@@ -24,13 +24,13 @@ async fn setup() -> Setup {
     Setup { store, _dir: dir }
 }
 
-tern_store::conformance_tests!(setup);
+tern_store_conformance::conformance_tests!(setup);
 
 /// The whole suite on one shared store, as a persistent backend would run it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_all_on_one_store() {
     let setup = setup().await;
-    tern_store::conformance::run_all(setup.store()).await;
+    tern_store_conformance::run_all(setup.store()).await;
 }
 
 fn message(conv: &str, user: &str, cmid: &str, time: i64) -> NewMessage {
