@@ -20,6 +20,10 @@ rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup compon
 
 echo "==> rustfmt"
 cargo fmt --all -- --check
+echo "==> proto stays sans-IO (no tokio, mio, quinn or socket2 in its default dependencies)"
+if cargo tree -p tern-proto -e normal --prefix none --locked | grep -E '^(tokio|tokio-util|mio|quinn|socket2) '; then
+  echo "tern-proto must not depend on an I/O runtime"; exit 1
+fi
 echo "==> clippy"
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 echo "==> tests"
