@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs what the tests need on a fresh Debian machine,
-# then rustfmt check, clippy (warnings denied), every test with nextest (unit, property,
-# fuzz-corpus replay, end-to-end over real sockets and processes), and the doc tests.
+# then rustfmt check, clippy (warnings denied), the doc tests, and every test with nextest
+# (unit, property, fuzz-corpus replay, end-to-end over real sockets and processes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
+# Tests start real redis-server processes on free loopback ports (never a system service).
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> installing ${need_apt[*]}"
   if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
-  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq "${need_apt[@]}"
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+  # The Debian package starts a system redis on 6379; the tests never use it.
+  command -v systemctl >/dev/null 2>&1 && $SUDO systemctl disable --now redis-server >/dev/null 2>&1 || true
 fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "==> installing cargo-nextest"
@@ -26,7 +30,8 @@ if cargo tree -p tern-proto -e normal --prefix none --locked | grep -E '^(tokio|
 fi
 echo "==> clippy"
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
-echo "==> tests"
-cargo nextest run --workspace --all-features --locked --no-fail-fast
 echo "==> doc tests"
 cargo test --workspace --all-features --locked --doc
+# Last, so that its summary closes the log.
+echo "==> tests"
+cargo nextest run --workspace --all-features --locked --no-fail-fast
