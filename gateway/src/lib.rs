@@ -15,6 +15,8 @@
 pub mod auth;
 pub mod config;
 pub mod connection;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metrics;
 pub mod outbound;
 pub mod registry;

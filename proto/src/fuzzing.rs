@@ -358,3 +358,459 @@ fn assert_round_trips<M: prost::Message + Default + PartialEq + std::fmt::Debug>
         Err(e) => panic!("re-encoded message did not decode: {e}"),
     }
 }
+
+/// Conversations [`client_session`] spreads its operations over.
+pub const CLIENT_SESSION_CONVERSATIONS: [&str; 3] = ["dm:alice:bob", "g:team", "g:x"];
+
+/// Decodes one seq operand of [`client_session`]: `b % 32` (a small range, so that gaps and
+/// duplicates are common), except that `0xF0..=0xFF` map to `u64::MAX - (b & 0x0F)` (the top of
+/// the range, where `+ 1` overflows).
+pub fn client_session_seq(b: u8) -> u64 {
+    if b >= 0xF0 { u64::MAX - u64::from(b & 0x0F) } else { u64::from(b % 32) }
+}
+
+/// Drives the client state machines of [`crate::session::client`] with operations read from
+/// `data` and checks their invariants after every step.
+///
+/// [`InboundOrder`](crate::session::client::InboundOrder), per conversation: released messages
+/// belong to it, have strictly increasing seqs that never repeat and are above the previous
+/// cursor, and were fed as messages; a seq acknowledged as own before any message with it was
+/// fed is never released; the cursor never goes back and only moves over seqs something was fed
+/// for (except [`skip_gap`](crate::session::client::InboundOrder::skip_gap), which exists to skip
+/// holes); a message next in line is released at once; the buffer holds at most the configured
+/// maximum plus the own acks still ahead of the cursor (those are kept over the bound by
+/// design); `needs_sync` is `None` or `cursor + 1`, is `Some` while anything is buffered, and
+/// agrees with `gaps`. [`Outbox`](crate::session::client::Outbox),
+/// [`Heartbeat`](crate::session::client::Heartbeat) and
+/// [`Backoff`](crate::session::client::Backoff) are checked against simple models.
+///
+/// Input format: one config byte (`max_buffered = 1 + (b & 7)`, outbox capacity
+/// `1 + (b >> 3 & 7)`), two heartbeat bytes (interval and silence timeout in seconds, 0 =
+/// disabled), one backoff byte; then opcodes. Seq operands are single bytes decoded by
+/// [`client_session_seq`]; `c = (op >> 3) % 3` picks the conversation.
+/// - `op % 8 == 0`: a pushed message: seq.
+/// - `op % 8 == 1`: an own `SendAck`: seq.
+/// - `op % 8 == 2`: a sync page: a shape byte `s` (`s & 7` messages, `s >> 3 & 3` missing
+///   ranges, `s & 0x20` has_more, `s & 0x40`: the first message names another conversation,
+///   `s & 0x80`: messages leave `conversation_id` empty), then one seq per message, two per
+///   range (first, last), then `last_seq` and `next_from_seq`.
+/// - `op % 8 == 3`: `note_last_seq`: seq.
+/// - `op % 8 == 4`: `skip_gap`.
+/// - `op % 8 == 5`: outbox: one byte `b`, `b & 1` insert / remove of id `b >> 1 & 7`.
+/// - `op % 8 == 6`: heartbeat: one byte `b`; time passes by `b >> 2` seconds, then `b & 3`:
+///   0 sent, 1 received, 2 poll, 3 nothing more.
+/// - `op % 8 == 7`: backoff: one byte `b`: `b == 0` resets, otherwise `next_delay` with a
+///   random value derived from `b`.
+pub fn client_session(data: &[u8]) {
+    use crate::session::client::{Backoff, Heartbeat, InboundOrder, Outbox};
+
+    let mut input = data;
+    let mut next = || -> Option<u8> {
+        let (&b, rest) = input.split_first()?;
+        input = rest;
+        Some(b)
+    };
+    let (Some(cfg), Some(hb_interval), Some(hb_silence), Some(backoff_cfg)) =
+        (next(), next(), next(), next())
+    else {
+        return;
+    };
+    let max_buffered = 1 + usize::from(cfg & 7);
+    let mut inbound = InboundOrder::new(max_buffered);
+    let mut models: Vec<ConvModel> =
+        CLIENT_SESSION_CONVERSATIONS.iter().map(|_| ConvModel::default()).collect();
+    let mut outbox = OutboxModel::new(1 + usize::from(cfg >> 3 & 7));
+    let t0 = Instant::now();
+    let mut heartbeat = HeartbeatModel::new(t0, hb_interval, hb_silence);
+    let mut backoff = BackoffModel::new(backoff_cfg);
+
+    while let Some(op) = next() {
+        let c = usize::from(op >> 3) % CLIENT_SESSION_CONVERSATIONS.len();
+        let conv = CLIENT_SESSION_CONVERSATIONS[c];
+        let model = &mut models[c];
+        let cursor = inbound.cursor(conv);
+        assert_eq!(cursor, model.cursor, "{conv}: cursor changed outside a call on it");
+        let buffered = inbound.buffered(conv);
+        match op % 8 {
+            0 => {
+                let Some(b) = next() else { return };
+                let seq = client_session_seq(b);
+                let msg = fuzz_message(conv, seq, u64::from(op));
+                if seq > 0 {
+                    model.fed_message(seq);
+                }
+                let out = inbound.on_message(msg);
+                if seq > 0 && cursor.checked_add(1) == Some(seq) {
+                    assert_eq!(out.first().map(|m| m.seq), Some(seq), "next in line held back");
+                }
+                model.check_step(&inbound, conv, &out, false, max_buffered);
+            }
+            1 => {
+                let Some(b) = next() else { return };
+                let seq = client_session_seq(b);
+                if seq > 0 {
+                    model.fed_own(seq);
+                }
+                let out = inbound.on_own_ack(conv, seq);
+                model.check_step(&inbound, conv, &out, false, max_buffered);
+            }
+            2 => {
+                let Some(shape) = next() else { return };
+                let mut page = v1::SyncPage {
+                    conversation_id: conv.to_owned(),
+                    has_more: shape & 0x20 != 0,
+                    ..Default::default()
+                };
+                for i in 0..(shape & 7) {
+                    let Some(b) = next() else { return };
+                    let seq = client_session_seq(b);
+                    let mut m = fuzz_message(conv, seq, u64::from(shape));
+                    if i == 0 && shape & 0x40 != 0 {
+                        m.conversation_id = "g:elsewhere".to_owned();
+                    } else if shape & 0x80 != 0 {
+                        m.conversation_id.clear();
+                    }
+                    page.messages.push(m);
+                }
+                for _ in 0..(shape >> 3 & 3) {
+                    let (Some(first), Some(last)) = (next(), next()) else { return };
+                    page.missing.push(v1::SeqRange {
+                        first: client_session_seq(first),
+                        last: client_session_seq(last),
+                    });
+                }
+                let (Some(last_seq), Some(next_from)) = (next(), next()) else { return };
+                page.last_seq = client_session_seq(last_seq);
+                page.next_from_seq = client_session_seq(next_from);
+                for m in &page.messages {
+                    if m.seq > 0 && (m.conversation_id.is_empty() || m.conversation_id == conv) {
+                        model.fed_message(m.seq);
+                    }
+                }
+                for r in &page.missing {
+                    if r.first > 0 && r.last >= r.first {
+                        model.covered.insert(r.first, r.last);
+                    }
+                }
+                let out = inbound.on_sync_page(&page);
+                model.check_step(&inbound, conv, &out, false, max_buffered);
+            }
+            3 => {
+                let Some(b) = next() else { return };
+                let seq = client_session_seq(b);
+                inbound.note_last_seq(conv, seq);
+                model.check_step(&inbound, conv, &[], false, max_buffered);
+                if seq > cursor {
+                    assert!(inbound.needs_sync(conv).is_some(), "{conv}: last_seq {seq} ignored");
+                }
+            }
+            4 => {
+                let out = inbound.skip_gap(conv);
+                model.check_step(&inbound, conv, &out, true, max_buffered);
+                if buffered > 0 {
+                    assert!(inbound.cursor(conv) > cursor, "{conv}: skip_gap did not move");
+                }
+            }
+            5 => {
+                let Some(b) = next() else { return };
+                outbox.apply(b);
+            }
+            6 => {
+                let Some(b) = next() else { return };
+                heartbeat.apply(b);
+            }
+            _ => {
+                let Some(b) = next() else { return };
+                backoff.apply(b);
+            }
+        }
+        // needs_sync and gaps agree for every conversation.
+        let mut gaps = inbound.gaps();
+        gaps.sort();
+        let mut expected: Vec<(String, u64)> = CLIENT_SESSION_CONVERSATIONS
+            .iter()
+            .filter_map(|c| inbound.needs_sync(c).map(|from| ((*c).to_owned(), from)))
+            .collect();
+        expected.sort();
+        assert_eq!(gaps, expected, "gaps() disagrees with needs_sync()");
+    }
+
+    /// What the fuzzer knows about one conversation.
+    #[derive(Default)]
+    struct ConvModel {
+        cursor: u64,
+        last_released: Option<u64>,
+        released: std::collections::HashSet<u64>,
+        /// Seqs fed as messages (of this conversation).
+        messages: std::collections::HashSet<u64>,
+        /// Seqs acknowledged as own before any message with that seq was fed.
+        own_first: std::collections::BTreeSet<u64>,
+        /// Every seq acknowledged as own.
+        own: std::collections::BTreeSet<u64>,
+        /// Seqs something was fed for: messages, own acks, missing ranges.
+        covered: RangeSet,
+    }
+
+    impl ConvModel {
+        fn fed_message(&mut self, seq: u64) {
+            self.messages.insert(seq);
+            self.covered.insert(seq, seq);
+        }
+
+        fn fed_own(&mut self, seq: u64) {
+            if !self.messages.contains(&seq) {
+                self.own_first.insert(seq);
+            }
+            self.own.insert(seq);
+            self.covered.insert(seq, seq);
+        }
+
+        fn check_step(
+            &mut self,
+            inbound: &InboundOrder,
+            conv: &str,
+            out: &[v1::Message],
+            skipping: bool,
+            max_buffered: usize,
+        ) {
+            let before = self.cursor;
+            let cursor = inbound.cursor(conv);
+            assert!(cursor >= before, "{conv}: cursor went back from {before} to {cursor}");
+            for m in out {
+                assert_eq!(m.conversation_id, conv, "released into the wrong conversation");
+                assert!(m.seq > before, "{conv}: released seq {} at or below {before}", m.seq);
+                assert!(m.seq <= cursor, "{conv}: released seq {} past the cursor", m.seq);
+                if let Some(last) = self.last_released {
+                    assert!(m.seq > last, "{conv}: released {} after {last}", m.seq);
+                }
+                assert!(self.released.insert(m.seq), "{conv}: seq {} released twice", m.seq);
+                assert!(self.messages.contains(&m.seq), "{conv}: seq {} was never fed", m.seq);
+                assert!(!self.own_first.contains(&m.seq), "{conv}: own seq {} released", m.seq);
+                self.last_released = Some(m.seq);
+            }
+            if cursor > before {
+                if skipping {
+                    self.covered.insert(before + 1, cursor);
+                } else {
+                    assert!(
+                        self.covered.contains(before + 1, cursor),
+                        "{conv}: cursor moved from {before} to {cursor} over unseen seqs"
+                    );
+                }
+            }
+            self.cursor = cursor;
+            let own_ahead = self.own.range(cursor.saturating_add(1)..).count();
+            let buffered = inbound.buffered(conv);
+            assert!(
+                buffered <= max_buffered + own_ahead,
+                "{conv}: {buffered} buffered (max {max_buffered}, {own_ahead} own acks ahead)"
+            );
+            let needs = inbound.needs_sync(conv);
+            assert!(
+                needs.is_none() || needs == cursor.checked_add(1),
+                "{conv}: needs_sync {needs:?} with cursor {cursor}"
+            );
+            if buffered > 0 {
+                assert!(needs.is_some(), "{conv}: {buffered} buffered but no sync asked for");
+            }
+        }
+    }
+
+    struct OutboxModel {
+        outbox: Outbox<u8>,
+        /// Pending ids in insertion order, with their item.
+        pending: Vec<(String, u8)>,
+    }
+
+    impl OutboxModel {
+        fn new(capacity: usize) -> Self {
+            Self { outbox: Outbox::new(capacity), pending: Vec::new() }
+        }
+
+        fn apply(&mut self, b: u8) {
+            let id = format!("m{}", b >> 1 & 7);
+            let pos = self.pending.iter().position(|(p, _)| *p == id);
+            if b & 1 == 0 {
+                let got = self.outbox.insert(id.clone(), b);
+                match pos {
+                    Some(_) => assert_eq!(got, Ok(Some(b)), "duplicate insert must hand back"),
+                    None if self.pending.len() >= self.outbox.capacity() => {
+                        assert!(got.is_err(), "insert over capacity accepted");
+                    }
+                    None => {
+                        assert_eq!(got, Ok(None));
+                        self.pending.push((id, b));
+                    }
+                }
+            } else {
+                let got = self.outbox.remove(&id);
+                assert_eq!(got, pos.map(|i| self.pending.remove(i).1), "remove of {id}");
+            }
+            assert_eq!(self.outbox.len(), self.pending.len());
+            assert_eq!(self.outbox.is_empty(), self.pending.is_empty());
+            let iter: Vec<(String, u8)> =
+                self.outbox.iter().map(|(id, item)| (id.to_owned(), *item)).collect();
+            assert_eq!(iter, self.pending, "outbox order or content differs");
+            let ids: Vec<String> = self.pending.iter().map(|(id, _)| id.clone()).collect();
+            assert_eq!(self.outbox.ids(), ids);
+            for (id, item) in &self.pending {
+                assert_eq!(self.outbox.get(id), Some(item));
+                assert!(self.outbox.contains(id));
+            }
+        }
+    }
+
+    struct HeartbeatModel {
+        hb: Heartbeat,
+        now: Instant,
+        interval: Option<Duration>,
+        silence: Option<Duration>,
+        last_tx: Instant,
+        last_rx: Instant,
+    }
+
+    impl HeartbeatModel {
+        fn new(t0: Instant, interval: u8, silence: u8) -> Self {
+            let ok = v1::LoginOk {
+                heartbeat_interval_ms: u32::from(interval) * 1000,
+                idle_timeout_ms: u32::from(silence) * 1000,
+                ..Default::default()
+            };
+            let interval = Duration::from_secs(u64::from(interval));
+            let silence =
+                if silence > 0 { Duration::from_secs(u64::from(silence)) } else { interval * 3 };
+            Self {
+                hb: Heartbeat::from_login_ok(t0, &ok),
+                now: t0,
+                interval: (!interval.is_zero()).then_some(interval),
+                silence: (!silence.is_zero()).then_some(silence),
+                last_tx: t0,
+                last_rx: t0,
+            }
+        }
+
+        fn apply(&mut self, b: u8) {
+            use crate::session::client::HeartbeatAction;
+            self.now += Duration::from_secs(u64::from(b >> 2));
+            let now = self.now;
+            match b & 3 {
+                0 => {
+                    self.hb.on_sent(now);
+                    self.last_tx = now;
+                }
+                1 => {
+                    self.hb.on_received(now);
+                    self.last_rx = now;
+                }
+                2 => {
+                    let ping = self.interval.map(|i| self.last_tx + i);
+                    let silence = self.silence.map(|s| self.last_rx + s);
+                    let expected = if silence.is_some_and(|d| now >= d) {
+                        HeartbeatAction::Reconnect
+                    } else if ping.is_some_and(|d| now >= d) {
+                        HeartbeatAction::Ping
+                    } else {
+                        HeartbeatAction::None
+                    };
+                    assert_eq!(self.hb.poll(now), expected, "heartbeat poll");
+                    if self.hb.next_deadline().is_some_and(|d| now < d) {
+                        assert_eq!(expected, HeartbeatAction::None, "acted before its deadline");
+                    }
+                }
+                _ => {}
+            }
+            let ping = self.interval.map(|i| self.last_tx + i);
+            let silence = self.silence.map(|s| self.last_rx + s);
+            assert_eq!(self.hb.ping_deadline(), ping);
+            assert_eq!(self.hb.silence_deadline(), silence);
+            let next = match (ping, silence) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            assert_eq!(self.hb.next_deadline(), next);
+        }
+    }
+
+    struct BackoffModel {
+        backoff: Backoff,
+        min: Duration,
+        max: Duration,
+        last_ceiling: Duration,
+        attempts: u32,
+    }
+
+    impl BackoffModel {
+        fn new(b: u8) -> Self {
+            // min 0..=150 ms, max 0..=60 s (raised to min when lower).
+            let min = Duration::from_millis(u64::from(b & 0x0F) * 10);
+            let max = Duration::from_secs(u64::from(b >> 4) * 4);
+            let backoff = Backoff::new(min, max);
+            let last_ceiling = backoff.ceiling();
+            Self { backoff, min, max: max.max(min), last_ceiling, attempts: 0 }
+        }
+
+        fn apply(&mut self, b: u8) {
+            if b == 0 {
+                self.backoff.reset();
+                self.attempts = 0;
+                assert_eq!(self.backoff.ceiling(), self.min, "ceiling after reset");
+            } else {
+                let ceiling = self.backoff.ceiling();
+                let random = u64::from(b).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                let delay = self.backoff.next_delay(random);
+                self.attempts = self.attempts.saturating_add(1);
+                assert!(delay >= self.min && delay <= ceiling, "delay {delay:?} > {ceiling:?}");
+                assert!(self.backoff.ceiling() >= ceiling, "ceiling shrank");
+            }
+            let ceiling = self.backoff.ceiling();
+            assert!(ceiling >= self.min && ceiling <= self.max, "ceiling {ceiling:?} out of range");
+            if self.attempts > 0 {
+                assert!(ceiling >= self.last_ceiling, "ceiling shrank without reset");
+            }
+            self.last_ceiling = ceiling;
+            assert_eq!(self.backoff.attempts(), self.attempts);
+        }
+    }
+}
+
+fn fuzz_message(conversation_id: &str, seq: u64, salt: u64) -> v1::Message {
+    v1::Message {
+        conversation_id: conversation_id.to_owned(),
+        seq,
+        sender_user_id: "bob".to_owned(),
+        client_msg_id: format!("c{salt}-{seq}"),
+        body: bytes::Bytes::from(seq.to_be_bytes().to_vec()),
+        ..Default::default()
+    }
+}
+
+/// A set of `u64`s kept as disjoint, non-adjacent inclusive ranges (start → end).
+#[derive(Debug, Default)]
+struct RangeSet(std::collections::BTreeMap<u64, u64>);
+
+impl RangeSet {
+    /// Adds `first..=last` (`first <= last`), merging with overlapping or adjacent ranges.
+    fn insert(&mut self, first: u64, last: u64) {
+        let (mut lo, mut hi) = (first, last);
+        // A range starting at or before `lo` that reaches it (or ends right before it).
+        if let Some((&s, &e)) = self.0.range(..=lo).next_back()
+            && e.saturating_add(1) >= lo
+        {
+            lo = s;
+            hi = hi.max(e);
+        }
+        // Ranges starting inside `lo..=hi + 1` merge in.
+        let absorbed: Vec<(u64, u64)> =
+            self.0.range(lo..=hi.saturating_add(1)).map(|(&s, &e)| (s, e)).collect();
+        for (s, e) in absorbed {
+            self.0.remove(&s);
+            hi = hi.max(e);
+        }
+        self.0.insert(lo, hi);
+    }
+
+    /// Whether every value of `first..=last` is in the set.
+    fn contains(&self, first: u64, last: u64) -> bool {
+        self.0.range(..=first).next_back().is_some_and(|(_, &e)| e >= last)
+    }
+}

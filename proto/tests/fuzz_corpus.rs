@@ -14,11 +14,16 @@ use tern_proto::v1::{self, envelope::Body};
 /// A fuzz target: its name (directory under `fuzz/corpus/`) and its body.
 type Target = (&'static str, fn(&[u8]));
 
-const TARGETS: [Target; 3] = [
+const TARGETS: [Target; 4] = [
     ("frame_decoder", fuzzing::frame_decoder),
     ("envelope", fuzzing::envelope),
     ("server_session", fuzzing::server_session),
+    ("client_session", fuzzing::client_session),
 ];
+
+/// Targets whose bodies live in other crates (and are replayed by those crates' own
+/// `tests/fuzz_corpus.rs`).
+const OTHER_CRATES_TARGETS: [&str; 2] = ["token", "http_request"];
 
 fn corpus_dir(target: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(target)
@@ -114,6 +119,65 @@ fn with_seed(seed: u8, stream: Vec<u8>) -> Vec<u8> {
     out
 }
 
+/// client_session header: config byte (max_buffered `1 + (cfg & 7)`, outbox capacity
+/// `1 + (cfg >> 3 & 7)`), heartbeat interval and silence (s), backoff byte.
+fn cs_header(cfg: u8, hb_interval: u8, hb_silence: u8, backoff: u8) -> Vec<u8> {
+    vec![cfg, hb_interval, hb_silence, backoff]
+}
+
+/// client_session op `kind` on conversation `c`.
+fn cs_op(kind: u8, c: u8) -> u8 {
+    (c << 3) | kind
+}
+
+/// client_session: a pushed message.
+fn cs_msg(c: u8, seq: u8) -> Vec<u8> {
+    vec![cs_op(0, c), seq]
+}
+
+/// client_session: an own SendAck.
+fn cs_own(c: u8, seq: u8) -> Vec<u8> {
+    vec![cs_op(1, c), seq]
+}
+
+/// client_session: a sync page (up to 7 messages, up to 3 missing ranges).
+fn cs_page(c: u8, msgs: &[u8], missing: &[(u8, u8)], more: bool, last: u8, next: u8) -> Vec<u8> {
+    let shape =
+        (msgs.len().min(7) as u8) | ((missing.len().min(3) as u8) << 3) | (u8::from(more) << 5);
+    let mut out = vec![cs_op(2, c), shape];
+    out.extend_from_slice(msgs);
+    for &(first, last) in missing {
+        out.extend([first, last]);
+    }
+    out.extend([last, next]);
+    out
+}
+
+/// client_session: `note_last_seq`.
+fn cs_note(c: u8, seq: u8) -> Vec<u8> {
+    vec![cs_op(3, c), seq]
+}
+
+/// client_session: `skip_gap`.
+fn cs_skip(c: u8) -> Vec<u8> {
+    vec![cs_op(4, c)]
+}
+
+/// client_session: outbox insert (`remove == false`) or remove of id `id` (0..8).
+fn cs_outbox(id: u8, remove: bool) -> Vec<u8> {
+    vec![5, (id << 1) | u8::from(remove)]
+}
+
+/// client_session: heartbeat: `secs` (0..64) pass, then `what` (0 sent, 1 received, 2 poll).
+fn cs_heartbeat(secs: u8, what: u8) -> Vec<u8> {
+    vec![6, (secs << 2) | what]
+}
+
+/// client_session: backoff `next_delay` (`b != 0`) or reset (`b == 0`).
+fn cs_backoff(b: u8) -> Vec<u8> {
+    vec![7, b]
+}
+
 /// The generated seeds: (target, file name, bytes).
 fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     let ping = env(3, Body::Ping(v1::Ping { client_time_ms: 1_700_000_000_000 }));
@@ -178,6 +242,123 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
             "server_session",
             "seed-decode-errors",
             [op_frame(&login_ok), vec![0, 2, 0x52, 0x05], vec![OP_TOO_LARGE]].concat(),
+        ),
+        // client_session: a header, then opcodes (see tern_proto::fuzzing::client_session).
+        (
+            "client_session",
+            "seed-in-order-and-duplicates",
+            [
+                cs_header(7, 0, 0, 0),
+                cs_msg(0, 1),
+                cs_msg(0, 2),
+                cs_msg(0, 2),
+                cs_msg(0, 1),
+                cs_msg(0, 3),
+            ]
+            .concat(),
+        ),
+        (
+            "client_session",
+            "seed-gap-then-sync",
+            [
+                cs_header(7, 0, 0, 0),
+                cs_msg(0, 3),
+                cs_msg(0, 5),
+                cs_msg(0, 5),
+                cs_page(0, &[1, 2, 3, 4, 5], &[], false, 5, 6),
+            ]
+            .concat(),
+        ),
+        (
+            "client_session",
+            "seed-missing-ranges",
+            [
+                cs_header(7, 0, 0, 0),
+                cs_msg(1, 9),
+                cs_page(1, &[1, 2, 5], &[(3, 4), (6, 8)], true, 9, 9),
+                cs_page(1, &[10], &[], false, 10, 11),
+            ]
+            .concat(),
+        ),
+        (
+            "client_session",
+            "seed-own-acks",
+            [
+                cs_header(7, 0, 0, 0),
+                cs_own(0, 2),
+                cs_msg(0, 3),
+                cs_own(0, 5),
+                cs_msg(0, 1),
+                cs_page(0, &[2, 3, 4, 5, 6], &[], false, 6, 7),
+                cs_own(0, 4),
+            ]
+            .concat(),
+        ),
+        (
+            "client_session",
+            "seed-bounded-buffer",
+            [
+                cs_header(1, 0, 0, 0),
+                (3..=10).flat_map(|s| cs_msg(2, s)).collect(),
+                cs_own(2, 12),
+                cs_own(2, 14),
+                cs_page(2, &[1, 2, 3, 4, 5, 6, 7], &[], true, 14, 8),
+                cs_page(2, &[8, 9, 10, 11, 13], &[], false, 14, 15),
+            ]
+            .concat(),
+        ),
+        (
+            "client_session",
+            "seed-stale-list-and-skip-gap",
+            [
+                cs_header(7, 0, 0, 0),
+                cs_note(0, 3),
+                cs_page(0, &[], &[], false, 0, 1),
+                cs_msg(0, 3),
+                cs_page(0, &[], &[], false, 0, 1),
+                cs_skip(0),
+                cs_msg(0, 4),
+            ]
+            .concat(),
+        ),
+        (
+            "client_session",
+            "seed-conversations-interleaved",
+            [
+                cs_header(2, 0, 0, 0),
+                cs_msg(0, 2),
+                cs_msg(1, 1),
+                cs_msg(2, 4),
+                cs_own(1, 2),
+                cs_page(0, &[1], &[], false, 2, 3),
+                cs_note(2, 6),
+                cs_page(2, &[1, 2, 3, 5], &[(6, 6)], false, 6, 7),
+            ]
+            .concat(),
+        ),
+        (
+            "client_session",
+            "seed-outbox-heartbeat-backoff",
+            [
+                cs_header(0x10, 5, 0, 0x3A),
+                cs_outbox(1, false),
+                cs_outbox(2, false),
+                cs_outbox(1, false),
+                cs_outbox(3, false),
+                cs_outbox(1, true),
+                cs_outbox(3, false),
+                cs_heartbeat(4, 2),
+                cs_heartbeat(1, 2),
+                cs_heartbeat(0, 0),
+                cs_heartbeat(6, 1),
+                cs_heartbeat(9, 2),
+                cs_backoff(1),
+                cs_backoff(200),
+                cs_backoff(77),
+                cs_backoff(0),
+                cs_backoff(255),
+            ]
+            .concat(),
         ),
     ]
 }
@@ -244,6 +425,11 @@ fn replay_server_session_corpus() {
 }
 
 #[test]
+fn replay_client_session_corpus() {
+    replay(TARGETS[3].0, TARGETS[3].1);
+}
+
+#[test]
 fn every_fuzz_target_has_a_replay() {
     // The cargo-fuzz targets in fuzz/fuzz_targets/ must match the bodies replayed here.
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/fuzz_targets");
@@ -255,7 +441,8 @@ fn every_fuzz_target_has_a_replay() {
         Err(e) => panic!("{} is missing: {e}", dir.display()),
     };
     found.sort();
-    let mut expected: Vec<String> = TARGETS.iter().map(|(t, _)| (*t).to_owned()).collect();
+    let mut expected: Vec<String> =
+        TARGETS.iter().map(|(t, _)| *t).chain(OTHER_CRATES_TARGETS).map(str::to_owned).collect();
     expected.sort();
     assert_eq!(found, expected);
 }

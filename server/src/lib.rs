@@ -11,4 +11,6 @@ pub mod bench;
 pub mod chat;
 pub mod config;
 pub mod embedded;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;

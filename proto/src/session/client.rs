@@ -149,7 +149,8 @@ impl ConvState {
             }
             match entry.remove() {
                 Slot::Message(m) => {
-                    if first == self.cursor + 1 {
+                    // checked: a missing range may have taken the cursor to u64::MAX.
+                    if self.cursor.checked_add(1) == Some(first) {
                         self.cursor = first;
                         out.push(*m);
                     }
@@ -359,7 +360,8 @@ impl InboundOrder {
     /// seq are unseen; `None` when nothing is known to be missing.
     pub fn needs_sync(&self, conversation_id: &str) -> Option<u64> {
         let conv = self.convs.get(conversation_id)?;
-        (conv.known_last > conv.cursor).then_some(conv.cursor + 1)
+        // Lazy: `cursor + 1` overflows when the cursor is u64::MAX (and then nothing is missing).
+        (conv.known_last > conv.cursor).then(|| conv.cursor + 1)
     }
 
     /// Every conversation that needs a sync, with its `from_seq`.
@@ -750,6 +752,23 @@ mod tests {
         assert_eq!(seqs(&io.skip_gap("c")), [3]);
         assert_eq!(io.needs_sync("c"), None);
         assert_eq!(io.cursor("c"), 3);
+    }
+
+    #[test]
+    fn seqs_at_the_top_of_the_range_do_not_overflow() {
+        // Found by the `client_session` fuzz target: a missing range up to u64::MAX (from a
+        // buggy or hostile server) moves the cursor to the top; `cursor + 1` then overflowed in
+        // release() (a buffered message past the range) and in needs_sync().
+        let mut io = InboundOrder::default();
+        assert!(io.on_message(msg("c", 10)).is_empty());
+        assert!(io.on_sync_page(&page("c", &[], &[(1, u64::MAX)], 0, false)).is_empty());
+        assert_eq!(io.cursor("c"), u64::MAX);
+        assert_eq!(io.buffered("c"), 0);
+        assert_eq!(io.needs_sync("c"), None);
+        assert!(io.on_message(msg("c", u64::MAX)).is_empty());
+        assert!(io.on_own_ack("c", u64::MAX).is_empty());
+        assert!(io.skip_gap("c").is_empty());
+        assert_eq!(io.gaps(), Vec::<(String, u64)>::new());
     }
 
     #[test]
