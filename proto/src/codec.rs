@@ -73,8 +73,17 @@ impl FrameDecoder {
 
     /// Takes one frame off the front of `buf` and decodes it.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Envelope>, FrameError> {
+        self.decode_as(buf)
+    }
+
+    /// Takes one frame off the front of `buf` and decodes it as `M` (for the internal link
+    /// protocol, which frames `link::v1::LinkFrame`s the same way).
+    pub fn decode_as<M: Message + Default>(
+        &mut self,
+        buf: &mut BytesMut,
+    ) -> Result<Option<M>, FrameError> {
         match self.decode_payload(buf)? {
-            Some(payload) => Ok(Some(Envelope::decode(payload)?)),
+            Some(payload) => Ok(Some(M::decode(payload)?)),
             None => Ok(None),
         }
     }
@@ -94,10 +103,11 @@ impl FrameDecoder {
     }
 }
 
-/// Appends `env` as one frame (prefix + protobuf bytes) to `dst`. Fails, writing nothing, when
-/// the encoded envelope is larger than `max_frame_bytes`.
+/// Appends `env` (an [`Envelope`], or any message framed the same way) as one frame (prefix +
+/// protobuf bytes) to `dst`. Fails, writing nothing, when the encoded message is larger than
+/// `max_frame_bytes`.
 pub fn encode_frame(
-    env: &Envelope,
+    env: &impl Message,
     max_frame_bytes: usize,
     dst: &mut impl BufMut,
 ) -> Result<(), FrameError> {
@@ -114,7 +124,7 @@ pub fn encode_frame(
 
 /// Encodes `env` as one frame into a fresh `Bytes`, e.g. to share one encoding among many
 /// recipients.
-pub fn encode_to_bytes(env: &Envelope, max_frame_bytes: usize) -> Result<Bytes, FrameError> {
+pub fn encode_to_bytes(env: &impl Message, max_frame_bytes: usize) -> Result<Bytes, FrameError> {
     let mut buf = BytesMut::with_capacity(LEN_PREFIX_BYTES + env.encoded_len());
     encode_frame(env, max_frame_bytes, &mut buf)?;
     Ok(buf.freeze())
