@@ -26,8 +26,20 @@ pub struct Origin {
     pub user_id: String,
     /// Logged-in device.
     pub device_id: String,
+    /// The gateway it came through ("" in embedded mode).
+    pub gateway_id: String,
     /// The gateway connection it came on (pushes skip it).
     pub connection_id: u64,
+}
+
+impl Origin {
+    /// The connection the request came on.
+    pub fn conn_ref(&self) -> crate::push::ConnRef {
+        crate::push::ConnRef {
+            gateway_id: self.gateway_id.clone(),
+            connection_id: self.connection_id,
+        }
+    }
 }
 
 /// Shared state of the request handlers.

@@ -7,6 +7,8 @@
 //!   [`send`], [`recall`], [`receipt`], [`sync`], [`conversations`], [`group`].
 //! - [`membership`]: who may use a conversation.
 //! - [`push`]: the [`Pusher`] trait through which deliveries reach connections.
+//! - [`link`]: the worker's side of gateway links (distributed mode).
+//! - [`route`]: the distributed-mode [`Pusher`]: Redis presence lookup, one Push per gateway.
 //! - [`config`], [`error`], [`metrics`].
 //!
 //! Dispatch is stateless apart from the store: any worker can serve any request.
@@ -16,16 +18,18 @@ pub mod conversations;
 pub mod dispatcher;
 pub mod error;
 pub mod group;
+pub mod link;
 pub mod membership;
 pub mod metrics;
 pub mod pipeline;
 pub mod push;
 pub mod recall;
 pub mod receipt;
+pub mod route;
 pub mod send;
 pub mod sync;
 
 pub use config::DispatchConfig;
 pub use dispatcher::{BoxFuture, Dispatcher, Origin};
 pub use error::DispatchError;
-pub use push::Pusher;
+pub use push::{ConnRef, Pusher};

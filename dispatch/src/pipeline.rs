@@ -12,12 +12,12 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::DispatchError;
 use crate::metrics::DispatchMetrics;
-use crate::push::{Pusher, fan_out};
+use crate::push::{ConnRef, Pusher, fan_out};
 
 /// One message waiting to be committed.
 struct Job {
     msg: NewMessage,
-    skip_connection: Option<u64>,
+    skip: Option<ConnRef>,
     reply: oneshot::Sender<Result<Appended, DispatchError>>,
 }
 
@@ -47,13 +47,9 @@ impl Pipeline {
 
     /// Enqueues a message now (so submissions keep their order) and returns its outcome's
     /// receiver. Fails at once with UNAVAILABLE when the queue is full.
-    pub fn submit(
-        &self,
-        msg: NewMessage,
-        skip_connection: Option<u64>,
-    ) -> Result<Pending, DispatchError> {
+    pub fn submit(&self, msg: NewMessage, skip: Option<ConnRef>) -> Result<Pending, DispatchError> {
         let (reply, rx) = oneshot::channel();
-        match self.tx.try_send(Job { msg, skip_connection, reply }) {
+        match self.tx.try_send(Job { msg, skip, reply }) {
             Ok(()) => Ok(rx),
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.metrics.pipeline_full.fetch_add(1, Relaxed);
@@ -95,7 +91,7 @@ async fn run(
                             &*pusher,
                             &job.msg.members,
                             Body::Deliver(v1::Deliver { message: Some(message) }),
-                            job.skip_connection,
+                            job.skip.as_ref(),
                         );
                     }
                     let _ = job.reply.send(Ok(out));

@@ -35,7 +35,7 @@ pub async fn update(
         &*d.pusher,
         &members.users,
         Body::ReceiptUpdate(update.clone()),
-        Some(origin.connection_id),
+        Some(&origin.conn_ref()),
     );
     Ok(Body::ReceiptUpdate(update))
 }

@@ -50,7 +50,7 @@ pub fn submit(
         recalled_seq: 0,
         server_time_ms: unix_ms(),
     };
-    Ok((d.pipeline.submit(msg, Some(origin.connection_id))?, req.client_msg_id))
+    Ok((d.pipeline.submit(msg, Some(origin.conn_ref()))?, req.client_msg_id))
 }
 
 /// Waits for the commit and builds the SendAck.

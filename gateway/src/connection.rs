@@ -99,6 +99,7 @@ pub async fn run<U: Upstream>(gw: Arc<Gateway<U>>, stream: TcpStream, connection
     // the client read the last frame.
     if let Some(ctx) = &driver.ctx {
         gw.registry.unregister(&ctx.user_id, connection_id);
+        gw.upstream.disconnected(ctx);
     }
     outbound.close_with(None);
     drop(buf);
@@ -169,6 +170,7 @@ impl<U: Upstream> Driver<U> {
                     }),
                 );
                 tracing::debug!(connection_id = self.connection_id, user = %ctx.user_id, device = %ctx.device_id, "logged in");
+                gw.upstream.connected(&ctx);
                 self.ctx = Some(ctx);
                 true
             }

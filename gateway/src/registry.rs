@@ -138,6 +138,18 @@ impl Registry {
             .unwrap_or_default()
     }
 
+    /// Every registered connection as (user, device, connection id), e.g. to refresh presence.
+    pub fn snapshot(&self) -> Vec<(String, String, u64)> {
+        let mut out = Vec::new();
+        for shard in &self.shards {
+            let map = shard.lock().unwrap_or_else(|p| p.into_inner());
+            for (user, conns) in map.iter() {
+                out.extend(conns.iter().map(|c| (user.clone(), c.device_id.clone(), c.id)));
+            }
+        }
+        out
+    }
+
     /// Kicks every connection (server shutdown).
     pub fn kick_all(&self, reason: KickReason, message: &str) {
         for shard in &self.shards {

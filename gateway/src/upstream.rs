@@ -28,4 +28,11 @@ pub trait Upstream: Send + Sync + 'static {
     /// pipeline) happens before this returns, so requests of one connection keep their order
     /// even though their answers are awaited concurrently.
     fn request(&self, ctx: &Arc<RequestCtx>, env: Envelope) -> BoxFuture<'static, Envelope>;
+
+    /// A connection logged in (after the registry took it). Distributed mode publishes
+    /// presence here. Must not block.
+    fn connected(&self, _ctx: &Arc<RequestCtx>) {}
+
+    /// A logged-in connection closed. Must not block.
+    fn disconnected(&self, _ctx: &Arc<RequestCtx>) {}
 }

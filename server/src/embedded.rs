@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use bytes::Bytes;
-use tern_dispatch::{Dispatcher, Origin, Pusher};
+use tern_dispatch::{ConnRef, Dispatcher, Origin, Pusher};
 use tern_gateway::metrics::GatewayMetrics;
 use tern_gateway::{BoxFuture, Gateway, Registry, RequestCtx, Upstream};
 use tern_proto::v1::Envelope;
@@ -19,8 +19,9 @@ use crate::config::Config;
 struct LocalPusher(Arc<Registry>);
 
 impl Pusher for LocalPusher {
-    fn push(&self, user_id: &str, frame: &Bytes, skip_connection: Option<u64>) {
-        self.0.push(user_id, frame, skip_connection);
+    fn push(&self, user_id: &str, frame: &Bytes, skip: Option<&ConnRef>) {
+        // One gateway: every connection id is this registry's.
+        self.0.push(user_id, frame, skip.map(|s| s.connection_id));
     }
 }
 
@@ -32,6 +33,7 @@ impl Upstream for InProcess {
         let origin = Origin {
             user_id: ctx.user_id.clone(),
             device_id: ctx.device_id.clone(),
+            gateway_id: String::new(),
             connection_id: ctx.connection_id,
         };
         self.0.handle(&origin, env)

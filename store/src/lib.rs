@@ -90,7 +90,10 @@ pub struct ConversationEntry {
 pub struct Range {
     /// Stored messages with seq in the requested window, in seq order.
     pub messages: Vec<v1::Message>,
-    /// The conversation's latest allocated seq when read (0: empty conversation).
+    /// The latest seq sync may settle now (0: empty conversation): the latest allocated seq,
+    /// or, in a backend where a seq can be allocated before its message is written (Scylla),
+    /// just below the oldest seq that is still being written, so that a seq a writer is about
+    /// to store is never reported as missing.
     pub last_seq: u64,
 }
 

@@ -1,0 +1,186 @@
+//! Routing deliveries in the distributed mode: look the recipients up in Redis presence (one
+//! pipelined round trip per batch) and send each gateway one Push per message with the users it
+//! holds. Pushing never blocks dispatch: jobs wait in a bounded queue, and what cannot be routed
+//! (queue full, presence down, gateway not linked) is dropped and counted; clients recover by sync.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use bytes::Bytes;
+use tern_presence::Presence;
+use tern_proto::link::v1::{self as link, link_frame::Body as LinkBody};
+use tokio::sync::mpsc;
+
+use crate::link::{Links, encode_link};
+use crate::push::{ConnRef, Pusher};
+
+/// Pushes waiting for routing; past it pushes are dropped.
+const ROUTE_QUEUE: usize = 65_536;
+/// Most pushes routed per presence round trip.
+const ROUTE_BATCH: usize = 1024;
+
+struct Job {
+    user: String,
+    frame: Bytes,
+    skip: Option<ConnRef>,
+}
+
+/// Router counters.
+#[derive(Debug, Default)]
+pub struct RouteMetrics {
+    /// Pushes dropped because the routing queue was full.
+    pub queue_full: AtomicU64,
+    /// Presence lookups that failed (their pushes were dropped).
+    pub lookup_errors: AtomicU64,
+    /// Push frames sent to gateways.
+    pub pushes_sent: AtomicU64,
+}
+
+/// The distributed-mode [`Pusher`].
+pub struct Router {
+    tx: mpsc::Sender<Job>,
+    /// Counters.
+    pub metrics: Arc<RouteMetrics>,
+}
+
+impl Router {
+    /// Starts the routing task on the current runtime.
+    pub fn start(presence: Presence, links: Arc<Links>) -> Self {
+        let (tx, rx) = mpsc::channel(ROUTE_QUEUE);
+        let metrics = Arc::new(RouteMetrics::default());
+        tokio::spawn(run(rx, presence, links, metrics.clone()));
+        Self { tx, metrics }
+    }
+}
+
+impl Pusher for Router {
+    fn push(&self, user_id: &str, frame: &Bytes, skip: Option<&ConnRef>) {
+        let job = Job { user: user_id.to_owned(), frame: frame.clone(), skip: skip.cloned() };
+        if self.tx.try_send(job).is_err() {
+            self.metrics.queue_full.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+async fn run(
+    mut rx: mpsc::Receiver<Job>,
+    presence: Presence,
+    links: Arc<Links>,
+    m: Arc<RouteMetrics>,
+) {
+    let mut jobs = Vec::with_capacity(ROUTE_BATCH);
+    while rx.recv_many(&mut jobs, ROUTE_BATCH).await > 0 {
+        let mut users: Vec<String> = jobs.iter().map(|j| j.user.clone()).collect();
+        users.sort_unstable();
+        users.dedup();
+        let located = match presence.lookup(&users).await {
+            Ok(l) => l,
+            Err(e) => {
+                m.lookup_errors.fetch_add(1, Relaxed);
+                tracing::warn!(error = %e, dropped = jobs.len(), "presence lookup failed; pushes dropped");
+                jobs.clear();
+                continue;
+            }
+        };
+        let where_is: HashMap<&str, &Vec<tern_presence::Location>> =
+            users.iter().map(String::as_str).zip(located.iter()).collect();
+        for push in plan(&jobs, &where_is) {
+            if links.try_send(&push.gateway_id, push.frame) {
+                m.pushes_sent.fetch_add(1, Relaxed);
+            }
+        }
+        jobs.clear();
+    }
+}
+
+/// One Push frame for one gateway.
+struct PlannedPush {
+    gateway_id: String,
+    frame: Bytes,
+}
+
+/// Groups jobs into one Push per (message frame, gateway), in job order, so each gateway gets
+/// each message once with every local recipient listed.
+fn plan(jobs: &[Job], where_is: &HashMap<&str, &Vec<tern_presence::Location>>) -> Vec<PlannedPush> {
+    // (frame pointer, gateway) -> targets, keeping first-seen order.
+    let mut order: Vec<(usize, String)> = Vec::new();
+    let mut targets: HashMap<(usize, String), (Bytes, Vec<link::PushTarget>)> = HashMap::new();
+    for job in jobs {
+        let Some(locations) = where_is.get(job.user.as_str()) else { continue };
+        let mut gateways: Vec<&str> = locations.iter().map(|l| l.gateway_id.as_str()).collect();
+        gateways.sort_unstable();
+        gateways.dedup();
+        for gw in gateways {
+            let key = (job.frame.as_ptr() as usize, gw.to_owned());
+            let skip_connection =
+                job.skip.as_ref().filter(|s| s.gateway_id == gw).map_or(0, |s| s.connection_id);
+            let entry = targets.entry(key.clone()).or_insert_with(|| {
+                order.push(key.clone());
+                (job.frame.clone(), Vec::new())
+            });
+            entry.1.push(link::PushTarget { user_id: job.user.clone(), skip_connection });
+        }
+    }
+    order
+        .into_iter()
+        .filter_map(|key| {
+            let (frame, targets) = targets.remove(&key)?;
+            let gateway_id = key.1;
+            Some(PlannedPush {
+                frame: encode_link(0, LinkBody::Push(link::Push { targets, frame })),
+                gateway_id,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+    use tern_presence::Location;
+
+    fn loc(device: &str, gw: &str, conn: u64) -> Location {
+        Location { device_id: device.into(), gateway_id: gw.into(), connection_id: conn }
+    }
+
+    /// (gateway, [(user, skip)], frame) of one planned push.
+    type Decoded = (String, Vec<(String, u64)>, Bytes);
+
+    #[test]
+    fn one_push_per_message_and_gateway_with_skip_only_on_origin_gateway() {
+        let m1 = Bytes::from_static(b"message-1");
+        let m2 = Bytes::from_static(b"message-2");
+        let alice = vec![loc("phone", "gw1", 7), loc("laptop", "gw2", 7)];
+        let bob = vec![loc("phone", "gw1", 9)];
+        let nobody = vec![];
+        let where_is: HashMap<&str, &Vec<Location>> =
+            [("alice", &alice), ("bob", &bob), ("carol", &nobody)].into_iter().collect();
+        let skip = Some(ConnRef { gateway_id: "gw1".into(), connection_id: 7 });
+        let jobs = vec![
+            Job { user: "alice".into(), frame: m1.clone(), skip: skip.clone() },
+            Job { user: "bob".into(), frame: m1.clone(), skip: skip.clone() },
+            Job { user: "carol".into(), frame: m1.clone(), skip: skip.clone() },
+            Job { user: "bob".into(), frame: m2.clone(), skip: None },
+        ];
+        let pushes = plan(&jobs, &where_is);
+        let decoded: Vec<Decoded> = pushes
+            .into_iter()
+            .map(|p| {
+                let f = link::LinkFrame::decode(&p.frame[4..]).unwrap();
+                let Some(LinkBody::Push(push)) = f.body else { panic!("not a push") };
+                let t = push.targets.into_iter().map(|t| (t.user_id, t.skip_connection)).collect();
+                (p.gateway_id, t, push.frame)
+            })
+            .collect();
+        assert_eq!(
+            decoded,
+            vec![
+                ("gw1".into(), vec![("alice".into(), 7), ("bob".into(), 7)], m1.clone()),
+                ("gw2".into(), vec![("alice".into(), 0)], m1),
+                ("gw1".into(), vec![("bob".into(), 0)], m2),
+            ]
+        );
+    }
+}

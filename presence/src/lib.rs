@@ -1,0 +1,271 @@
+//! Presence in Redis: which gateway holds each (user, device) connection. Gateways publish and
+//! refresh entries in batches; dispatch workers look up the recipients of a batch of messages in
+//! one pipelined round trip.
+//!
+//! # Layout
+//!
+//! One hash per user, `{prefix}p:{user}`: field = device id, value =
+//! `"{gateway_id} {connection_id} {expires_at_ms}"`. Each entry carries its own expiry, so a
+//! device whose gateway died disappears from lookups after the TTL even while the same user's
+//! other devices keep the key alive; the key itself also gets a TTL, so users nobody refreshes
+//! vanish entirely. Redis 7.0 has no per-field TTL; this is the portable equivalent.
+//!
+//! Presence is soft state: losing it (a Redis restart without persistence, a FLUSHALL) only
+//! costs pushes until gateways republish (every refresh interval); clients never lose messages
+//! because sync is the source of truth.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use thiserror::Error;
+
+/// A presence failure. Always the backend's fault; callers degrade (skip pushes, retry later).
+#[derive(Debug, Error)]
+pub enum PresenceError {
+    /// Redis is unreachable or answered with an error.
+    #[error("presence redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// One device's connection on a gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The user.
+    pub user_id: String,
+    /// The user's device.
+    pub device_id: String,
+    /// The gateway holding the connection.
+    pub gateway_id: String,
+    /// The gateway's connection id.
+    pub connection_id: u64,
+}
+
+/// Where one device of a looked-up user is connected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    /// The device.
+    pub device_id: String,
+    /// Its gateway.
+    pub gateway_id: String,
+    /// The gateway's connection id.
+    pub connection_id: u64,
+}
+
+/// Presence settings.
+#[derive(Debug, Clone)]
+pub struct PresenceConfig {
+    /// Redis URL, e.g. `redis://127.0.0.1:6379/`.
+    pub url: String,
+    /// Key prefix (several clusters may share one Redis). Default `tern:`.
+    pub key_prefix: String,
+    /// How long an entry lives without a refresh. Gateways refresh every `ttl / 3`. Default 90 s.
+    pub ttl: Duration,
+    /// Timeout of one Redis round trip. Default 2 s.
+    pub timeout: Duration,
+}
+
+impl PresenceConfig {
+    /// Defaults for `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            key_prefix: "tern:".into(),
+            ttl: Duration::from_secs(90),
+            timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// A presence client (cheap to clone: one multiplexed, self-reconnecting connection).
+#[derive(Clone)]
+pub struct Presence {
+    conn: ConnectionManager,
+    cfg: PresenceConfig,
+    remove_script: redis::Script,
+}
+
+/// Deletes a device's field only if it still names this gateway and connection (a newer login
+/// elsewhere may have replaced it).
+const REMOVE: &str = r#"
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if v and string.sub(v, 1, #ARGV[2]) == ARGV[2] then
+  return redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return 0
+"#;
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl Presence {
+    /// Connects (and keeps reconnecting in the background when Redis goes away).
+    pub async fn connect(cfg: PresenceConfig) -> Result<Self, PresenceError> {
+        let client = redis::Client::open(cfg.url.as_str())?;
+        let mgr_cfg = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(cfg.timeout))
+            .set_connection_timeout(Some(cfg.timeout))
+            .set_max_delay(Duration::from_secs(2))
+            .set_number_of_retries(2);
+        let conn = ConnectionManager::new_with_config(client, mgr_cfg).await?;
+        Ok(Self { conn, cfg, remove_script: redis::Script::new(REMOVE) })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &PresenceConfig {
+        &self.cfg
+    }
+
+    fn key(&self, user: &str) -> String {
+        format!("{}p:{user}", self.cfg.key_prefix)
+    }
+
+    /// Publishes (or refreshes) entries, one pipelined round trip for the whole batch.
+    pub async fn publish(&self, entries: &[Entry]) -> Result<(), PresenceError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let expires = now_ms() + self.cfg.ttl.as_millis() as u64;
+        let key_ttl_ms = self.cfg.ttl.as_millis() as u64 * 2;
+        let mut pipe = redis::pipe();
+        for e in entries {
+            let key = self.key(&e.user_id);
+            let value = format!("{} {} {expires}", e.gateway_id, e.connection_id);
+            pipe.hset(&key, &e.device_id, value).ignore();
+            pipe.pexpire(&key, key_ttl_ms as i64).ignore();
+        }
+        let mut conn = self.conn.clone();
+        pipe.query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Removes entries (connections that closed), each only if it still names its connection.
+    pub async fn remove(&self, entries: &[Entry]) -> Result<(), PresenceError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        // Load once so the pipeline can use EVALSHA.
+        self.remove_script.load_async(&mut conn).await?;
+        let mut pipe = redis::pipe();
+        for e in entries {
+            pipe.cmd("EVALSHA")
+                .arg(self.remove_script.get_hash())
+                .arg(1)
+                .arg(self.key(&e.user_id))
+                .arg(&e.device_id)
+                .arg(format!("{} {} ", e.gateway_id, e.connection_id))
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Where each of `users` is connected (same order as `users`), one pipelined round trip.
+    /// Expired entries are left out.
+    pub async fn lookup(&self, users: &[String]) -> Result<Vec<Vec<Location>>, PresenceError> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for u in users {
+            pipe.hgetall(self.key(u));
+        }
+        let mut conn = self.conn.clone();
+        let maps: Vec<Vec<(String, String)>> = pipe.query_async(&mut conn).await?;
+        let now = now_ms();
+        Ok(maps.into_iter().map(|fields| parse_locations(fields, now)).collect())
+    }
+}
+
+/// Parses a user's hash fields into live locations (malformed or expired values are skipped).
+pub fn parse_locations(fields: Vec<(String, String)>, now_ms: u64) -> Vec<Location> {
+    fields
+        .into_iter()
+        .filter_map(|(device_id, value)| {
+            let mut parts = value.split(' ');
+            let gateway_id = parts.next()?.to_owned();
+            let connection_id = parts.next()?.parse().ok()?;
+            let expires: u64 = parts.next()?.parse().ok()?;
+            (expires > now_ms && !gateway_id.is_empty()).then_some(Location {
+                device_id,
+                gateway_id,
+                connection_id,
+            })
+        })
+        .collect()
+}
+
+/// Worker discovery: dispatch workers announce their link address with an expiry; gateways
+/// list the live ones. Key `{prefix}workers`: field = worker id, value = `"{addr} {expires_ms}"`.
+impl Presence {
+    fn workers_key(&self) -> String {
+        format!("{}workers", self.cfg.key_prefix)
+    }
+
+    /// Announces (or refreshes) worker `id` at `addr`, live for `ttl`.
+    pub async fn announce_worker(
+        &self,
+        id: &str,
+        addr: &str,
+        ttl: Duration,
+    ) -> Result<(), PresenceError> {
+        let expires = now_ms() + ttl.as_millis() as u64;
+        let mut conn = self.conn.clone();
+        redis::cmd("HSET")
+            .arg(self.workers_key())
+            .arg(id)
+            .arg(format!("{addr} {expires}"))
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Withdraws worker `id` (clean shutdown).
+    pub async fn withdraw_worker(&self, id: &str) -> Result<(), PresenceError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("HDEL").arg(self.workers_key()).arg(id).query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Live workers as (id, addr), sorted by id.
+    pub async fn list_workers(&self) -> Result<Vec<(String, String)>, PresenceError> {
+        let mut conn = self.conn.clone();
+        let fields: Vec<(String, String)> =
+            redis::cmd("HGETALL").arg(self.workers_key()).query_async(&mut conn).await?;
+        let now = now_ms();
+        let mut live: Vec<(String, String)> = fields
+            .into_iter()
+            .filter_map(|(id, v)| {
+                let (addr, expires) = v.split_once(' ')?;
+                (expires.parse::<u64>().ok()? > now).then(|| (id, addr.to_owned()))
+            })
+            .collect();
+        live.sort();
+        Ok(live)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_live_entries_and_skips_expired_or_malformed() {
+        let fields = vec![
+            ("phone".to_string(), "gw1 42 2000".to_string()),
+            ("old".to_string(), "gw2 7 999".to_string()),
+            ("junk".to_string(), "gw3".to_string()),
+            ("junk2".to_string(), "gw3 x 5000".to_string()),
+        ];
+        let got = parse_locations(fields, 1000);
+        assert_eq!(
+            got,
+            vec![Location {
+                device_id: "phone".into(),
+                gateway_id: "gw1".into(),
+                connection_id: 42
+            }]
+        );
+    }
+}

@@ -1,0 +1,84 @@
+//! [`RedisStoreConfig`]: where the store Redis is, how keys are named, how long a command may
+//! take and whether a non-durable Redis is refused.
+
+use std::fmt;
+use std::time::Duration;
+
+/// Configuration of a [`RedisStore`](crate::RedisStore). A plain struct: the binary layers
+/// file, environment and flags into it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisStoreConfig {
+    /// `redis://[user:password@]host:port[/db]` of the store Redis (a single primary; see the
+    /// crate doc). Never the presence Redis: that one may be flushed.
+    pub url: String,
+    /// Prepended to every key, so that several deployments (or tests) can share one Redis.
+    /// Must not contain `{` or `}` (they would change the keys' hash tags). Default `"tern:"`.
+    pub key_prefix: String,
+    /// Upper bound on one store operation, including waiting for a reconnect: past it the
+    /// operation fails with `StoreError::Unavailable`. Cost: a caller (a dispatch worker's
+    /// commit task) waits up to this long while Redis is down. Default 5 s.
+    pub command_timeout: Duration,
+    /// Refuse (at connect) a Redis that is not `appendonly yes` + `appendfsync always`: with
+    /// anything else an acknowledged append can be lost by a crash, which breaks "accepted
+    /// means durable". Default true; only tests and benches may turn it off.
+    pub require_durable: bool,
+}
+
+impl RedisStoreConfig {
+    /// The defaults for the Redis at `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            key_prefix: "tern:".to_owned(),
+            command_timeout: Duration::from_secs(5),
+            require_durable: true,
+        }
+    }
+}
+
+impl fmt::Debug for RedisStoreConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStoreConfig")
+            .field("url", &redact_url(&self.url))
+            .field("key_prefix", &self.key_prefix)
+            .field("command_timeout", &self.command_timeout)
+            .field("require_durable", &self.require_durable)
+            .finish()
+    }
+}
+
+/// `url` with any credentials (`user:password@`) replaced by `***@`, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let sep = if scheme.is_empty() { "" } else { "://" };
+            format!("{scheme}{sep}***@{}", &rest[at + 1..])
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_durable_and_prefixed() {
+        let cfg = RedisStoreConfig::new("redis://127.0.0.1:7000/");
+        assert_eq!(cfg.key_prefix, "tern:");
+        assert!(cfg.require_durable);
+        assert_eq!(cfg.command_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn credentials_never_reach_debug_output() {
+        assert_eq!(redact_url("redis://u:secret@h:1/0"), "redis://***@h:1/0");
+        assert_eq!(redact_url("redis://:secret@h:1"), "redis://***@h:1");
+        assert_eq!(redact_url("redis://h:1/0"), "redis://h:1/0");
+        assert_eq!(redact_url("rediss://a@b@h:1/x@y"), "rediss://***@h:1/x@y");
+        let cfg = RedisStoreConfig::new("redis://u:secret@h:1/");
+        assert!(!format!("{cfg:?}").contains("secret"));
+    }
+}

@@ -1,0 +1,128 @@
+//! The Lua scripts, run with EVALSHA through [`redis::Script`] (which loads a script again
+//! when Redis answers NOSCRIPT, e.g. after a restart emptied its script cache).
+//!
+//! Redis runs a script atomically: no other command (from any dispatch worker) runs while it
+//! does, and with `appendfsync always` all of its writes reach the AOF, fsynced, before its
+//! reply is sent. A script that fails half way is **not** rolled back, so each script here
+//! validates what it can before its first write and otherwise only calls commands that cannot
+//! fail on keys of the types this backend creates.
+//!
+//! Numbers: Redis hands integers to Lua as doubles, exact up to 2^53. Seqs are formatted with
+//! `%d` (exact below 2^53, far beyond any real conversation). Watermarks are compared as
+//! decimal strings (length first, then bytes), so any `u64` a client sends is exact.
+//!
+//! # APPEND
+//!
+//! `ARGV = [bucket_size, n, then n records of 9 + m fields]`, each record:
+//! `conv_base, conversation_id, dedupe_key, server_time_ms, header, body, recall_seq,
+//! recall_bucket_key, m, user_base x m` (`recall_seq` "0" and `recall_bucket_key` "" when the
+//! message is not a recall). For each record in order:
+//! 1. `GET dedupe_key`: if set, answer `["1", record, ""]` (the stored
+//!    `seq:time:conversation_id`) and write nothing.
+//! 2. `seq = HINCRBY <conv>:meta last_seq 1`.
+//! 3. A recall: if its target's header field exists in its bucket, `HDEL` the target's body
+//!    field and `HSET` its recalled flag; else answer "1" in the third slot (target missing).
+//! 4. `HSET <conv>:m:<seq / bucket_size> <seq> header [b<seq> body]` (body field only when
+//!    non-empty), `HSET <conv>:meta last_time_ms time`, `SET dedupe_key seq:time:conv`.
+//! 5. For every member: `ZADD <user>:convs 0 conv`, `HSET <user>:last conv seq:time`.
+//! 6. Answer `["0", seq, recall_target_missing]`.
+//!
+//! Keys are built inside the script from the bases passed in ARGV (the bucket key depends on
+//! the seq the script allocates), so they are not declared in KEYS: fine on a single primary,
+//! not on Redis Cluster (see the crate doc).
+//!
+//! # SET_WATERMARK
+//!
+//! `KEYS = [<conv>:rcpt]`, `ARGV = [user_id, "d" | "r", seq]`: reads the user's
+//! `delivered:read`, moves delivered (or read, and delivered up to read) forward to `seq`,
+//! writes only if something moved, answers `[delivered, read]` as decimal strings.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// Source of the append script (see the module doc).
+pub const APPEND_LUA: &str = r#"
+local bucket_size = tonumber(ARGV[1])
+local n = tonumber(ARGV[2])
+local out = {}
+local i = 3
+for _ = 1, n do
+  local base, conv, dkey, time = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local header, body, rseq, rkey = ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7]
+  local members = tonumber(ARGV[i + 8])
+  local first_member = i + 9
+  i = first_member + members
+  local original = redis.call('GET', dkey)
+  if original then
+    out[#out + 1] = '1'
+    out[#out + 1] = original
+    out[#out + 1] = ''
+  else
+    local seq = string.format('%d', redis.call('HINCRBY', base .. ':meta', 'last_seq', 1))
+    local missing = '0'
+    if rkey ~= '' then
+      if redis.call('HEXISTS', rkey, rseq) == 1 then
+        redis.call('HDEL', rkey, 'b' .. rseq)
+        redis.call('HSET', rkey, 'r' .. rseq, '1')
+      else
+        missing = '1'
+      end
+    end
+    local bucket = base .. ':m:' .. string.format('%d', math.floor(tonumber(seq) / bucket_size))
+    if body == '' then
+      redis.call('HSET', bucket, seq, header)
+    else
+      redis.call('HSET', bucket, seq, header, 'b' .. seq, body)
+    end
+    redis.call('HSET', base .. ':meta', 'last_time_ms', time)
+    redis.call('SET', dkey, seq .. ':' .. time .. ':' .. conv)
+    local entry = seq .. ':' .. time
+    for m = first_member, first_member + members - 1 do
+      redis.call('ZADD', ARGV[m] .. ':convs', 0, conv)
+      redis.call('HSET', ARGV[m] .. ':last', conv, entry)
+    end
+    out[#out + 1] = '0'
+    out[#out + 1] = seq
+    out[#out + 1] = missing
+  end
+end
+return out
+"#;
+
+/// Source of the watermark script (see the module doc).
+pub const SET_WATERMARK_LUA: &str = r#"
+local function greater(a, b)
+  if #a ~= #b then return #a > #b end
+  return a > b
+end
+local seq = ARGV[3]
+if not string.match(seq, '^%d+$') then
+  return redis.error_reply('watermark seq is not a decimal: ' .. seq)
+end
+local delivered, read = '0', '0'
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if current then
+  delivered, read = string.match(current, '^(%d+):(%d+)$')
+  if not delivered then
+    return redis.error_reply('corrupt receipt record of ' .. ARGV[1] .. ': ' .. current)
+  end
+end
+local new_delivered, new_read = delivered, read
+if ARGV[2] == 'r' then
+  if greater(seq, new_read) then new_read = seq end
+  if greater(new_read, new_delivered) then new_delivered = new_read end
+else
+  if greater(seq, new_delivered) then new_delivered = seq end
+end
+if new_delivered ~= delivered or new_read ~= read then
+  redis.call('HSET', KEYS[1], ARGV[1], new_delivered .. ':' .. new_read)
+end
+return {new_delivered, new_read}
+"#;
+
+/// The append script (SHA1 computed once).
+pub static APPEND: LazyLock<Script> = LazyLock::new(|| Script::new(APPEND_LUA));
+
+/// The watermark script (SHA1 computed once).
+pub static SET_WATERMARK: LazyLock<Script> = LazyLock::new(|| Script::new(SET_WATERMARK_LUA));

@@ -1,0 +1,629 @@
+//! [`RedisStore`]: the [`Store`] trait on one Redis primary, through an auto-reconnecting
+//! [`ConnectionManager`]. Writes are Lua scripts ([`crate::scripts`]); reads are plain
+//! commands (pipelined where a read touches several keys).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+use prost::Message as _;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tern_proto::v1;
+use tern_store::{
+    Appended, BoxFuture, ConversationEntry, NewMessage, Range, Store, StoreError, Watermarks,
+};
+use tracing::{info, warn};
+
+use crate::config::{RedisStoreConfig, redact_url};
+use crate::error::RedisStoreError;
+use crate::keys::{BUCKET_SIZE, Keys, bucket_of, bucket_spans, message_fields};
+use crate::scripts;
+
+/// The Redis-backed [`Store`]. Cheap to clone (a shared multiplexed connection); every clone
+/// and every [`RedisStore::connect`] in any process sees the same data.
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: ConnectionManager,
+    keys: Keys,
+    timeout: Duration,
+    addr: String,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("addr", &self.addr)
+            .field("keys", &self.keys)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// Connects, checks durability (when `cfg.require_durable`) and loads the scripts.
+    ///
+    /// Fails with [`RedisStoreError::Config`] for a bad URL or key prefix,
+    /// [`RedisStoreError::NotDurable`] when durability is required and Redis is not
+    /// `appendonly yes` + `appendfsync always`, and [`RedisStoreError::Unavailable`] /
+    /// [`RedisStoreError::Timeout`] when Redis cannot be reached within `command_timeout`.
+    pub async fn connect(cfg: RedisStoreConfig) -> Result<Self, RedisStoreError> {
+        if cfg.key_prefix.contains(['{', '}']) {
+            return Err(RedisStoreError::Config(format!(
+                "key_prefix {:?} must not contain '{{' or '}}' (they would change hash tags)",
+                cfg.key_prefix
+            )));
+        }
+        if cfg.command_timeout.is_zero() {
+            return Err(RedisStoreError::Config("command_timeout must be above zero".into()));
+        }
+        let client = redis::Client::open(cfg.url.as_str())
+            .map_err(|e| RedisStoreError::Config(format!("url {}: {e}", redact_url(&cfg.url))))?;
+        let addr = client.get_connection_info().addr().to_string();
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(cfg.command_timeout))
+            .set_response_timeout(Some(cfg.command_timeout));
+        let conn = with_timeout(
+            cfg.command_timeout,
+            ConnectionManager::new_with_config(client, manager_config),
+        )
+        .await?;
+        let store =
+            Self { conn, keys: Keys::new(&cfg.key_prefix), timeout: cfg.command_timeout, addr };
+        if cfg.require_durable {
+            store.check_durable().await?;
+        } else {
+            warn!(addr = %store.addr, "Redis store durability not checked (require_durable = false)");
+        }
+        store.load_scripts().await?;
+        info!(addr = %store.addr, prefix = %cfg.key_prefix, "Redis store connected");
+        Ok(store)
+    }
+
+    /// The Redis address (host:port) this store talks to.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Refuses a Redis that can lose an acknowledged write.
+    async fn check_durable(&self) -> Result<(), RedisStoreError> {
+        let appendonly = self.config_get("appendonly").await?;
+        let appendfsync = self.config_get("appendfsync").await?;
+        if appendonly == "yes" && appendfsync == "always" {
+            Ok(())
+        } else {
+            Err(RedisStoreError::NotDurable { addr: self.addr.clone(), appendonly, appendfsync })
+        }
+    }
+
+    async fn config_get(&self, name: &'static str) -> Result<String, RedisStoreError> {
+        let mut conn = self.conn.clone();
+        let reply: Result<HashMap<String, String>, RedisStoreError> = with_timeout(
+            self.timeout,
+            redis::cmd("CONFIG").arg("GET").arg(name).query_async(&mut conn),
+        )
+        .await;
+        let unknown = |detail: String| RedisStoreError::DurabilityUnknown {
+            addr: self.addr.clone(),
+            name,
+            detail,
+        };
+        match reply {
+            Ok(mut map) => map.remove(name).ok_or_else(|| unknown("no such setting".into())),
+            Err(e) if e.is_retryable() => Err(e),
+            Err(e) => Err(unknown(e.to_string())),
+        }
+    }
+
+    /// Loads the scripts now so that a Redis refusing scripts fails at startup, not at the
+    /// first send. (Later NOSCRIPT answers are handled by `redis::Script` itself.)
+    async fn load_scripts(&self) -> Result<(), RedisStoreError> {
+        let mut conn = self.conn.clone();
+        for script in [&*scripts::APPEND, &*scripts::SET_WATERMARK] {
+            with_timeout(self.timeout, script.load_async(&mut conn)).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs `f` with a connection handle, bounded by the command timeout.
+    async fn run<T, F, Fut>(&self, f: F) -> Result<T, RedisStoreError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = Result<T, RedisStoreError>>,
+    {
+        match tokio::time::timeout(self.timeout, f(self.conn.clone())).await {
+            Ok(result) => result,
+            Err(_) => Err(RedisStoreError::Timeout(self.timeout)),
+        }
+    }
+
+    async fn append_batch(&self, batch: Vec<NewMessage>) -> Result<Vec<Appended>, RedisStoreError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut invocation = scripts::APPEND.prepare_invoke();
+        invocation.arg(BUCKET_SIZE).arg(batch.len());
+        for m in &batch {
+            let (recall_seq, recall_bucket) = if m.kind == v1::MessageKind::Recall {
+                (m.recalled_seq, self.keys.bucket(&m.conversation_id, bucket_of(m.recalled_seq)))
+            } else {
+                (0, String::new())
+            };
+            invocation
+                .arg(self.keys.conversation(&m.conversation_id))
+                .arg(&m.conversation_id)
+                .arg(self.keys.dedupe(&m.sender_user_id, &m.client_msg_id))
+                .arg(m.server_time_ms)
+                .arg(encode_header(m))
+                .arg(m.body.as_ref())
+                .arg(recall_seq)
+                .arg(recall_bucket)
+                .arg(m.members.len());
+            for member in &m.members {
+                invocation.arg(self.keys.user(member));
+            }
+        }
+        let reply: Vec<String> = self
+            .run(|mut conn| async move { Ok(invocation.invoke_async(&mut conn).await?) })
+            .await?;
+        if reply.len() != batch.len() * 3 {
+            return Err(RedisStoreError::Corrupt {
+                key: "(append script reply)".into(),
+                what: format!("{} fields for {} messages", reply.len(), batch.len()),
+            });
+        }
+        batch
+            .iter()
+            .zip(reply.chunks_exact(3))
+            .map(|(m, out)| self.outcome(m, &out[0], &out[1], &out[2]))
+            .collect()
+    }
+
+    /// One message's outcome from the append script's `[flag, value, recall_missing]`.
+    fn outcome(
+        &self,
+        m: &NewMessage,
+        flag: &str,
+        value: &str,
+        recall_missing: &str,
+    ) -> Result<Appended, RedisStoreError> {
+        if flag == "1" {
+            return parse_dedupe_record(value).ok_or_else(|| RedisStoreError::Corrupt {
+                key: self.keys.dedupe(&m.sender_user_id, &m.client_msg_id),
+                what: format!("dedupe record {value:?}"),
+            });
+        }
+        let seq = value.parse().map_err(|_| RedisStoreError::Corrupt {
+            key: self.keys.meta(&m.conversation_id),
+            what: format!("allocated seq {value:?}"),
+        })?;
+        if recall_missing == "1" {
+            warn!(
+                conversation_id = %m.conversation_id,
+                seq = m.recalled_seq,
+                "recall of a message that is not stored"
+            );
+        }
+        Ok(Appended {
+            conversation_id: m.conversation_id.clone(),
+            seq,
+            server_time_ms: m.server_time_ms,
+            duplicate: false,
+        })
+    }
+
+    async fn last_seq_of(&self, conversation_id: &str) -> Result<u64, RedisStoreError> {
+        let key = self.keys.meta(conversation_id);
+        self.run(|mut conn| async move {
+            let last: Option<u64> =
+                redis::cmd("HGET").arg(&key).arg("last_seq").query_async(&mut conn).await?;
+            Ok(last.unwrap_or(0))
+        })
+        .await
+    }
+
+    async fn range(
+        &self,
+        conversation_id: &str,
+        from_seq: u64,
+        window: u32,
+    ) -> Result<Range, RedisStoreError> {
+        let last_seq = self.last_seq_of(conversation_id).await?;
+        let first = from_seq.max(1);
+        let last = match window {
+            0 => return Ok(Range { messages: Vec::new(), last_seq }),
+            w => from_seq.saturating_add(u64::from(w) - 1).min(last_seq),
+        };
+        let spans = bucket_spans(first, last);
+        if spans.is_empty() {
+            return Ok(Range { messages: Vec::new(), last_seq });
+        }
+        let mut pipe = redis::pipe();
+        for &(bucket, from, to) in &spans {
+            let fields: Vec<String> = (from..=to).flat_map(message_fields).collect();
+            pipe.cmd("HMGET").arg(self.keys.bucket(conversation_id, bucket)).arg(fields);
+        }
+        let replies: Vec<Vec<Option<Vec<u8>>>> =
+            self.run(|mut conn| async move { Ok(pipe.query_async(&mut conn).await?) }).await?;
+        if replies.len() != spans.len() {
+            return Err(RedisStoreError::Corrupt {
+                key: self.keys.conversation(conversation_id),
+                what: format!("{} replies for {} buckets", replies.len(), spans.len()),
+            });
+        }
+        let mut messages = Vec::new();
+        for ((_, from, _), values) in spans.iter().zip(replies) {
+            let mut values = values.into_iter();
+            let mut seq = *from;
+            while let (Some(header), Some(body), Some(recalled)) =
+                (values.next(), values.next(), values.next())
+            {
+                if let Some(header) = header {
+                    messages.push(self.message(conversation_id, seq, &header, body, recalled)?);
+                }
+                seq += 1;
+            }
+        }
+        Ok(Range { messages, last_seq })
+    }
+
+    async fn message_at(
+        &self,
+        conversation_id: &str,
+        seq: u64,
+    ) -> Result<Option<v1::Message>, RedisStoreError> {
+        if seq == 0 {
+            return Ok(None);
+        }
+        let key = self.keys.bucket(conversation_id, bucket_of(seq));
+        let fields = message_fields(seq);
+        let values: Vec<Option<Vec<u8>>> = self
+            .run(|mut conn| async move {
+                Ok(redis::cmd("HMGET").arg(&key).arg(&fields[..]).query_async(&mut conn).await?)
+            })
+            .await?;
+        let mut values = values.into_iter();
+        match (values.next(), values.next(), values.next()) {
+            (Some(Some(header)), Some(body), Some(recalled)) => {
+                self.message(conversation_id, seq, &header, body, recalled).map(Some)
+            }
+            (Some(None), Some(_), Some(_)) => Ok(None),
+            _ => Err(RedisStoreError::Corrupt {
+                key: self.keys.bucket(conversation_id, bucket_of(seq)),
+                what: "HMGET answered the wrong number of fields".into(),
+            }),
+        }
+    }
+
+    /// Rebuilds a stored message from its header, body field and recalled flag.
+    fn message(
+        &self,
+        conversation_id: &str,
+        seq: u64,
+        header: &[u8],
+        body: Option<Vec<u8>>,
+        recalled: Option<Vec<u8>>,
+    ) -> Result<v1::Message, RedisStoreError> {
+        let mut m = v1::Message::decode(header).map_err(|e| RedisStoreError::Corrupt {
+            key: format!("{} field {seq}", self.keys.bucket(conversation_id, bucket_of(seq))),
+            what: e.to_string(),
+        })?;
+        m.conversation_id = conversation_id.to_owned();
+        m.seq = seq;
+        m.body = body.map_or_else(Bytes::new, Bytes::from);
+        m.recalled = recalled.is_some();
+        if m.recalled {
+            m.body = Bytes::new();
+        }
+        Ok(m)
+    }
+
+    async fn watermark(
+        &self,
+        conversation_id: &str,
+        user_id: &str,
+        kind: v1::ReceiptKind,
+        seq: u64,
+    ) -> Result<Watermarks, RedisStoreError> {
+        let key = self.keys.receipts(conversation_id);
+        let kind = match kind {
+            v1::ReceiptKind::Delivered => "d",
+            v1::ReceiptKind::Read => "r",
+            v1::ReceiptKind::Unspecified => {
+                // The caller's bug: nothing to move; answer with the current watermarks.
+                let record: Option<String> = self
+                    .run(|mut conn| async move {
+                        Ok(redis::cmd("HGET").arg(&key).arg(user_id).query_async(&mut conn).await?)
+                    })
+                    .await?;
+                return match record {
+                    None => Ok(Watermarks::default()),
+                    Some(r) => parse_watermarks(&r)
+                        .ok_or_else(|| self.corrupt_receipt(conversation_id, user_id, &r)),
+                };
+            }
+        };
+        let reply: Vec<String> = self
+            .run(|mut conn| async move {
+                let mut invocation = scripts::SET_WATERMARK.prepare_invoke();
+                invocation.key(&key).arg(user_id).arg(kind).arg(seq);
+                Ok(invocation.invoke_async(&mut conn).await?)
+            })
+            .await?;
+        match &reply[..] {
+            [delivered, read] => {
+                let record = format!("{delivered}:{read}");
+                parse_watermarks(&record)
+                    .ok_or_else(|| self.corrupt_receipt(conversation_id, user_id, &record))
+            }
+            _ => Err(self.corrupt_receipt(conversation_id, user_id, &format!("{reply:?}"))),
+        }
+    }
+
+    fn corrupt_receipt(
+        &self,
+        conversation_id: &str,
+        user_id: &str,
+        record: &str,
+    ) -> RedisStoreError {
+        RedisStoreError::Corrupt {
+            key: format!("{} field {user_id}", self.keys.receipts(conversation_id)),
+            what: format!("receipt record {record:?}"),
+        }
+    }
+
+    async fn all_watermarks(
+        &self,
+        conversation_id: &str,
+    ) -> Result<Vec<(String, Watermarks)>, RedisStoreError> {
+        let key = self.keys.receipts(conversation_id);
+        let records: Vec<(String, String)> = self
+            .run(|mut conn| async move {
+                Ok(redis::cmd("HGETALL").arg(&key).query_async(&mut conn).await?)
+            })
+            .await?;
+        let mut out = records
+            .into_iter()
+            .map(|(user, record)| match parse_watermarks(&record) {
+                Some(w) => Ok((user, w)),
+                None => Err(self.corrupt_receipt(conversation_id, &user, &record)),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    async fn conversations(
+        &self,
+        user_id: &str,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<ConversationEntry>, RedisStoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let index = self.keys.user_conversations(user_id);
+        let ids: Vec<String> = self
+            .run(|mut conn| async move {
+                Ok(redis::cmd("ZRANGEBYLEX")
+                    .arg(&index)
+                    .arg(format!("({after}"))
+                    .arg("+")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(limit)
+                    .query_async(&mut conn)
+                    .await?)
+            })
+            .await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("HMGET").arg(self.keys.user_last(user_id)).arg(&ids[..]);
+        for id in &ids {
+            pipe.cmd("HGET").arg(self.keys.receipts(id)).arg(user_id);
+        }
+        let (lasts, receipts): (Vec<Option<String>>, Vec<Option<String>>) = self
+            .run(|mut conn| async move {
+                let mut replies: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
+                if replies.is_empty() {
+                    return Err(RedisStoreError::Corrupt {
+                        key: "(list pipeline)".into(),
+                        what: "empty reply".into(),
+                    });
+                }
+                let lasts = redis::from_redis_value(replies.remove(0))?;
+                let receipts = replies.into_iter().map(redis::from_redis_value).collect::<Result<
+                    Vec<Option<String>>,
+                    _,
+                >>(
+                )?;
+                Ok((lasts, receipts))
+            })
+            .await?;
+        if lasts.len() != ids.len() || receipts.len() != ids.len() {
+            return Err(RedisStoreError::Corrupt {
+                key: self.keys.user_last(user_id),
+                what: "pipeline answered the wrong number of values".into(),
+            });
+        }
+        ids.into_iter()
+            .zip(lasts)
+            .zip(receipts)
+            .map(|((conversation_id, last), receipt)| {
+                let (last_seq, last_time_ms) =
+                    last.as_deref().and_then(parse_last).ok_or_else(|| {
+                        RedisStoreError::Corrupt {
+                            key: format!(
+                                "{} field {conversation_id}",
+                                self.keys.user_last(user_id)
+                            ),
+                            what: format!("index entry {last:?}"),
+                        }
+                    })?;
+                let watermarks = match receipt {
+                    None => Watermarks::default(),
+                    Some(r) => parse_watermarks(&r)
+                        .ok_or_else(|| self.corrupt_receipt(&conversation_id, user_id, &r))?,
+                };
+                Ok(ConversationEntry { conversation_id, last_seq, last_time_ms, watermarks })
+            })
+            .collect()
+    }
+}
+
+/// Runs `fut` bounded by `timeout`, folding both failures into [`RedisStoreError`].
+async fn with_timeout<T>(
+    timeout: Duration,
+    fut: impl Future<Output = redis::RedisResult<T>>,
+) -> Result<T, RedisStoreError> {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(result) => result.map_err(RedisStoreError::from),
+        Err(_) => Err(RedisStoreError::Timeout(timeout)),
+    }
+}
+
+/// The stored header: the message without conversation id, seq, body and recalled flag (those
+/// come from the key, the field name and the body / recalled fields when read).
+pub(crate) fn encode_header(m: &NewMessage) -> Vec<u8> {
+    v1::Message {
+        conversation_id: String::new(),
+        seq: 0,
+        sender_user_id: m.sender_user_id.clone(),
+        sender_device_id: m.sender_device_id.clone(),
+        client_msg_id: m.client_msg_id.clone(),
+        server_time_ms: m.server_time_ms,
+        kind: m.kind as i32,
+        content_type: m.content_type.clone(),
+        body: Bytes::new(),
+        recalled_seq: m.recalled_seq,
+        recalled: false,
+    }
+    .encode_to_vec()
+}
+
+/// `seq:time:conversation_id` (the conversation id may itself contain ':').
+pub(crate) fn parse_dedupe_record(record: &str) -> Option<Appended> {
+    let mut parts = record.splitn(3, ':');
+    let seq = parts.next()?.parse().ok()?;
+    let server_time_ms = parts.next()?.parse().ok()?;
+    let conversation_id = parts.next()?.to_owned();
+    Some(Appended { conversation_id, seq, server_time_ms, duplicate: true })
+}
+
+/// `delivered:read`.
+pub(crate) fn parse_watermarks(record: &str) -> Option<Watermarks> {
+    let (delivered, read) = record.split_once(':')?;
+    Some(Watermarks { delivered: delivered.parse().ok()?, read: read.parse().ok()? })
+}
+
+/// `last_seq:last_time_ms`.
+pub(crate) fn parse_last(record: &str) -> Option<(u64, i64)> {
+    let (seq, time) = record.split_once(':')?;
+    Some((seq.parse().ok()?, time.parse().ok()?))
+}
+
+impl Store for RedisStore {
+    fn append(&self, batch: Vec<NewMessage>) -> BoxFuture<'_, Result<Vec<Appended>, StoreError>> {
+        Box::pin(async move { Ok(self.append_batch(batch).await?) })
+    }
+
+    fn read_range<'a>(
+        &'a self,
+        conversation_id: &'a str,
+        from_seq: u64,
+        window: u32,
+    ) -> BoxFuture<'a, Result<Range, StoreError>> {
+        Box::pin(async move { Ok(self.range(conversation_id, from_seq, window).await?) })
+    }
+
+    fn get_message<'a>(
+        &'a self,
+        conversation_id: &'a str,
+        seq: u64,
+    ) -> BoxFuture<'a, Result<Option<v1::Message>, StoreError>> {
+        Box::pin(async move { Ok(self.message_at(conversation_id, seq).await?) })
+    }
+
+    fn last_seq<'a>(&'a self, conversation_id: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(async move { Ok(self.last_seq_of(conversation_id).await?) })
+    }
+
+    fn set_watermark<'a>(
+        &'a self,
+        conversation_id: &'a str,
+        user_id: &'a str,
+        kind: v1::ReceiptKind,
+        seq: u64,
+    ) -> BoxFuture<'a, Result<Watermarks, StoreError>> {
+        Box::pin(async move { Ok(self.watermark(conversation_id, user_id, kind, seq).await?) })
+    }
+
+    fn watermarks<'a>(
+        &'a self,
+        conversation_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<(String, Watermarks)>, StoreError>> {
+        Box::pin(async move { Ok(self.all_watermarks(conversation_id).await?) })
+    }
+
+    fn list_conversations<'a>(
+        &'a self,
+        user_id: &'a str,
+        after: &'a str,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Vec<ConversationEntry>, StoreError>> {
+        Box::pin(async move { Ok(self.conversations(user_id, after, limit).await?) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_parse_and_reject_garbage() {
+        assert_eq!(
+            parse_dedupe_record("7:-5:dm:a:b"),
+            Some(Appended {
+                conversation_id: "dm:a:b".into(),
+                seq: 7,
+                server_time_ms: -5,
+                duplicate: true
+            })
+        );
+        assert_eq!(parse_dedupe_record("x:1:c"), None);
+        assert_eq!(parse_dedupe_record("1:2"), None);
+        assert_eq!(parse_watermarks("9:7"), Some(Watermarks { delivered: 9, read: 7 }));
+        assert_eq!(
+            parse_watermarks("18446744073709551615:0"),
+            Some(Watermarks { delivered: u64::MAX, read: 0 })
+        );
+        assert_eq!(parse_watermarks("9"), None);
+        assert_eq!(parse_last("3:1700"), Some((3, 1700)));
+        assert_eq!(parse_last("3:"), None);
+    }
+
+    #[test]
+    fn header_leaves_out_what_the_key_and_fields_carry() {
+        let m = NewMessage {
+            conversation_id: "dm:a:b".into(),
+            members: vec!["a".into()],
+            sender_user_id: "a".into(),
+            sender_device_id: "d".into(),
+            client_msg_id: "c".into(),
+            kind: v1::MessageKind::Recall,
+            content_type: "t".into(),
+            body: Bytes::from_static(b"secret"),
+            recalled_seq: 4,
+            server_time_ms: 9,
+        };
+        let header = v1::Message::decode(&encode_header(&m)[..]).unwrap();
+        assert_eq!(header.conversation_id, "");
+        assert_eq!(header.seq, 0);
+        assert!(header.body.is_empty());
+        assert_eq!(header.recalled_seq, 4);
+        assert_eq!(header.kind, v1::MessageKind::Recall as i32);
+        assert_eq!((header.sender_user_id.as_str(), header.server_time_ms), ("a", 9));
+    }
+}

@@ -1,0 +1,480 @@
+//! [`ScyllaStore`]: session setup (policies, timeouts, schema, prepared statements) and the
+//! [`Store`] implementation; appends live in `append.rs`.
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use scylla::DeserializeRow;
+use scylla::client::execution_profile::ExecutionProfile;
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::deserialize::row::DeserializeRow;
+use scylla::policies::load_balancing::DefaultPolicy;
+use scylla::policies::retry::DefaultRetryPolicy;
+use scylla::response::query_result::QueryResult;
+use scylla::response::{PagingState, PagingStateResponse};
+use scylla::serialize::row::SerializeRow;
+use scylla::value::{CqlValue, Row};
+use tern_proto::v1;
+use tern_store::{
+    Appended, BoxFuture, ConversationEntry, NewMessage, Range, Store, StoreError, Watermarks,
+};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tracing::info;
+
+use crate::append::first_unsettled;
+use crate::bucket::{self, MAX_SEQ};
+use crate::config::ScyllaConfig;
+use crate::error::{ConnectError, OpError};
+use crate::row::{self, MessageRow, seq_from_cql};
+use crate::schema;
+use crate::statements::{Prepared, Stmt};
+
+/// Unix milliseconds of the local wall clock.
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// The ScyllaDB [`Store`]. Cheap to clone (an `Arc` of the session and prepared statements).
+#[derive(Clone)]
+pub struct ScyllaStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ScyllaStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScyllaStore")
+            .field("nodes", &self.inner.cfg.nodes)
+            .field("keyspace", &self.inner.cfg.keyspace)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What every operation shares.
+pub(crate) struct Inner {
+    pub(crate) session: Arc<Session>,
+    pub(crate) stmts: Prepared,
+    pub(crate) cfg: ScyllaConfig,
+    /// Random per process: owner tokens are `seed-counter`.
+    pub(crate) token_seed: u64,
+    pub(crate) counter: AtomicU64,
+    /// Bounds the conversations of one batch appended at once.
+    pub(crate) limiter: Semaphore,
+}
+
+/// The outcome of a lightweight transaction: `[applied]` and, by column name, the row the
+/// server returned (the current values when not applied).
+#[derive(Debug)]
+pub(crate) struct Lwt {
+    pub(crate) applied: bool,
+    columns: Vec<(String, Option<CqlValue>)>,
+}
+
+impl Lwt {
+    /// Reads an LWT result: first row, `[applied]` by name.
+    pub(crate) fn from_result(result: QueryResult) -> Result<Self, OpError> {
+        let rows = result.into_rows_result()?;
+        let names: Vec<String> = rows.column_specs().iter().map(|c| c.name().to_owned()).collect();
+        let row = rows
+            .maybe_first_row::<Row>()?
+            .ok_or_else(|| OpError::LwtShape("no row in an LWT result".into()))?;
+        let lwt = Lwt { applied: false, columns: names.into_iter().zip(row.columns).collect() };
+        Self::with_applied(lwt)
+    }
+
+    fn with_applied(mut self) -> Result<Self, OpError> {
+        self.applied = self
+            .get("[applied]")
+            .and_then(CqlValue::as_boolean)
+            .ok_or_else(|| OpError::LwtShape("no [applied] column".into()))?;
+        Ok(self)
+    }
+
+    fn get(&self, name: &str) -> Option<&CqlValue> {
+        self.columns.iter().find(|(n, _)| n == name).and_then(|(_, v)| v.as_ref())
+    }
+
+    /// A bigint column of the returned row.
+    pub(crate) fn i64(&self, name: &str) -> Option<i64> {
+        self.get(name).and_then(CqlValue::as_bigint)
+    }
+
+    /// A text column of the returned row.
+    pub(crate) fn text(&self, name: &str) -> Option<&str> {
+        self.get(name).and_then(CqlValue::as_text).map(String::as_str)
+    }
+}
+
+#[derive(Debug, DeserializeRow)]
+struct MetaRow {
+    last_seq: Option<i64>,
+    last_alloc_ms: Option<i64>,
+    last_owner: Option<String>,
+}
+
+#[derive(Debug, DeserializeRow)]
+struct ReceiptRow {
+    delivered_seq: Option<i64>,
+    read_seq: Option<i64>,
+}
+
+#[derive(Debug, DeserializeRow)]
+struct ReceiptsRow {
+    user_id: String,
+    delivered_seq: Option<i64>,
+    read_seq: Option<i64>,
+}
+
+#[derive(Debug, DeserializeRow)]
+struct IndexRow {
+    conversation_id: String,
+    last_seq: Option<i64>,
+    last_time_ms: Option<i64>,
+}
+
+fn watermarks(delivered: Option<i64>, read: Option<i64>) -> Result<Watermarks, OpError> {
+    Ok(Watermarks {
+        delivered: seq_from_cql("receipts.delivered_seq", delivered)?,
+        read: seq_from_cql("receipts.read_seq", read)?,
+    })
+}
+
+impl ScyllaStore {
+    /// Connects, applies `schema.cql` (idempotent), checks the keyspace's bucket size and
+    /// prepares every statement.
+    ///
+    /// Requests use one execution profile: the configured consistency (default
+    /// LOCAL_QUORUM) and serial consistency (default LOCAL_SERIAL), the request timeout, the
+    /// driver's `DefaultRetryPolicy` (retries only idempotent statements, never LWTs at a
+    /// serial level) and a token-aware `DefaultPolicy` preferring `local_dc` when set.
+    pub async fn connect(cfg: ScyllaConfig) -> Result<Self, ConnectError> {
+        cfg.validate()?;
+        let mut policy = DefaultPolicy::builder().token_aware(true);
+        if let Some(dc) = &cfg.local_dc {
+            policy = policy.prefer_datacenter(dc.clone()).permit_dc_failover(false);
+        }
+        let profile = ExecutionProfile::builder()
+            .consistency(cfg.consistency)
+            .serial_consistency(Some(cfg.serial_consistency))
+            .request_timeout(Some(cfg.request_timeout))
+            .load_balancing_policy(policy.build())
+            .retry_policy(Arc::new(DefaultRetryPolicy::new()))
+            .build();
+        let session = SessionBuilder::new()
+            .known_nodes(&cfg.nodes)
+            .connection_timeout(cfg.connect_timeout)
+            .default_execution_profile_handle(profile.into_handle())
+            .build()
+            .await
+            .map_err(Box::new)?;
+        for statement in schema::render(&cfg.keyspace, &cfg.replication) {
+            if let Err(source) = session.query_unpaged(statement.as_str(), ()).await {
+                return Err(ConnectError::Schema { statement, source: Box::new(source) });
+            }
+        }
+        session.await_schema_agreement().await.map_err(Box::new)?;
+        let stmts =
+            Prepared::prepare(&session, &cfg.keyspace, cfg.serial_consistency, cfg.page_size)
+                .await
+                .map_err(|(stmt, source)| ConnectError::Prepare {
+                    statement: stmt.render(&cfg.keyspace),
+                    source: Box::new(source),
+                })?;
+        let token_seed = RandomState::new().hash_one((std::process::id(), now_ms()));
+        let inner = Inner {
+            session: Arc::new(session),
+            stmts,
+            limiter: Semaphore::new(cfg.append_concurrency.max(1)),
+            cfg,
+            token_seed,
+            counter: AtomicU64::new(0),
+        };
+        inner.check_bucket_size().await?;
+        info!(nodes = ?inner.cfg.nodes, keyspace = %inner.cfg.keyspace, "scylla store ready");
+        Ok(Self { inner: Arc::new(inner) })
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &ScyllaConfig {
+        &self.inner.cfg
+    }
+}
+
+impl Inner {
+    pub(crate) async fn exec(
+        &self,
+        stmt: Stmt,
+        values: impl SerializeRow,
+    ) -> Result<QueryResult, OpError> {
+        Ok(self.session.execute_unpaged(self.stmts.get(stmt), values).await?)
+    }
+
+    pub(crate) async fn lwt(&self, stmt: Stmt, values: impl SerializeRow) -> Result<Lwt, OpError> {
+        Lwt::from_result(self.exec(stmt, values).await?)
+    }
+
+    pub(crate) async fn select_one<R>(
+        &self,
+        stmt: Stmt,
+        values: impl SerializeRow,
+    ) -> Result<Option<R>, OpError>
+    where
+        R: for<'f> DeserializeRow<'f, 'f>,
+    {
+        let rows = self.exec(stmt, values).await?.into_rows_result()?;
+        Ok(rows.maybe_first_row::<R>()?)
+    }
+
+    /// Every row, page by page (`page_size` rows per round trip).
+    async fn select_all<R>(&self, stmt: Stmt, values: impl SerializeRow) -> Result<Vec<R>, OpError>
+    where
+        R: for<'f> DeserializeRow<'f, 'f>,
+    {
+        let prepared = self.stmts.get(stmt);
+        let mut out = Vec::new();
+        let mut state = PagingState::start();
+        loop {
+            let (result, next) = self.session.execute_single_page(prepared, &values, state).await?;
+            let rows = result.into_rows_result()?;
+            for r in rows.rows::<R>()? {
+                out.push(r?);
+            }
+            match next {
+                PagingStateResponse::HasMorePages { state: s } => state = s,
+                PagingStateResponse::NoMorePages => return Ok(out),
+            }
+        }
+    }
+
+    /// (last_seq, last_alloc_ms) of the allocator row (0, 0 when absent).
+    pub(crate) async fn meta(&self, conv: &str) -> Result<(u64, i64), OpError> {
+        let row = self.select_one::<MetaRow>(Stmt::SelectMeta, (conv,)).await?;
+        match row {
+            Some(r) => Ok((
+                seq_from_cql("conversation_meta.last_seq", r.last_seq)?,
+                r.last_alloc_ms.unwrap_or(0),
+            )),
+            None => Ok((0, 0)),
+        }
+    }
+
+    /// (last_seq, last_owner), read linearizably.
+    pub(crate) async fn meta_owner(&self, conv: &str) -> Result<(u64, Option<String>), OpError> {
+        let row = self.select_one::<MetaRow>(Stmt::SelectMetaSerial, (conv,)).await?;
+        match row {
+            Some(r) => Ok((seq_from_cql("conversation_meta.last_seq", r.last_seq)?, r.last_owner)),
+            None => Ok((0, None)),
+        }
+    }
+
+    /// One stored message.
+    pub(crate) async fn message(
+        &self,
+        conv: &str,
+        seq: u64,
+    ) -> Result<Option<v1::Message>, OpError> {
+        match self.message_row(conv, seq).await? {
+            Some(r) => Ok(row::decode_row(conv, r)?),
+            None => Ok(None),
+        }
+    }
+
+    async fn check_bucket_size(&self) -> Result<(), ConnectError> {
+        let configured = self.cfg.bucket_size;
+        let l = self.lwt(Stmt::InsertSetting, ("bucket_size", configured as i64)).await?;
+        if l.applied {
+            return Ok(());
+        }
+        let stored = l.i64("int_value").unwrap_or(0);
+        if u64::try_from(stored).ok() == Some(configured) {
+            Ok(())
+        } else {
+            Err(ConnectError::BucketSizeMismatch { stored: stored.max(0) as u64, configured })
+        }
+    }
+
+    async fn read_range(&self, conv: &str, from: u64, window: u32) -> Result<Range, OpError> {
+        let (last_seq, meta_alloc_ms) = self.meta(conv).await?;
+        let Some((first, last)) = bucket::clip_window(from, window, last_seq) else {
+            return Ok(Range { messages: Vec::new(), last_seq });
+        };
+        let mut messages = Vec::new();
+        let mut stored = Vec::new();
+        for span in bucket::spans(first, last, self.cfg.bucket_size) {
+            let rows: Vec<MessageRow> = self
+                .select_all(
+                    Stmt::SelectMessages,
+                    (conv, span.bucket as i64, span.first as i64, span.last as i64),
+                )
+                .await?;
+            for r in rows {
+                let allocated_at = r.allocated_at_ms.unwrap_or(0);
+                if let Some(m) = row::decode_row(conv, r)? {
+                    stored.push((m.seq, allocated_at));
+                    messages.push(m);
+                }
+            }
+        }
+        let grace = i64::try_from(self.cfg.settle_grace.as_millis()).unwrap_or(i64::MAX);
+        match first_unsettled(first, last, &stored, meta_alloc_ms, now_ms(), grace) {
+            // An unstored seq that may still be written: stop before it, so sync does not
+            // call it missing; the client asks again from there.
+            Some(cut) => {
+                messages.retain(|m| m.seq < cut);
+                Ok(Range { messages, last_seq: cut - 1 })
+            }
+            None => Ok(Range { messages, last_seq }),
+        }
+    }
+
+    async fn set_watermark(
+        &self,
+        conv: &str,
+        user: &str,
+        kind: v1::ReceiptKind,
+        seq: u64,
+    ) -> Result<Watermarks, OpError> {
+        // Timestamp = value: the highest value wins, so a watermark never moves back.
+        let v = seq.min(MAX_SEQ) as i64;
+        match kind {
+            v1::ReceiptKind::Unspecified => {}
+            v1::ReceiptKind::Delivered => {
+                self.exec(Stmt::SetDelivered, (v, v, conv, user)).await?;
+            }
+            v1::ReceiptKind::Read => {
+                let (read, delivered) = tokio::join!(
+                    self.exec(Stmt::SetRead, (v, v, conv, user)),
+                    self.exec(Stmt::SetDelivered, (v, v, conv, user)),
+                );
+                read?;
+                delivered?;
+            }
+        }
+        let row = self.select_one::<ReceiptRow>(Stmt::SelectReceipt, (conv, user)).await?;
+        match row {
+            Some(r) => watermarks(r.delivered_seq, r.read_seq),
+            None => Ok(Watermarks::default()),
+        }
+    }
+
+    async fn watermarks(&self, conv: &str) -> Result<Vec<(String, Watermarks)>, OpError> {
+        let rows: Vec<ReceiptsRow> = self.select_all(Stmt::SelectReceipts, (conv,)).await?;
+        rows.into_iter()
+            .map(|r| Ok((r.user_id, watermarks(r.delivered_seq, r.read_seq)?)))
+            .collect()
+    }
+
+    async fn list_conversations(
+        self: &Arc<Self>,
+        user: &str,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<ConversationEntry>, OpError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let limit = i32::try_from(limit).unwrap_or(i32::MAX);
+        let rows: Vec<IndexRow> = self.select_all(Stmt::ListIndex, (user, after, limit)).await?;
+        let mut receipts = JoinSet::new();
+        for (i, r) in rows.iter().enumerate() {
+            let inner = Arc::clone(self);
+            let (conv, user) = (r.conversation_id.clone(), user.to_owned());
+            receipts.spawn(async move {
+                let row =
+                    inner.select_one::<ReceiptRow>(Stmt::SelectReceipt, (&conv, &user)).await?;
+                let wm = match row {
+                    Some(r) => watermarks(r.delivered_seq, r.read_seq)?,
+                    None => Watermarks::default(),
+                };
+                Ok::<_, OpError>((i, wm))
+            });
+        }
+        let mut wms = vec![Watermarks::default(); rows.len()];
+        while let Some(joined) = receipts.join_next().await {
+            let (i, wm) = joined.map_err(|e| OpError::Task(e.to_string()))??;
+            wms[i] = wm;
+        }
+        rows.into_iter()
+            .zip(wms)
+            .map(|(r, watermarks)| {
+                Ok(ConversationEntry {
+                    conversation_id: r.conversation_id,
+                    last_seq: seq_from_cql("user_conversations.last_seq", r.last_seq)?,
+                    last_time_ms: r.last_time_ms.unwrap_or(0),
+                    watermarks,
+                })
+            })
+            .collect()
+    }
+}
+
+impl Store for ScyllaStore {
+    fn append(&self, batch: Vec<NewMessage>) -> BoxFuture<'_, Result<Vec<Appended>, StoreError>> {
+        Box::pin(async move {
+            if batch.is_empty() {
+                return Ok(Vec::new());
+            }
+            Ok(self.inner.append_batch(batch).await?)
+        })
+    }
+
+    fn read_range<'a>(
+        &'a self,
+        conversation_id: &'a str,
+        from_seq: u64,
+        window: u32,
+    ) -> BoxFuture<'a, Result<Range, StoreError>> {
+        Box::pin(async move { Ok(self.inner.read_range(conversation_id, from_seq, window).await?) })
+    }
+
+    fn get_message<'a>(
+        &'a self,
+        conversation_id: &'a str,
+        seq: u64,
+    ) -> BoxFuture<'a, Result<Option<v1::Message>, StoreError>> {
+        Box::pin(async move {
+            if seq == 0 || seq > MAX_SEQ {
+                return Ok(None);
+            }
+            Ok(self.inner.message(conversation_id, seq).await?)
+        })
+    }
+
+    fn last_seq<'a>(&'a self, conversation_id: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(async move { Ok(self.inner.meta(conversation_id).await?.0) })
+    }
+
+    fn set_watermark<'a>(
+        &'a self,
+        conversation_id: &'a str,
+        user_id: &'a str,
+        kind: v1::ReceiptKind,
+        seq: u64,
+    ) -> BoxFuture<'a, Result<Watermarks, StoreError>> {
+        Box::pin(
+            async move { Ok(self.inner.set_watermark(conversation_id, user_id, kind, seq).await?) },
+        )
+    }
+
+    fn watermarks<'a>(
+        &'a self,
+        conversation_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<(String, Watermarks)>, StoreError>> {
+        Box::pin(async move { Ok(self.inner.watermarks(conversation_id).await?) })
+    }
+
+    fn list_conversations<'a>(
+        &'a self,
+        user_id: &'a str,
+        after: &'a str,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Vec<ConversationEntry>, StoreError>> {
+        Box::pin(async move { Ok(self.inner.list_conversations(user_id, after, limit).await?) })
+    }
+}
