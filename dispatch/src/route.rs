@@ -37,6 +37,44 @@ pub struct RouteMetrics {
     pub pushes_sent: AtomicU64,
 }
 
+impl RouteMetrics {
+    /// Appends the router counters in Prometheus text format; `links_dropped` is the links'
+    /// count of pushes they could not take.
+    pub fn render(&self, links_dropped: u64, out: &mut String) {
+        use std::fmt::Write;
+        let rows = [
+            (
+                "tern_dispatch_route_queue_full_total",
+                "Pushes dropped: routing queue full.",
+                self.queue_full.load(Relaxed),
+            ),
+            (
+                "tern_dispatch_route_lookup_errors_total",
+                "Presence lookups that failed (their pushes dropped).",
+                self.lookup_errors.load(Relaxed),
+            ),
+            (
+                "tern_dispatch_route_pushes_sent_total",
+                "Push frames sent to gateways.",
+                self.pushes_sent.load(Relaxed),
+            ),
+            (
+                "tern_dispatch_route_pushes_unlinked_total",
+                "Push frames dropped: gateway not linked or its link full.",
+                links_dropped,
+            ),
+        ];
+        for (name, help, v) in rows {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}
+# TYPE {name} counter
+{name} {v}"
+            );
+        }
+    }
+}
+
 /// The distributed-mode [`Pusher`].
 pub struct Router {
     tx: mpsc::Sender<Job>,

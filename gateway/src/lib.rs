@@ -3,6 +3,7 @@
 //! - [`config`]: the gateway's limits and timings.
 //! - [`auth`]: JWT (HS256) login tokens.
 //! - [`upstream`]: the [`Upstream`] trait through which requests reach dispatch.
+//! - [`link`]: the distributed-mode upstream: links to dispatch workers, presence publishing.
 //! - [`registry`]: which local connection holds each (user, device); pushes and kicks.
 //! - [`outbound`]: a connection's bounded outbound queue (the slow-reader cap).
 //! - [`connection`]: the I/O loop of one connection, driving the sans-IO
@@ -17,6 +18,7 @@ pub mod config;
 pub mod connection;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod link;
 pub mod metrics;
 pub mod outbound;
 pub mod registry;

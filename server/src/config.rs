@@ -21,8 +21,10 @@ pub struct Config {
     pub gateway: GatewaySection,
     /// Sequencing, recall, sync.
     pub dispatch: DispatchSection,
-    /// Embedded store.
+    /// Which store and how to reach it.
     pub store: StoreSection,
+    /// Distributed mode: presence Redis, links between gateways and dispatch workers.
+    pub cluster: ClusterSection,
 }
 
 /// `[server]`
@@ -91,9 +93,52 @@ pub struct DispatchSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreSection {
-    /// fsync every commit. Only turn off for throwaway benchmarks: an ack would no longer
-    /// mean durable.
+    /// `embedded` (redb in the data directory; `tern serve`), `redis` or `scylla` (shared by
+    /// many dispatch workers).
+    pub backend: String,
+    /// fsync every commit of the embedded store. Only turn off for throwaway benchmarks: an
+    /// ack would no longer mean durable.
     pub fsync: bool,
+    /// Redis store URL (backend `redis`). The server must run with appendonly yes and
+    /// appendfsync always (checked at start).
+    pub redis_url: String,
+    /// ScyllaDB contact points, comma-separated host:port (backend `scylla`).
+    pub scylla_nodes: String,
+    /// ScyllaDB keyspace.
+    pub scylla_keyspace: String,
+    /// Keyspace replication map in CQL, "" for the backend's default (dev: SimpleStrategy RF 1).
+    pub scylla_replication: String,
+    /// Local datacenter for token- and DC-aware routing, "" for none.
+    pub scylla_local_dc: String,
+    /// Consistency of reads and writes, e.g. LOCAL_QUORUM.
+    pub scylla_consistency: String,
+}
+
+/// `[cluster]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSection {
+    /// This process's id (gateway or dispatch worker); "" picks a random one at start.
+    pub node_id: String,
+    /// Presence Redis (who is connected where, worker discovery). Soft state: it may be
+    /// flushed or restarted; gateways republish.
+    pub presence_redis: String,
+    /// Prefix of every Redis key Tern writes (several clusters may share one Redis).
+    pub key_prefix: String,
+    /// Gateway: dispatch worker link addresses, comma-separated; "" discovers them in
+    /// presence Redis.
+    pub dispatch_workers: String,
+    /// Dispatch worker: where gateways link (`tern dispatch`).
+    pub link_listen: String,
+    /// Dispatch worker: the address gateways should dial, announced in presence Redis; "" uses
+    /// the bound `link_listen` address.
+    pub link_advertise: String,
+    /// Gateway: how long a request waits for a worker's answer before UNAVAILABLE.
+    #[serde(with = "duration")]
+    pub request_timeout: Duration,
+    /// Presence entry lifetime without refresh (gateways refresh every third of it).
+    #[serde(with = "duration")]
+    pub presence_ttl: Duration,
 }
 
 impl Default for ServerSection {
@@ -136,7 +181,31 @@ impl Default for DispatchSection {
 
 impl Default for StoreSection {
     fn default() -> Self {
-        Self { fsync: true }
+        Self {
+            backend: "embedded".into(),
+            fsync: true,
+            redis_url: "redis://127.0.0.1:6380/".into(),
+            scylla_nodes: String::new(),
+            scylla_keyspace: "tern".into(),
+            scylla_replication: String::new(),
+            scylla_local_dc: String::new(),
+            scylla_consistency: "LOCAL_QUORUM".into(),
+        }
+    }
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        Self {
+            node_id: String::new(),
+            presence_redis: "redis://127.0.0.1:6379/".into(),
+            key_prefix: "tern:".into(),
+            dispatch_workers: String::new(),
+            link_listen: "127.0.0.1:7500".into(),
+            link_advertise: String::new(),
+            request_timeout: Duration::from_secs(10),
+            presence_ttl: Duration::from_secs(90),
+        }
     }
 }
 
@@ -187,6 +256,9 @@ impl Config {
         }
         if g.max_outbound_bytes < g.max_frame_bytes {
             bail!("gateway.max_outbound_bytes must be at least gateway.max_frame_bytes");
+        }
+        if !["embedded", "redis", "scylla"].contains(&self.store.backend.as_str()) {
+            bail!("store.backend must be embedded, redis or scylla");
         }
         if self.dispatch.max_commit_batch == 0 || self.dispatch.pipeline_queue == 0 {
             bail!("dispatch.max_commit_batch and dispatch.pipeline_queue must be positive");

@@ -3,12 +3,14 @@
 //!
 //! - [`config`]: TOML file → environment → flags.
 //! - [`embedded`]: `tern serve`, gateway + dispatch + embedded store in one process.
+//! - [`cluster`]: `tern gateway` and `tern dispatch`, the distributed mode.
 //! - [`http`]: `/metrics` and `/healthz`.
 //! - [`chat`]: `tern chat`, a terminal chat client on the SDK.
 //! - [`bench`]: `tern bench`, an end-to-end load run through a server.
 
 pub mod bench;
 pub mod chat;
+pub mod cluster;
 pub mod config;
 pub mod embedded;
 #[doc(hidden)]

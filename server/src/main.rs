@@ -1,6 +1,7 @@
 //! `tern`: the one binary operators and developers run. `tern serve` starts the embedded
-//! single-node server; `tern token` mints a development login token; `tern chat` is a terminal
-//! chat client; `tern bench` measures a running server end to end.
+//! single-node server; `tern gateway` and `tern dispatch` are the distributed mode's processes;
+//! `tern token` mints a development login token; `tern chat` is a terminal chat client;
+//! `tern bench` measures a running server end to end.
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -30,6 +31,10 @@ struct Cli {
 enum Command {
     /// Run the embedded single-node server (gateway + dispatch + embedded store).
     Serve(ServeArgs),
+    /// Distributed mode: hold client connections, link to every dispatch worker.
+    Gateway(GatewayArgs),
+    /// Distributed mode: a stateless dispatch worker over a shared store (redis or scylla).
+    Dispatch(DispatchArgs),
     /// Print a login token signed with the server's key, for development.
     Token(TokenArgs),
     /// Chat from a terminal through a running server.
@@ -46,6 +51,32 @@ struct ServeArgs {
     /// HTTP address for /metrics and /healthz (same as `--set server.http_listen=...`).
     #[arg(long)]
     http_listen: Option<String>,
+}
+
+#[derive(Args)]
+struct GatewayArgs {
+    /// Client TCP address (same as `--set server.listen=...`).
+    #[arg(long)]
+    listen: Option<String>,
+    /// HTTP address for /metrics and /healthz (same as `--set server.http_listen=...`).
+    #[arg(long)]
+    http_listen: Option<String>,
+    /// Node id (same as `--set cluster.node_id=...`).
+    #[arg(long)]
+    id: Option<String>,
+}
+
+#[derive(Args)]
+struct DispatchArgs {
+    /// Where gateways link (same as `--set cluster.link_listen=...`).
+    #[arg(long)]
+    link_listen: Option<String>,
+    /// HTTP address for /metrics and /healthz (same as `--set server.http_listen=...`).
+    #[arg(long)]
+    http_listen: Option<String>,
+    /// Node id (same as `--set cluster.node_id=...`).
+    #[arg(long)]
+    id: Option<String>,
 }
 
 #[derive(Args)]
@@ -67,19 +98,35 @@ fn main() -> anyhow::Result<()> {
     if let Some(d) = &cli.data_dir {
         overrides.push(format!("server.data_dir={}", d.display()));
     }
-    if let Command::Serve(a) = &cli.command {
-        if let Some(l) = &a.listen {
-            overrides.push(format!("server.listen={l}"));
+    let mut flag = |key: &str, v: &Option<String>| {
+        if let Some(v) = v {
+            overrides.push(format!("{key}={v}"));
         }
-        if let Some(h) = &a.http_listen {
-            overrides.push(format!("server.http_listen={h}"));
+    };
+    match &cli.command {
+        Command::Serve(a) => {
+            flag("server.listen", &a.listen);
+            flag("server.http_listen", &a.http_listen);
         }
+        Command::Gateway(a) => {
+            flag("server.listen", &a.listen);
+            flag("server.http_listen", &a.http_listen);
+            flag("cluster.node_id", &a.id);
+        }
+        Command::Dispatch(a) => {
+            flag("cluster.link_listen", &a.link_listen);
+            flag("server.http_listen", &a.http_listen);
+            flag("cluster.node_id", &a.id);
+        }
+        _ => {}
     }
     let cfg = Config::load(cli.config.as_deref(), std::env::vars(), &overrides)?;
     init_logging(&cfg.server.log);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
         Command::Serve(_) => rt.block_on(serve(cfg)),
+        Command::Gateway(_) => rt.block_on(gateway(cfg)),
+        Command::Dispatch(_) => rt.block_on(dispatch(cfg)),
         Command::Token(a) => {
             let key = cfg.token_key()?;
             let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() as i64;
@@ -94,33 +141,68 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// Binds a listener, with the address in the error.
+async fn bind(addr: &str, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| format!("binding {what} address {addr}"))
+}
+
+/// Binds the HTTP listener unless it is turned off ("").
+async fn bind_http(cfg: &Config) -> anyhow::Result<Option<TcpListener>> {
+    if cfg.server.http_listen.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(bind(&cfg.server.http_listen, "HTTP").await?))
+}
+
+fn http_addr(http: &Option<TcpListener>) -> String {
+    http.as_ref().and_then(|l| l.local_addr().ok()).map_or_else(|| "off".into(), |a| a.to_string())
+}
+
 async fn serve(cfg: Config) -> anyhow::Result<()> {
     // Load (or create) the token key before announcing the address, so that whoever reads
     // that line can read the key too.
     cfg.token_key()?;
-    let listener = TcpListener::bind(cfg.server.listen)
-        .await
-        .with_context(|| format!("binding client address {}", cfg.server.listen))?;
-    let http = if cfg.server.http_listen.is_empty() {
-        None
-    } else {
-        Some(
-            TcpListener::bind(&cfg.server.http_listen)
-                .await
-                .with_context(|| format!("binding HTTP address {}", cfg.server.http_listen))?,
-        )
-    };
+    let listener = bind(&cfg.server.listen.to_string(), "client").await?;
+    let http = bind_http(&cfg).await?;
     let client_addr = listener.local_addr()?;
-    let http_addr = http.as_ref().and_then(|l| l.local_addr().ok());
     // One machine-readable line on stdout: tests and scripts read the bound addresses here.
     println!(
         "tern listening client={client_addr} http={} data_dir={}",
-        http_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
+        http_addr(&http),
         cfg.server.data_dir.display()
     );
-    tracing::info!(%client_addr, ?http_addr, "tern serve started");
+    tracing::info!(%client_addr, "tern serve started");
     tern::embedded::run(&cfg, listener, http, shutdown_signal()).await?;
     tracing::info!("tern serve stopped");
+    Ok(())
+}
+
+async fn gateway(cfg: Config) -> anyhow::Result<()> {
+    cfg.token_key()?;
+    let id = tern::cluster::node_id(&cfg, "gw");
+    let listener = bind(&cfg.server.listen.to_string(), "client").await?;
+    let http = bind_http(&cfg).await?;
+    println!(
+        "tern gateway listening client={} http={} id={id}",
+        listener.local_addr()?,
+        http_addr(&http)
+    );
+    tern::cluster::run_gateway(&cfg, id, listener, http, shutdown_signal()).await?;
+    tracing::info!("tern gateway stopped");
+    Ok(())
+}
+
+async fn dispatch(cfg: Config) -> anyhow::Result<()> {
+    let id = tern::cluster::node_id(&cfg, "dw");
+    let listener = bind(&cfg.cluster.link_listen, "link").await?;
+    let http = bind_http(&cfg).await?;
+    println!(
+        "tern dispatch listening link={} http={} id={id}",
+        listener.local_addr()?,
+        http_addr(&http)
+    );
+    tern::cluster::run_dispatch(&cfg, id, listener, http, shutdown_signal()).await?;
+    tracing::info!("tern dispatch stopped");
     Ok(())
 }
 

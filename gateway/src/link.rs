@@ -1,0 +1,516 @@
+//! The gateway's side of the distributed mode: one link (TCP, `tern.link.v1` frames) to every
+//! live dispatch worker, requests spread over them, pushes from them delivered to local
+//! connections, and this gateway's connections published in Redis presence.
+//!
+//! Routing: a request goes to the worker chosen by rendezvous hashing of the user id over the
+//! live links, so a user's requests keep their order while its worker lives and move to another
+//! worker (and only those users' requests move) when it dies. A request whose link fails before
+//! it is answered is sent again on another link: sends and recalls are deduplicated by
+//! (sender, client_msg_id), receipts are monotonic, the rest are reads, so a retry is always
+//! safe.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tern_presence::{Entry, Presence};
+use tern_proto::FrameDecoder;
+use tern_proto::link::v1::{self as link, link_frame::Body as LinkBody};
+use tern_proto::session::server::error as error_frame;
+use tern_proto::v1::{Envelope, ErrorCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::registry::Registry;
+use crate::upstream::{BoxFuture, RequestCtx, Upstream};
+
+/// Largest link frame accepted.
+const MAX_LINK_FRAME: usize = 16 * 1024 * 1024;
+/// Frames queued for one link.
+const LINK_QUEUE: usize = 65_536;
+/// How many links a request tries before it is answered UNAVAILABLE.
+const MAX_ATTEMPTS: usize = 4;
+
+/// Link settings.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    /// This gateway's id, as published in presence.
+    pub gateway_id: String,
+    /// How long a request waits for its answer on one link before it is answered UNAVAILABLE.
+    pub request_timeout: Duration,
+    /// Delay before reconnecting a failed link (grows to 10x while it keeps failing).
+    pub reconnect_delay: Duration,
+}
+
+/// Link and presence counters.
+#[derive(Debug, Default)]
+pub struct LinkMetrics {
+    /// Requests sent again on another link after their link failed.
+    pub retries: AtomicU64,
+    /// Requests answered UNAVAILABLE because no link could take them.
+    pub unavailable: AtomicU64,
+    /// Push frames received from workers.
+    pub pushes: AtomicU64,
+    /// Links established (including reconnects).
+    pub links_up: AtomicU64,
+    /// Presence writes that failed (retried at the next refresh).
+    pub presence_errors: AtomicU64,
+}
+
+struct Pending {
+    reply: oneshot::Sender<Envelope>,
+}
+
+/// One worker link.
+struct WorkerLink {
+    addr: String,
+    tx: mpsc::Sender<Bytes>,
+    pending: Mutex<HashMap<u64, Pending>>,
+}
+
+impl WorkerLink {
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Pending>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+struct Inner {
+    cfg: LinkConfig,
+    registry: Arc<Registry>,
+    presence: Option<Presence>,
+    presence_tx: Option<mpsc::Sender<PresenceOp>>,
+    /// Live links by worker address.
+    live: Mutex<BTreeMap<String, Arc<WorkerLink>>>,
+    /// Addresses with a running link task, and their stop flags.
+    managed: Mutex<HashMap<String, Arc<AtomicBool>>>,
+    next_id: AtomicU64,
+    metrics: Arc<LinkMetrics>,
+}
+
+/// The distributed-mode [`Upstream`]. Cheap to clone.
+#[derive(Clone)]
+pub struct LinkUpstream {
+    inner: Arc<Inner>,
+}
+
+enum PresenceOp {
+    Up(Entry),
+    Down(Entry),
+}
+
+impl LinkUpstream {
+    /// Creates the upstream; starts the presence publisher when `presence` is given. Call
+    /// [`LinkUpstream::set_workers`] (static configuration) or
+    /// [`LinkUpstream::discover_workers`] to link to workers.
+    pub fn new(cfg: LinkConfig, registry: Arc<Registry>, presence: Option<Presence>) -> Self {
+        let metrics = Arc::new(LinkMetrics::default());
+        let (presence_tx, presence_rx) = match &presence {
+            Some(_) => {
+                let (tx, rx) = mpsc::channel(65_536);
+                (Some(tx), Some(rx))
+            }
+            None => (None, None),
+        };
+        let inner = Arc::new(Inner {
+            cfg,
+            registry,
+            presence: presence.clone(),
+            presence_tx,
+            live: Mutex::new(BTreeMap::new()),
+            managed: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            metrics,
+        });
+        if let (Some(p), Some(rx)) = (presence, presence_rx) {
+            tokio::spawn(publish_presence(inner.clone(), p, rx));
+        }
+        Self { inner }
+    }
+
+    /// Counters.
+    pub fn metrics(&self) -> Arc<LinkMetrics> {
+        self.inner.metrics.clone()
+    }
+
+    /// Workers linked now, by address.
+    pub fn live_workers(&self) -> Vec<String> {
+        self.inner.live.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect()
+    }
+
+    /// Keeps a link to each address in `addrs` (and stops links to addresses not listed).
+    pub fn set_workers(&self, addrs: &[String]) {
+        let mut managed = self.inner.managed.lock().unwrap_or_else(|p| p.into_inner());
+        managed.retain(|addr, stop| {
+            let keep = addrs.contains(addr);
+            if !keep {
+                stop.store(true, Relaxed);
+            }
+            keep
+        });
+        for addr in addrs {
+            if !managed.contains_key(addr) {
+                let stop = Arc::new(AtomicBool::new(false));
+                managed.insert(addr.clone(), stop.clone());
+                tokio::spawn(keep_link(self.inner.clone(), addr.clone(), stop));
+            }
+        }
+    }
+
+    /// Follows worker announcements in presence Redis: polls every `every` and links to the
+    /// live workers.
+    pub fn discover_workers(&self, every: Duration) {
+        let Some(presence) = self.inner.presence.clone() else { return };
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                match presence.list_workers().await {
+                    Ok(workers) => {
+                        let addrs: Vec<String> = workers.into_iter().map(|(_, a)| a).collect();
+                        this.set_workers(&addrs);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "worker discovery failed"),
+                }
+                tokio::time::sleep(every).await;
+            }
+        });
+    }
+
+    /// Picks the live link for `user` by rendezvous hashing, skipping `tried`.
+    fn pick(&self, user: &str, tried: &[String]) -> Option<Arc<WorkerLink>> {
+        let live = self.inner.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.values()
+            .filter(|l| !tried.contains(&l.addr))
+            .max_by_key(|l| {
+                let mut h = DefaultHasher::new();
+                (user, &l.addr).hash(&mut h);
+                h.finish()
+            })
+            .cloned()
+    }
+
+    /// Sends `frame` (with link id `id`) on the best link not yet tried; returns the receiver
+    /// of the answer and the link's address.
+    fn dispatch_once(
+        &self,
+        user: &str,
+        id: u64,
+        frame: &Bytes,
+        tried: &[String],
+    ) -> Option<(oneshot::Receiver<Envelope>, String)> {
+        let mut tried = tried.to_vec();
+        while let Some(link) = self.pick(user, &tried) {
+            let (reply, rx) = oneshot::channel();
+            link.pending().insert(id, Pending { reply });
+            if link.tx.try_send(frame.clone()).is_ok() {
+                return Some((rx, link.addr.clone()));
+            }
+            link.pending().remove(&id);
+            tried.push(link.addr.clone());
+        }
+        None
+    }
+}
+
+impl Upstream for LinkUpstream {
+    fn request(&self, ctx: &Arc<RequestCtx>, env: Envelope) -> BoxFuture<'static, Envelope> {
+        let request_id = env.request_id;
+        let id = self.inner.next_id.fetch_add(1, Relaxed);
+        let frame = tern_proto::encode_to_bytes(
+            &link::LinkFrame {
+                id,
+                body: Some(LinkBody::Request(link::Request {
+                    user_id: ctx.user_id.clone(),
+                    device_id: ctx.device_id.clone(),
+                    connection_id: ctx.connection_id,
+                    envelope: Some(env),
+                })),
+            },
+            usize::MAX,
+        )
+        .unwrap_or_default();
+        // The first attempt is queued now, so a connection's requests keep their order.
+        let first = self.dispatch_once(&ctx.user_id, id, &frame, &[]);
+        let this = self.clone();
+        let user = ctx.user_id.clone();
+        Box::pin(async move {
+            let unavailable = |m: &LinkMetrics| {
+                m.unavailable.fetch_add(1, Relaxed);
+                error_frame(
+                    request_id,
+                    ErrorCode::Unavailable,
+                    "no dispatch worker available",
+                    false,
+                )
+            };
+            let mut tried = Vec::new();
+            let mut attempt = first;
+            for n in 0..MAX_ATTEMPTS {
+                let Some((rx, addr)) = attempt else {
+                    // No live link right now (workers restarting): wait a little and retry.
+                    if n + 1 == MAX_ATTEMPTS {
+                        break;
+                    }
+                    tokio::time::sleep(this.inner.cfg.reconnect_delay).await;
+                    attempt = this.dispatch_once(&user, id, &frame, &tried);
+                    continue;
+                };
+                match tokio::time::timeout(this.inner.cfg.request_timeout, rx).await {
+                    Ok(Ok(answer)) => return answer,
+                    Ok(Err(_)) => {
+                        // The link failed before answering: try another worker.
+                        this.inner.metrics.retries.fetch_add(1, Relaxed);
+                        tried.push(addr);
+                        attempt = this.dispatch_once(&user, id, &frame, &tried);
+                        if attempt.is_none() {
+                            // Every live link was tried; the failed ones may be back soon.
+                            tried.clear();
+                        }
+                    }
+                    Err(_) => return unavailable(&this.inner.metrics),
+                }
+            }
+            unavailable(&this.inner.metrics)
+        })
+    }
+
+    fn connected(&self, ctx: &Arc<RequestCtx>) {
+        if let Some(tx) = &self.inner.presence_tx {
+            let _ = tx.try_send(PresenceOp::Up(self.entry(ctx)));
+        }
+    }
+
+    fn disconnected(&self, ctx: &Arc<RequestCtx>) {
+        if let Some(tx) = &self.inner.presence_tx {
+            let _ = tx.try_send(PresenceOp::Down(self.entry(ctx)));
+        }
+    }
+}
+
+impl LinkUpstream {
+    fn entry(&self, ctx: &RequestCtx) -> Entry {
+        Entry {
+            user_id: ctx.user_id.clone(),
+            device_id: ctx.device_id.clone(),
+            gateway_id: self.inner.cfg.gateway_id.clone(),
+            connection_id: ctx.connection_id,
+        }
+    }
+}
+
+/// Keeps one worker link up until `stop` is set.
+async fn keep_link(inner: Arc<Inner>, addr: String, stop: Arc<AtomicBool>) {
+    let mut delay = inner.cfg.reconnect_delay;
+    while !stop.load(Relaxed) {
+        match run_link(&inner, &addr, &stop).await {
+            Ok(()) => delay = inner.cfg.reconnect_delay,
+            Err(e) => {
+                tracing::debug!(worker = %addr, error = %e, "worker link down");
+                delay = (delay * 2).min(inner.cfg.reconnect_delay * 10);
+            }
+        }
+        tokio::time::sleep(delay).await;
+    }
+}
+
+async fn run_link(inner: &Arc<Inner>, addr: &str, stop: &AtomicBool) -> std::io::Result<()> {
+    let stream = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    let _ = stream.set_nodelay(true);
+    let (mut rd, mut wr) = stream.into_split();
+    // Written once here (Hello), then handed to the writer task once the worker answered.
+    let hello =
+        LinkBody::Hello(link::Hello { gateway_id: inner.cfg.gateway_id.clone(), version: 1 });
+    let hello =
+        tern_proto::encode_to_bytes(&link::LinkFrame { id: 0, body: Some(hello) }, usize::MAX)
+            .unwrap_or_default();
+    wr.write_all(&hello).await?;
+    let mut wr = Some(wr);
+    let (tx, mut rx) = mpsc::channel::<Bytes>(LINK_QUEUE);
+    let link =
+        Arc::new(WorkerLink { addr: addr.to_owned(), tx, pending: Mutex::new(HashMap::new()) });
+    let mut decoder = FrameDecoder::new(MAX_LINK_FRAME);
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut writer: Option<tokio::task::JoinHandle<()>> = None;
+    let result = loop {
+        if stop.load(Relaxed) {
+            break Ok(());
+        }
+        let frame = match decoder.decode_as::<link::LinkFrame>(&mut buf) {
+            Ok(Some(f)) => f,
+            Ok(None) => {
+                if buf.capacity() - buf.len() < 4096 {
+                    buf.reserve(64 * 1024);
+                }
+                let read = tokio::select! {
+                    r = rd.read_buf(&mut buf) => r,
+                    _ = async { match writer.as_mut() { Some(w) => { let _ = w.await; } None => std::future::pending().await } } => {
+                        Err(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "link writer stopped"))
+                    }
+                };
+                match read {
+                    Ok(0) => break Err(std::io::ErrorKind::UnexpectedEof.into()),
+                    Ok(_) => continue,
+                    Err(e) => break Err(e),
+                }
+            }
+            Err(e) => {
+                break Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()));
+            }
+        };
+        match frame.body {
+            Some(LinkBody::HelloOk(ok)) if writer.is_none() => {
+                // Linked: start writing and take requests.
+                let Some(mut wr) = wr.take() else { continue };
+                let mut rx = std::mem::replace(&mut rx, mpsc::channel(1).1);
+                writer = Some(tokio::spawn(async move {
+                    let mut batch = Vec::new();
+                    let mut out = Vec::new();
+                    while rx.recv_many(&mut batch, 1024).await > 0 {
+                        out.clear();
+                        for f in batch.drain(..) {
+                            out.extend_from_slice(&f);
+                        }
+                        if wr.write_all(&out).await.is_err() {
+                            return;
+                        }
+                    }
+                }));
+                inner
+                    .live
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(addr.to_owned(), link.clone());
+                inner.metrics.links_up.fetch_add(1, Relaxed);
+                tracing::info!(worker = %addr, worker_id = %ok.worker_id, "linked to dispatch worker");
+            }
+            Some(LinkBody::Response(resp)) => {
+                let pending = link.pending().remove(&frame.id);
+                if let (Some(p), Some(env)) = (pending, resp.envelope) {
+                    let _ = p.reply.send(env);
+                }
+            }
+            Some(LinkBody::Push(push)) => {
+                inner.metrics.pushes.fetch_add(1, Relaxed);
+                for t in &push.targets {
+                    let skip = (t.skip_connection != 0).then_some(t.skip_connection);
+                    inner.registry.push(&t.user_id, &push.frame, skip);
+                }
+            }
+            Some(LinkBody::Ping(_)) => {
+                let pong = tern_proto::encode_to_bytes(
+                    &link::LinkFrame { id: frame.id, body: Some(LinkBody::Pong(link::Pong {})) },
+                    usize::MAX,
+                )
+                .unwrap_or_default();
+                let _ = link.tx.try_send(pong);
+            }
+            _ => {}
+        }
+    };
+    // Down: stop routing to it, and fail what it still owes so those requests retry elsewhere.
+    {
+        let mut live = inner.live.lock().unwrap_or_else(|p| p.into_inner());
+        if live.get(addr).is_some_and(|l| Arc::ptr_eq(l, &link)) {
+            live.remove(addr);
+        }
+    }
+    link.pending().clear();
+    if let Some(w) = writer {
+        w.abort();
+    }
+    result
+}
+
+/// Publishes logins and logouts in batches, and refreshes every local connection every
+/// `ttl / 3` (which also republishes everything after Redis lost its data).
+async fn publish_presence(
+    inner: Arc<Inner>,
+    presence: Presence,
+    mut rx: mpsc::Receiver<PresenceOp>,
+) {
+    let refresh_every = presence.config().ttl / 3;
+    let mut next_refresh = tokio::time::Instant::now() + refresh_every;
+    let mut ops = Vec::new();
+    loop {
+        tokio::select! {
+            n = rx.recv_many(&mut ops, 4096) => {
+                if n == 0 {
+                    return;
+                }
+                let (mut up, mut down) = (Vec::new(), Vec::new());
+                for op in ops.drain(..) {
+                    match op {
+                        PresenceOp::Up(e) => up.push(e),
+                        PresenceOp::Down(e) => down.push(e),
+                    }
+                }
+                if presence.publish(&up).await.is_err() | presence.remove(&down).await.is_err() {
+                    inner.metrics.presence_errors.fetch_add(1, Relaxed);
+                }
+            }
+            _ = tokio::time::sleep_until(next_refresh) => {
+                next_refresh = tokio::time::Instant::now() + refresh_every;
+                let entries: Vec<Entry> = inner
+                    .registry
+                    .snapshot()
+                    .into_iter()
+                    .map(|(user_id, device_id, connection_id)| Entry {
+                        user_id,
+                        device_id,
+                        gateway_id: inner.cfg.gateway_id.clone(),
+                        connection_id,
+                    })
+                    .collect();
+                for chunk in entries.chunks(1000) {
+                    if presence.publish(chunk).await.is_err() {
+                        inner.metrics.presence_errors.fetch_add(1, Relaxed);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl LinkMetrics {
+    /// Appends the link counters in Prometheus text format.
+    pub fn render(&self, out: &mut String) {
+        use std::fmt::Write;
+        let rows: [(&str, &str, &AtomicU64); 5] = [
+            (
+                "tern_gateway_link_retries_total",
+                "Requests resent on another worker after their link failed.",
+                &self.retries,
+            ),
+            (
+                "tern_gateway_link_unavailable_total",
+                "Requests answered UNAVAILABLE: no worker could take them.",
+                &self.unavailable,
+            ),
+            ("tern_gateway_link_pushes_total", "Push frames received from workers.", &self.pushes),
+            (
+                "tern_gateway_links_up_total",
+                "Worker links established, reconnects included.",
+                &self.links_up,
+            ),
+            (
+                "tern_gateway_presence_errors_total",
+                "Presence writes that failed (retried at the next refresh).",
+                &self.presence_errors,
+            ),
+        ];
+        for (name, help, v) in rows {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Relaxed)
+            );
+        }
+    }
+}
