@@ -84,6 +84,7 @@ async fn run(
                 for (job, out) in jobs.drain(..).zip(outcomes) {
                     if out.duplicate {
                         metrics.duplicates.fetch_add(1, Relaxed);
+                        repush(&store, &pusher, &job, &out);
                     } else {
                         metrics.accepted.fetch_add(1, Relaxed);
                         let message = stored_message(&job.msg, &out);
@@ -118,6 +119,26 @@ async fn run(
             }
         }
     }
+}
+
+/// Pushes the stored original of a resend again. A resend usually means the sender never saw
+/// the ack: the worker that committed it may have died before pushing, so recipients would
+/// otherwise learn of the message only at their next sync. The SDK drops the copy a recipient
+/// already has. Only when the resend names the original's conversation (the members came from
+/// it), so a crafted resend cannot reveal a message to another conversation's members.
+fn repush(store: &Arc<dyn Store>, pusher: &Arc<dyn Pusher>, job: &Job, out: &Appended) {
+    if out.conversation_id != job.msg.conversation_id {
+        return;
+    }
+    let (store, pusher) = (store.clone(), pusher.clone());
+    let (conv, seq, members, skip) =
+        (out.conversation_id.clone(), out.seq, job.msg.members.clone(), job.skip.clone());
+    tokio::spawn(async move {
+        if let Ok(Some(message)) = store.get_message(&conv, seq).await {
+            let body = Body::Deliver(v1::Deliver { message: Some(message) });
+            fan_out(&*pusher, &members, body, skip.as_ref());
+        }
+    });
 }
 
 /// The stored form of a just-appended message.

@@ -103,3 +103,37 @@ async fn conversation_list_shows_what_changed() {
     let ids: Vec<_> = list.iter().map(|c| (c.conversation_id.as_str(), c.last_seq)).collect();
     assert_eq!(ids, vec![("dm:alice:bob", 2), ("dm:alice:carol", 1)]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resend_pushes_the_original_again_but_never_to_another_conversation() {
+    use tern_proto::v1::envelope::Body;
+    let srv = TestServer::start().await;
+    let (alice, _ae) = srv.client("alice", "phone").await;
+    let (mut bob, _) = Raw::login(srv.addr, &srv.token("bob", "phone")).await;
+    let (mut carol, _) = Raw::login(srv.addr, &srv.token("carol", "phone")).await;
+    let deliver = |env: tern_proto::v1::Envelope| match env.body {
+        Some(Body::Deliver(d)) => d.message.unwrap(),
+        other => panic!("expected a Deliver, got {other:?}"),
+    };
+
+    let first =
+        alice.send_with_id(Target::Peer("bob".into()), "r-1".into(), "text/plain", text("hi")).await.unwrap();
+    assert_eq!(deliver(bob.recv().await.unwrap()).seq, first.seq);
+    // A resend (the sender never saw the ack) pushes the stored original again.
+    let again =
+        alice.send_with_id(Target::Peer("bob".into()), "r-1".into(), "text/plain", text("hi")).await.unwrap();
+    assert!(again.duplicate);
+    let m = deliver(bob.recv().await.unwrap());
+    assert_eq!((m.seq, &m.body[..]), (first.seq, &b"hi"[..]));
+
+    // The same client id aimed at another conversation answers the original ack and pushes
+    // nothing to that conversation's members.
+    let crafted = alice
+        .send_with_id(Target::Peer("carol".into()), "r-1".into(), "text/plain", text("x"))
+        .await
+        .unwrap();
+    assert_eq!((crafted.duplicate, crafted.conversation_id.as_str()), (true, "dm:alice:bob"));
+    alice.send_with_id(Target::Peer("carol".into()), "c-1".into(), "text/plain", text("yo")).await.unwrap();
+    let m = deliver(carol.recv().await.unwrap());
+    assert_eq!((m.conversation_id.as_str(), m.client_msg_id.as_str()), ("dm:alice:carol", "c-1"));
+}
