@@ -17,7 +17,9 @@ use crate::config::{Config, parse_duration};
 /// `tern bench` arguments.
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
-    /// Server address; defaults to the configured `server.listen`.
+    /// Server address, or several gateways' addresses comma-separated (client i connects to
+    /// address i mod n, so with two gateways every pair talks across them); defaults to the
+    /// configured `server.listen`.
     #[arg(long)]
     pub addr: Option<String>,
     /// Client pairs; each pair is two users sending to each other (2 connections per pair).
@@ -51,6 +53,9 @@ struct Samples {
 pub async fn run(cfg: &Config, args: BenchArgs) -> anyhow::Result<()> {
     let key = cfg.token_key().context("the bench mints tokens with the server's key")?;
     let addr = args.addr.clone().unwrap_or_else(|| cfg.server.listen.to_string());
+    let addrs: Vec<String> =
+        addr.split(',').map(str::trim).filter(|a| !a.is_empty()).map(str::to_owned).collect();
+    anyhow::ensure!(!addrs.is_empty(), "--addr is empty");
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;
     let run_id = format!("{}{:x}", args.prefix, now % 0xfffff);
     let epoch = Instant::now();
@@ -60,12 +65,13 @@ pub async fn run(cfg: &Config, args: BenchArgs) -> anyhow::Result<()> {
     for p in 0..args.pairs * 2 {
         let user = format!("{run_id}-{p}");
         let token = key.mint_for(&user, "bench", now, 3600);
+        let target = &addrs[p % addrs.len()];
         let (c, ev) = Client::connect(
-            ClientConfig::new(addr.clone(), token),
+            ClientConfig::new(target.clone(), token),
             Arc::new(MemoryPersistence::default()),
         )
         .await
-        .with_context(|| format!("connecting client {p} to {addr}"))?;
+        .with_context(|| format!("connecting client {p} to {target}"))?;
         clients.push((user, c, ev));
     }
     let users: Vec<String> = clients.iter().map(|(u, _, _)| u.clone()).collect();
