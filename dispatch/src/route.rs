@@ -19,6 +19,8 @@ use crate::push::{ConnRef, Pusher};
 const ROUTE_QUEUE: usize = 65_536;
 /// Most pushes routed per presence round trip.
 const ROUTE_BATCH: usize = 1024;
+/// How long pushes wait for presence Redis to come back before they are dropped.
+const LOOKUP_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 
 struct Job {
     user: String,
@@ -112,14 +114,25 @@ async fn run(
         let mut users: Vec<String> = jobs.iter().map(|j| j.user.clone()).collect();
         users.sort_unstable();
         users.dedup();
-        let located = match presence.lookup(&users).await {
-            Ok(l) => l,
-            Err(e) => {
-                m.lookup_errors.fetch_add(1, Relaxed);
-                tracing::warn!(error = %e, dropped = jobs.len(), "presence lookup failed; pushes dropped");
-                jobs.clear();
-                continue;
+        // Presence down (a restart): retry for a while instead of dropping at once; pushes
+        // queue meanwhile (bounded), and flow again when Redis is back.
+        let give_up = tokio::time::Instant::now() + LOOKUP_PATIENCE;
+        let located = loop {
+            match presence.lookup(&users).await {
+                Ok(l) => break Some(l),
+                Err(e) => {
+                    m.lookup_errors.fetch_add(1, Relaxed);
+                    if tokio::time::Instant::now() >= give_up {
+                        tracing::warn!(error = %e, dropped = jobs.len(), "presence unavailable; pushes dropped");
+                        break None;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
             }
+        };
+        let Some(located) = located else {
+            jobs.clear();
+            continue;
         };
         let where_is: HashMap<&str, &Vec<tern_presence::Location>> =
             users.iter().map(String::as_str).zip(located.iter()).collect();

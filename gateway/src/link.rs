@@ -427,8 +427,13 @@ async fn run_link(inner: &Arc<Inner>, addr: &str, stop: &AtomicBool) -> std::io:
     result
 }
 
+/// How often a gateway checks that presence Redis still has its data.
+const MARKER_EVERY: Duration = Duration::from_secs(1);
+
 /// Publishes logins and logouts in batches, and refreshes every local connection every
-/// `ttl / 3` (which also republishes everything after Redis lost its data).
+/// `ttl / 3`. Every second it also checks its marker key: when Redis lost its data (restart
+/// without persistence, FLUSHALL), it republishes everything at once, so pushes recover within
+/// about a second of Redis coming back.
 async fn publish_presence(
     inner: Arc<Inner>,
     presence: Presence,
@@ -436,9 +441,21 @@ async fn publish_presence(
 ) {
     let refresh_every = presence.config().ttl / 3;
     let mut next_refresh = tokio::time::Instant::now() + refresh_every;
+    let mut next_marker = tokio::time::Instant::now() + MARKER_EVERY;
     let mut ops = Vec::new();
     loop {
         tokio::select! {
+            _ = tokio::time::sleep_until(next_marker) => {
+                next_marker = tokio::time::Instant::now() + MARKER_EVERY;
+                match presence.marker_was_missing(&inner.cfg.gateway_id).await {
+                    // Lost (or first start): refresh now.
+                    Ok(true) => next_refresh = tokio::time::Instant::now(),
+                    Ok(false) => {}
+                    Err(_) => {
+                        inner.metrics.presence_errors.fetch_add(1, Relaxed);
+                    }
+                }
+            }
             n = rx.recv_many(&mut ops, 4096) => {
                 if n == 0 {
                     return;

@@ -139,6 +139,18 @@ impl Presence {
         Ok(())
     }
 
+    /// Claims this gateway's marker key if it is missing, returning true when it was: the
+    /// first call after start, and the first call after Redis lost its data (a FLUSHALL or a
+    /// restart without persistence). The gateway then republishes every connection at once
+    /// instead of waiting for its next refresh.
+    pub async fn marker_was_missing(&self, gateway_id: &str) -> Result<bool, PresenceError> {
+        let key = format!("{}gw:{gateway_id}", self.cfg.key_prefix);
+        let mut conn = self.conn.clone();
+        let set: Option<String> =
+            redis::cmd("SET").arg(&key).arg(1).arg("NX").query_async(&mut conn).await?;
+        Ok(set.is_some())
+    }
+
     /// Removes entries (connections that closed), each only if it still names its connection.
     pub async fn remove(&self, entries: &[Entry]) -> Result<(), PresenceError> {
         if entries.is_empty() {

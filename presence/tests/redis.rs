@@ -89,3 +89,16 @@ async fn workers_announce_expire_and_withdraw() {
     p.withdraw_worker("w1").await.unwrap();
     assert!(p.list_workers().await.unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn marker_tells_a_gateway_that_redis_lost_its_data() {
+    let server = RedisServer::start_with(RedisOptions::without_aof()).unwrap();
+    let p = presence(&server, Duration::from_secs(60)).await;
+    assert!(p.marker_was_missing("gw1").await.unwrap(), "first start");
+    assert!(!p.marker_was_missing("gw1").await.unwrap());
+    assert!(p.marker_was_missing("gw2").await.unwrap(), "each gateway has its own marker");
+    server.flushall().unwrap();
+    assert!(p.marker_was_missing("gw1").await.unwrap(), "a flush must be noticed");
+    assert!(p.marker_was_missing("gw2").await.unwrap(), "by every gateway");
+    assert!(!p.marker_was_missing("gw1").await.unwrap());
+}

@@ -6,7 +6,9 @@ use std::time::Duration;
 /// the public fields as needed.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// Server address, `"host:port"`.
+    /// Server address, `"host:port"`, or several gateways' addresses comma-separated: each
+    /// (re)connect starts at a random one and moves on to the next when one refuses, so clients
+    /// spread over gateways and move to another when theirs dies.
     pub addr: String,
     /// Login token (see docs/PROTOCOL.md "Tokens").
     pub token: String,

@@ -37,8 +37,27 @@ impl Transport {
         }
     }
 
+    /// Opens TCP to the first address that accepts, trying the configured addresses from a
+    /// random one onwards (so clients spread over gateways, and a dead gateway is skipped).
+    async fn open(cfg: &ClientConfig) -> Result<TcpStream, SdkError> {
+        let addrs: Vec<&str> =
+            cfg.addr.split(',').map(str::trim).filter(|a| !a.is_empty()).collect();
+        if addrs.is_empty() {
+            return Err(SdkError::InvalidArgument("no server address configured".to_owned()));
+        }
+        let start = fastrand::usize(..addrs.len());
+        let mut last = None;
+        for i in 0..addrs.len() {
+            match TcpStream::connect(addrs[(start + i) % addrs.len()]).await {
+                Ok(s) => return Ok(s),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.map_or(SdkError::Closed, SdkError::Io))
+    }
+
     async fn connect_inner(cfg: &ClientConfig) -> Result<(Self, v1::LoginOk), SdkError> {
-        let stream = TcpStream::connect(&cfg.addr).await?;
+        let stream = Self::open(cfg).await?;
         stream.set_nodelay(true)?;
         let (reader, writer) = stream.into_split();
         let mut t = Transport {
