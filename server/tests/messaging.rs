@@ -116,12 +116,16 @@ async fn resend_pushes_the_original_again_but_never_to_another_conversation() {
         other => panic!("expected a Deliver, got {other:?}"),
     };
 
-    let first =
-        alice.send_with_id(Target::Peer("bob".into()), "r-1".into(), "text/plain", text("hi")).await.unwrap();
+    let first = alice
+        .send_with_id(Target::Peer("bob".into()), "r-1".into(), "text/plain", text("hi"))
+        .await
+        .unwrap();
     assert_eq!(deliver(bob.recv().await.unwrap()).seq, first.seq);
     // A resend (the sender never saw the ack) pushes the stored original again.
-    let again =
-        alice.send_with_id(Target::Peer("bob".into()), "r-1".into(), "text/plain", text("hi")).await.unwrap();
+    let again = alice
+        .send_with_id(Target::Peer("bob".into()), "r-1".into(), "text/plain", text("hi"))
+        .await
+        .unwrap();
     assert!(again.duplicate);
     let m = deliver(bob.recv().await.unwrap());
     assert_eq!((m.seq, &m.body[..]), (first.seq, &b"hi"[..]));
@@ -133,7 +137,10 @@ async fn resend_pushes_the_original_again_but_never_to_another_conversation() {
         .await
         .unwrap();
     assert_eq!((crafted.duplicate, crafted.conversation_id.as_str()), (true, "dm:alice:bob"));
-    alice.send_with_id(Target::Peer("carol".into()), "c-1".into(), "text/plain", text("yo")).await.unwrap();
+    alice
+        .send_with_id(Target::Peer("carol".into()), "c-1".into(), "text/plain", text("yo"))
+        .await
+        .unwrap();
     let m = deliver(carol.recv().await.unwrap());
     assert_eq!((m.conversation_id.as_str(), m.client_msg_id.as_str()), ("dm:alice:carol", "c-1"));
 }
