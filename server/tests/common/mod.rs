@@ -3,6 +3,9 @@
 //! clients and a raw frame client for bad-input tests.
 #![allow(dead_code)]
 
+pub mod ledger;
+pub mod swarm;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
