@@ -21,6 +21,8 @@ use crate::upstream::{RequestCtx, Upstream};
 
 /// Bytes reserved for one read.
 const READ_CHUNK: usize = 4096;
+/// Longest wait for the upstream to make a new login reachable before LoginOk goes out.
+const LOGIN_PUBLISH_WAIT: Duration = Duration::from_secs(2);
 /// After closing, how long unread input is drained so the last frame is not lost to a reset.
 const CLOSE_LINGER: Duration = Duration::from_millis(500);
 
@@ -158,9 +160,6 @@ impl<U: Upstream> Driver<U> {
                     device_id: identity.device_id,
                     connection_id: self.connection_id,
                 });
-                if let Some(frame) = encode(reply) {
-                    gw.registry.queue(&self.outbound, frame);
-                }
                 gw.registry.register(
                     &ctx.user_id,
                     Arc::new(Conn {
@@ -169,8 +168,13 @@ impl<U: Upstream> Driver<U> {
                         outbound: self.outbound.clone(),
                     }),
                 );
+                // Reachable for pushes before the client hears LoginOk (bounded: a presence
+                // outage delays logins by at most this, then the refresh catches up).
+                let _ = tokio::time::timeout(LOGIN_PUBLISH_WAIT, gw.upstream.connected(&ctx)).await;
+                if let Some(frame) = encode(reply) {
+                    gw.registry.queue(&self.outbound, frame);
+                }
                 tracing::debug!(connection_id = self.connection_id, user = %ctx.user_id, device = %ctx.device_id, "logged in");
-                gw.upstream.connected(&ctx);
                 self.ctx = Some(ctx);
                 true
             }

@@ -60,6 +60,8 @@ pub struct LinkMetrics {
     pub links_up: AtomicU64,
     /// Presence writes that failed (retried at the next refresh).
     pub presence_errors: AtomicU64,
+    /// SyncHints sent to clients after presence was restored.
+    pub sync_hints: AtomicU64,
 }
 
 struct Pending {
@@ -99,7 +101,8 @@ pub struct LinkUpstream {
 }
 
 enum PresenceOp {
-    Up(Entry),
+    /// A login; answered once its batch is published (or failed).
+    Up(Entry, oneshot::Sender<()>),
     Down(Entry),
 }
 
@@ -278,10 +281,14 @@ impl Upstream for LinkUpstream {
         })
     }
 
-    fn connected(&self, ctx: &Arc<RequestCtx>) {
-        if let Some(tx) = &self.inner.presence_tx {
-            let _ = tx.try_send(PresenceOp::Up(self.entry(ctx)));
-        }
+    fn connected(&self, ctx: &Arc<RequestCtx>) -> BoxFuture<'static, ()> {
+        let Some(tx) = &self.inner.presence_tx else { return Box::pin(std::future::ready(())) };
+        let (done, published) = oneshot::channel();
+        // A full queue means the publisher is far behind: the refresh will cover this login.
+        let _ = tx.try_send(PresenceOp::Up(self.entry(ctx), done));
+        Box::pin(async move {
+            let _ = published.await;
+        })
     }
 
     fn disconnected(&self, ctx: &Arc<RequestCtx>) {
@@ -427,6 +434,8 @@ async fn run_link(inner: &Arc<Inner>, addr: &str, stop: &AtomicBool) -> std::io:
     result
 }
 
+/// After a failed presence write, how soon everything is republished.
+const RETRY_PUBLISH: Duration = Duration::from_secs(1);
 /// How often a gateway checks that presence Redis still has its data.
 const MARKER_EVERY: Duration = Duration::from_secs(1);
 
@@ -442,14 +451,20 @@ async fn publish_presence(
     let refresh_every = presence.config().ttl / 3;
     let mut next_refresh = tokio::time::Instant::now() + refresh_every;
     let mut next_marker = tokio::time::Instant::now() + MARKER_EVERY;
+    // Set when presence lost its data: pushes routed meanwhile found nobody, so once this
+    // gateway's connections are published again, each is told to catch up (SyncHint).
+    let mut hint_after_refresh = false;
     let mut ops = Vec::new();
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(next_marker) => {
                 next_marker = tokio::time::Instant::now() + MARKER_EVERY;
                 match presence.marker_was_missing(&inner.cfg.gateway_id).await {
-                    // Lost (or first start): refresh now.
-                    Ok(true) => next_refresh = tokio::time::Instant::now(),
+                    // Lost (or first start): refresh now, then tell clients to catch up.
+                    Ok(true) => {
+                        next_refresh = tokio::time::Instant::now();
+                        hint_after_refresh = true;
+                    }
                     Ok(false) => {}
                     Err(_) => {
                         inner.metrics.presence_errors.fetch_add(1, Relaxed);
@@ -460,15 +475,24 @@ async fn publish_presence(
                 if n == 0 {
                     return;
                 }
-                let (mut up, mut down) = (Vec::new(), Vec::new());
+                let (mut up, mut down, mut waiting) = (Vec::new(), Vec::new(), Vec::new());
                 for op in ops.drain(..) {
                     match op {
-                        PresenceOp::Up(e) => up.push(e),
+                        PresenceOp::Up(e, done) => {
+                            up.push(e);
+                            waiting.push(done);
+                        }
                         PresenceOp::Down(e) => down.push(e),
                     }
                 }
-                if presence.publish(&up).await.is_err() | presence.remove(&down).await.is_err() {
+                let published = presence.publish(&up).await;
+                for done in waiting {
+                    let _ = done.send(());
+                }
+                if published.is_err() | presence.remove(&down).await.is_err() {
                     inner.metrics.presence_errors.fetch_add(1, Relaxed);
+                    // Republish everything soon rather than at the next full refresh.
+                    next_refresh = next_refresh.min(tokio::time::Instant::now() + RETRY_PUBLISH);
                 }
             }
             _ = tokio::time::sleep_until(next_refresh) => {
@@ -484,10 +508,26 @@ async fn publish_presence(
                         connection_id,
                     })
                     .collect();
+                let mut all_published = true;
                 for chunk in entries.chunks(1000) {
                     if presence.publish(chunk).await.is_err() {
                         inner.metrics.presence_errors.fetch_add(1, Relaxed);
+                        all_published = false;
                         break;
+                    }
+                }
+                if hint_after_refresh && all_published {
+                    hint_after_refresh = false;
+                    let hint = tern_proto::v1::Envelope {
+                        request_id: 0,
+                        body: Some(tern_proto::v1::envelope::Body::SyncHint(tern_proto::v1::SyncHint {
+                            reason: "presence was restored; pushes may have been missed".into(),
+                        })),
+                    };
+                    if let Ok(frame) = tern_proto::encode_to_bytes(&hint, usize::MAX) {
+                        let n = inner.registry.broadcast(&frame);
+                        inner.metrics.sync_hints.fetch_add(n as u64, Relaxed);
+                        tracing::info!(connections = n, "presence restored; sent SyncHint");
                     }
                 }
             }
@@ -499,7 +539,12 @@ impl LinkMetrics {
     /// Appends the link counters in Prometheus text format.
     pub fn render(&self, out: &mut String) {
         use std::fmt::Write;
-        let rows: [(&str, &str, &AtomicU64); 5] = [
+        let rows: [(&str, &str, &AtomicU64); 6] = [
+            (
+                "tern_gateway_sync_hints_total",
+                "SyncHints sent after presence was restored.",
+                &self.sync_hints,
+            ),
             (
                 "tern_gateway_link_retries_total",
                 "Requests resent on another worker after their link failed.",

@@ -150,6 +150,19 @@ impl Registry {
         out
     }
 
+    /// Queues `frame` on every registered connection (e.g. a SyncHint). Returns how many took it.
+    pub fn broadcast(&self, frame: &Bytes) -> usize {
+        let conns: Vec<Arc<Conn>> = self
+            .shards
+            .iter()
+            .flat_map(|shard| {
+                let map = shard.lock().unwrap_or_else(|p| p.into_inner());
+                map.values().flatten().cloned().collect::<Vec<_>>()
+            })
+            .collect();
+        conns.iter().filter(|c| self.queue(&c.outbound, frame.clone())).count()
+    }
+
     /// Kicks every connection (server shutdown).
     pub fn kick_all(&self, reason: KickReason, message: &str) {
         for shard in &self.shards {

@@ -29,9 +29,12 @@ pub trait Upstream: Send + Sync + 'static {
     /// even though their answers are awaited concurrently.
     fn request(&self, ctx: &Arc<RequestCtx>, env: Envelope) -> BoxFuture<'static, Envelope>;
 
-    /// A connection logged in (after the registry took it). Distributed mode publishes
-    /// presence here. Must not block.
-    fn connected(&self, _ctx: &Arc<RequestCtx>) {}
+    /// A connection logged in (the registry already holds it); LoginOk is sent when the
+    /// returned future resolves. Distributed mode publishes the device's presence here first,
+    /// so that every message committed after the client's catch-up sync is pushed to it.
+    fn connected(&self, _ctx: &Arc<RequestCtx>) -> BoxFuture<'static, ()> {
+        Box::pin(std::future::ready(()))
+    }
 
     /// A logged-in connection closed. Must not block.
     fn disconnected(&self, _ctx: &Arc<RequestCtx>) {}

@@ -25,6 +25,9 @@ pub enum PresenceError {
     /// Redis is unreachable or answered with an error.
     #[error("presence redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// No answer within the configured timeout (the connection is rebuilt).
+    #[error("presence redis: no answer within {0:?}")]
+    Timeout(Duration),
 }
 
 /// One device's connection on a gateway.
@@ -77,9 +80,13 @@ impl PresenceConfig {
 }
 
 /// A presence client (cheap to clone: one multiplexed, self-reconnecting connection).
+///
+/// Every call is bounded by `timeout`; after a call times out the connection is replaced by a
+/// fresh one, so a connection wedged by a Redis restart cannot stall callers for long.
 #[derive(Clone)]
 pub struct Presence {
-    conn: ConnectionManager,
+    conn: std::sync::Arc<std::sync::Mutex<ConnectionManager>>,
+    client: redis::Client,
     cfg: PresenceConfig,
     remove_script: redis::Script,
 }
@@ -102,13 +109,50 @@ impl Presence {
     /// Connects (and keeps reconnecting in the background when Redis goes away).
     pub async fn connect(cfg: PresenceConfig) -> Result<Self, PresenceError> {
         let client = redis::Client::open(cfg.url.as_str())?;
+        let conn = Self::manager(&client, &cfg).await?;
+        Ok(Self {
+            conn: std::sync::Arc::new(std::sync::Mutex::new(conn)),
+            client,
+            cfg,
+            remove_script: redis::Script::new(REMOVE),
+        })
+    }
+
+    async fn manager(
+        client: &redis::Client,
+        cfg: &PresenceConfig,
+    ) -> Result<ConnectionManager, PresenceError> {
         let mgr_cfg = ConnectionManagerConfig::new()
             .set_response_timeout(Some(cfg.timeout))
             .set_connection_timeout(Some(cfg.timeout))
             .set_max_delay(Duration::from_secs(2))
             .set_number_of_retries(2);
-        let conn = ConnectionManager::new_with_config(client, mgr_cfg).await?;
-        Ok(Self { conn, cfg, remove_script: redis::Script::new(REMOVE) })
+        let fut = ConnectionManager::new_with_config(client.clone(), mgr_cfg);
+        match tokio::time::timeout(cfg.timeout, fut).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(PresenceError::Timeout(cfg.timeout)),
+        }
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Runs one Redis call with the timeout; on a timeout, swaps in a fresh connection.
+    async fn bounded<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, redis::RedisError>>,
+    ) -> Result<T, PresenceError> {
+        match tokio::time::timeout(self.cfg.timeout, call).await {
+            Ok(r) => Ok(r?),
+            Err(_) => {
+                tracing::warn!(url = %self.cfg.url, "presence call timed out; reconnecting");
+                if let Ok(fresh) = Self::manager(&self.client, &self.cfg).await {
+                    *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
+                }
+                Err(PresenceError::Timeout(self.cfg.timeout))
+            }
+        }
     }
 
     /// The settings.
@@ -134,9 +178,8 @@ impl Presence {
             pipe.hset(&key, &e.device_id, value).ignore();
             pipe.pexpire(&key, key_ttl_ms as i64).ignore();
         }
-        let mut conn = self.conn.clone();
-        pipe.query_async::<()>(&mut conn).await?;
-        Ok(())
+        let mut conn = self.conn();
+        self.bounded(pipe.query_async::<()>(&mut conn)).await
     }
 
     /// Claims this gateway's marker key if it is missing, returning true when it was: the
@@ -145,9 +188,10 @@ impl Presence {
     /// instead of waiting for its next refresh.
     pub async fn marker_was_missing(&self, gateway_id: &str) -> Result<bool, PresenceError> {
         let key = format!("{}gw:{gateway_id}", self.cfg.key_prefix);
-        let mut conn = self.conn.clone();
-        let set: Option<String> =
-            redis::cmd("SET").arg(&key).arg(1).arg("NX").query_async(&mut conn).await?;
+        let mut conn = self.conn();
+        let set: Option<String> = self
+            .bounded(redis::cmd("SET").arg(&key).arg(1).arg("NX").query_async(&mut conn))
+            .await?;
         Ok(set.is_some())
     }
 
@@ -156,9 +200,9 @@ impl Presence {
         if entries.is_empty() {
             return Ok(());
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         // Load once so the pipeline can use EVALSHA.
-        self.remove_script.load_async(&mut conn).await?;
+        self.bounded(self.remove_script.load_async(&mut conn)).await?;
         let mut pipe = redis::pipe();
         for e in entries {
             pipe.cmd("EVALSHA")
@@ -169,8 +213,7 @@ impl Presence {
                 .arg(format!("{} {} ", e.gateway_id, e.connection_id))
                 .ignore();
         }
-        pipe.query_async::<()>(&mut conn).await?;
-        Ok(())
+        self.bounded(pipe.query_async::<()>(&mut conn)).await
     }
 
     /// Where each of `users` is connected (same order as `users`), one pipelined round trip.
@@ -183,8 +226,8 @@ impl Presence {
         for u in users {
             pipe.hgetall(self.key(u));
         }
-        let mut conn = self.conn.clone();
-        let maps: Vec<Vec<(String, String)>> = pipe.query_async(&mut conn).await?;
+        let mut conn = self.conn();
+        let maps: Vec<Vec<(String, String)>> = self.bounded(pipe.query_async(&mut conn)).await?;
         let now = now_ms();
         Ok(maps.into_iter().map(|fields| parse_locations(fields, now)).collect())
     }
@@ -223,28 +266,32 @@ impl Presence {
         ttl: Duration,
     ) -> Result<(), PresenceError> {
         let expires = now_ms() + ttl.as_millis() as u64;
-        let mut conn = self.conn.clone();
-        redis::cmd("HSET")
-            .arg(self.workers_key())
-            .arg(id)
-            .arg(format!("{addr} {expires}"))
-            .query_async::<()>(&mut conn)
-            .await?;
-        Ok(())
+        let mut conn = self.conn();
+        self.bounded(
+            redis::cmd("HSET")
+                .arg(self.workers_key())
+                .arg(id)
+                .arg(format!("{addr} {expires}"))
+                .query_async::<()>(&mut conn),
+        )
+        .await
     }
 
     /// Withdraws worker `id` (clean shutdown).
     pub async fn withdraw_worker(&self, id: &str) -> Result<(), PresenceError> {
-        let mut conn = self.conn.clone();
-        redis::cmd("HDEL").arg(self.workers_key()).arg(id).query_async::<()>(&mut conn).await?;
-        Ok(())
+        let mut conn = self.conn();
+        self.bounded(
+            redis::cmd("HDEL").arg(self.workers_key()).arg(id).query_async::<()>(&mut conn),
+        )
+        .await
     }
 
     /// Live workers as (id, addr), sorted by id.
     pub async fn list_workers(&self) -> Result<Vec<(String, String)>, PresenceError> {
-        let mut conn = self.conn.clone();
-        let fields: Vec<(String, String)> =
-            redis::cmd("HGETALL").arg(self.workers_key()).query_async(&mut conn).await?;
+        let mut conn = self.conn();
+        let fields: Vec<(String, String)> = self
+            .bounded(redis::cmd("HGETALL").arg(self.workers_key()).query_async(&mut conn))
+            .await?;
         let now = now_ms();
         let mut live: Vec<(String, String)> = fields
             .into_iter()

@@ -102,3 +102,41 @@ async fn marker_tells_a_gateway_that_redis_lost_its_data() {
     assert!(p.marker_was_missing("gw2").await.unwrap(), "by every gateway");
     assert!(!p.marker_was_missing("gw1").await.unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookups_see_republished_entries_after_restart_and_flush() {
+    let mut server = RedisServer::start_with(RedisOptions::without_aof()).unwrap();
+    let writer = presence(&server, Duration::from_secs(60)).await;
+    let reader = presence(&server, Duration::from_secs(60)).await;
+    let e = entry("zed", "phone", "gw1", 1);
+    writer.publish(std::slice::from_ref(&e)).await.unwrap();
+    assert_eq!(reader.lookup(&["zed".into()]).await.unwrap()[0].len(), 1);
+    server.restart().unwrap();
+    // Both clients reconnect by themselves; the restarted server is empty.
+    let mut ok = false;
+    for _ in 0..50 {
+        if writer.publish(std::slice::from_ref(&e)).await.is_ok() {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "writer never reconnected");
+    let mut seen = Vec::new();
+    for _ in 0..50 {
+        match reader.lookup(&["zed".into(), "amy".into()]).await {
+            Ok(found) => {
+                seen = found;
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    assert_eq!(seen.first().map(Vec::len), Some(1), "reader after restart: {seen:?}");
+    server.flushall().unwrap();
+    writer.publish(std::slice::from_ref(&e)).await.unwrap();
+    for i in 0..20 {
+        let found = reader.lookup(&["amy".into(), "zed".into()]).await.unwrap();
+        assert_eq!(found[1].len(), 1, "lookup {i} after flush + republish: {found:?}");
+    }
+}

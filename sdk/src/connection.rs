@@ -530,6 +530,11 @@ impl Driver {
                 self.emit(Event::Receipt(r)).await;
                 None
             }
+            Some(Body::SyncHint(_)) => {
+                // Pushes may have been lost: catch up exactly as after a login.
+                self.start_list(conn, String::new());
+                None
+            }
             Some(Body::Kick(k)) => {
                 let reason = KickReason::try_from(k.reason).unwrap_or(KickReason::Unspecified);
                 self.emit(Event::Kicked { reason }).await;

@@ -1,9 +1,19 @@
-//! Test harness: real `redis-server` (and later tern) child processes on free loopback ports.
+//! Test harness: real `redis-server` and `tern` child processes on loopback ports, whole
+//! distributed-mode clusters of them, and a chaos proxy to put between them.
 //!
 //! - [`redis_server`]: [`RedisServer`], a throwaway `redis-server` in its own temporary directory that
 //!   a test can restart, kill -9 and flush, and [`RedisOptions`] for its persistence settings.
 //! - [`resp`]: the few RESP commands the harness itself sends (PING, FLUSHALL, SET/GET in its
 //!   tests), over a plain `TcpStream`, so this crate needs no Redis client library.
+//! - [`process`]: [`TernProcess`], one `tern` subcommand as a child process: its announced
+//!   addresses, a bounded log tail, kill -9, SIGTERM and restart on the same addresses.
+//! - [`cluster`]: [`Cluster`], presence and store Redis, N dispatch workers and M gateways
+//!   sharing one random token key, with kill and restart controls for each part.
+//! - [`chaos`]: [`ChaosProxy`], a TCP proxy that can stall, delay, reset, drop and redirect the
+//!   connections through it.
+//! - [`metrics`]: `GET /metrics` and `/healthz` over a raw socket, and the Prometheus text
+//!   parsed ([`Metrics`]).
+//! - [`ports`]: free loopback ports below the ephemeral range, safe to restart servers on.
 //!
 //! # Why tests use real servers
 //!
@@ -12,13 +22,24 @@
 //! atomic with several writers) are properties of Redis itself: its AOF, its fsync policy, its
 //! script engine, its connection handling. A fake or in-memory imitation would only test what
 //! its author believed about Redis. So tests start a real `redis-server`, on a free loopback
-//! port (never the system's 6379), in a temporary directory that disappears with it.
+//! port (never the system's 6379), in a temporary directory that disappears with it. The same
+//! goes for tern itself: the chaos suite kills real processes and resets real sockets.
 //!
 //! Every method here is blocking (std I/O, bounded waits); from an async test call them from
-//! `tokio::task::block_in_place` or a blocking task.
+//! `tokio::task::block_in_place` or a blocking task. The chaos proxy runs on a runtime of its
+//! own, so its controls are safe to call from anywhere.
 
+pub mod chaos;
+pub mod cluster;
+pub mod metrics;
+pub mod ports;
+pub mod process;
 pub mod redis_server;
 pub mod resp;
 
+pub use chaos::{ChaosError, ChaosOptions, ChaosProxy, ChaosStats};
+pub use cluster::{Cluster, ClusterError, ClusterOptions, Discovery};
+pub use metrics::{HttpError, HttpResponse, Metrics, http_get};
+pub use process::{Announcement, ProcessError, ProcessOptions, TernProcess};
 pub use redis_server::{AppendFsync, RedisOptions, RedisServer, TestkitError};
 pub use resp::Reply;

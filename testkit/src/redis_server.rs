@@ -5,7 +5,7 @@
 //! `--port N --bind 127.0.0.1 --dir <tmp> --save "" --appendonly yes|no --appendfsync <policy>
 //! --daemonize no --protected-mode no --logfile <tmp>/redis.log`. RDB snapshots are off, so
 //! whatever survives a restart survived through the AOF. The port is picked by binding
-//! `127.0.0.1:0` and releasing it; if another process takes it before redis-server binds it,
+//! a free port below the kernel's ephemeral range (`ports`) and releasing it; if another process takes it before redis-server binds it,
 //! the start is retried on a new port. Restarts reuse the same port and directory, so clients
 //! keep their URL and the AOF is replayed.
 //!
@@ -15,7 +15,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -326,10 +326,9 @@ impl Drop for RedisServer {
 
 /// A loopback port that was free a moment ago (bound to port 0, then released).
 fn free_port() -> Result<u16, TestkitError> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .map_err(io_error("bind 127.0.0.1:0 to find a free port"))?;
-    let port = listener.local_addr().map_err(io_error("read the bound port"))?.port();
-    Ok(port)
+    // Below the ephemeral range, so that a restart on the same port cannot lose it to an
+    // outgoing connection (see `ports`).
+    crate::ports::reserve_port().map_err(io_error("reserve a free port"))
 }
 
 /// Spawns redis-server on `port` in `dir` and waits until it answers +PONG.

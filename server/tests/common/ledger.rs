@@ -139,7 +139,11 @@ impl Ledger {
                 seen.extend(own.iter().copied());
                 let expected: BTreeSet<u64> = msgs.keys().copied().collect();
                 let lost: Vec<u64> = expected.difference(&seen).copied().collect();
-                ensure!(lost.is_empty(), "{device:?} never saw {conv} seqs {lost:?}");
+                let lost_ids: Vec<&String> = lost.iter().filter_map(|s| msgs.get(s)).collect();
+                ensure!(
+                    lost.is_empty(),
+                    "{device:?} never saw {conv} seqs {lost:?} (client ids {lost_ids:?})"
+                );
                 let extra: Vec<u64> =
                     seen.difference(&expected).filter(|s| !missing.contains(s)).copied().collect();
                 ensure!(extra.is_empty(), "{device:?} saw unknown {conv} seqs {extra:?}");
