@@ -30,13 +30,16 @@ fn start(options: ClusterOptions) -> (Cluster, TokenKey, String) {
 /// [`RECOVERY`].
 async fn progress(swarm: &Swarm, cluster: &Cluster, n: usize, what: &str) {
     let target = swarm.ledger.acks() + n;
-    let deadline = tokio::time::Instant::now() + RECOVERY;
+    let started = tokio::time::Instant::now();
+    let deadline = started + RECOVERY;
     while swarm.ledger.acks() < target {
         if tokio::time::Instant::now() > deadline {
             panic!("no progress within {RECOVERY:?} after {what}\n{}", cluster.logs());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Printed (visible with --no-capture) so runs can report recovery times.
+    eprintln!("recovery: {n} more acks {:?} after {what}", started.elapsed());
 }
 
 async fn finish(mut swarm: Swarm) {

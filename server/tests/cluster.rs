@@ -103,3 +103,73 @@ async fn users_on_different_gateways_chat_through_two_workers() {
     // Dropping the cluster kills every process and both redis-servers.
     block_in_place(|| drop(cluster));
 }
+
+/// The contract points beyond send/ack across gateways, with workers found through presence
+/// Redis: receipts reach the other gateway, recall is an ordered event there, outsiders are
+/// refused, and a restarted worker is found again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_recall_and_membership_across_gateways_with_discovery() {
+    use tern_proto::v1::{ErrorCode, MessageKind};
+    use tern_sdk::Event;
+    let (mut cluster, key) = start(ClusterOptions {
+        discovery: tern_testkit::cluster::Discovery::Presence,
+        ..Default::default()
+    });
+    let g0 = cluster.gateway_addr(0);
+    let g1 = cluster.gateway_addr(1);
+    let (alice, mut ae) = connect(g0, &mint(&key, "alice", "phone")).await;
+    let (bob, mut be) = connect(g1, &mint(&key, "bob", "phone")).await;
+
+    let sent = send(&alice, "bob", text("to recall"), &cluster).await;
+    assert_eq!(next_message(&mut be).await.seq, sent.seq);
+    // Receipt on gateway 1 reaches alice on gateway 0.
+    let w = bob.mark_read(&sent.conversation_id, sent.seq).await.unwrap();
+    assert_eq!((w.delivered_seq, w.read_seq), (sent.seq, sent.seq));
+    let seen = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(Event::Receipt(r)) = ae.recv().await {
+                if r.user_id == "bob" && r.read_seq == sent.seq {
+                    return r;
+                }
+            }
+        }
+    })
+    .await
+    .expect("receipt push across gateways");
+    assert_eq!(seen.conversation_id, sent.conversation_id);
+    // Recall on gateway 0 is an ordered event on gateway 1.
+    let recall = alice.recall(&sent.conversation_id, sent.seq).await.unwrap();
+    let ev = next_message(&mut be).await;
+    assert_eq!(
+        (ev.kind, ev.recalled_seq, ev.seq),
+        (MessageKind::Recall as i32, sent.seq, recall.seq)
+    );
+    // Only members.
+    let (carol, _ce) = connect(g1, &mint(&key, "carol", "phone")).await;
+    match carol.sync_page(&sent.conversation_id, 1, 10).await {
+        Err(SdkError::Server { code, .. }) => assert_eq!(code, ErrorCode::NotAMember),
+        other => panic!("expected NOT_A_MEMBER, got {other:?}"),
+    }
+    // A restarted worker is discovered again, and service goes on meanwhile.
+    block_in_place(|| cluster.kill9_worker(0)).unwrap();
+    let during = send(&alice, "bob", text("during"), &cluster).await;
+    assert_eq!(next_message(&mut be).await.seq, during.seq);
+    block_in_place(|| cluster.restart_worker(0)).unwrap();
+    // Users spread over workers by hashing: new users send until the restarted worker (its
+    // counters start at 0 again) has accepted messages, i.e. gateways use it again.
+    let mut used_again = false;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut i = 0;
+    while tokio::time::Instant::now() < deadline {
+        let (u, _ue) = connect(g0, &mint(&key, &format!("late{}", i % 32), "phone")).await;
+        send(&u, "bob", text("after"), &cluster).await;
+        if accepted(&cluster, 0) > 0 {
+            used_again = true;
+            break;
+        }
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(used_again, "the restarted worker never got a request\n{}", cluster.logs());
+    drop(alice);
+}
