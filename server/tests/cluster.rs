@@ -127,10 +127,11 @@ async fn receipts_recall_and_membership_across_gateways_with_discovery() {
     assert_eq!((w.delivered_seq, w.read_seq), (sent.seq, sent.seq));
     let seen = tokio::time::timeout(WAIT, async {
         loop {
-            if let Some(Event::Receipt(r)) = ae.recv().await {
-                if r.user_id == "bob" && r.read_seq == sent.seq {
-                    return r;
-                }
+            if let Some(Event::Receipt(r)) = ae.recv().await
+                && r.user_id == "bob"
+                && r.read_seq == sent.seq
+            {
+                return r;
             }
         }
     })
