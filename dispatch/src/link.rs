@@ -185,6 +185,11 @@ async fn run_link(
                     let _ = tx.send(frame).await;
                 });
             }
+            (Some(LinkBody::KickConnection(k)), Some(_)) => {
+                // A device logged in again elsewhere: forward to the gateway holding the old one.
+                let target = k.gateway_id.clone();
+                links.try_send(&target, encode_link(0, LinkBody::KickConnection(k)));
+            }
             (Some(LinkBody::Ping(_)), _) => {
                 if tx.send(encode_link(frame.id, LinkBody::Pong(link::Pong {}))).await.is_err() {
                     break Ok(());

@@ -309,6 +309,15 @@ impl LinkUpstream {
     }
 }
 
+/// Sends a link frame on any live worker link (for frames any worker can forward).
+fn send_any(inner: &Inner, body: LinkBody) -> bool {
+    let frame =
+        tern_proto::encode_to_bytes(&link::LinkFrame { id: 0, body: Some(body) }, usize::MAX)
+            .unwrap_or_default();
+    let live = inner.live.lock().unwrap_or_else(|p| p.into_inner());
+    live.values().any(|l| l.tx.try_send(frame.clone()).is_ok())
+}
+
 /// Keeps one worker link up until `stop` is set.
 async fn keep_link(inner: Arc<Inner>, addr: String, stop: Arc<AtomicBool>) {
     let mut delay = inner.cfg.reconnect_delay;
@@ -409,6 +418,9 @@ async fn run_link(inner: &Arc<Inner>, addr: &str, stop: &AtomicBool) -> std::io:
                     inner.registry.push(&t.user_id, &push.frame, skip);
                 }
             }
+            Some(LinkBody::KickConnection(k)) => {
+                inner.registry.kick_connection(&k.user_id, k.connection_id);
+            }
             Some(LinkBody::Ping(_)) => {
                 let pong = tern_proto::encode_to_bytes(
                     &link::LinkFrame { id: frame.id, body: Some(LinkBody::Pong(link::Pong {})) },
@@ -485,9 +497,24 @@ async fn publish_presence(
                         PresenceOp::Down(e) => down.push(e),
                     }
                 }
-                let published = presence.publish(&up).await;
+                let published = presence.publish_logins(&up).await;
                 for done in waiting {
                     let _ = done.send(());
+                }
+                // The same device still connected through another gateway: kick it there.
+                if let Ok(replaced) = &published {
+                    for (e, old) in up.iter().zip(replaced) {
+                        if let Some(old) = old.as_ref().filter(|o| o.gateway_id != inner.cfg.gateway_id) {
+                            let kick = link::KickConnection {
+                                gateway_id: old.gateway_id.clone(),
+                                user_id: e.user_id.clone(),
+                                connection_id: old.connection_id,
+                            };
+                            if !send_any(&inner, LinkBody::KickConnection(kick)) {
+                                tracing::warn!(user = %e.user_id, "no worker link to forward a duplicate-login kick");
+                            }
+                        }
+                    }
                 }
                 if published.is_err() | presence.remove(&down).await.is_err() {
                     inner.metrics.presence_errors.fetch_add(1, Relaxed);

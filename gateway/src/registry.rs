@@ -150,6 +150,27 @@ impl Registry {
         out
     }
 
+    /// Kicks connection `id` of `user` (DUPLICATE_LOGIN) if it is here: the same device logged
+    /// in on another gateway. Returns whether it was found.
+    pub fn kick_connection(&self, user: &str, id: u64) -> bool {
+        let found = {
+            let mut map = self.shard(user);
+            let Some(conns) = map.get_mut(user) else { return false };
+            let found = conns.iter().position(|c| c.id == id).map(|i| conns.swap_remove(i));
+            if conns.is_empty() {
+                map.remove(user);
+            }
+            found
+        };
+        let Some(conn) = found else { return false };
+        self.metrics.duplicate_login_kicks.fetch_add(1, Relaxed);
+        conn.outbound.close_with(encode(kick(
+            KickReason::DuplicateLogin,
+            "another connection logged in as this device",
+        )));
+        true
+    }
+
     /// Queues `frame` on every registered connection (e.g. a SyncHint). Returns how many took it.
     pub fn broadcast(&self, frame: &Bytes) -> usize {
         let conns: Vec<Arc<Conn>> = self

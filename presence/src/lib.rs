@@ -89,7 +89,21 @@ pub struct Presence {
     client: redis::Client,
     cfg: PresenceConfig,
     remove_script: redis::Script,
+    swap_script: redis::Script,
 }
+
+/// Sets each device's entry and returns what it replaced, for the logins of one batch:
+/// KEYS = user keys; ARGV = key TTL in ms, then (device, value) pairs in KEYS order.
+const SWAP: &str = r#"
+local out = {}
+for i, key in ipairs(KEYS) do
+  local dev = ARGV[2 * i]
+  out[i] = redis.call('HGET', key, dev) or ''
+  redis.call('HSET', key, dev, ARGV[2 * i + 1])
+  redis.call('PEXPIRE', key, ARGV[1])
+end
+return out
+"#;
 
 /// Deletes a device's field only if it still names this gateway and connection (a newer login
 /// elsewhere may have replaced it).
@@ -115,6 +129,7 @@ impl Presence {
             client,
             cfg,
             remove_script: redis::Script::new(REMOVE),
+            swap_script: redis::Script::new(SWAP),
         })
     }
 
@@ -180,6 +195,34 @@ impl Presence {
         }
         let mut conn = self.conn();
         self.bounded(pipe.query_async::<()>(&mut conn)).await
+    }
+
+    /// Publishes logins and returns, for each entry, the location it replaced (a connection of
+    /// the same device elsewhere, which the caller kicks), in one round trip.
+    pub async fn publish_logins(
+        &self,
+        entries: &[Entry],
+    ) -> Result<Vec<Option<Location>>, PresenceError> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let expires = now_ms() + self.cfg.ttl.as_millis() as u64;
+        let mut inv = self.swap_script.prepare_invoke();
+        for e in entries {
+            inv.key(self.key(&e.user_id));
+        }
+        inv.arg(self.cfg.ttl.as_millis() as u64 * 2);
+        for e in entries {
+            inv.arg(&e.device_id).arg(format!("{} {} {expires}", e.gateway_id, e.connection_id));
+        }
+        let mut conn = self.conn();
+        let old: Vec<String> = self.bounded(inv.invoke_async(&mut conn)).await?;
+        let now = now_ms();
+        Ok(entries
+            .iter()
+            .zip(old)
+            .map(|(e, v)| parse_locations(vec![(e.device_id.clone(), v)], now).pop())
+            .collect())
     }
 
     /// Claims this gateway's marker key if it is missing, returning true when it was: the

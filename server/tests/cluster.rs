@@ -174,3 +174,33 @@ async fn receipts_recall_and_membership_across_gateways_with_discovery() {
     assert!(used_again, "the restarted worker never got a request\n{}", cluster.logs());
     drop(alice);
 }
+
+/// A device that logs in again through another gateway kicks its older connection there
+/// (DUPLICATE_LOGIN), as it does within one gateway; the new connection works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_login_on_another_gateway_kicks_the_older_connection() {
+    use tern_proto::v1::KickReason;
+    use tern_sdk::Event;
+    let (cluster, key) = start(ClusterOptions::default());
+    let token = mint(&key, "dana", "phone");
+    let (first, mut fe) = connect(cluster.gateway_addr(0), &token).await;
+    // Gateways link to workers right after start; let the first login's traffic through.
+    send(&first, "erin", text("hello"), &cluster).await;
+    let (second, _se) = connect(cluster.gateway_addr(1), &token).await;
+    let reason = tokio::time::timeout(WAIT, async {
+        loop {
+            match fe.recv().await {
+                Some(Event::Kicked { reason }) => return Some(reason),
+                Some(_) => continue,
+                None => return None,
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the older connection was not kicked\n{}", cluster.logs()));
+    assert_eq!(reason, Some(KickReason::DuplicateLogin));
+    let ack = send(&second, "erin", text("from the new connection"), &cluster).await;
+    assert_eq!(ack.seq, 2);
+    let kicks = block_in_place(|| cluster.gateway_metrics(0)).unwrap();
+    assert_eq!(kicks.get("tern_gateway_duplicate_login_kicks_total"), Some(1.0));
+}
