@@ -4,7 +4,6 @@
 //! To (re)write the seeds after changing them here: `TERN_WRITE_CORPUS=1 cargo test -p
 //! tern-proto --test fuzz_corpus`.
 
-use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::path::PathBuf;
 
 use prost::Message as _;
@@ -26,7 +25,7 @@ const TARGETS: [Target; 4] = [
 const OTHER_CRATES_TARGETS: [&str; 2] = ["token", "http_request"];
 
 fn corpus_dir(target: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(target)
+    tern_testkit::corpus::corpus_dir(env!("CARGO_MANIFEST_DIR"), target)
 }
 
 fn env(request_id: u64, body: Body) -> v1::Envelope {
@@ -365,48 +364,13 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
 
 #[test]
 fn seed_corpus_is_committed_and_up_to_date() {
-    let write = std::env::var_os("TERN_WRITE_CORPUS").is_some();
-    let mut stale = Vec::new();
-    for (target, name, bytes) in seeds() {
-        let path = corpus_dir(target).join(name);
-        if write {
-            if let Err(e) = std::fs::create_dir_all(corpus_dir(target)) {
-                panic!("cannot create {}: {e}", corpus_dir(target).display());
-            }
-            if let Err(e) = std::fs::write(&path, &bytes) {
-                panic!("cannot write {}: {e}", path.display());
-            }
-        }
-        if std::fs::read(&path).ok().as_deref() != Some(&bytes[..]) {
-            stale.push(path.display().to_string());
-        }
-    }
-    assert!(
-        stale.is_empty(),
-        "seed files missing or stale (rerun with TERN_WRITE_CORPUS=1): {stale:#?}"
+    tern_testkit::corpus::check_seeds(
+        seeds().into_iter().map(|(target, name, bytes)| (corpus_dir(target).join(name), bytes)),
     );
 }
 
 fn replay(target: &str, body: fn(&[u8])) {
-    let dir = corpus_dir(target);
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(entries) => entries,
-        Err(e) => panic!("corpus dir {} is missing: {e}", dir.display()),
-    };
-    let mut files: Vec<PathBuf> =
-        entries.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_file()).collect();
-    files.sort();
-    assert!(!files.is_empty(), "corpus dir {} is empty", dir.display());
-    for file in &files {
-        let data = match std::fs::read(file) {
-            Ok(data) => data,
-            Err(e) => panic!("cannot read {}: {e}", file.display()),
-        };
-        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| body(&data))) {
-            eprintln!("fuzz target {target} failed on {}", file.display());
-            resume_unwind(panic);
-        }
-    }
+    tern_testkit::corpus::replay(&corpus_dir(target), target, body);
 }
 
 #[test]

@@ -13,6 +13,7 @@
 //!   connections through it.
 //! - [`metrics`]: `GET /metrics` and `/healthz` over a raw socket, and the Prometheus text
 //!   parsed ([`Metrics`]).
+//! - [`corpus`]: fuzz-corpus replay and seed checks for the stable test runs.
 //! - [`ports`]: free loopback ports below the ephemeral range, safe to restart servers on.
 //!
 //! # Why tests use real servers
@@ -31,6 +32,7 @@
 
 pub mod chaos;
 pub mod cluster;
+pub mod corpus;
 pub mod metrics;
 pub mod ports;
 pub mod process;
