@@ -39,6 +39,9 @@ pub struct ServerSection {
     pub http_listen: String,
     /// Log filter (tracing EnvFilter syntax); RUST_LOG wins when set.
     pub log: String,
+    /// Accept queue length asked of the kernel for every listener (capped by
+    /// net.core.somaxconn). Large enough for a reconnect storm after a gateway restart.
+    pub listen_backlog: u32,
 }
 
 /// `[auth]`
@@ -148,6 +151,7 @@ impl Default for ServerSection {
             listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
             http_listen: "127.0.0.1:7401".into(),
             log: "info".into(),
+            listen_backlog: 4096,
         }
     }
 }

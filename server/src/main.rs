@@ -141,9 +141,27 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// Binds a listener, with the address in the error.
-async fn bind(addr: &str, what: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.with_context(|| format!("binding {what} address {addr}"))
+/// Binds a listener with the configured accept backlog (std and tokio ask for only 128), with
+/// the address in the error.
+async fn bind(cfg: &Config, addr: &str, what: &str) -> anyhow::Result<TcpListener> {
+    let bind = async {
+        let addr: std::net::SocketAddr = match addr.parse() {
+            Ok(a) => a,
+            Err(_) => tokio::net::lookup_host(addr)
+                .await?
+                .next()
+                .ok_or_else(|| std::io::Error::other("no address"))?,
+        };
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(cfg.server.listen_backlog)
+    };
+    bind.await.with_context(|| format!("binding {what} address {addr}"))
 }
 
 /// Binds the HTTP listener unless it is turned off ("").
@@ -151,7 +169,7 @@ async fn bind_http(cfg: &Config) -> anyhow::Result<Option<TcpListener>> {
     if cfg.server.http_listen.is_empty() {
         return Ok(None);
     }
-    Ok(Some(bind(&cfg.server.http_listen, "HTTP").await?))
+    Ok(Some(bind(cfg, &cfg.server.http_listen, "HTTP").await?))
 }
 
 fn http_addr(http: &Option<TcpListener>) -> String {
@@ -162,7 +180,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     // Load (or create) the token key before announcing the address, so that whoever reads
     // that line can read the key too.
     cfg.token_key()?;
-    let listener = bind(&cfg.server.listen.to_string(), "client").await?;
+    let listener = bind(&cfg, &cfg.server.listen.to_string(), "client").await?;
     let http = bind_http(&cfg).await?;
     let client_addr = listener.local_addr()?;
     // One machine-readable line on stdout: tests and scripts read the bound addresses here.
@@ -180,7 +198,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
 async fn gateway(cfg: Config) -> anyhow::Result<()> {
     cfg.token_key()?;
     let id = tern::cluster::node_id(&cfg, "gw");
-    let listener = bind(&cfg.server.listen.to_string(), "client").await?;
+    let listener = bind(&cfg, &cfg.server.listen.to_string(), "client").await?;
     let http = bind_http(&cfg).await?;
     println!(
         "tern gateway listening client={} http={} id={id}",
@@ -194,7 +212,7 @@ async fn gateway(cfg: Config) -> anyhow::Result<()> {
 
 async fn dispatch(cfg: Config) -> anyhow::Result<()> {
     let id = tern::cluster::node_id(&cfg, "dw");
-    let listener = bind(&cfg.cluster.link_listen, "link").await?;
+    let listener = bind(&cfg, &cfg.cluster.link_listen, "link").await?;
     let http = bind_http(&cfg).await?;
     println!(
         "tern dispatch listening link={} http={} id={id}",
