@@ -18,6 +18,10 @@ pub struct GatewayConfig {
     pub max_inflight_requests: usize,
     /// Connections held at once; further connections are closed at accept. Default 100_000.
     pub max_connections: usize,
+    /// Connections accepted but not logged in yet, at once; further connections are closed at
+    /// accept. Bounds the work a login storm (or a flood of idle sockets) can pile up before
+    /// the login timeout. Default 10_000.
+    pub max_pending_logins: usize,
 }
 
 impl Default for GatewayConfig {
@@ -28,6 +32,7 @@ impl Default for GatewayConfig {
             max_outbound_frames: 4096,
             max_inflight_requests: 256,
             max_connections: 100_000,
+            max_pending_logins: 10_000,
         }
     }
 }

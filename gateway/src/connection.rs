@@ -121,6 +121,10 @@ pub async fn run<U: Upstream>(gw: Arc<Gateway<U>>, stream: TcpStream, connection
             }
         }
     }
+    if driver.ctx.is_none() {
+        // Closed before logging in: no longer pending.
+        gw.metrics.logins_pending.fetch_sub(1, Relaxed);
+    }
     gw.metrics.connections_open.fetch_sub(1, Relaxed);
 }
 
@@ -155,6 +159,7 @@ impl<U: Upstream> Driver<U> {
             }
             Action::LoggedIn { identity, reply } => {
                 gw.metrics.logins_ok.fetch_add(1, Relaxed);
+                gw.metrics.logins_pending.fetch_sub(1, Relaxed);
                 let ctx = Arc::new(RequestCtx {
                     user_id: identity.user_id,
                     device_id: identity.device_id,
@@ -205,6 +210,7 @@ impl<U: Upstream> Driver<U> {
                     }
                     CloseReason::LoginTimeout => &gw.metrics.login_timeouts,
                     CloseReason::IdleTimeout => &gw.metrics.idle_timeouts,
+                    CloseReason::RateLimited => &gw.metrics.rate_limit_closes,
                 };
                 counter.fetch_add(1, Relaxed);
                 tracing::debug!(connection_id = self.connection_id, ?reason, "closing");

@@ -26,6 +26,12 @@ pub struct GatewayMetrics {
     pub slow_consumer_kicks: AtomicU64,
     /// Connections closed for a malformed or oversized frame or a frame before login.
     pub bad_frames: AtomicU64,
+    /// Connections accepted but not logged in yet (gauge).
+    pub logins_pending: AtomicU64,
+    /// Connections refused at accept because `max_pending_logins` were waiting.
+    pub pending_login_rejections: AtomicU64,
+    /// Connections closed for exceeding their frame rate.
+    pub rate_limit_closes: AtomicU64,
     /// Frames received.
     pub frames_in: AtomicU64,
     /// Frames queued for sending.
@@ -35,7 +41,25 @@ pub struct GatewayMetrics {
 impl GatewayMetrics {
     /// Appends every metric to `out` in Prometheus text exposition format.
     pub fn render(&self, out: &mut String) {
-        let rows: [(&str, &str, &str, &AtomicU64); 12] = [
+        let rows: [(&str, &str, &str, &AtomicU64); 15] = [
+            (
+                "tern_gateway_logins_pending",
+                "gauge",
+                "Connections accepted and not logged in yet.",
+                &self.logins_pending,
+            ),
+            (
+                "tern_gateway_pending_login_rejections_total",
+                "counter",
+                "Connections refused at the pending-login limit.",
+                &self.pending_login_rejections,
+            ),
+            (
+                "tern_gateway_rate_limit_closes_total",
+                "counter",
+                "Connections closed for exceeding their frame rate.",
+                &self.rate_limit_closes,
+            ),
             (
                 "tern_gateway_connections_open",
                 "gauge",

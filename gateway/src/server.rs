@@ -57,6 +57,12 @@ pub async fn serve<U: Upstream>(
                         drop(stream);
                         continue;
                     }
+                    if gw.metrics.logins_pending.load(Relaxed) as usize >= gw.cfg.max_pending_logins {
+                        gw.metrics.pending_login_rejections.fetch_add(1, Relaxed);
+                        drop(stream);
+                        continue;
+                    }
+                    gw.metrics.logins_pending.fetch_add(1, Relaxed);
                     gw.metrics.connections_open.fetch_add(1, Relaxed);
                     gw.metrics.connections_accepted.fetch_add(1, Relaxed);
                     let id = gw.next_id.fetch_add(1, Relaxed);

@@ -77,6 +77,10 @@ pub struct GatewaySection {
     pub max_inflight_requests: usize,
     /// Connections held at once.
     pub max_connections: usize,
+    /// Connections accepted and not logged in yet, at once.
+    pub max_pending_logins: usize,
+    /// Average frames per second a connection may send (burst twice that); 0 = no limit.
+    pub max_frames_per_sec: u32,
 }
 
 /// `[dispatch]`
@@ -168,6 +172,8 @@ impl Default for GatewaySection {
             max_outbound_frames: g.max_outbound_frames,
             max_inflight_requests: g.max_inflight_requests,
             max_connections: g.max_connections,
+            max_pending_logins: g.max_pending_logins,
+            max_frames_per_sec: g.session.max_frames_per_sec,
         }
     }
 }
@@ -279,11 +285,13 @@ impl Config {
                 heartbeat_interval: g.heartbeat_interval,
                 idle_timeout: g.idle_timeout,
                 max_frame_bytes: g.max_frame_bytes,
+                max_frames_per_sec: g.max_frames_per_sec,
             },
             max_outbound_bytes: g.max_outbound_bytes,
             max_outbound_frames: g.max_outbound_frames,
             max_inflight_requests: g.max_inflight_requests,
             max_connections: g.max_connections,
+            max_pending_logins: g.max_pending_logins,
         }
     }
 

@@ -223,3 +223,54 @@ async fn login_timeout_and_idle_timeout_close_connections() {
     assert_eq!(srv.metric("tern_gateway_idle_timeouts_total").await, 1);
     assert_eq!(srv.metric("tern_gateway_login_timeouts_total").await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_over_its_frame_rate_is_slowed_then_closed() {
+    let srv = TestServer::start_with(&["gateway.max_frames_per_sec=10"]).await;
+    let (mut raw, _) = Raw::login(srv.addr, &srv.token("alice", "phone")).await;
+    // 100 pings at once: the burst (20) is answered, the rest is refused with RATE_LIMITED
+    // (not processed), and past another full burst of refusals the connection is closed.
+    let mut bytes = Vec::new();
+    for i in 1..=100u64 {
+        let env = v1::Envelope { request_id: i, body: Some(Body::Ping(v1::Ping::default())) };
+        bytes.extend_from_slice(&tern_proto::encode_to_bytes(&env, usize::MAX).unwrap());
+    }
+    raw.send_bytes(&bytes).await;
+    let frames = raw.drain_to_eof().await;
+    let pongs = frames.iter().filter(|f| matches!(f.body, Some(Body::Pong(_)))).count();
+    let refused: Vec<_> = frames.iter().filter_map(error_code).collect();
+    assert_eq!(pongs, 20, "the burst is twice the rate");
+    assert!(refused.iter().filter(|e| **e == (ErrorCode::RateLimited, false)).count() >= 20);
+    assert_eq!(refused.last(), Some(&(ErrorCode::RateLimited, true)), "closed after the flood");
+    assert_eq!(srv.metric("tern_gateway_rate_limit_closes_total").await, 1);
+    // Other users are unaffected; a well-behaved client under the same limit is fine.
+    let (mut calm, _) = Raw::login(srv.addr, &srv.token("bob", "phone")).await;
+    for i in 1..=5 {
+        calm.send(i, Body::Ping(v1::Ping::default())).await;
+        assert!(matches!(calm.recv_answer().await.body, Some(Body::Pong(_))));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_logins_are_capped() {
+    let srv = TestServer::start_with(&["gateway.max_pending_logins=2"]).await;
+    // Two silent connections fill the pending-login slots.
+    let _a = Raw::connect(srv.addr).await;
+    let _b = Raw::connect(srv.addr).await;
+    // Wait until the server accepted both.
+    while srv.metric("tern_gateway_logins_pending").await < 2 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // A third is closed at accept without an answer.
+    let mut c = Raw::connect(srv.addr).await;
+    assert!(c.drain_to_eof().await.is_empty());
+    assert_eq!(srv.metric("tern_gateway_pending_login_rejections_total").await, 1);
+    // Once one of them leaves, a login goes through again.
+    drop(_a);
+    while srv.metric("tern_gateway_logins_pending").await >= 2 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let (_ok, login) = Raw::login(srv.addr, &srv.token("alice", "phone")).await;
+    assert_eq!(login.user_id, "alice");
+    assert_eq!(srv.metric("tern_gateway_logins_pending").await, 1, "only _b is still pending");
+}

@@ -9,7 +9,8 @@ use tern_sdk::Target;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_recipient_catches_up_in_order() {
     const N: u64 = 10_000;
-    let srv = TestServer::start().await;
+    // One connection sends 10,000 messages as fast as it can: lift the per-connection rate.
+    let srv = TestServer::start_with(&["gateway.max_frames_per_sec=0"]).await;
     let (alice, _ae) = srv.client("alice", "phone").await;
     // Send with a window of outstanding sends, like a busy chat.
     let mut pending = std::collections::VecDeque::new();

@@ -15,6 +15,8 @@ async fn slow_reader_is_closed_at_cap_and_recovers_by_sync() {
         "gateway.max_frame_bytes=16384",
         "gateway.max_outbound_bytes=65536",
         "gateway.max_outbound_frames=1000",
+        // Alice floods on purpose; this test is about the reader, not her rate.
+        "gateway.max_frames_per_sec=0",
     ])
     .await;
     // Bob logs in with a tiny receive buffer and then never reads.

@@ -26,6 +26,11 @@ pub struct ServerSessionConfig {
     pub idle_timeout: Duration,
     /// Largest frame accepted, announced in LoginOk.
     pub max_frame_bytes: usize,
+    /// Frames per second a logged-in connection may send on average (a token bucket holding
+    /// twice this as burst). A frame beyond it is answered RATE_LIMITED (not fatal) without
+    /// being processed; a client that keeps going for another full burst is disconnected with
+    /// a fatal RATE_LIMITED. 0 turns the limit off.
+    pub max_frames_per_sec: u32,
 }
 
 impl Default for ServerSessionConfig {
@@ -35,6 +40,7 @@ impl Default for ServerSessionConfig {
             heartbeat_interval: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(90),
             max_frame_bytes: crate::codec::DEFAULT_MAX_FRAME_BYTES,
+            max_frames_per_sec: 1000,
         }
     }
 }
@@ -106,13 +112,55 @@ pub enum CloseReason {
     IdleTimeout,
     /// Unsupported protocol version.
     UnsupportedVersion,
+    /// Kept sending over its frame rate limit.
+    RateLimited,
 }
 
 #[derive(Debug)]
 enum Phase {
     AwaitingLogin { deadline: Instant },
-    Active { identity: Identity, last_rx: Instant },
+    Active { identity: Identity, last_rx: Instant, bucket: Bucket },
     Closed,
+}
+
+/// The inbound token bucket of a logged-in connection (a few bytes per connection).
+#[derive(Debug)]
+struct Bucket {
+    /// Frames that may still be sent now.
+    tokens: u32,
+    /// Frames refused in a row.
+    refused: u32,
+    /// When tokens were last added.
+    refilled: Instant,
+}
+
+impl Bucket {
+    fn new(now: Instant, rate: u32) -> Self {
+        Self { tokens: rate.saturating_mul(2), refused: 0, refilled: now }
+    }
+
+    /// Takes a token; false when the connection is over its rate.
+    fn take(&mut self, now: Instant, rate: u32) -> bool {
+        if rate == 0 {
+            return true;
+        }
+        let burst = rate.saturating_mul(2);
+        let elapsed = now.saturating_duration_since(self.refilled);
+        let earned = (elapsed.as_micros() * u128::from(rate) / 1_000_000) as u64;
+        if earned > 0 {
+            self.tokens = (u64::from(self.tokens) + earned).min(u64::from(burst)) as u32;
+            // Keep the fraction of a token not yet earned.
+            let used = Duration::from_micros(earned * 1_000_000 / u64::from(rate));
+            self.refilled = if self.tokens == burst { now } else { self.refilled + used };
+        }
+        if self.tokens == 0 {
+            self.refused = self.refused.saturating_add(1);
+            return false;
+        }
+        self.tokens -= 1;
+        self.refused = 0;
+        true
+    }
 }
 
 /// The server's view of one connection. See the module doc for the calling convention.
@@ -177,8 +225,28 @@ impl ServerSession {
                     CloseReason::NotLoggedIn,
                 ),
             },
-            Phase::Active { last_rx, .. } => {
+            Phase::Active { last_rx, bucket, .. } => {
                 *last_rx = now;
+                let rate = cfg.max_frames_per_sec;
+                if !bucket.take(now, rate) {
+                    if bucket.refused > rate.saturating_mul(2) {
+                        return self.close(
+                            error(
+                                request_id,
+                                ErrorCode::RateLimited,
+                                "frame rate limit exceeded",
+                                true,
+                            ),
+                            CloseReason::RateLimited,
+                        );
+                    }
+                    return Action::Reply(error(
+                        request_id,
+                        ErrorCode::RateLimited,
+                        "too many frames; slow down and retry",
+                        false,
+                    ));
+                }
                 match env.body {
                     Some(Body::Ping(_)) => Action::Reply(v1::Envelope {
                         request_id,
@@ -274,7 +342,11 @@ impl ServerSession {
                         connection_id: format!("{:x}", self.connection_id),
                     })),
                 };
-                self.phase = Phase::Active { identity: identity.clone(), last_rx: now };
+                self.phase = Phase::Active {
+                    identity: identity.clone(),
+                    last_rx: now,
+                    bucket: Bucket::new(now, cfg.max_frames_per_sec),
+                };
                 Action::LoggedIn { identity, reply }
             }
             Err(e) => {
@@ -721,5 +793,69 @@ mod tests {
         }
         data.extend_from_slice(&[1 + 4 * 5, 2, 0, 0]);
         crate::fuzzing::server_session(&data);
+    }
+}
+
+#[cfg(test)]
+mod rate_tests {
+    use super::*;
+
+    struct Anyone;
+    impl Authenticator for Anyone {
+        fn authenticate(&self, _: &str, _: i64) -> Result<Identity, AuthError> {
+            Ok(Identity { user_id: "u".into(), device_id: "d".into() })
+        }
+    }
+
+    fn ping(id: u64) -> v1::Envelope {
+        v1::Envelope { request_id: id, body: Some(Body::Ping(v1::Ping::default())) }
+    }
+
+    fn is_pong(a: &Action) -> bool {
+        matches!(a, Action::Reply(v1::Envelope { body: Some(Body::Pong(_)), .. }))
+    }
+
+    #[test]
+    fn bucket_refills_with_time_and_closes_a_persistent_flood() {
+        let cfg = ServerSessionConfig { max_frames_per_sec: 10, ..Default::default() };
+        let t0 = Instant::now();
+        let mut s = ServerSession::new(t0, 1, &cfg);
+        let login = v1::Envelope { request_id: 1, body: Some(Body::Login(v1::Login::default())) };
+        assert!(matches!(s.on_frame(t0, 0, login, &cfg, &Anyone), Action::LoggedIn { .. }));
+        // The burst (2 x rate) passes, the next frame is refused but not fatal.
+        for i in 0..20 {
+            assert!(is_pong(&s.on_frame(t0, 0, ping(i), &cfg, &Anyone)), "frame {i}");
+        }
+        let refused = s.on_frame(t0, 0, ping(99), &cfg, &Anyone);
+        assert!(matches!(&refused, Action::Reply(e) if e.body == Some(Body::Error(v1::Error {
+            code: ErrorCode::RateLimited as i32, message: "too many frames; slow down and retry".into(), fatal: false,
+        }))));
+        // 100 ms later exactly one token is back; 1 s later ten.
+        let t1 = t0 + Duration::from_millis(100);
+        assert!(is_pong(&s.on_frame(t1, 0, ping(100), &cfg, &Anyone)));
+        assert!(!is_pong(&s.on_frame(t1, 0, ping(101), &cfg, &Anyone)));
+        let t2 = t1 + Duration::from_secs(1);
+        for i in 0..10 {
+            assert!(is_pong(&s.on_frame(t2, 0, ping(200 + i), &cfg, &Anyone)), "refilled {i}");
+        }
+        // Keep flooding at t2: refusals up to a full burst, then a fatal close.
+        let mut last = Action::None;
+        for i in 0..=20 {
+            last = s.on_frame(t2, 0, ping(300 + i), &cfg, &Anyone);
+        }
+        assert!(matches!(last, Action::Close { reason: CloseReason::RateLimited, .. }), "{last:?}");
+        assert!(s.is_closed());
+    }
+
+    #[test]
+    fn zero_turns_the_limit_off() {
+        let cfg = ServerSessionConfig { max_frames_per_sec: 0, ..Default::default() };
+        let t0 = Instant::now();
+        let mut s = ServerSession::new(t0, 1, &cfg);
+        let login = v1::Envelope { request_id: 1, body: Some(Body::Login(v1::Login::default())) };
+        s.on_frame(t0, 0, login, &cfg, &Anyone);
+        for i in 0..10_000 {
+            assert!(is_pong(&s.on_frame(t0, 0, ping(i), &cfg, &Anyone)));
+        }
     }
 }
