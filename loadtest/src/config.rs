@@ -1,0 +1,133 @@
+//! Command-line arguments (`bots`, `swarm`) and the plain configuration a run uses.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// `tern-loadtest`.
+#[derive(Debug, Parser)]
+#[command(name = "tern-loadtest", version, about = "Load tester for Tern gateways")]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run N bots in this process.
+    Bots(BotsArgs),
+    /// Spawn P `bots` child processes and merge their reports.
+    Swarm(SwarmArgs),
+}
+
+/// Options shared by `bots` and `swarm`.
+#[derive(Debug, Clone, Args)]
+pub struct CommonArgs {
+    /// Gateway client address.
+    #[arg(long)]
+    pub addr: SocketAddr,
+    /// Token signing key (base64), the server's `auth.hs256_key`.
+    #[arg(long, env = "TERN_LOADTEST_KEY")]
+    pub key: String,
+    /// New connections per second during the ramp (per process).
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    /// How long every bot stays connected after the ramp ends.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub hold: Duration,
+    /// Interval between Pings of one bot.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub heartbeat: Duration,
+    /// Source IPs to bind, round-robin (each gives its own ~28k ephemeral ports).
+    #[arg(long, value_delimiter = ',')]
+    pub source_ips: Vec<IpAddr>,
+    /// User ids are `{prefix}{i}`.
+    #[arg(long, default_value = "lt")]
+    pub user_prefix: String,
+    /// Bots per second that disconnect and reconnect during the hold (0: none).
+    #[arg(long, default_value_t = 0.0)]
+    pub churn_per_sec: f64,
+    /// Write the JSON report here (besides the table on stdout).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Gateway process ids whose VmRSS to read before and after the ramp.
+    #[arg(long)]
+    pub gateway_pid: Vec<u32>,
+    /// Give up on a connect or a login after this long.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub login_timeout: Duration,
+    /// Hard stop for the whole run, whatever the ramp and hold say.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub max_duration: Duration,
+    /// No progress line on stderr.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// `tern-loadtest bots`.
+#[derive(Debug, Clone, Args)]
+pub struct BotsArgs {
+    /// Shared options.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Number of bots.
+    #[arg(long)]
+    pub count: usize,
+    /// Write raw login latency samples (microseconds, one per line) here, for exact merging.
+    #[arg(long, hide = true)]
+    pub samples_out: Option<PathBuf>,
+    /// Print `ramp-done logged_in=N` on stdout when the ramp ends, then wait for a line on
+    /// stdin (or EOF) before holding; used by `swarm` to read gateway memory at one moment.
+    #[arg(long, hide = true)]
+    pub child: bool,
+}
+
+/// `tern-loadtest swarm`.
+#[derive(Debug, Clone, Args)]
+pub struct SwarmArgs {
+    /// Shared options (`--source-ips` is split among the children; `--user-prefix` gets the
+    /// child's number appended).
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Number of child processes.
+    #[arg(long)]
+    pub procs: usize,
+    /// Bots per child process.
+    #[arg(long)]
+    pub count_per_proc: usize,
+}
+
+/// Parses `500ms`, `30s`, `10m`, `1h` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("bad duration {text:?}"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("bad duration unit in {text:?} (ms, s, m, h)")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("bad duration {text:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}

@@ -1,0 +1,17 @@
+//! Tern load tester: one process drives thousands of raw-TCP bots; a coordinator runs many.
+//!
+//! - [`config`]: command-line arguments and the plain run configuration.
+//! - [`bot`]: the per-connection state machine (sans-IO) and the thin task that drives it.
+//! - [`ramp`]: starts bots at a rate, holds, stops, prints progress.
+//! - [`stats`]: shared counters and latency percentiles.
+//! - [`sys`]: `/proc` readings (gateway RSS, kernel TCP memory).
+//! - [`report`]: the final report (JSON and a human table) and how reports merge.
+//! - [`coordinator`]: `swarm`, which spawns `bots` child processes and merges their reports.
+
+pub mod bot;
+pub mod config;
+pub mod coordinator;
+pub mod ramp;
+pub mod report;
+pub mod stats;
+pub mod sys;

@@ -1,0 +1,240 @@
+//! One process's run: read memory, start bots at `--rate`, wait for the ramp to end, read
+//! memory again, hold, stop every bot, and build the [`Report`]. Prints a progress line every
+//! second on stderr.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tern_gateway::TokenKey;
+use tokio::io::AsyncBufReadExt;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::bot::{BotCtx, Churn, run_bot};
+use crate::config::BotsArgs;
+use crate::report::{GatewayMem, Report, bytes_per_conn, rate};
+use crate::stats::{Counters, FailKind, Latency};
+use crate::sys;
+
+/// How often the ramp checks whether every bot's first attempt has ended.
+const RAMP_POLL: Duration = Duration::from_millis(20);
+
+/// How long stopped bots get to close their sockets before they are aborted.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Errors of a run (all the caller's: bad arguments).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// `--key` is not a usable key.
+    #[error("bad --key: {0}")]
+    Key(String),
+    /// `--rate` or `--churn-per-sec` is not a positive finite number.
+    #[error("bad {0}: must be a positive number")]
+    Rate(&'static str),
+}
+
+/// What one run produced: the report and the raw login latency samples (µs).
+#[derive(Debug)]
+pub struct RunOutput {
+    /// The report (memory readings included).
+    pub report: Report,
+    /// Every login latency sample, microseconds.
+    pub samples_us: Vec<u32>,
+}
+
+/// Runs `args.count` bots in this process until ramp + hold (or `--max-duration`) are over.
+pub async fn run(args: &BotsArgs) -> Result<RunOutput, RunError> {
+    let c = &args.common;
+    if !(c.rate.is_finite() && c.rate > 0.0) {
+        return Err(RunError::Rate("--rate"));
+    }
+    if !(c.churn_per_sec.is_finite() && c.churn_per_sec >= 0.0) {
+        return Err(RunError::Rate("--churn-per-sec"));
+    }
+    let key = TokenKey::from_base64(&c.key).map_err(|e| RunError::Key(e.to_string()))?;
+    let start = Instant::now();
+    let hard_deadline = start + c.max_duration;
+    let rss_before: Vec<Option<u64>> =
+        c.gateway_pid.iter().map(|p| sys::vm_rss_bytes(*p)).collect();
+    let tcp_before = sys::tcp_mem();
+
+    let counters = Arc::new(Counters::default());
+    let nominal_ramp = Duration::from_secs_f64(args.count as f64 / c.rate);
+    let churn = (c.churn_per_sec > 0.0).then(|| Churn {
+        epoch: start + nominal_ramp,
+        period: Duration::from_secs_f64(args.count.max(1) as f64 / c.churn_per_sec),
+        step: Duration::from_secs_f64(1.0 / c.churn_per_sec),
+    });
+    let ctx = Arc::new(BotCtx {
+        addr: c.addr,
+        key,
+        user_prefix: c.user_prefix.clone(),
+        source_ips: c.source_ips.clone(),
+        heartbeat: c.heartbeat,
+        login_timeout: c.login_timeout,
+        churn,
+        token_ttl: c.max_duration + Duration::from_secs(3600),
+        counters: counters.clone(),
+    });
+    let progress = (!c.quiet).then(|| {
+        tokio::spawn(progress_loop(counters.clone(), c.user_prefix.clone(), c.max_duration))
+    });
+
+    // Ramp.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut bots = JoinSet::new();
+    let mut started = 0u64;
+    for i in 0..args.count {
+        let at = start + Duration::from_secs_f64(i as f64 / c.rate);
+        if at >= hard_deadline {
+            break;
+        }
+        tokio::time::sleep_until(at).await;
+        bots.spawn(run_bot(ctx.clone(), i, stop_rx.clone()));
+        started += 1;
+    }
+    let polls = c.max_duration.as_millis() / RAMP_POLL.as_millis() + 1;
+    for _ in 0..polls {
+        if counters.first_attempts_done.load(Ordering::Relaxed) >= started
+            || Instant::now() >= hard_deadline
+        {
+            break;
+        }
+        tokio::time::sleep(RAMP_POLL).await;
+    }
+    let ramp_secs = start.elapsed().as_secs_f64();
+    let logged_in_at_ramp_end = counters.logged_in.load(Ordering::Relaxed);
+    let rss_after: Vec<Option<u64>> = c.gateway_pid.iter().map(|p| sys::vm_rss_bytes(*p)).collect();
+    let tcp_after = sys::tcp_mem();
+    if args.child {
+        println!("ramp-done logged_in={logged_in_at_ramp_end}");
+        wait_for_go(hard_deadline).await;
+    }
+
+    // Hold.
+    let hold_end = Instant::now() + c.hold;
+    let hit_max_duration = hold_end > hard_deadline;
+    tokio::time::sleep_until(hold_end.min(hard_deadline)).await;
+    let logged_in_at_end = counters.logged_in.load(Ordering::Relaxed);
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(STOP_GRACE, async {
+        for _ in 0..started {
+            if bots.join_next().await.is_none() {
+                break;
+            }
+        }
+    })
+    .await;
+    bots.abort_all();
+    if let Some(p) = progress {
+        p.abort();
+    }
+
+    let mut samples_us = counters.take_samples();
+    let failures = FailKind::ALL
+        .iter()
+        .map(|k| (k.as_str().to_owned(), counters.failures(*k)))
+        .filter(|(_, v)| *v > 0)
+        .collect();
+    let gateways = c
+        .gateway_pid
+        .iter()
+        .zip(rss_before.iter().zip(&rss_after))
+        .map(|(pid, (b, a))| GatewayMem {
+            pid: *pid,
+            rss_before: *b,
+            rss_after: *a,
+            bytes_per_conn: bytes_per_conn(*b, *a, logged_in_at_ramp_end),
+        })
+        .collect();
+    let report = Report {
+        procs: 1,
+        bots: started,
+        logged_in_at_ramp_end,
+        logged_in_at_end,
+        logins: counters.logins.load(Ordering::Relaxed),
+        reconnects: counters.reconnects.load(Ordering::Relaxed),
+        ramp_secs,
+        logins_per_sec: rate(logged_in_at_ramp_end, ramp_secs),
+        login_latency: Latency::from_samples(&mut samples_us),
+        latency_merge: "exact".into(),
+        failures,
+        pings: counters.pings.load(Ordering::Relaxed),
+        pongs: counters.pongs.load(Ordering::Relaxed),
+        duration_secs: start.elapsed().as_secs_f64(),
+        hit_max_duration,
+        gateways,
+        tcp_before,
+        tcp_after,
+    };
+    Ok(RunOutput { report, samples_us })
+}
+
+/// Waits for a line (or EOF) on stdin, at most until `deadline`.
+async fn wait_for_go(deadline: Instant) {
+    let mut line = String::new();
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
+    let _ = tokio::time::timeout_at(deadline, stdin.read_line(&mut line)).await;
+}
+
+/// Prints one progress line per second until aborted (or `max` has passed).
+async fn progress_loop(c: Arc<Counters>, prefix: String, max: Duration) {
+    let t0 = Instant::now();
+    let mut last_logins = 0;
+    let mut tick = tokio::time::interval_at(t0 + Duration::from_secs(1), Duration::from_secs(1));
+    for _ in 0..max.as_secs() + 60 {
+        tick.tick().await;
+        let logins = c.logins.load(Ordering::Relaxed);
+        eprintln!(
+            "[{prefix}] t={:>4.0}s connected={} logged_in={} failed={} logins/s={}",
+            t0.elapsed().as_secs_f64(),
+            c.connected.load(Ordering::Relaxed),
+            c.logged_in.load(Ordering::Relaxed),
+            c.failures_total(),
+            logins - last_logins,
+        );
+        last_logins = logins;
+    }
+}
+
+/// The source IPs of child `k` of `procs`: its share of `given` (round-robin), or, when none
+/// are given and the target is IPv4 loopback, `127.0.0.(2+4k) ..= 127.0.0.(5+4k)`.
+pub fn child_source_ips(
+    given: &[IpAddr],
+    procs: usize,
+    k: usize,
+    loopback_v4: bool,
+) -> Vec<IpAddr> {
+    if given.is_empty() {
+        if !loopback_v4 || 2 + 4 * k + 3 > 254 {
+            return Vec::new();
+        }
+        return (0..4).map(|j| IpAddr::from([127, 0, 0, (2 + 4 * k + j) as u8])).collect();
+    }
+    let share: Vec<IpAddr> = given
+        .iter()
+        .enumerate()
+        .filter(|(j, _)| j % procs.max(1) == k)
+        .map(|(_, ip)| *ip)
+        .collect();
+    if share.is_empty() { vec![given[k % given.len()]] } else { share }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn children_get_disjoint_source_ips() {
+        let ip = |d: u8| IpAddr::from([127, 0, 0, d]);
+        assert_eq!(child_source_ips(&[], 2, 1, true), vec![ip(6), ip(7), ip(8), ip(9)]);
+        assert!(child_source_ips(&[], 2, 1, false).is_empty());
+        let given = [ip(10), ip(11), ip(12)];
+        assert_eq!(child_source_ips(&given, 2, 0, true), vec![ip(10), ip(12)]);
+        assert_eq!(child_source_ips(&given, 2, 1, true), vec![ip(11)]);
+        assert_eq!(child_source_ips(&given, 5, 4, true), vec![ip(11)]);
+    }
+}

@@ -1,0 +1,85 @@
+//! Readings from `/proc`: a process's resident memory and the kernel's TCP socket memory.
+
+use serde::{Deserialize, Serialize};
+
+/// `VmRSS` of process `pid` in bytes, or `None` when it cannot be read.
+pub fn vm_rss_bytes(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_vm_rss(&text)
+}
+
+/// Parses the `VmRSS:  1234 kB` line of a `/proc/PID/status` text, in bytes.
+pub fn parse_vm_rss(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// The `TCP:` line of `/proc/net/sockstat`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TcpMem {
+    /// Sockets in use.
+    pub inuse: u64,
+    /// Sockets allocated (including time-wait and orphans).
+    pub alloc: u64,
+    /// Kernel TCP buffer memory in pages.
+    pub mem_pages: u64,
+    /// The same in bytes (pages × the page size).
+    pub mem_bytes: u64,
+}
+
+/// Reads `/proc/net/sockstat`, or `None` when it cannot be read.
+pub fn tcp_mem() -> Option<TcpMem> {
+    let text = std::fs::read_to_string("/proc/net/sockstat").ok()?;
+    parse_sockstat(&text, page_size())
+}
+
+/// Parses the `TCP: inuse 5 orphan 0 tw 0 alloc 7 mem 1` line.
+pub fn parse_sockstat(text: &str, page_size: u64) -> Option<TcpMem> {
+    let line = text.lines().find(|l| l.starts_with("TCP:"))?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let field = |name: &str| -> Option<u64> {
+        let i = words.iter().position(|w| *w == name)?;
+        words.get(i + 1)?.parse().ok()
+    };
+    let mem_pages = field("mem")?;
+    Some(TcpMem {
+        inuse: field("inuse")?,
+        alloc: field("alloc")?,
+        mem_pages,
+        mem_bytes: mem_pages * page_size,
+    })
+}
+
+/// The kernel page size, from `/proc/self/smaps` (`KernelPageSize`), else 4096.
+fn page_size() -> u64 {
+    std::fs::read_to_string("/proc/self/smaps")
+        .ok()
+        .and_then(|t| {
+            let line = t.lines().find(|l| l.starts_with("KernelPageSize:"))?.to_owned();
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map_or(4096, |kb| kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_status_and_sockstat() {
+        let status = "Name:\ttern\nVmPeak:\t  9000 kB\nVmRSS:\t  1234 kB\nThreads:\t4\n";
+        assert_eq!(parse_vm_rss(status), Some(1234 * 1024));
+        assert_eq!(parse_vm_rss("Name: x\n"), None);
+        let sock = "sockets: used 100\nTCP: inuse 5 orphan 0 tw 2 alloc 7 mem 3\nUDP: inuse 1\n";
+        assert_eq!(
+            parse_sockstat(sock, 4096),
+            Some(TcpMem { inuse: 5, alloc: 7, mem_pages: 3, mem_bytes: 3 * 4096 })
+        );
+    }
+
+    #[test]
+    fn own_process_is_readable() {
+        assert!(vm_rss_bytes(std::process::id()).is_some_and(|b| b > 0));
+    }
+}
