@@ -3,6 +3,8 @@
 # then rustfmt check, clippy (warnings denied), the doc tests, and every test with nextest
 # (unit, property, fuzz-corpus replay, end-to-end over real sockets and processes).
 set -euo pipefail
+# CI builds from scratch once: incremental caches would only cost disk and time.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 cd "$(dirname "$0")/.."
 
 need_apt=()

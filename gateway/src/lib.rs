@@ -5,17 +5,18 @@
 //! - [`upstream`]: the [`Upstream`] trait through which requests reach dispatch.
 //! - [`link`]: the distributed-mode upstream: links to dispatch workers, presence publishing.
 //! - [`registry`]: which local connection holds each (user, device); pushes and kicks.
-//! - [`outbound`]: a connection's bounded outbound queue (the slow-reader cap).
-//! - [`connection`]: the I/O loop of one connection, driving the sans-IO
+//! - [`outbound`]: a connection's bounded outbound queue (the slow-reader cap), sans-IO.
+//! - [`core`]: the connection core: mio I/O threads with SO_REUSEPORT listeners ([`listen`],
+//!   [`serve`]), a slab of compact connection records, a timer wheel, driving the sans-IO
 //!   [`tern_proto::session::server::ServerSession`].
-//! - [`server`]: the accept loop ([`serve`]) with a shutdown future.
+//! - [`server`]: [`Gateway`], what every connection shares.
 //! - [`metrics`]: counters in Prometheus text format.
 //!
 //! The gateway keeps no durable state.
 
 pub mod auth;
 pub mod config;
-pub mod connection;
+pub mod core;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod link;
@@ -27,6 +28,7 @@ pub mod upstream;
 
 pub use auth::TokenKey;
 pub use config::GatewayConfig;
+pub use core::{Listeners, listen, serve};
 pub use registry::Registry;
-pub use server::{Gateway, serve};
+pub use server::Gateway;
 pub use upstream::{BoxFuture, RequestCtx, Upstream};

@@ -419,7 +419,7 @@ async fn run_link(inner: &Arc<Inner>, addr: &str, stop: &AtomicBool) -> std::io:
                 }
             }
             Some(LinkBody::KickConnection(k)) => {
-                inner.registry.kick_connection(&k.user_id, k.connection_id);
+                inner.registry.kick_connection(&k.user_id, &k.device_id, k.connection_id);
             }
             Some(LinkBody::Ping(_)) => {
                 let pong = tern_proto::encode_to_bytes(
@@ -509,6 +509,7 @@ async fn publish_presence(
                                 gateway_id: old.gateway_id.clone(),
                                 user_id: e.user_id.clone(),
                                 connection_id: old.connection_id,
+                                device_id: e.device_id.clone(),
                             };
                             if !send_any(&inner, LinkBody::KickConnection(kick)) {
                                 tracing::warn!(user = %e.user_id, "no worker link to forward a duplicate-login kick");

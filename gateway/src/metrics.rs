@@ -36,12 +36,20 @@ pub struct GatewayMetrics {
     pub frames_in: AtomicU64,
     /// Frames queued for sending.
     pub frames_out: AtomicU64,
+    /// Bytes waiting in outbound queues, all connections together (gauge).
+    pub outbound_queued_bytes: AtomicU64,
 }
 
 impl GatewayMetrics {
     /// Appends every metric to `out` in Prometheus text exposition format.
     pub fn render(&self, out: &mut String) {
-        let rows: [(&str, &str, &str, &AtomicU64); 15] = [
+        let rows: [(&str, &str, &str, &AtomicU64); 16] = [
+            (
+                "tern_gateway_outbound_queued_bytes",
+                "gauge",
+                "Bytes waiting in connections' outbound queues (the sockets did not take them yet).",
+                &self.outbound_queued_bytes,
+            ),
             (
                 "tern_gateway_logins_pending",
                 "gauge",

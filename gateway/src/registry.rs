@@ -11,48 +11,37 @@ use bytes::Bytes;
 use tern_proto::session::server::kick;
 use tern_proto::v1::KickReason;
 
-use crate::config::GatewayConfig;
+use crate::core::ConnHandle;
 use crate::metrics::GatewayMetrics;
-use crate::outbound::{Outbound, PushError};
+use crate::upstream::RequestCtx;
 
 const SHARDS: usize = 64;
 
 /// A logged-in connection as seen by the registry.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Conn {
-    /// The gateway's connection id.
-    pub id: u64,
-    /// Its device id.
-    pub device_id: String,
-    /// Its outbound queue.
-    pub outbound: Arc<Outbound>,
+    /// Who it is logged in as, and its connection id.
+    pub ctx: Arc<RequestCtx>,
+    /// How to reach it on its I/O thread.
+    pub handle: ConnHandle,
 }
 
-type Shard = Mutex<HashMap<String, Vec<Arc<Conn>>>>;
+type Shard = Mutex<HashMap<String, Vec<Conn>>>;
 
 /// Connections by user id, sharded to keep lock contention low.
 #[derive(Debug)]
 pub struct Registry {
     shards: Vec<Shard>,
-    max_bytes: usize,
-    max_frames: usize,
-    max_frame_len: usize,
     metrics: Arc<GatewayMetrics>,
 }
 
 impl Registry {
-    /// An empty registry applying `cfg`'s outbound caps.
-    pub fn new(cfg: &GatewayConfig, metrics: Arc<GatewayMetrics>) -> Self {
-        Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            max_bytes: cfg.max_outbound_bytes,
-            max_frames: cfg.max_outbound_frames,
-            max_frame_len: cfg.session.max_frame_bytes,
-            metrics,
-        }
+    /// An empty registry counting into `metrics`.
+    pub fn new(metrics: Arc<GatewayMetrics>) -> Self {
+        Self { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(), metrics }
     }
 
-    fn shard(&self, user: &str) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Arc<Conn>>>> {
+    fn shard(&self, user: &str) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Conn>>> {
         let mut h = DefaultHasher::new();
         user.hash(&mut h);
         let shard = &self.shards[(h.finish() as usize) % SHARDS];
@@ -60,22 +49,27 @@ impl Registry {
         shard.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers `conn` for `user`. An older connection of the same device is removed and
-    /// kicked (DUPLICATE_LOGIN).
-    pub fn register(&self, user: &str, conn: Arc<Conn>) {
+    /// Registers `conn`. An older connection of the same device is removed and kicked
+    /// (DUPLICATE_LOGIN).
+    pub fn register(&self, conn: Conn) {
         let old = {
-            let mut map = self.shard(user);
-            let conns = map.entry(user.to_owned()).or_default();
+            let mut map = self.shard(&conn.ctx.user_id);
+            let conns = match map.get_mut(conn.ctx.user_id.as_str()) {
+                Some(c) => c,
+                None => {
+                    map.entry(conn.ctx.user_id.clone()).or_insert_with(|| Vec::with_capacity(1))
+                }
+            };
             let old = conns
                 .iter()
-                .position(|c| c.device_id == conn.device_id)
+                .position(|c| c.ctx.device_id == conn.ctx.device_id)
                 .map(|i| conns.swap_remove(i));
             conns.push(conn);
             old
         };
         if let Some(old) = old {
             self.metrics.duplicate_login_kicks.fetch_add(1, Relaxed);
-            old.outbound.close_with(encode(kick(
+            old.handle.close_with(encode(kick(
                 KickReason::DuplicateLogin,
                 "another connection logged in as this device",
             )));
@@ -87,7 +81,7 @@ impl Registry {
     pub fn unregister(&self, user: &str, id: u64) {
         let mut map = self.shard(user);
         if let Some(conns) = map.get_mut(user) {
-            conns.retain(|c| c.id != id);
+            conns.retain(|c| c.ctx.connection_id != id);
             if conns.is_empty() {
                 map.remove(user);
             }
@@ -95,34 +89,17 @@ impl Registry {
     }
 
     /// Queues `frame` on every connection of `user` except `skip_connection`. Returns how many
-    /// connections took it. A connection whose queue overflows is kicked (SLOW_CONSUMER).
+    /// connections it was handed to (a connection whose queue overflows is kicked,
+    /// SLOW_CONSUMER, by its I/O thread).
     pub fn push(&self, user: &str, frame: &Bytes, skip_connection: Option<u64>) -> usize {
-        let targets: Vec<Arc<Conn>> = match self.shard(user).get(user) {
-            Some(conns) => {
-                conns.iter().filter(|c| Some(c.id) != skip_connection).cloned().collect()
-            }
-            None => return 0,
-        };
-        targets.iter().filter(|c| self.queue(&c.outbound, frame.clone())).count()
-    }
-
-    /// Queues one frame on a connection's outbound queue, applying the caps. False when the
-    /// frame was not queued (closing, or overflow: then the connection is being kicked).
-    pub fn queue(&self, outbound: &Outbound, frame: Bytes) -> bool {
-        let max_frame_len = self.max_frame_len;
-        match outbound
-            .push(frame, self.max_bytes, self.max_frames, || slow_consumer_kick(max_frame_len))
-        {
-            Ok(()) => {
-                self.metrics.frames_out.fetch_add(1, Relaxed);
-                true
-            }
-            Err(PushError::Overflow) => {
-                self.metrics.slow_consumer_kicks.fetch_add(1, Relaxed);
-                false
-            }
-            Err(PushError::Closed) => false,
+        let map = self.shard(user);
+        let Some(conns) = map.get(user) else { return 0 };
+        let mut n = 0;
+        for c in conns.iter().filter(|c| Some(c.ctx.connection_id) != skip_connection) {
+            c.handle.push(frame.clone());
+            n += 1;
         }
+        n
     }
 
     /// The metrics this registry counts into (shared with the gateway).
@@ -134,7 +111,7 @@ impl Registry {
     pub fn devices(&self, user: &str) -> Vec<String> {
         self.shard(user)
             .get(user)
-            .map(|c| c.iter().map(|c| c.device_id.clone()).collect())
+            .map(|c| c.iter().map(|c| c.ctx.device_id.clone()).collect())
             .unwrap_or_default()
     }
 
@@ -144,19 +121,26 @@ impl Registry {
         for shard in &self.shards {
             let map = shard.lock().unwrap_or_else(|p| p.into_inner());
             for (user, conns) in map.iter() {
-                out.extend(conns.iter().map(|c| (user.clone(), c.device_id.clone(), c.id)));
+                out.extend(
+                    conns
+                        .iter()
+                        .map(|c| (user.clone(), c.ctx.device_id.clone(), c.ctx.connection_id)),
+                );
             }
         }
         out
     }
 
-    /// Kicks connection `id` of `user` (DUPLICATE_LOGIN) if it is here: the same device logged
-    /// in on another gateway. Returns whether it was found.
-    pub fn kick_connection(&self, user: &str, id: u64) -> bool {
+    /// Kicks connection `id` of `user`'s `device` (DUPLICATE_LOGIN) if it is here: the same
+    /// device logged in on another gateway. Returns whether it was found.
+    pub fn kick_connection(&self, user: &str, device: &str, id: u64) -> bool {
         let found = {
             let mut map = self.shard(user);
             let Some(conns) = map.get_mut(user) else { return false };
-            let found = conns.iter().position(|c| c.id == id).map(|i| conns.swap_remove(i));
+            let found = conns
+                .iter()
+                .position(|c| c.ctx.connection_id == id && c.ctx.device_id == device)
+                .map(|i| conns.swap_remove(i));
             if conns.is_empty() {
                 map.remove(user);
             }
@@ -164,43 +148,26 @@ impl Registry {
         };
         let Some(conn) = found else { return false };
         self.metrics.duplicate_login_kicks.fetch_add(1, Relaxed);
-        conn.outbound.close_with(encode(kick(
+        conn.handle.close_with(encode(kick(
             KickReason::DuplicateLogin,
             "another connection logged in as this device",
         )));
         true
     }
 
-    /// Queues `frame` on every registered connection (e.g. a SyncHint). Returns how many took it.
+    /// Queues `frame` on every registered connection (e.g. a SyncHint). Returns how many
+    /// connections it was handed to.
     pub fn broadcast(&self, frame: &Bytes) -> usize {
-        let conns: Vec<Arc<Conn>> = self
-            .shards
-            .iter()
-            .flat_map(|shard| {
-                let map = shard.lock().unwrap_or_else(|p| p.into_inner());
-                map.values().flatten().cloned().collect::<Vec<_>>()
-            })
-            .collect();
-        conns.iter().filter(|c| self.queue(&c.outbound, frame.clone())).count()
-    }
-
-    /// Kicks every connection (server shutdown).
-    pub fn kick_all(&self, reason: KickReason, message: &str) {
+        let mut n = 0;
         for shard in &self.shards {
-            let conns: Vec<Arc<Conn>> = {
-                let map = shard.lock().unwrap_or_else(|p| p.into_inner());
-                map.values().flatten().cloned().collect()
-            };
-            for c in conns {
-                c.outbound.close_with(encode(kick(reason, message)));
+            let map = shard.lock().unwrap_or_else(|p| p.into_inner());
+            for c in map.values().flatten() {
+                c.handle.push(frame.clone());
+                n += 1;
             }
         }
+        n
     }
-}
-
-fn slow_consumer_kick(max_frame_len: usize) -> Bytes {
-    let env = kick(KickReason::SlowConsumer, "outbound queue full: reconnect and sync");
-    tern_proto::encode_to_bytes(&env, max_frame_len).unwrap_or_default()
 }
 
 /// Encodes a server-made frame (always far below any frame limit).

@@ -1,13 +1,8 @@
-//! The accept loop: takes a bound listener and a shutdown future, runs one task per
-//! connection, and kicks everyone (SERVER_SHUTDOWN) when the shutdown future resolves.
+//! What every connection of a gateway shares: [`Gateway`]. The connection core
+//! ([`crate::core`]) serves it.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::Duration;
-
-use tern_proto::v1::KickReason;
-use tokio::net::TcpListener;
 
 use crate::auth::TokenKey;
 use crate::config::GatewayConfig;
@@ -34,52 +29,19 @@ impl<U: Upstream> Gateway<U> {
     /// A gateway over `upstream`, with its own registry and metrics.
     pub fn new(cfg: GatewayConfig, auth: TokenKey, registry: Arc<Registry>, upstream: U) -> Self {
         let metrics = registry.metrics();
-        Self { cfg, auth: Arc::new(auth), registry, upstream, metrics, next_id: AtomicU64::new(1) }
+        // Connection ids start at a random point, so that ids of a restarted gateway (same
+        // gateway id) do not repeat those still named by stale presence entries.
+        let mut seed = [0u8; 8];
+        let start = match getrandom::fill(&mut seed) {
+            Ok(()) => u64::from_le_bytes(seed) >> 2,
+            Err(_) => crate::core::unix_nanos() >> 2,
+        };
+        let next_id = AtomicU64::new(start.max(1));
+        Self { cfg, auth: Arc::new(auth), registry, upstream, metrics, next_id }
     }
-}
 
-/// Accepts connections on `listener` until `shutdown` resolves, then kicks every connection
-/// with SERVER_SHUTDOWN and returns once they closed (or after a grace period of 5 s).
-pub async fn serve<U: Upstream>(
-    gw: Arc<Gateway<U>>,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
-) {
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            r = listener.accept() => match r {
-                Ok((stream, _peer)) => {
-                    let open = gw.metrics.connections_open.load(Relaxed);
-                    if open as usize >= gw.cfg.max_connections {
-                        gw.metrics.connections_rejected.fetch_add(1, Relaxed);
-                        drop(stream);
-                        continue;
-                    }
-                    if gw.metrics.logins_pending.load(Relaxed) as usize >= gw.cfg.max_pending_logins {
-                        gw.metrics.pending_login_rejections.fetch_add(1, Relaxed);
-                        drop(stream);
-                        continue;
-                    }
-                    gw.metrics.logins_pending.fetch_add(1, Relaxed);
-                    gw.metrics.connections_open.fetch_add(1, Relaxed);
-                    gw.metrics.connections_accepted.fetch_add(1, Relaxed);
-                    let id = gw.next_id.fetch_add(1, Relaxed);
-                    tokio::spawn(crate::connection::run(gw.clone(), stream, id));
-                }
-                Err(e) => {
-                    // Out of file descriptors and similar: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-    }
-    drop(listener);
-    gw.registry.kick_all(KickReason::ServerShutdown, "server shutting down");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while gw.metrics.connections_open.load(Relaxed) > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    /// A new connection id, unique within this gateway process.
+    pub(crate) fn next_connection_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Relaxed)
     }
 }

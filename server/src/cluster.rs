@@ -146,14 +146,14 @@ pub async fn run_dispatch(
 pub async fn run_gateway(
     cfg: &Config,
     id: String,
-    listener: TcpListener,
+    listener: tern_gateway::Listeners,
     http: Option<TcpListener>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let key = cfg.token_key()?;
     let presence = presence(cfg).await?;
     let gw_cfg = cfg.gateway_config();
-    let registry = Arc::new(Registry::new(&gw_cfg, Arc::new(GatewayMetrics::default())));
+    let registry = Arc::new(Registry::new(Arc::new(GatewayMetrics::default())));
     let upstream = LinkUpstream::new(
         LinkConfig {
             gateway_id: id.clone(),

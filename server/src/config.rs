@@ -42,6 +42,13 @@ pub struct ServerSection {
     /// Accept queue length asked of the kernel for every listener (capped by
     /// net.core.somaxconn). Large enough for a reconnect storm after a gateway restart.
     pub listen_backlog: u32,
+    /// Client I/O threads, each with its own event loop and listener; 0 = one per core.
+    pub io_threads: usize,
+    /// Bind the client port with SO_REUSEPORT: every I/O thread gets its own listener, and
+    /// other gateway processes of the same user may share the port (the kernel spreads
+    /// connections over them). Off: one listener shared by the I/O threads, and a port in use
+    /// is an error.
+    pub reuse_port: bool,
 }
 
 /// `[auth]`
@@ -156,6 +163,8 @@ impl Default for ServerSection {
             http_listen: "127.0.0.1:7401".into(),
             log: "info".into(),
             listen_backlog: 4096,
+            io_threads: 0,
+            reuse_port: true,
         }
     }
 }

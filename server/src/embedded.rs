@@ -43,7 +43,7 @@ impl Upstream for InProcess {
 /// Runs the embedded server on already-bound listeners until `shutdown` resolves.
 pub async fn run(
     cfg: &Config,
-    listener: TcpListener,
+    listener: tern_gateway::Listeners,
     http: Option<TcpListener>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
@@ -54,7 +54,7 @@ pub async fn run(
         EmbeddedStore::open_with(&store_dir, &EmbeddedConfig { durability, ..Default::default() })
             .with_context(|| format!("opening the store in {}", store_dir.display()))?;
     let gw_cfg = cfg.gateway_config();
-    let registry = Arc::new(Registry::new(&gw_cfg, Arc::new(GatewayMetrics::default())));
+    let registry = Arc::new(Registry::new(Arc::new(GatewayMetrics::default())));
     let dispatcher = Dispatcher::new(
         cfg.dispatch_config(),
         Arc::new(store),

@@ -164,6 +164,13 @@ async fn bind(cfg: &Config, addr: &str, what: &str) -> anyhow::Result<TcpListene
     bind.await.with_context(|| format!("binding {what} address {addr}"))
 }
 
+/// Binds the client listeners: one per I/O thread (SO_REUSEPORT unless turned off).
+fn bind_clients(cfg: &Config) -> anyhow::Result<tern_gateway::Listeners> {
+    let s = &cfg.server;
+    tern_gateway::listen(s.listen, s.listen_backlog, s.io_threads, s.reuse_port)
+        .with_context(|| format!("binding client address {}", s.listen))
+}
+
 /// Binds the HTTP listener unless it is turned off ("").
 async fn bind_http(cfg: &Config) -> anyhow::Result<Option<TcpListener>> {
     if cfg.server.http_listen.is_empty() {
@@ -180,9 +187,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     // Load (or create) the token key before announcing the address, so that whoever reads
     // that line can read the key too.
     cfg.token_key()?;
-    let listener = bind(&cfg, &cfg.server.listen.to_string(), "client").await?;
+    let listener = bind_clients(&cfg)?;
     let http = bind_http(&cfg).await?;
-    let client_addr = listener.local_addr()?;
+    let client_addr = listener.local_addr();
     // One machine-readable line on stdout: tests and scripts read the bound addresses here.
     println!(
         "tern listening client={client_addr} http={} data_dir={}",
@@ -198,11 +205,11 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
 async fn gateway(cfg: Config) -> anyhow::Result<()> {
     cfg.token_key()?;
     let id = tern::cluster::node_id(&cfg, "gw");
-    let listener = bind(&cfg, &cfg.server.listen.to_string(), "client").await?;
+    let listener = bind_clients(&cfg)?;
     let http = bind_http(&cfg).await?;
     println!(
         "tern gateway listening client={} http={} id={id}",
-        listener.local_addr()?,
+        listener.local_addr(),
         http_addr(&http)
     );
     tern::cluster::run_gateway(&cfg, id, listener, http, shutdown_signal()).await?;

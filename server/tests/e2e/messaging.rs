@@ -2,7 +2,7 @@
 //! pushes reach the other user and the sender's other devices, and the conversation list tells
 //! a returning client what changed.
 
-mod common;
+use crate::common;
 
 use common::*;
 use tern_proto::v1::MessageKind;

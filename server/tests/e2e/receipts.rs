@@ -1,7 +1,7 @@
 //! Receipts are watermarks: "delivered up to N" and "read up to N" per member, never moving
 //! back, pushed to the other member and to the user's other devices.
 
-mod common;
+use crate::common;
 
 use common::*;
 use tern_sdk::{Event, Target};

@@ -4,7 +4,7 @@
 //! received set equals the accepted set, in order, with no duplicate, and no seq was reused
 //! (checked by the ledger against the store).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

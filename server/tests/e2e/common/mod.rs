@@ -74,9 +74,10 @@ impl TestServer {
         ];
         sets.extend(overrides.iter().map(|s| s.to_string()));
         let cfg = Config::load(None, Vec::new(), &sets).unwrap();
-        let listener = TcpListener::bind(at).await.unwrap();
+        let s = &cfg.server;
+        let listener = tern_gateway::listen(at, 1024, s.io_threads, s.reuse_port).unwrap();
         let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let addr = listener.local_addr();
         let http_addr = http.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {

@@ -1,7 +1,7 @@
 //! Bad input over a real socket: each case gets a clear typed error, the connection is handled
 //! (closed when the stream cannot continue, kept otherwise), and other users are unaffected.
 
-mod common;
+use crate::common;
 
 use common::*;
 use tern_proto::v1::{self, ErrorCode, KickReason, envelope::Body};

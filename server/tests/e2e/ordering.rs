@@ -1,7 +1,7 @@
 //! One order per conversation: concurrent senders in one conversation get strictly increasing,
 //! unique sequence numbers, and each sender's own messages keep the order it sent them in.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 

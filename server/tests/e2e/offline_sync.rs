@@ -1,7 +1,7 @@
 //! A recipient offline while 10,000 messages arrive receives all of them, in order and exactly
 //! once, through paged sync when it reconnects.
 
-mod common;
+use crate::common;
 
 use common::*;
 use tern_sdk::Target;

@@ -3,7 +3,7 @@
 //! Users on different gateways chat through the workers: every send is acknowledged with its
 //! seq, and the message crosses from one gateway to the other.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! pushed, and the original then syncs as recalled with its body removed. Others cannot recall
 //! it, and nobody can after the window.
 
-mod common;
+use crate::common;
 
 use common::*;
 use tern_proto::v1::{ErrorCode, MessageKind};

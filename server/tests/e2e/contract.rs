@@ -3,7 +3,7 @@
 //! is stored once with its seq, and every device saw every message of its conversations exactly
 //! once, in order.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

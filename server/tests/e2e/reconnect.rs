@@ -2,7 +2,7 @@
 //! restart the client reconnects by itself, resends what was not acknowledged (same
 //! client_msg_id, so nothing doubles) and catches up on what it missed.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

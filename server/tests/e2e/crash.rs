@@ -2,7 +2,7 @@
 //! SIGKILL are all there after a restart, with the same sequence numbers, and new messages
 //! continue after them.
 
-mod common;
+use crate::common;
 
 use common::*;
 use tern_sdk::Target;

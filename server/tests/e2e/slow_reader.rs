@@ -2,7 +2,7 @@
 //! when its outbound queue reaches the cap; the sender is unaffected, and the slow client
 //! recovers everything by sync.
 
-mod common;
+use crate::common;
 
 use common::*;
 use tern_proto::v1::{self, KickReason, envelope::Body};

@@ -1,6 +1,6 @@
 //! Operator endpoints: /healthz answers, /metrics speaks Prometheus text, unknown paths 404.
 
-mod common;
+use crate::common;
 
 use common::*;
 use tern_sdk::Target;

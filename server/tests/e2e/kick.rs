@@ -1,7 +1,7 @@
 //! A second login of the same (user, device) kicks the older connection with a Kick frame; the
 //! SDK reports it and does not fight back by reconnecting.
 
-mod common;
+use crate::common;
 
 use common::*;
 use tern_proto::v1::{KickReason, envelope::Body};

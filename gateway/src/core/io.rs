@@ -1,0 +1,773 @@
+//! One I/O thread: a mio event loop over its listener and its slab of connections. It accepts,
+//! reads into the thread's scratch buffer, decodes frames, feeds them to each connection's
+//! sans-IO [`ServerSession`], carries out the resulting actions, writes, and fires deadlines
+//! from the timer wheel. Nothing here blocks: requests for dispatch run as tasks on the async
+//! runtime and answer through the mailbox.
+
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::task::Context;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use tern_proto::FrameDecoder;
+use tern_proto::session::server::{Action, CloseReason, ServerSession, kick};
+use tern_proto::v1::{Envelope, KickReason};
+use tokio::sync::oneshot;
+
+use super::mailbox::{Cmd, ConnHandle, Mailbox};
+use super::wheel::{Key, Wheel};
+use crate::outbound::OutQueue;
+use crate::registry;
+use crate::server::Gateway;
+use crate::upstream::{RequestCtx, Upstream};
+
+const LISTENER: Token = Token(usize::MAX - 1);
+const WAKER: Token = Token(usize::MAX);
+/// The thread's read buffer: one frame of the default maximum size and its prefix fit.
+const SCRATCH_BYTES: usize = 64 * 1024 + 4;
+/// Reads of one connection per readiness event before others get a turn.
+const READS_PER_TURN: usize = 16;
+const WHEEL_TICK: Duration = Duration::from_millis(100);
+const WHEEL_BUCKETS: usize = 1024;
+/// Longest wait for the upstream to make a new login reachable before LoginOk goes out.
+const LOGIN_PUBLISH_WAIT: Duration = Duration::from_secs(2);
+/// After closing, how long unread input is drained so the last frame is not lost to a reset.
+const CLOSE_LINGER: Duration = Duration::from_millis(500);
+/// At shutdown, how long connections get to take their Kick.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// After an accept error (out of file descriptors, say), how long until accepting again.
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
+
+/// Wall clock in Unix milliseconds.
+pub fn unix_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Wall clock in Unix nanoseconds.
+pub fn unix_nanos() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Reading frames (before or after login).
+    Open,
+    /// Logged in; LoginOk waits for the upstream to make the login reachable. Not reading.
+    LoginWait,
+    /// Writing what is queued, then draining input until EOF or the linger deadline.
+    Closing,
+}
+
+/// One connection: the socket, the session, and buffers only while they hold something.
+#[derive(Debug)]
+struct Conn {
+    stream: TcpStream,
+    session: ServerSession,
+    ctx: Option<Arc<RequestCtx>>,
+    /// An incomplete frame (or input not processed yet while paused); empty, unallocated, when
+    /// the connection is idle.
+    partial: Vec<u8>,
+    /// Bytes the socket did not take yet; `None` while everything was written.
+    out: Option<Box<OutQueue>>,
+    id: u64,
+    linger_until: Option<Instant>,
+    inflight: u32,
+    phase: Phase,
+    /// Counted in `logins_pending`.
+    pending: bool,
+}
+
+#[derive(Debug)]
+struct Slot {
+    generation: u32,
+    conn: Option<Conn>,
+}
+
+/// A started I/O thread.
+pub(super) struct Running {
+    pub mailbox: Arc<Mailbox>,
+    pub done: oneshot::Receiver<()>,
+}
+
+/// An I/O thread's state, owned by the thread.
+pub(super) struct IoThread<U: Upstream> {
+    gw: Arc<Gateway<U>>,
+    poll: Poll,
+    listener: Option<TcpListener>,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    live: usize,
+    wheel: Wheel,
+    due: Vec<Key>,
+    scratch: Vec<u8>,
+    decoder: FrameDecoder,
+    mailbox: Arc<Mailbox>,
+    cmds: Vec<Cmd>,
+    /// Connections to read again without waiting for an event: their turn ran out, or they
+    /// were paused and may read again.
+    again: Vec<Key>,
+    rt: tokio::runtime::Handle,
+    accept_retry_at: Option<Instant>,
+    stopping_since: Option<Instant>,
+}
+
+impl<U: Upstream> IoThread<U> {
+    pub(super) fn new(
+        gw: Arc<Gateway<U>>,
+        listener: std::net::TcpListener,
+        rt: tokio::runtime::Handle,
+    ) -> io::Result<Self> {
+        let poll = Poll::new()?;
+        let waker = Waker::new(poll.registry(), WAKER)?;
+        listener.set_nonblocking(true)?;
+        let mut listener = TcpListener::from_std(listener);
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        let max_frame = gw.cfg.session.max_frame_bytes;
+        Ok(Self {
+            gw,
+            poll,
+            listener: Some(listener),
+            slots: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+            wheel: Wheel::new(Instant::now(), WHEEL_TICK, WHEEL_BUCKETS),
+            due: Vec::new(),
+            scratch: vec![0; SCRATCH_BYTES.max(max_frame.saturating_add(4).min(1 << 24))],
+            decoder: FrameDecoder::new(max_frame),
+            mailbox: Arc::new(Mailbox::new(waker)),
+            cmds: Vec::new(),
+            again: Vec::new(),
+            rt,
+            accept_retry_at: None,
+            stopping_since: None,
+        })
+    }
+
+    /// Starts the thread.
+    pub(super) fn spawn(self, index: usize) -> io::Result<Running> {
+        let mailbox = self.mailbox.clone();
+        let (tx, done) = oneshot::channel();
+        std::thread::Builder::new().name(format!("tern-io-{index}")).spawn(move || {
+            let mut me = self;
+            me.run();
+            let _ = tx.send(());
+        })?;
+        Ok(Running { mailbox, done })
+    }
+
+    fn run(&mut self) {
+        let rt = self.rt.clone();
+        // Upstream calls may spawn tasks or start timers: they need the runtime's context.
+        let _enter = rt.enter();
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let now = Instant::now();
+            let mut timeout = self.wheel.timeout(now);
+            if let Some(at) = self.accept_retry_at {
+                let until = at.saturating_duration_since(now);
+                timeout = Some(timeout.map_or(until, |t| t.min(until)));
+            }
+            if self.stopping_since.is_some() {
+                timeout = Some(timeout.map_or(WHEEL_TICK, |t| t.min(WHEEL_TICK)));
+            }
+            if !self.again.is_empty() {
+                timeout = Some(Duration::ZERO);
+            }
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                tracing::error!(error = %e, "I/O thread poll failed; closing its connections");
+                break;
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    WAKER => {}
+                    LISTENER => self.accept(),
+                    Token(i) => {
+                        let i = i as u32;
+                        if ev.is_writable() {
+                            self.on_writable(i);
+                        }
+                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                            self.on_readable(i);
+                        }
+                    }
+                }
+            }
+            self.run_commands();
+            self.run_again();
+            if let Some(at) = self.accept_retry_at
+                && Instant::now() >= at
+            {
+                self.accept_retry_at = None;
+                self.accept();
+            }
+            self.run_timers(Instant::now());
+            if let Some(since) = self.stopping_since
+                && (self.live == 0 || since.elapsed() >= SHUTDOWN_GRACE)
+            {
+                break;
+            }
+        }
+        for i in 0..self.slots.len() as u32 {
+            self.drop_conn(i);
+        }
+    }
+
+    fn conn(&mut self, i: u32) -> Option<&mut Conn> {
+        self.slots.get_mut(i as usize).and_then(|s| s.conn.as_mut())
+    }
+
+    fn is_live(&self, key: Key) -> bool {
+        self.slots
+            .get(key.slot as usize)
+            .is_some_and(|s| s.generation == key.generation && s.conn.is_some())
+    }
+
+    fn key(&self, i: u32) -> Key {
+        Key { slot: i, generation: self.slots[i as usize].generation }
+    }
+
+    fn handle(&self, i: u32) -> ConnHandle {
+        ConnHandle::new(self.mailbox.clone(), i, self.slots[i as usize].generation)
+    }
+
+    // ----- accepting -----
+
+    fn accept(&mut self) {
+        loop {
+            let Some(listener) = &self.listener else { return };
+            match listener.accept() {
+                Ok((stream, _)) => self.admit(stream),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // Out of file descriptors and similar: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    self.accept_retry_at = Some(Instant::now() + ACCEPT_RETRY);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn admit(&mut self, mut stream: TcpStream) {
+        let gw = &*self.gw;
+        let m = &gw.metrics;
+        if m.connections_open.load(Relaxed) as usize >= gw.cfg.max_connections {
+            m.connections_rejected.fetch_add(1, Relaxed);
+            return;
+        }
+        if m.logins_pending.load(Relaxed) as usize >= gw.cfg.max_pending_logins {
+            m.pending_login_rejections.fetch_add(1, Relaxed);
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        let i = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(Slot { generation: 0, conn: None });
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        if let Err(e) = self.poll.registry().register(&mut stream, Token(i as usize), interest) {
+            tracing::warn!(error = %e, "registering a connection failed");
+            self.free.push(i);
+            return;
+        }
+        m.logins_pending.fetch_add(1, Relaxed);
+        m.connections_open.fetch_add(1, Relaxed);
+        m.connections_accepted.fetch_add(1, Relaxed);
+        let now = Instant::now();
+        let id = gw.next_connection_id();
+        let session = ServerSession::new(now, id, &gw.cfg.session);
+        if let Some(deadline) = session.deadline(&gw.cfg.session) {
+            let key = Key { slot: i, generation: self.slots[i as usize].generation };
+            self.wheel.schedule(deadline, key);
+        }
+        self.slots[i as usize].conn = Some(Conn {
+            stream,
+            session,
+            ctx: None,
+            partial: Vec::new(),
+            out: None,
+            id,
+            linger_until: None,
+            inflight: 0,
+            phase: Phase::Open,
+            pending: true,
+        });
+        self.live += 1;
+    }
+
+    // ----- reading -----
+
+    fn on_readable(&mut self, i: u32) {
+        let max_inflight = self.gw.cfg.max_inflight_requests as u32;
+        for _ in 0..READS_PER_TURN {
+            let Some(c) = self.slots.get_mut(i as usize).and_then(|s| s.conn.as_mut()) else {
+                return;
+            };
+            let paused = c.phase == Phase::LoginWait
+                || (c.phase == Phase::Open && c.inflight >= max_inflight);
+            if paused {
+                // Input waits in the kernel; reading resumes when the pause ends.
+                return;
+            }
+            match c.stream.read(&mut self.scratch) {
+                Ok(0) => return self.on_eof(i),
+                Ok(n) => {
+                    if c.phase == Phase::Closing {
+                        continue; // draining: input after closing is dropped
+                    }
+                    self.on_bytes(i, n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return self.drop_conn(i),
+            }
+        }
+        // Turn used up with input left: come back after the others.
+        let key = self.key(i);
+        self.again.push(key);
+    }
+
+    fn on_eof(&mut self, i: u32) {
+        let Some(c) = self.conn(i) else { return };
+        if c.phase == Phase::Closing && c.out.is_some() {
+            // The peer closed its side; it may still read what we are writing (until linger).
+            return;
+        }
+        self.drop_conn(i);
+    }
+
+    /// Handles `n` new bytes in the scratch buffer.
+    fn on_bytes(&mut self, i: u32, n: usize) {
+        let scratch = std::mem::take(&mut self.scratch);
+        let Some(c) = self.conn(i) else {
+            self.scratch = scratch;
+            return;
+        };
+        if c.partial.is_empty() {
+            let used = self.process(i, &scratch[..n]);
+            self.keep_rest(i, &scratch[used..n]);
+        } else {
+            c.partial.extend_from_slice(&scratch[..n]);
+            self.process_partial(i);
+        }
+        self.scratch = scratch;
+    }
+
+    /// Processes the input a connection kept (after a split frame or a pause).
+    fn process_partial(&mut self, i: u32) {
+        let Some(c) = self.conn(i) else { return };
+        if c.partial.is_empty() {
+            return;
+        }
+        let buf = std::mem::take(&mut c.partial);
+        let used = self.process(i, &buf);
+        if used == 0 {
+            if let Some(c) = self.conn(i)
+                && c.phase != Phase::Closing
+            {
+                c.partial = buf;
+            }
+        } else {
+            self.keep_rest(i, &buf[used..]);
+        }
+    }
+
+    /// Keeps unprocessed input on the connection (copied: the source is shared or temporary).
+    fn keep_rest(&mut self, i: u32, rest: &[u8]) {
+        if rest.is_empty() {
+            return;
+        }
+        if let Some(c) = self.conn(i)
+            && c.phase != Phase::Closing
+        {
+            c.partial.extend_from_slice(rest);
+        }
+    }
+
+    /// Decodes and handles frames from `data` until it runs out, the connection pauses or
+    /// closes. Returns the bytes used.
+    fn process(&mut self, i: u32, data: &[u8]) -> usize {
+        let max_inflight = self.gw.cfg.max_inflight_requests as u32;
+        let mut used = 0;
+        loop {
+            let Some(c) = self.conn(i) else { return data.len() };
+            if c.phase != Phase::Open || c.inflight >= max_inflight {
+                return used;
+            }
+            match self.decoder.decode_slice(&data[used..]) {
+                Ok(None) => return used,
+                Ok(Some((env, len))) => {
+                    used += len;
+                    self.gw.metrics.frames_in.fetch_add(1, Relaxed);
+                    self.on_frame(i, env);
+                }
+                Err(e) => {
+                    tracing::debug!(slot = i, error = %e, "bad frame");
+                    let Some(c) = self.conn(i) else { return data.len() };
+                    let action = c.session.on_decode_error(&e);
+                    self.apply(i, action);
+                    return data.len();
+                }
+            }
+        }
+    }
+
+    fn on_frame(&mut self, i: u32, env: Envelope) {
+        let gw = self.gw.clone();
+        let Some(c) = self.conn(i) else { return };
+        let action = c.session.on_frame(Instant::now(), unix_ms(), env, &gw.cfg.session, &*gw.auth);
+        self.apply(i, action);
+    }
+
+    // ----- session actions -----
+
+    fn apply(&mut self, i: u32, action: Action) {
+        let gw = self.gw.clone();
+        match action {
+            Action::None => {}
+            Action::Reply(env) => self.send(i, registry::encode(env)),
+            Action::LoggedIn { identity, reply } => {
+                let handle = self.handle(i);
+                let Some(c) = self.conn(i) else { return };
+                gw.metrics.logins_ok.fetch_add(1, Relaxed);
+                if std::mem::take(&mut c.pending) {
+                    gw.metrics.logins_pending.fetch_sub(1, Relaxed);
+                }
+                let ctx = Arc::new(RequestCtx {
+                    user_id: identity.user_id,
+                    device_id: identity.device_id,
+                    connection_id: c.id,
+                });
+                c.ctx = Some(ctx.clone());
+                c.phase = Phase::LoginWait;
+                tracing::debug!(connection_id = c.id, user = %ctx.user_id, device = %ctx.device_id, "logged in");
+                gw.registry.register(registry::Conn { ctx: ctx.clone(), handle: handle.clone() });
+                // Reachable for pushes before the client hears LoginOk (bounded: a presence
+                // outage delays logins by at most this, then the refresh catches up).
+                let mut published =
+                    Box::pin(tokio::time::timeout(LOGIN_PUBLISH_WAIT, gw.upstream.connected(&ctx)));
+                let frame = registry::encode(reply);
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                if published.as_mut().poll(&mut cx).is_ready() {
+                    self.login_ready(i, frame);
+                } else {
+                    self.rt.spawn(async move {
+                        let _ = published.await;
+                        handle.login_ready(frame);
+                    });
+                }
+            }
+            Action::Forward(env) => {
+                let handle = self.handle(i);
+                let Some(c) = self.conn(i) else { return };
+                let Some(ctx) = c.ctx.clone() else { return };
+                c.inflight += 1;
+                let answer = gw.upstream.request(&ctx, env);
+                self.rt.spawn(async move {
+                    let reply = answer.await;
+                    handle.answer(registry::encode(reply));
+                });
+            }
+            Action::Close { reply, reason } => {
+                let m = &gw.metrics;
+                let counter = match reason {
+                    CloseReason::BadFrame | CloseReason::NotLoggedIn => &m.bad_frames,
+                    CloseReason::AuthFailed | CloseReason::UnsupportedVersion => &m.logins_failed,
+                    CloseReason::LoginTimeout => &m.login_timeouts,
+                    CloseReason::IdleTimeout => &m.idle_timeouts,
+                    CloseReason::RateLimited => &m.rate_limit_closes,
+                };
+                counter.fetch_add(1, Relaxed);
+                tracing::debug!(slot = i, ?reason, "closing");
+                self.begin_close(i, reply.and_then(registry::encode));
+            }
+        }
+    }
+
+    fn login_ready(&mut self, i: u32, frame: Option<Bytes>) {
+        let Some(c) = self.conn(i) else { return };
+        if c.phase != Phase::LoginWait {
+            return;
+        }
+        c.phase = Phase::Open;
+        self.send(i, frame);
+        let key = self.key(i);
+        self.again.push(key);
+    }
+
+    // ----- writing -----
+
+    /// Sends `frame` on an open connection: straight to the socket when nothing waits, else
+    /// into the outbound queue under its caps (past a cap: SLOW_CONSUMER kick and close).
+    fn send(&mut self, i: u32, frame: Option<Bytes>) {
+        let Some(frame) = frame else { return };
+        let gw = self.gw.clone();
+        let Some(c) = self.conn(i) else { return };
+        if c.phase == Phase::Closing {
+            return;
+        }
+        gw.metrics.frames_out.fetch_add(1, Relaxed);
+        let (max_bytes, max_frames) = (gw.cfg.max_outbound_bytes, gw.cfg.max_outbound_frames);
+        match c.out.as_mut() {
+            None => {
+                if write_or_queue(c, frame, &gw).is_err() {
+                    self.drop_conn(i);
+                }
+            }
+            Some(q) => {
+                let before = q.queued_bytes();
+                let overflow = q.push(frame, max_bytes, max_frames).is_err();
+                if overflow {
+                    gw.metrics.slow_consumer_kicks.fetch_add(1, Relaxed);
+                    q.replace_with(slow_consumer_kick(gw.cfg.session.max_frame_bytes));
+                }
+                account(&gw, before, q.queued_bytes());
+                if overflow {
+                    self.begin_close(i, None);
+                }
+            }
+        }
+    }
+
+    fn on_writable(&mut self, i: u32) {
+        let gw = self.gw.clone();
+        let Some(c) = self.conn(i) else { return };
+        let Some(q) = c.out.as_mut() else { return };
+        let before = q.queued_bytes();
+        let r = q.flush(&mut c.stream);
+        account(&gw, before, q.queued_bytes());
+        match r {
+            Ok(true) => {
+                c.out = None;
+                if c.phase == Phase::Closing {
+                    let _ = c.stream.shutdown(Shutdown::Write);
+                }
+            }
+            Ok(false) => {}
+            Err(_) => self.drop_conn(i),
+        }
+    }
+
+    // ----- closing -----
+
+    /// Starts closing: leaves the registry, writes `last` after what is queued, shuts down
+    /// writing once all is out, and drains input until EOF or the linger deadline.
+    fn begin_close(&mut self, i: u32, last: Option<Bytes>) {
+        let gw = self.gw.clone();
+        let Some(c) = self.conn(i) else { return };
+        if c.phase == Phase::Closing {
+            return;
+        }
+        leave(c, &gw);
+        c.phase = Phase::Closing;
+        c.session.close_now();
+        c.partial = Vec::new();
+        let linger_until = Instant::now() + CLOSE_LINGER;
+        c.linger_until = Some(linger_until);
+        if let Some(frame) = last {
+            gw.metrics.frames_out.fetch_add(1, Relaxed);
+            let r = match c.out.as_mut() {
+                Some(q) => {
+                    q.push_uncapped(frame.clone());
+                    account(&gw, 0, frame.len());
+                    Ok(())
+                }
+                None => write_or_queue(c, frame, &gw),
+            };
+            if r.is_err() {
+                return self.drop_conn(i);
+            }
+        }
+        if c.out.is_none() {
+            let _ = c.stream.shutdown(Shutdown::Write);
+        }
+        let key = self.key(i);
+        self.wheel.schedule(linger_until, key);
+    }
+
+    /// Frees a connection's slot and closes its socket.
+    fn drop_conn(&mut self, i: u32) {
+        let gw = self.gw.clone();
+        let Some(slot) = self.slots.get_mut(i as usize) else { return };
+        let Some(mut c) = slot.conn.take() else { return };
+        slot.generation = slot.generation.wrapping_add(1);
+        if c.phase != Phase::Closing {
+            leave(&mut c, &gw);
+        }
+        if let Some(q) = &c.out {
+            account(&gw, q.queued_bytes(), 0);
+        }
+        let _ = self.poll.registry().deregister(&mut c.stream);
+        self.free.push(i);
+        self.live -= 1;
+        gw.metrics.connections_open.fetch_sub(1, Relaxed);
+    }
+
+    // ----- commands, resumptions and timers -----
+
+    fn run_commands(&mut self) {
+        let mut cmds = std::mem::take(&mut self.cmds);
+        self.mailbox.drain(&mut cmds);
+        for cmd in cmds.drain(..) {
+            match cmd {
+                Cmd::Push { slot, generation, frame } => {
+                    if self.is_live(Key { slot, generation }) {
+                        self.send(slot, Some(frame));
+                    }
+                }
+                Cmd::Close { slot, generation, last } => {
+                    if self.is_live(Key { slot, generation }) {
+                        self.begin_close(slot, last);
+                    }
+                }
+                Cmd::Answer { slot, generation, frame } => {
+                    if !self.is_live(Key { slot, generation }) {
+                        continue;
+                    }
+                    let max_inflight = self.gw.cfg.max_inflight_requests as u32;
+                    if let Some(c) = self.conn(slot) {
+                        let was_full = c.inflight >= max_inflight;
+                        c.inflight = c.inflight.saturating_sub(1);
+                        if was_full {
+                            self.again.push(Key { slot, generation });
+                        }
+                    }
+                    self.send(slot, frame);
+                }
+                Cmd::LoginReady { slot, generation, frame } => {
+                    if self.is_live(Key { slot, generation }) {
+                        self.login_ready(slot, frame);
+                    }
+                }
+                Cmd::Shutdown => self.shut_down(),
+            }
+        }
+        self.cmds = cmds;
+    }
+
+    fn shut_down(&mut self) {
+        if self.stopping_since.is_some() {
+            return;
+        }
+        self.stopping_since = Some(Instant::now());
+        if let Some(mut l) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut l);
+        }
+        for i in 0..self.slots.len() as u32 {
+            if self.conn(i).is_some() {
+                self.begin_close(
+                    i,
+                    registry::encode(kick(KickReason::ServerShutdown, "server shutting down")),
+                );
+            }
+        }
+    }
+
+    /// Reads again from connections whose turn ran out or whose pause ended.
+    fn run_again(&mut self) {
+        let again = std::mem::take(&mut self.again);
+        for key in &again {
+            if self.is_live(*key) {
+                self.process_partial(key.slot);
+                self.on_readable(key.slot);
+            }
+        }
+        if self.again.is_empty() {
+            // Keep the buffer for next time.
+            self.again = again;
+            self.again.clear();
+        }
+    }
+
+    fn run_timers(&mut self, now: Instant) {
+        let mut due = std::mem::take(&mut self.due);
+        self.wheel.advance(now, &mut due);
+        let cfg = self.gw.cfg.session.clone();
+        for key in due.drain(..) {
+            if !self.is_live(key) {
+                continue;
+            }
+            let Some(c) = self.conn(key.slot) else { continue };
+            if c.phase == Phase::Closing {
+                match c.linger_until {
+                    Some(at) if at > now => self.wheel.schedule(at, key),
+                    _ => self.drop_conn(key.slot),
+                }
+                continue;
+            }
+            match c.session.deadline(&cfg) {
+                Some(at) if at > now => self.wheel.schedule(at, key),
+                Some(_) => {
+                    let action = c.session.on_tick(now, &cfg);
+                    self.apply(key.slot, action);
+                    if let Some(c) = self.conn(key.slot)
+                        && c.phase != Phase::Closing
+                        && let Some(at) = c.session.deadline(&cfg)
+                    {
+                        self.wheel.schedule(at, key);
+                    }
+                }
+                None => {}
+            }
+        }
+        self.due = due;
+    }
+}
+
+/// Writes `frame` to a connection with nothing queued; what the socket does not take goes
+/// into a new outbound queue. Err when the socket failed.
+fn write_or_queue<U: Upstream>(c: &mut Conn, frame: Bytes, gw: &Gateway<U>) -> io::Result<()> {
+    let mut written = 0;
+    while written < frame.len() {
+        match c.stream.write(&frame[written..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if written < frame.len() {
+        account(gw, 0, frame.len() - written);
+        c.out = Some(Box::new(OutQueue::with_rest(frame, written)));
+    }
+    Ok(())
+}
+
+/// Leaves the registry and the upstream's view, and the pending-login count.
+fn leave<U: Upstream>(c: &mut Conn, gw: &Gateway<U>) {
+    if std::mem::take(&mut c.pending) {
+        gw.metrics.logins_pending.fetch_sub(1, Relaxed);
+    }
+    if let Some(ctx) = c.ctx.take() {
+        gw.registry.unregister(&ctx.user_id, c.id);
+        gw.upstream.disconnected(&ctx);
+    }
+}
+
+/// Keeps the queued-bytes gauge in step with a queue that went from `before` to `after` bytes.
+fn account<U: Upstream>(gw: &Gateway<U>, before: usize, after: usize) {
+    let g = &gw.metrics.outbound_queued_bytes;
+    if after > before {
+        g.fetch_add((after - before) as u64, Relaxed);
+    } else if before > after {
+        g.fetch_sub((before - after) as u64, Relaxed);
+    }
+}
+
+fn slow_consumer_kick(max_frame_len: usize) -> Bytes {
+    let env = kick(KickReason::SlowConsumer, "outbound queue full: reconnect and sync");
+    tern_proto::encode_to_bytes(&env, max_frame_len).unwrap_or_default()
+}

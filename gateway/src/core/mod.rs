@@ -1,0 +1,118 @@
+//! The connection core, built for density: a few I/O threads (about one per core), each with
+//! its own mio event loop, its own SO_REUSEPORT listener on the shared port, and a slab of
+//! compact per-connection records.
+//!
+//! - [`listen`]: binds the listeners (one per I/O thread; other processes may share the port).
+//! - [`serve`]: runs the I/O threads until a shutdown future resolves.
+//! - `io`: one I/O thread's loop: accept, read, decode, drive the sans-IO
+//!   [`tern_proto::session::server::ServerSession`], write, timers.
+//! - `wheel`: the timer wheel for login, idle and linger deadlines.
+//! - `mailbox`: how other threads (pushes, kicks, request answers) reach a connection.
+//!
+//! An idle connection owns no buffer: reads go into the thread's scratch buffer, a partial frame
+//! is copied out only when a frame is actually split across reads, and an outbound queue exists
+//! only while the socket has not taken everything written to it. Requests that need dispatch run
+//! as tasks on the async runtime; their answers come back through the mailbox.
+
+mod io;
+mod mailbox;
+pub mod wheel;
+
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+
+pub use io::{unix_ms, unix_nanos};
+pub use mailbox::ConnHandle;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::server::Gateway;
+use crate::upstream::Upstream;
+
+/// The bound client listeners, one per I/O thread.
+#[derive(Debug)]
+pub struct Listeners {
+    sockets: Vec<TcpListener>,
+    addr: SocketAddr,
+}
+
+impl Listeners {
+    /// The bound address (the real port when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// How many I/O threads will serve them.
+    pub fn threads(&self) -> usize {
+        self.sockets.len()
+    }
+}
+
+/// Binds `threads` listeners on `addr` with an accept backlog of `backlog`.
+///
+/// With `reuse_port`, each is its own socket with SO_REUSEPORT (the kernel spreads new
+/// connections over them, and other processes of the same user may bind the same port to share
+/// the load); without it, one socket is bound and shared by every thread. `threads` 0 means one
+/// per core.
+pub fn listen(
+    addr: SocketAddr,
+    backlog: u32,
+    threads: usize,
+    reuse_port: bool,
+) -> std::io::Result<Listeners> {
+    let threads = if threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        threads
+    };
+    let bind_one = |addr: SocketAddr| -> std::io::Result<TcpListener> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        if reuse_port {
+            socket.set_reuse_port(true)?;
+        }
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(backlog.min(i32::MAX as u32) as i32)?;
+        Ok(socket.into())
+    };
+    let first = bind_one(addr)?;
+    // Port 0: the others bind the port the first one got.
+    let addr = first.local_addr()?;
+    let mut sockets = vec![first];
+    for _ in 1..threads {
+        sockets.push(if reuse_port { bind_one(addr)? } else { sockets[0].try_clone()? });
+    }
+    Ok(Listeners { sockets, addr })
+}
+
+/// Serves connections on `listeners` until `shutdown` resolves, then kicks every connection
+/// with SERVER_SHUTDOWN and returns once they closed (or after a grace period of 5 s).
+///
+/// Must run inside a tokio runtime: requests to the upstream run as tasks on it.
+pub async fn serve<U: Upstream>(
+    gw: Arc<Gateway<U>>,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) {
+    let rt = tokio::runtime::Handle::current();
+    let mut threads = Vec::new();
+    for (i, listener) in listeners.sockets.into_iter().enumerate() {
+        match io::IoThread::new(gw.clone(), listener, rt.clone()).and_then(|t| t.spawn(i)) {
+            Ok(t) => threads.push(t),
+            Err(e) => tracing::error!(error = %e, "starting an I/O thread failed"),
+        }
+    }
+    if threads.is_empty() {
+        tracing::error!("no I/O thread started; the gateway serves nothing");
+        return;
+    }
+    shutdown.await;
+    for t in &threads {
+        t.mailbox.send(mailbox::Cmd::Shutdown);
+    }
+    for t in threads {
+        // The thread exits within its shutdown grace; a panicked thread says so here.
+        let _ = t.done.await;
+    }
+}

@@ -1,0 +1,21 @@
+//! End-to-end tests of the `tern` binary and library over real sockets and processes, one test
+//! binary (one link, one copy of the dependencies on disk) with a module per area.
+
+mod common;
+
+mod bad_input;
+mod chaos;
+mod cluster;
+mod contract;
+mod crash;
+mod fuzz_corpus;
+mod kernel_tuning;
+mod kick;
+mod messaging;
+mod offline_sync;
+mod ops;
+mod ordering;
+mod recall;
+mod receipts;
+mod reconnect;
+mod slow_reader;
