@@ -1,5 +1,5 @@
-//! One bot: [`BotSession`], the client side of login and heartbeats as a sans-IO state machine,
-//! and [`run_bot`], the thin task that drives it over a raw `TcpStream`.
+//! One bot: [`BotSession`], the client side of login, heartbeats and received deliveries as a
+//! sans-IO state machine, and [`run_bot`], the thin task that drives it over a raw `TcpStream`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -17,6 +17,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::probe::{parse_probe_body, unix_nanos_now};
 use crate::stats::{Counters, FailKind};
 
 /// Most wake-ups one connection handles before it gives up (a bound on the I/O loop; a bot
@@ -75,6 +76,23 @@ pub enum Event {
     },
     /// A Pong arrived.
     Pong,
+    /// A Deliver (a pushed message) arrived.
+    Delivered(Delivery),
+}
+
+/// What a received Deliver carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// A message whose body is not a probe (`probe:<unix_nanos>`).
+    Other,
+    /// A probe, received this long after the sender stamped it (wall clocks).
+    Probe {
+        /// Receipt wall clock minus the stamp.
+        latency: Duration,
+    },
+    /// A probe stamped later than its receipt: the sender's clock runs ahead of ours, so no
+    /// latency can be told.
+    ProbeFromFuture,
 }
 
 /// What the driver must do after a deadline passed.
@@ -95,11 +113,13 @@ enum Phase {
     LoggedIn { next_ping: Instant, reconnect_at: Option<Instant> },
 }
 
-/// The client side of one connection: Login, then a Ping every heartbeat, counting Pongs.
+/// The client side of one connection: Login, then a Ping every heartbeat, counting Pongs and
+/// Delivers (timing probe messages). Other pushes (sync hints, receipts, non-fatal errors) are
+/// ignored: they never end the session.
 ///
 /// Calling convention: [`BotSession::start`] appends the Login frame to `out` (write it);
-/// then feed every chunk of received bytes to [`BotSession::feed`], which reports events
-/// through its callback; sleep until [`BotSession::deadline`] and then call
+/// then feed every chunk of received bytes to [`BotSession::feed`] with the monotonic and the
+/// wall clock of its arrival, which reports events through its callback; sleep until [`BotSession::deadline`] and then call
 /// [`BotSession::on_deadline`], which may append a Ping to `out` or ask for a reconnect. Any
 /// `Err` ends the connection. The session holds no buffer unless a frame arrived split.
 #[derive(Debug)]
@@ -182,22 +202,25 @@ impl BotSession {
         }
     }
 
-    /// Feeds bytes received at `now`; reports what they contained through `on_event`.
+    /// Feeds bytes received at `now` (wall clock `now_unix_nanos`, which probe latencies are
+    /// measured against); reports what they contained through `on_event`.
     pub fn feed(
         &mut self,
         data: &[u8],
         now: Instant,
+        now_unix_nanos: u64,
         mut on_event: impl FnMut(Event),
     ) -> Result<(), SessionError> {
+        let clock = Clock { now, unix_nanos: now_unix_nanos };
         if self.pending.is_empty() {
-            let used = self.decode_all(data, now, &mut on_event)?;
+            let used = self.decode_all(data, clock, &mut on_event)?;
             if used < data.len() {
                 self.pending.extend_from_slice(&data[used..]);
             }
         } else {
             let mut buf = std::mem::take(&mut self.pending);
             buf.extend_from_slice(data);
-            let used = self.decode_all(&buf, now, &mut on_event)?;
+            let used = self.decode_all(&buf, clock, &mut on_event)?;
             if used < buf.len() {
                 buf.drain(..used);
                 self.pending = buf;
@@ -210,21 +233,22 @@ impl BotSession {
     fn decode_all(
         &mut self,
         buf: &[u8],
-        now: Instant,
+        clock: Clock,
         on_event: &mut impl FnMut(Event),
     ) -> Result<usize, SessionError> {
         let mut used = 0;
         // Bounded: every iteration consumes at least the 4-byte prefix.
         while let Some((env, n)) = self.decoder.decode_slice(&buf[used..])? {
             used += n;
-            if let Some(event) = self.on_frame(env, now)? {
+            if let Some(event) = self.on_frame(env, clock)? {
                 on_event(event);
             }
         }
         Ok(used)
     }
 
-    fn on_frame(&mut self, env: Envelope, now: Instant) -> Result<Option<Event>, SessionError> {
+    fn on_frame(&mut self, env: Envelope, clock: Clock) -> Result<Option<Event>, SessionError> {
+        let now = clock.now;
         match (env.body, self.phase) {
             (Some(Body::LoginOk(_)), Phase::AwaitLoginOk { started, .. }) => {
                 self.phase = Phase::LoggedIn {
@@ -241,10 +265,29 @@ impl BotSession {
             }
             (Some(Body::Kick(k)), _) => Err(SessionError::Kicked(k.reason)),
             (Some(Body::Pong(_)), Phase::LoggedIn { .. }) => Ok(Some(Event::Pong)),
-            // Pushes a bot does not act on (sync hints, deliveries, non-fatal errors).
+            (Some(Body::Deliver(d)), Phase::LoggedIn { .. }) => {
+                let stamp = d.message.as_ref().and_then(|m| parse_probe_body(&m.body));
+                let delivery = match stamp {
+                    None => Delivery::Other,
+                    Some(sent) if sent <= clock.unix_nanos => {
+                        Delivery::Probe { latency: Duration::from_nanos(clock.unix_nanos - sent) }
+                    }
+                    Some(_) => Delivery::ProbeFromFuture,
+                };
+                Ok(Some(Event::Delivered(delivery)))
+            }
+            // Pushes a bot does not act on (sync hints, receipts, non-fatal errors) and frames
+            // that do not fit the phase: ignored, the session goes on.
             _ => Ok(None),
         }
     }
+}
+
+/// When bytes arrived: monotonic (timeouts, login latency) and wall clock (probe latency).
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    now: Instant,
+    unix_nanos: u64,
 }
 
 /// What every bot of a process shares.
@@ -438,7 +481,7 @@ fn read_some<'a>(
     match stream.try_read(&mut buf) {
         Ok(0) => Err(Outcome::Failed(FailKind::Closed)),
         Ok(n) => session
-            .feed(&buf[..n], Instant::now(), |ev| match ev {
+            .feed(&buf[..n], Instant::now(), unix_nanos_now(), |ev| match ev {
                 Event::LoggedIn { latency } => {
                     c.logins.fetch_add(1, Ordering::Relaxed);
                     c.login_latency_us(latency.as_micros() as u64);
@@ -446,6 +489,20 @@ fn read_some<'a>(
                 }
                 Event::Pong => {
                     c.pongs.fetch_add(1, Ordering::Relaxed);
+                }
+                Event::Delivered(d) => {
+                    c.deliveries.fetch_add(1, Ordering::Relaxed);
+                    match d {
+                        Delivery::Probe { latency } => {
+                            c.delivery_latency_us(
+                                u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
+                            );
+                        }
+                        Delivery::ProbeFromFuture => {
+                            c.delivery_clock_skew.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Delivery::Other => {}
+                    }
                 }
             })
             .map_err(|e| Outcome::Failed(e.kind())),
@@ -466,8 +523,11 @@ async fn connect(ctx: &BotCtx, index: usize) -> std::io::Result<TcpStream> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tern_proto::v1::{LoginOk, Pong};
+    use tern_proto::v1::{Deliver, LoginOk, Message, Pong, SyncHint};
     use tern_proto::{encode_frame, encode_to_bytes};
+
+    /// A wall clock reading (Unix nanoseconds) for tests that do not look at it.
+    const WALL: u64 = 1_700_000_000_000_000_000;
 
     fn frame(body: Body) -> Vec<u8> {
         let env = Envelope { request_id: 1, body: Some(body) };
@@ -498,7 +558,7 @@ mod tests {
         let mut events = Vec::new();
         let ok = frame(Body::LoginOk(LoginOk::default()));
         let t1 = t0 + Duration::from_millis(7);
-        assert_eq!(s.feed(&ok, t1, |e| events.push(e)), Ok(()));
+        assert_eq!(s.feed(&ok, t1, WALL, |e| events.push(e)), Ok(()));
         assert_eq!(events, vec![Event::LoggedIn { latency: Duration::from_millis(7) }]);
         assert_eq!(s.deadline(), t1 + Duration::from_secs(30));
 
@@ -519,9 +579,9 @@ mod tests {
         pongs.extend(frame(Body::Pong(Pong::default())));
         let split = pongs.len() - 2;
         events.clear();
-        assert_eq!(s.feed(&pongs[..split], t2, |e| events.push(e)), Ok(()));
+        assert_eq!(s.feed(&pongs[..split], t2, WALL, |e| events.push(e)), Ok(()));
         assert_eq!(events, vec![Event::Pong]);
-        assert_eq!(s.feed(&pongs[split..], t2, |e| events.push(e)), Ok(()));
+        assert_eq!(s.feed(&pongs[split..], t2, WALL, |e| events.push(e)), Ok(()));
         assert_eq!(events, vec![Event::Pong, Event::Pong]);
         assert!(s.pending.capacity() == 0 || s.pending.is_empty());
     }
@@ -536,15 +596,21 @@ mod tests {
 
         let (mut s, _) = started(t0, None);
         let err = frame(Body::Error(tern_proto::v1::Error::default()));
-        assert_eq!(s.feed(&err, t0, |_| {}).map_err(|e| e.kind()), Err(FailKind::LoginRejected));
+        assert_eq!(
+            s.feed(&err, t0, WALL, |_| {}).map_err(|e| e.kind()),
+            Err(FailKind::LoginRejected)
+        );
 
         let (mut s, _) = started(t0, None);
         let kick = frame(Body::Kick(tern_proto::v1::Kick { reason: 1, message: String::new() }));
-        assert_eq!(s.feed(&kick, t0, |_| {}), Err(SessionError::Kicked(1)));
+        assert_eq!(s.feed(&kick, t0, WALL, |_| {}), Err(SessionError::Kicked(1)));
 
         let (mut s, _) = started(t0, None);
         let garbage = [0xff, 0xff, 0xff, 0xff, 0];
-        assert_eq!(s.feed(&garbage, t0, |_| {}).map_err(|e| e.kind()), Err(FailKind::Protocol));
+        assert_eq!(
+            s.feed(&garbage, t0, WALL, |_| {}).map_err(|e| e.kind()),
+            Err(FailKind::Protocol)
+        );
         let mut buf = Vec::new();
         assert!(encode_frame(&Envelope::default(), 16, &mut buf).is_ok());
     }
@@ -554,7 +620,7 @@ mod tests {
         let t0 = Instant::now();
         let at = t0 + Duration::from_secs(5);
         let (mut s, _) = started(t0, Some(at));
-        assert_eq!(s.feed(&frame(Body::LoginOk(LoginOk::default())), t0, |_| {}), Ok(()));
+        assert_eq!(s.feed(&frame(Body::LoginOk(LoginOk::default())), t0, WALL, |_| {}), Ok(()));
         assert_eq!(s.deadline(), at);
         assert_eq!(s.on_deadline(at, &mut Vec::new()), Ok(Tick::Reconnect));
     }
@@ -568,5 +634,71 @@ mod tests {
         let later = ch.next_after(3, epoch + Duration::from_secs(4));
         assert!(later > epoch + Duration::from_millis(12_999));
         assert!(later < epoch + Duration::from_millis(13_001));
+    }
+
+    fn deliver(body: &[u8]) -> Vec<u8> {
+        let message = Message {
+            conversation_id: "dm:a:b".into(),
+            seq: 1,
+            body: bytes::Bytes::copy_from_slice(body),
+            ..Message::default()
+        };
+        frame(Body::Deliver(Deliver { message: Some(message) }))
+    }
+
+    #[test]
+    fn deliveries_are_counted_and_probes_timed_against_the_wall_clock() {
+        let t0 = Instant::now();
+        let (mut s, _) = started(t0, None);
+        assert_eq!(s.feed(&frame(Body::LoginOk(LoginOk::default())), t0, WALL, |_| {}), Ok(()));
+
+        let sent = WALL - 2_500_000; // 2.5 ms before receipt
+        let mut bytes = deliver(format!("probe:{sent}").as_bytes());
+        bytes.extend(deliver(b"hello"));
+        bytes.extend(deliver(format!("probe:{}", WALL + 1).as_bytes()));
+        bytes.extend(frame(Body::Deliver(Deliver { message: None })));
+        bytes.extend(deliver(b"probe:12x"));
+        let mut events = Vec::new();
+        // Split mid-frame: the tail waits for the next read.
+        let split = bytes.len() - 3;
+        assert_eq!(s.feed(&bytes[..split], t0, WALL, |e| events.push(e)), Ok(()));
+        assert_eq!(events.len(), 4);
+        assert_eq!(s.feed(&bytes[split..], t0, WALL, |e| events.push(e)), Ok(()));
+        assert_eq!(
+            events,
+            vec![
+                Event::Delivered(Delivery::Probe { latency: Duration::from_micros(2500) }),
+                Event::Delivered(Delivery::Other),
+                Event::Delivered(Delivery::ProbeFromFuture),
+                Event::Delivered(Delivery::Other),
+                Event::Delivered(Delivery::Other),
+            ]
+        );
+        assert!(s.is_logged_in());
+    }
+
+    #[test]
+    fn unknown_pushes_and_non_fatal_errors_keep_the_session() {
+        let t0 = Instant::now();
+        let (mut s, _) = started(t0, None);
+        assert_eq!(s.feed(&frame(Body::LoginOk(LoginOk::default())), t0, WALL, |_| {}), Ok(()));
+        let mut bytes = frame(Body::SyncHint(SyncHint { reason: "gap".into() }));
+        bytes.extend(frame(Body::Error(tern_proto::v1::Error {
+            fatal: false,
+            ..tern_proto::v1::Error::default()
+        })));
+        bytes.extend(frame(Body::LoginOk(LoginOk::default())));
+        bytes.extend(
+            encode_to_bytes(&Envelope::default(), DEFAULT_MAX_FRAME_BYTES)
+                .map_or_else(|_| Vec::new(), |b| b.to_vec()),
+        );
+        let mut events = Vec::new();
+        assert_eq!(s.feed(&bytes, t0, WALL, |e| events.push(e)), Ok(()));
+        assert!(events.is_empty(), "{events:?}");
+        assert!(s.is_logged_in());
+        // A Deliver before LoginOk is not counted and does not fail the login.
+        let (mut s, _) = started(t0, None);
+        assert_eq!(s.feed(&deliver(b"probe:1"), t0, WALL, |e| events.push(e)), Ok(()));
+        assert!(events.is_empty());
     }
 }

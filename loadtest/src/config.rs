@@ -1,10 +1,13 @@
-//! Command-line arguments (`bots`, `swarm`) and the plain configuration a run uses.
+//! Command-line arguments (`bots`, `swarm`, `probe`) and the plain configuration a run uses.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+
+/// Bots' user ids are `{prefix}{i}`; the default prefix of `bots`, `swarm` and `probe`.
+pub const DEFAULT_USER_PREFIX: &str = "lt";
 
 /// `tern-loadtest`.
 #[derive(Debug, Parser)]
@@ -22,6 +25,9 @@ pub enum Command {
     Bots(BotsArgs),
     /// Spawn P `bots` child processes and merge their reports.
     Swarm(SwarmArgs),
+    /// Send timed messages to random bots (run during a `bots` or `swarm` hold): measures
+    /// send→ack here, and the bots' report shows delivery latency.
+    Probe(ProbeArgs),
 }
 
 /// Options shared by `bots` and `swarm`.
@@ -31,7 +37,7 @@ pub struct CommonArgs {
     #[arg(long)]
     pub addr: SocketAddr,
     /// Token signing key (base64), the server's `auth.hs256_key`.
-    #[arg(long, env = "TERN_LOADTEST_KEY")]
+    #[arg(long, env = "TERN_LOADTEST_KEY", hide_env_values = true)]
     pub key: String,
     /// New connections per second during the ramp (per process).
     #[arg(long, default_value_t = 1000.0)]
@@ -46,7 +52,7 @@ pub struct CommonArgs {
     #[arg(long, value_delimiter = ',')]
     pub source_ips: Vec<IpAddr>,
     /// User ids are `{prefix}{i}`.
-    #[arg(long, default_value = "lt")]
+    #[arg(long, default_value = DEFAULT_USER_PREFIX)]
     pub user_prefix: String,
     /// Bots per second that disconnect and reconnect during the hold (0: none).
     #[arg(long, default_value_t = 0.0)]
@@ -80,6 +86,9 @@ pub struct BotsArgs {
     /// Write raw login latency samples (microseconds, one per line) here, for exact merging.
     #[arg(long, hide = true)]
     pub samples_out: Option<PathBuf>,
+    /// Write raw probe delivery latency samples (microseconds, one per line) here.
+    #[arg(long, hide = true)]
+    pub delivery_samples_out: Option<PathBuf>,
     /// Print `ramp-done logged_in=N` on stdout when the ramp ends, then wait for a line on
     /// stdin (or EOF) before holding; used by `swarm` to read gateway memory at one moment.
     #[arg(long, hide = true)]
@@ -99,6 +108,48 @@ pub struct SwarmArgs {
     /// Bots per child process.
     #[arg(long)]
     pub count_per_proc: usize,
+}
+
+/// `tern-loadtest probe`.
+#[derive(Debug, Clone, Args)]
+pub struct ProbeArgs {
+    /// Gateway client address.
+    #[arg(long)]
+    pub addr: SocketAddr,
+    /// Token signing key (base64), the server's `auth.hs256_key`.
+    #[arg(long, env = "TERN_LOADTEST_KEY", hide_env_values = true)]
+    pub key: String,
+    /// Recipients are `{prefix}{i}` (the bots' `--user-prefix`).
+    #[arg(long, default_value = DEFAULT_USER_PREFIX)]
+    pub user_prefix: String,
+    /// Recipients are picked at random among `{prefix}0` .. `{prefix}{N-1}` (the bots'
+    /// `--count`, or `--count-per-proc` with `--procs`).
+    #[arg(long)]
+    pub users: usize,
+    /// The bots run under `swarm --procs P`: recipients are `{prefix}{k}-{i}`, k < P at random.
+    #[arg(long)]
+    pub procs: Option<usize>,
+    /// Messages to send.
+    #[arg(long, default_value_t = 200)]
+    pub count: usize,
+    /// Messages per second.
+    #[arg(long, default_value_t = 20.0)]
+    pub rate: f64,
+    /// The sending user (device `p`); two probes at once need different ones.
+    #[arg(long, default_value = "probe-sender")]
+    pub sender: String,
+    /// How long one send waits for its ack before it counts as failed.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub ack_timeout: Duration,
+    /// Write the JSON report here (besides the table on stdout).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Hard stop for the whole run (connect, sends, waiting for acks).
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub max_duration: Duration,
+    /// No progress line on stderr.
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 /// Parses `500ms`, `30s`, `10m`, `1h` or a bare number of seconds.

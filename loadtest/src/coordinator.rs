@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use crate::config::SwarmArgs;
 use crate::ramp::child_source_ips;
 use crate::report::{GatewayMem, Report, bytes_per_conn};
+use crate::stats::{RawSamples, read_samples};
 use crate::sys;
 
 /// How long children get after their own `--max-duration` before they are killed.
@@ -47,6 +48,8 @@ pub fn run(args: &SwarmArgs, exe: &Path) -> Result<Report, SwarmError> {
     let dir = scratch_dir()?;
     let rss_before: Vec<Option<u64>> =
         c.gateway_pid.iter().map(|p| sys::vm_rss_bytes(*p)).collect();
+    let socks_before: Vec<Option<u64>> =
+        c.gateway_pid.iter().map(|p| sys::socket_count(*p)).collect();
     let tcp_before = sys::tcp_mem();
 
     let (tx, rx) = mpsc::channel();
@@ -93,6 +96,8 @@ pub fn run(args: &SwarmArgs, exe: &Path) -> Result<Report, SwarmError> {
         }
     }
     let rss_after: Vec<Option<u64>> = c.gateway_pid.iter().map(|p| sys::vm_rss_bytes(*p)).collect();
+    let socks_after: Vec<Option<u64>> =
+        c.gateway_pid.iter().map(|p| sys::socket_count(*p)).collect();
     let tcp_after = sys::tcp_mem();
     for (_, stdin) in &mut children {
         if let Some(mut s) = stdin.take() {
@@ -102,7 +107,7 @@ pub fn run(args: &SwarmArgs, exe: &Path) -> Result<Report, SwarmError> {
 
     wait_all(&mut children, deadline);
     let mut reports = Vec::with_capacity(procs);
-    let mut samples = Vec::new();
+    let mut samples = RawSamples::default();
     for k in 0..procs {
         let json = std::fs::read(dir.join(format!("{k}.json")));
         let report = json
@@ -115,22 +120,36 @@ pub fn run(args: &SwarmArgs, exe: &Path) -> Result<Report, SwarmError> {
                 return Err(SwarmError::ChildReport { k, why });
             }
         }
-        if let Ok(text) = std::fs::read_to_string(dir.join(format!("{k}.samples"))) {
-            samples.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+        if let Ok(s) = read_samples(&dir.join(format!("{k}.samples"))) {
+            samples.login_us.extend(s);
+        }
+        if let Ok(s) = read_samples(&dir.join(format!("{k}.delivery-samples"))) {
+            samples.delivery_us.extend(s);
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
     let mut merged = Report::merge(&reports, Some(&mut samples));
     merged.duration_secs = start.elapsed().as_secs_f64();
+    let one_gateway = c.gateway_pid.len() == 1;
     merged.gateways = c
         .gateway_pid
         .iter()
-        .zip(rss_before.iter().zip(&rss_after))
-        .map(|(pid, (b, a))| GatewayMem {
-            pid: *pid,
-            rss_before: *b,
-            rss_after: *a,
-            bytes_per_conn: bytes_per_conn(*b, *a, merged.logged_in_at_ramp_end),
+        .enumerate()
+        .map(|(i, pid)| {
+            let (b, a) = (rss_before[i], rss_after[i]);
+            // Several gateways share the port: each one's share is the sockets it gained.
+            let conns = if one_gateway {
+                Some(merged.logged_in_at_ramp_end)
+            } else {
+                socks_after[i].zip(socks_before[i]).map(|(a, b)| a.saturating_sub(b))
+            };
+            GatewayMem {
+                pid: *pid,
+                rss_before: b,
+                rss_after: a,
+                conns,
+                bytes_per_conn: bytes_per_conn(b, a, conns.unwrap_or(0)),
+            }
         })
         .collect();
     merged.tcp_before = tcp_before;
@@ -165,6 +184,8 @@ pub fn child_args(args: &SwarmArgs, k: usize, ips: &[IpAddr], dir: &Path) -> Vec
         dir.join(format!("{k}.json")).display().to_string(),
         "--samples-out".into(),
         dir.join(format!("{k}.samples")).display().to_string(),
+        "--delivery-samples-out".into(),
+        dir.join(format!("{k}.delivery-samples")).display().to_string(),
         "--child".into(),
     ];
     if !ips.is_empty() {

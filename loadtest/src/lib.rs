@@ -7,10 +7,13 @@
 //! - [`sys`]: `/proc` readings (gateway RSS, kernel TCP memory).
 //! - [`report`]: the final report (JSON and a human table) and how reports merge.
 //! - [`coordinator`]: `swarm`, which spawns `bots` child processes and merges their reports.
+//! - [`probe`]: `probe`, one SDK client sending timed messages to random bots (send→ack here,
+//!   delivery latency in the bots' report).
 
 pub mod bot;
 pub mod config;
 pub mod coordinator;
+pub mod probe;
 pub mod ramp;
 pub mod report;
 pub mod stats;

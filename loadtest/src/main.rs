@@ -1,13 +1,14 @@
-//! `tern-loadtest`: parses arguments, builds the runtime, runs `bots` or `swarm`, writes the
-//! report.
+//! `tern-loadtest`: parses arguments, builds the runtime, runs `bots`, `swarm` or `probe`,
+//! writes the report.
 
 use std::io::Write;
 
 use anyhow::Context;
 use clap::Parser;
+use serde::Serialize;
 use tern_loadtest::config::{Cli, Command};
-use tern_loadtest::report::Report;
-use tern_loadtest::{coordinator, ramp};
+use tern_loadtest::stats::write_samples;
+use tern_loadtest::{coordinator, probe, ramp};
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -22,33 +23,45 @@ fn main() -> anyhow::Result<()> {
         Command::Bots(args) => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             let out = rt.block_on(ramp::run(&args))?;
-            if let Some(path) = &args.samples_out {
-                let mut text = String::with_capacity(out.samples_us.len() * 8);
-                for s in &out.samples_us {
-                    text.push_str(&s.to_string());
-                    text.push('\n');
+            let files = [
+                (&args.samples_out, &out.samples.login_us),
+                (&args.delivery_samples_out, &out.samples.delivery_us),
+            ];
+            for (path, samples) in files {
+                if let Some(path) = path {
+                    write_samples(path, samples)
+                        .with_context(|| format!("write {}", path.display()))?;
                 }
-                std::fs::write(path, text).with_context(|| format!("write {}", path.display()))?;
             }
-            finish(&out.report, args.common.json.as_deref(), !args.child)
+            let table = (!args.child).then(|| out.report.table());
+            finish(&out.report, args.common.json.as_deref(), table)
         }
         Command::Swarm(args) => {
             let exe = std::env::current_exe().context("locate tern-loadtest")?;
             let report = coordinator::run(&args, &exe)?;
-            finish(&report, args.common.json.as_deref(), true)
+            finish(&report, args.common.json.as_deref(), Some(report.table()))
+        }
+        Command::Probe(args) => {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let report = rt.block_on(probe::run(&args))?;
+            finish(&report, args.json.as_deref(), Some(report.table()))
         }
     }
 }
 
-fn finish(report: &Report, json: Option<&std::path::Path>, table: bool) -> anyhow::Result<()> {
+fn finish(
+    report: &impl Serialize,
+    json: Option<&std::path::Path>,
+    table: Option<String>,
+) -> anyhow::Result<()> {
     if let Some(path) = json {
         let text = serde_json::to_vec_pretty(report)?;
         std::fs::write(path, text).with_context(|| format!("write {}", path.display()))?;
     }
-    if table {
+    if let Some(table) = table {
         let mut out = std::io::stdout().lock();
         writeln!(out, "tern-loadtest report")?;
-        write!(out, "{}", report.table())?;
+        write!(out, "{table}")?;
     }
     Ok(())
 }

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use crate::bot::{BotCtx, Churn, run_bot};
 use crate::config::BotsArgs;
 use crate::report::{GatewayMem, Report, bytes_per_conn, rate};
-use crate::stats::{Counters, FailKind, Latency};
+use crate::stats::{Counters, FailKind, Latency, RawSamples};
 use crate::sys;
 
 /// How often the ramp checks whether every bot's first attempt has ended.
@@ -36,13 +36,13 @@ pub enum RunError {
     Rate(&'static str),
 }
 
-/// What one run produced: the report and the raw login latency samples (µs).
+/// What one run produced: the report and the raw latency samples (µs).
 #[derive(Debug)]
 pub struct RunOutput {
     /// The report (memory readings included).
     pub report: Report,
-    /// Every login latency sample, microseconds.
-    pub samples_us: Vec<u32>,
+    /// Every login and probe delivery latency sample, microseconds.
+    pub samples: RawSamples,
 }
 
 /// Runs `args.count` bots in this process until ramp + hold (or `--max-duration`) are over.
@@ -133,12 +133,14 @@ pub async fn run(args: &BotsArgs) -> Result<RunOutput, RunError> {
         p.abort();
     }
 
-    let mut samples_us = counters.take_samples();
+    let mut samples = counters.take_samples();
     let failures = FailKind::ALL
         .iter()
         .map(|k| (k.as_str().to_owned(), counters.failures(*k)))
         .filter(|(_, v)| *v > 0)
         .collect();
+    // With several gateways each one's share is unknown here (`swarm` counts their sockets).
+    let conns = (c.gateway_pid.len() == 1).then_some(logged_in_at_ramp_end);
     let gateways = c
         .gateway_pid
         .iter()
@@ -147,7 +149,8 @@ pub async fn run(args: &BotsArgs) -> Result<RunOutput, RunError> {
             pid: *pid,
             rss_before: *b,
             rss_after: *a,
-            bytes_per_conn: bytes_per_conn(*b, *a, logged_in_at_ramp_end),
+            conns,
+            bytes_per_conn: bytes_per_conn(*b, *a, conns.unwrap_or(0)),
         })
         .collect();
     let report = Report {
@@ -159,18 +162,21 @@ pub async fn run(args: &BotsArgs) -> Result<RunOutput, RunError> {
         reconnects: counters.reconnects.load(Ordering::Relaxed),
         ramp_secs,
         logins_per_sec: rate(logged_in_at_ramp_end, ramp_secs),
-        login_latency: Latency::from_samples(&mut samples_us),
+        login_latency: Latency::from_samples(&mut samples.login_us),
         latency_merge: "exact".into(),
         failures,
         pings: counters.pings.load(Ordering::Relaxed),
         pongs: counters.pongs.load(Ordering::Relaxed),
+        deliveries: counters.deliveries.load(Ordering::Relaxed),
+        delivery_latency: Latency::from_samples(&mut samples.delivery_us),
+        delivery_clock_skew: counters.delivery_clock_skew.load(Ordering::Relaxed),
         duration_secs: start.elapsed().as_secs_f64(),
         hit_max_duration,
         gateways,
         tcp_before,
         tcp_after,
     };
-    Ok(RunOutput { report, samples_us })
+    Ok(RunOutput { report, samples })
 }
 
 /// Waits for a line (or EOF) on stdin, at most until `deadline`.
@@ -189,12 +195,13 @@ async fn progress_loop(c: Arc<Counters>, prefix: String, max: Duration) {
         tick.tick().await;
         let logins = c.logins.load(Ordering::Relaxed);
         eprintln!(
-            "[{prefix}] t={:>4.0}s connected={} logged_in={} failed={} logins/s={}",
+            "[{prefix}] t={:>4.0}s connected={} logged_in={} failed={} logins/s={} deliveries={}",
             t0.elapsed().as_secs_f64(),
             c.connected.load(Ordering::Relaxed),
             c.logged_in.load(Ordering::Relaxed),
             c.failures_total(),
             logins - last_logins,
+            c.deliveries.load(Ordering::Relaxed),
         );
         last_logins = logins;
     }

@@ -1,12 +1,13 @@
-//! The final report of a run: JSON for machines, a table for people, and merging of the
-//! reports of several processes.
+//! The final reports: [`Report`] of a bots or swarm run (JSON for machines, a table for
+//! people, and merging of the reports of several processes) and [`ProbeReport`] of a probe
+//! run.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use crate::stats::Latency;
+use crate::stats::{Latency, RawSamples};
 use crate::sys::TcpMem;
 
 /// Memory of one gateway process before and after the ramp.
@@ -18,7 +19,11 @@ pub struct GatewayMem {
     pub rss_before: Option<u64>,
     /// VmRSS when the ramp ended (every bot logged in or failed), bytes.
     pub rss_after: Option<u64>,
-    /// (after − before) / logged-in connections at that moment.
+    /// Sockets the process gained over the ramp (its share of the connections).
+    #[serde(default)]
+    pub conns: Option<u64>,
+    /// (after − before) / the connections it gained (with one gateway process: the logged-in
+    /// connections at that moment).
     pub bytes_per_conn: Option<f64>,
 }
 
@@ -43,8 +48,8 @@ pub struct Report {
     pub logins_per_sec: f64,
     /// Login latency (connect + Login → LoginOk).
     pub login_latency: Latency,
-    /// How `login_latency` was computed: `exact` (from all samples) or `approx-max` (the
-    /// largest of each process's percentile: an upper bound).
+    /// How `login_latency` and `delivery_latency` were computed: `exact` (from all samples)
+    /// or `approx-max` (the largest of each process's percentile: an upper bound).
     pub latency_merge: String,
     /// Failures by kind (only kinds that happened).
     pub failures: BTreeMap<String, u64>,
@@ -52,6 +57,17 @@ pub struct Report {
     pub pings: u64,
     /// Pongs received.
     pub pongs: u64,
+    /// Deliver frames received by the bots (every pushed message, probe or not).
+    #[serde(default)]
+    pub deliveries: u64,
+    /// Delivery latency of probe messages (`probe:<unix_nanos>` bodies): the sender's wall
+    /// clock at send to the bot's at receipt. Across machines it includes their clock offset.
+    #[serde(default)]
+    pub delivery_latency: Latency,
+    /// Probe messages stamped later than their receipt (the sender's clock runs ahead), left
+    /// out of `delivery_latency`.
+    #[serde(default)]
+    pub delivery_clock_skew: u64,
     /// Whole run, seconds.
     pub duration_secs: f64,
     /// Whether `--max-duration` cut the run short.
@@ -71,10 +87,10 @@ impl Report {
     }
 
     /// Merges the reports of processes that ran at the same time. Counts add up; the ramp
-    /// takes the longest; latency comes from `samples_us` when given (exact), else from the
+    /// takes the longest; latencies come from `samples` when given (exact), else from the
     /// largest of each report's percentiles (an upper bound, marked `approx-max`). Gateway and
     /// kernel memory are left for the caller, who reads them once for all processes.
-    pub fn merge(reports: &[Report], samples_us: Option<&mut [u32]>) -> Report {
+    pub fn merge(reports: &[Report], samples: Option<&mut RawSamples>) -> Report {
         let mut m = Report { latency_merge: "exact".into(), ..Report::default() };
         for r in reports {
             m.procs += r.procs;
@@ -85,6 +101,8 @@ impl Report {
             m.reconnects += r.reconnects;
             m.pings += r.pings;
             m.pongs += r.pongs;
+            m.deliveries += r.deliveries;
+            m.delivery_clock_skew += r.delivery_clock_skew;
             m.ramp_secs = m.ramp_secs.max(r.ramp_secs);
             m.duration_secs = m.duration_secs.max(r.duration_secs);
             m.hit_max_duration |= r.hit_max_duration;
@@ -93,19 +111,16 @@ impl Report {
             }
         }
         m.logins_per_sec = rate(m.logged_in_at_ramp_end, m.ramp_secs);
-        match samples_us {
-            Some(s) => m.login_latency = Latency::from_samples(s),
+        match samples {
+            Some(s) => {
+                m.login_latency = Latency::from_samples(&mut s.login_us);
+                m.delivery_latency = Latency::from_samples(&mut s.delivery_us);
+            }
             None => {
                 m.latency_merge = "approx-max".into();
-                let l = &mut m.login_latency;
-                for r in reports {
-                    let x = &r.login_latency;
-                    l.n += x.n;
-                    l.p50_ms = l.p50_ms.max(x.p50_ms);
-                    l.p99_ms = l.p99_ms.max(x.p99_ms);
-                    l.p999_ms = l.p999_ms.max(x.p999_ms);
-                    l.max_ms = l.max_ms.max(x.max_ms);
-                }
+                m.login_latency = Latency::upper_bound(reports.iter().map(|r| &r.login_latency));
+                m.delivery_latency =
+                    Latency::upper_bound(reports.iter().map(|r| &r.delivery_latency));
             }
         }
         m
@@ -125,14 +140,7 @@ impl Report {
         row("reconnects (churn)", self.reconnects.to_string());
         row("ramp", format!("{:.2} s", self.ramp_secs));
         row("logins/s over the ramp", format!("{:.0}", self.logins_per_sec));
-        let l = &self.login_latency;
-        row(
-            "login latency",
-            format!(
-                "p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms  (n={}, {})",
-                l.p50_ms, l.p99_ms, l.p999_ms, l.max_ms, l.n, self.latency_merge
-            ),
-        );
+        row("login latency", latency_cell(&self.login_latency, &self.latency_merge));
         let failures = if self.failures.is_empty() {
             "0".to_owned()
         } else {
@@ -140,18 +148,45 @@ impl Report {
         };
         row("failures", failures);
         row("pings / pongs", format!("{} / {}", self.pings, self.pongs));
+        row("deliveries received", self.deliveries.to_string());
+        if self.delivery_latency.n > 0 || self.delivery_clock_skew > 0 {
+            row("delivery latency", latency_cell(&self.delivery_latency, &self.latency_merge));
+        }
+        if self.delivery_clock_skew > 0 {
+            row("probes from the future", format!("{} (clock skew)", self.delivery_clock_skew));
+        }
         row("duration", format!("{:.2} s", self.duration_secs));
         if self.hit_max_duration {
             row("stopped by", "--max-duration".into());
+        }
+        if self.gateways.len() > 1 {
+            let delta: Option<u64> = self
+                .gateways
+                .iter()
+                .map(|g| Some(g.rss_after?.saturating_sub(g.rss_before?)))
+                .sum();
+            let per = delta
+                .filter(|_| self.logged_in_at_ramp_end > 0)
+                .map(|d| d as f64 / self.logged_in_at_ramp_end as f64);
+            row(
+                "all gateways VmRSS",
+                format!(
+                    "+{}  = {} bytes/conn (over {} connections)",
+                    mib(delta),
+                    per.map_or("?".into(), |b| format!("{b:.0}")),
+                    self.logged_in_at_ramp_end
+                ),
+            );
         }
         for g in &self.gateways {
             row(
                 &format!("gateway {} VmRSS", g.pid),
                 format!(
-                    "{} -> {}  = {} bytes/conn",
+                    "{} -> {}  = {} bytes/conn{}",
                     mib(g.rss_before),
                     mib(g.rss_after),
-                    g.bytes_per_conn.map_or("?".into(), |b| format!("{b:.0}"))
+                    g.bytes_per_conn.map_or("?".into(), |b| format!("{b:.0}")),
+                    g.conns.map_or(String::new(), |c| format!(" (over {c})"))
                 ),
             );
         }
@@ -171,6 +206,66 @@ impl Report {
         }
         t
     }
+}
+
+/// Everything one `probe` run measured.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProbeReport {
+    /// Recipients were picked among this many bot users (per swarm child with `--procs`).
+    pub users: u64,
+    /// Messages sent (a send was started).
+    pub sent: u64,
+    /// Messages acknowledged by the server (SendAck).
+    pub acked: u64,
+    /// Sends that got no ack, by kind (only kinds that happened).
+    pub failures: BTreeMap<String, u64>,
+    /// Send to SendAck latency.
+    pub ack_latency: Latency,
+    /// Times the sender's connection dropped (the SDK reconnects and resends).
+    pub disconnects: u64,
+    /// Whole run, seconds.
+    pub duration_secs: f64,
+    /// Whether `--max-duration` cut the run short.
+    pub hit_max_duration: bool,
+}
+
+impl ProbeReport {
+    /// Failures of every kind together.
+    pub fn failures_total(&self) -> u64 {
+        self.failures.values().sum()
+    }
+
+    /// The human table.
+    pub fn table(&self) -> String {
+        let mut t = String::new();
+        let mut row = |k: &str, v: String| {
+            let _ = writeln!(t, "  {k:<26} {v}");
+        };
+        row("recipient users", self.users.to_string());
+        row("sent", self.sent.to_string());
+        row("acked", self.acked.to_string());
+        let failures = if self.failures.is_empty() {
+            "0".to_owned()
+        } else {
+            self.failures.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
+        };
+        row("failures", failures);
+        row("send -> ack latency", latency_cell(&self.ack_latency, "exact"));
+        row("disconnects", self.disconnects.to_string());
+        row("duration", format!("{:.2} s", self.duration_secs));
+        if self.hit_max_duration {
+            row("stopped by", "--max-duration".into());
+        }
+        t
+    }
+}
+
+/// One latency row of a table.
+fn latency_cell(l: &Latency, merge: &str) -> String {
+    format!(
+        "p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms  (n={}, {merge})",
+        l.p50_ms, l.p99_ms, l.p999_ms, l.max_ms, l.n
+    )
 }
 
 /// `n / secs`, 0 for an empty interval.
@@ -225,15 +320,65 @@ mod tests {
 
     #[test]
     fn merge_with_samples_is_exact() {
-        let mut samples: Vec<u32> = (1..=200).map(|i| i * 1000).collect();
-        let m = Report::merge(
-            &[child(100, 1.0, 0.0, &[]), child(100, 1.0, 0.0, &[])],
-            Some(&mut samples),
-        );
+        let mut samples = RawSamples {
+            login_us: (1..=200).map(|i| i * 1000).collect(),
+            delivery_us: (1..=1000).rev().map(|i| i * 10).collect(),
+        };
+        let mut a = child(100, 1.0, 0.0, &[]);
+        a.deliveries = 600;
+        a.delivery_clock_skew = 1;
+        let mut b = child(100, 1.0, 0.0, &[]);
+        b.deliveries = 401;
+        let m = Report::merge(&[a, b], Some(&mut samples));
         assert_eq!(m.latency_merge, "exact");
         assert_eq!(m.login_latency.n, 200);
         assert_eq!(m.login_latency.p50_ms, 100.0);
         assert_eq!(m.login_latency.p99_ms, 198.0);
+        assert_eq!((m.deliveries, m.delivery_clock_skew), (1001, 1));
+        let d = &m.delivery_latency;
+        assert_eq!((d.n, d.p50_ms, d.p99_ms, d.p999_ms, d.max_ms), (1000, 5.0, 9.9, 9.99, 10.0));
+        assert!(m.table().contains("delivery latency"));
+    }
+
+    #[test]
+    fn merge_without_samples_bounds_delivery_latency_too() {
+        let mut a = child(10, 1.0, 1.0, &[]);
+        a.delivery_latency = Latency { n: 3, p50_ms: 1.0, p99_ms: 4.0, p999_ms: 4.0, max_ms: 4.0 };
+        let mut b = child(10, 1.0, 1.0, &[]);
+        b.delivery_latency = Latency { n: 2, p50_ms: 2.0, p99_ms: 3.0, p999_ms: 3.0, max_ms: 3.0 };
+        let m = Report::merge(&[a, b], None);
+        assert_eq!(m.latency_merge, "approx-max");
+        let d = &m.delivery_latency;
+        assert_eq!((d.n, d.p50_ms, d.p99_ms, d.max_ms), (5, 2.0, 4.0, 4.0));
+    }
+
+    #[test]
+    fn reports_without_delivery_fields_still_parse() {
+        let mut v = serde_json::to_value(child(5, 1.0, 2.0, &[])).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            o.remove("deliveries");
+            o.remove("delivery_latency");
+            o.remove("delivery_clock_skew");
+        }
+        let r: Option<Report> = serde_json::from_value(v).ok();
+        assert_eq!(r.map(|r| r.deliveries), Some(0));
+    }
+
+    #[test]
+    fn probe_report_round_trips_and_renders() {
+        let r = ProbeReport {
+            users: 50,
+            sent: 20,
+            acked: 19,
+            failures: [("ack_timeout".to_owned(), 1)].into_iter().collect(),
+            ack_latency: Latency { n: 19, p50_ms: 1.0, p99_ms: 2.0, p999_ms: 2.0, max_ms: 2.0 },
+            ..ProbeReport::default()
+        };
+        let text = serde_json::to_string(&r).unwrap_or_default();
+        let back: Option<ProbeReport> = serde_json::from_str(&text).ok();
+        assert_eq!(back.as_ref(), Some(&r));
+        assert_eq!(r.failures_total(), 1);
+        assert!(r.table().contains("ack_timeout=1"));
     }
 
     #[test]

@@ -1,5 +1,7 @@
-//! Shared counters of one process's bots, failure kinds, and latency percentiles.
+//! Shared counters of one process's bots, failure kinds, latency percentiles, and the raw
+//! sample files that let a coordinator merge percentiles exactly.
 
+use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -58,8 +60,8 @@ impl FailKind {
     }
 }
 
-/// Counters shared by all bots of a process (atomics; latency samples behind a mutex that is
-/// taken once per login).
+/// Counters shared by all bots of a process (atomics; latency samples behind mutexes that are
+/// taken once per login and once per probe delivery).
 #[derive(Debug, Default)]
 pub struct Counters {
     /// Sockets open now.
@@ -77,8 +79,13 @@ pub struct Counters {
     pub pings: AtomicU64,
     /// Pongs received.
     pub pongs: AtomicU64,
+    /// Deliver frames received (probes or not).
+    pub deliveries: AtomicU64,
+    /// Probe deliveries stamped later than their receipt (the sender's clock is ahead).
+    pub delivery_clock_skew: AtomicU64,
     failures: [AtomicU64; FailKind::ALL.len()],
     samples_us: Mutex<Vec<u32>>,
+    delivery_samples_us: Mutex<Vec<u32>>,
 }
 
 impl Counters {
@@ -99,16 +106,57 @@ impl Counters {
 
     /// Records one login latency.
     pub fn login_latency_us(&self, us: u64) {
-        let us = u32::try_from(us).unwrap_or(u32::MAX);
-        if let Ok(mut v) = self.samples_us.lock() {
-            v.push(us);
-        }
+        push_sample(&self.samples_us, us);
     }
 
-    /// Takes the recorded latency samples (microseconds).
-    pub fn take_samples(&self) -> Vec<u32> {
-        self.samples_us.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default()
+    /// Records one probe delivery latency (sender's stamp to receipt, wall clocks).
+    pub fn delivery_latency_us(&self, us: u64) {
+        push_sample(&self.delivery_samples_us, us);
     }
+
+    /// Takes the recorded samples (microseconds) of both latencies.
+    pub fn take_samples(&self) -> RawSamples {
+        RawSamples {
+            login_us: take_all(&self.samples_us),
+            delivery_us: take_all(&self.delivery_samples_us),
+        }
+    }
+}
+
+fn take_all(samples: &Mutex<Vec<u32>>) -> Vec<u32> {
+    samples.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default()
+}
+
+fn push_sample(samples: &Mutex<Vec<u32>>, us: u64) {
+    let us = u32::try_from(us).unwrap_or(u32::MAX);
+    if let Ok(mut v) = samples.lock() {
+        v.push(us);
+    }
+}
+
+/// Every latency sample of a run, microseconds (saturated at `u32::MAX`, about 71 minutes).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RawSamples {
+    /// Login latencies.
+    pub login_us: Vec<u32>,
+    /// Probe delivery latencies.
+    pub delivery_us: Vec<u32>,
+}
+
+/// Writes samples one per line (decimal microseconds).
+pub fn write_samples(path: &Path, samples_us: &[u32]) -> std::io::Result<()> {
+    let mut text = String::with_capacity(samples_us.len() * 8);
+    for s in samples_us {
+        text.push_str(&s.to_string());
+        text.push('\n');
+    }
+    std::fs::write(path, text)
+}
+
+/// Reads what [`write_samples`] wrote; lines that are not a number are skipped.
+pub fn read_samples(path: &Path) -> std::io::Result<Vec<u32>> {
+    let text = std::fs::read_to_string(path)?;
+    Ok(text.lines().filter_map(|l| l.trim().parse::<u32>().ok()).collect())
 }
 
 /// Latency percentiles in milliseconds.
@@ -138,6 +186,20 @@ impl Latency {
             p999_ms: ms(0.999),
             max_ms: ms(1.0),
         }
+    }
+
+    /// An upper bound of the percentiles of several processes' samples, from their own
+    /// percentiles only: counts add up, each percentile is the largest.
+    pub fn upper_bound<'a>(parts: impl IntoIterator<Item = &'a Latency>) -> Latency {
+        let mut l = Latency::default();
+        for x in parts {
+            l.n += x.n;
+            l.p50_ms = l.p50_ms.max(x.p50_ms);
+            l.p99_ms = l.p99_ms.max(x.p99_ms);
+            l.p999_ms = l.p999_ms.max(x.p999_ms);
+            l.max_ms = l.max_ms.max(x.max_ms);
+        }
+        l
     }
 }
 
@@ -176,6 +238,23 @@ mod tests {
         assert_eq!(l.p50_ms, 2.0);
         assert_eq!(l.max_ms, 3.0);
         assert_eq!(Latency::from_samples(&mut []), Latency::default());
+    }
+
+    #[test]
+    fn samples_are_kept_apart_and_round_trip_through_files() {
+        let c = Counters::default();
+        c.login_latency_us(5);
+        c.delivery_latency_us(7);
+        c.delivery_latency_us(u64::MAX);
+        let s = c.take_samples();
+        assert_eq!(s, RawSamples { login_us: vec![5], delivery_us: vec![7, u32::MAX] });
+        assert_eq!(c.take_samples(), RawSamples::default());
+
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let path = dir.path().join("d.samples");
+        assert!(write_samples(&path, &s.delivery_us).is_ok());
+        assert_eq!(read_samples(&path).ok(), Some(s.delivery_us));
+        assert!(read_samples(&dir.path().join("missing")).is_err());
     }
 
     #[test]

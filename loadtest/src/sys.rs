@@ -8,6 +8,19 @@ pub fn vm_rss_bytes(pid: u32) -> Option<u64> {
     parse_vm_rss(&text)
 }
 
+/// Open sockets of process `pid` (its `/proc/PID/fd` entries that are sockets), or `None`
+/// when they cannot be read. For a gateway: its client connections plus a few links.
+pub fn socket_count(pid: u32) -> Option<u64> {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    let n = dir
+        .filter_map(Result::ok)
+        .filter(|e| {
+            std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().starts_with("socket:"))
+        })
+        .count();
+    Some(n as u64)
+}
+
 /// Parses the `VmRSS:  1234 kB` line of a `/proc/PID/status` text, in bytes.
 pub fn parse_vm_rss(status: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
@@ -81,5 +94,9 @@ mod tests {
     #[test]
     fn own_process_is_readable() {
         assert!(vm_rss_bytes(std::process::id()).is_some_and(|b| b > 0));
+        let before = socket_count(std::process::id()).unwrap();
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        assert_eq!(socket_count(std::process::id()), Some(before + 1));
+        drop(l);
     }
 }

@@ -2,7 +2,7 @@
 //! the fuzz bodies on stable, and keeps the generated seed files in that corpus up to date.
 //!
 //! To (re)write the seeds after changing them here: `TERN_WRITE_CORPUS=1 cargo test -p tern
-//! --test fuzz_corpus`.
+//! --test e2e fuzz_corpus`.
 
 use std::path::PathBuf;
 
