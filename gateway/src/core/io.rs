@@ -694,7 +694,8 @@ impl<U: Upstream> IoThread<U> {
     fn run_timers(&mut self, now: Instant) {
         let mut due = std::mem::take(&mut self.due);
         self.wheel.advance(now, &mut due);
-        let cfg = self.gw.cfg.session.clone();
+        let gw = self.gw.clone();
+        let cfg = &gw.cfg.session;
         for key in due.drain(..) {
             if !self.is_live(key) {
                 continue;
@@ -707,14 +708,14 @@ impl<U: Upstream> IoThread<U> {
                 }
                 continue;
             }
-            match c.session.deadline(&cfg) {
+            match c.session.deadline(cfg) {
                 Some(at) if at > now => self.wheel.schedule(at, key),
                 Some(_) => {
-                    let action = c.session.on_tick(now, &cfg);
+                    let action = c.session.on_tick(now, cfg);
                     self.apply(key.slot, action);
                     if let Some(c) = self.conn(key.slot)
                         && c.phase != Phase::Closing
-                        && let Some(at) = c.session.deadline(&cfg)
+                        && let Some(at) = c.session.deadline(cfg)
                     {
                         self.wheel.schedule(at, key);
                     }
