@@ -3,6 +3,8 @@
 //!
 //! - [`redis_server`]: [`RedisServer`], a throwaway `redis-server` in its own temporary directory that
 //!   a test can restart, kill -9 and flush, and [`RedisOptions`] for its persistence settings.
+//! - [`replica`]: replication controls on [`RedisServer`] (start a replica, wait until it
+//!   caught up, freeze / thaw, promote) for failover tests.
 //! - [`resp`]: the few RESP commands the harness itself sends (PING, FLUSHALL, SET/GET in its
 //!   tests), over a plain `TcpStream`, so this crate needs no Redis client library.
 //! - [`process`]: [`TernProcess`], one `tern` subcommand as a child process: its announced
@@ -37,6 +39,7 @@ pub mod metrics;
 pub mod ports;
 pub mod process;
 pub mod redis_server;
+pub mod replica;
 pub mod resp;
 
 pub use chaos::{ChaosError, ChaosOptions, ChaosProxy, ChaosStats};

@@ -26,7 +26,7 @@ use thiserror::Error;
 use crate::resp::{self, Reply};
 
 /// How often a bounded wait looks again (readiness, exit after SIGTERM).
-const POLL_INTERVAL: Duration = Duration::from_millis(10);
+pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(10);
 /// How many fresh ports a first start tries when the picked one was taken meanwhile.
 const PORT_ATTEMPTS: usize = 8;
 /// Name of the server's log file inside its directory.
@@ -72,6 +72,9 @@ pub struct RedisOptions {
     /// How long a stop waits for the server to exit after SIGTERM before it kills it.
     /// Default 20 s.
     pub stop_timeout: Duration,
+    /// `--replicaof 127.0.0.1 PORT`: start as a replica of the server at this address (see
+    /// [`crate::replica`]). Default `None`: a primary.
+    pub replica_of: Option<SocketAddr>,
 }
 
 impl Default for RedisOptions {
@@ -83,6 +86,7 @@ impl Default for RedisOptions {
                 .map_or_else(|| PathBuf::from("redis-server"), PathBuf::from),
             ready_timeout: Duration::from_secs(20),
             stop_timeout: Duration::from_secs(20),
+            replica_of: None,
         }
     }
 }
@@ -137,9 +141,9 @@ fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> TestkitError {
 /// A running (or deliberately stopped) redis-server owned by a test. See the module doc.
 #[derive(Debug)]
 pub struct RedisServer {
-    options: RedisOptions,
+    pub(crate) options: RedisOptions,
     port: u16,
-    child: Option<Child>,
+    pub(crate) child: Option<Child>,
     // Last field: dropped after `Drop::drop` has killed the child.
     dir: TempDir,
 }
@@ -346,8 +350,16 @@ fn launch(options: &RedisOptions, dir: &Path, port: u16) -> Result<Child, StartF
         .args(["--appendonly", if options.appendonly { "yes" } else { "no" }])
         .args(["--appendfsync", options.appendfsync.as_str()])
         .args(["--daemonize", "no", "--protected-mode", "no"])
+        // A replica's first sync starts at once (the default waits 5 s for more replicas).
+        .args(["--repl-diskless-sync-delay", "0"])
         .arg("--logfile")
         .arg(&log)
+        .args(
+            options
+                .replica_of
+                .iter()
+                .flat_map(|a| ["--replicaof".to_owned(), a.ip().to_string(), a.port().to_string()]),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
