@@ -29,6 +29,12 @@ impl RedisServer {
             field(info, "master_link_status") == Some("up")
                 && field(info, "master_sync_in_progress") == Some("0")
         })?;
+        // With AOF on, a replica rewrites its AOF after the sync and refuses to shut down
+        // until that is done ("Writing initial AOF, can't exit"): wait for it here.
+        server.wait_info("persistence", "initial AOF written", |info| {
+            field(info, "aof_rewrite_in_progress") == Some("0")
+                && field(info, "aof_rewrite_scheduled") == Some("0")
+        })?;
         Ok(server)
     }
 

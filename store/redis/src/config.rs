@@ -1,5 +1,5 @@
 //! [`RedisStoreConfig`]: where the store Redis is, how keys are named, how long a command may
-//! take and whether a non-durable Redis is refused.
+//! take, whether a non-durable Redis is refused, and the failover settings.
 
 use std::fmt;
 use std::time::Duration;
@@ -22,6 +22,20 @@ pub struct RedisStoreConfig {
     /// anything else an acknowledged append can be lost by a crash, which breaks "accepted
     /// means durable". Default true; only tests and benches may turn it off.
     pub require_durable: bool,
+    /// After each append batch, `WAIT` until this many replicas have it (up to half of
+    /// `command_timeout`; fewer is an `Unavailable` error, the batch stays on the primary and
+    /// a resend is answered from it). With a replica and 1 here, a promoted replica holds
+    /// every acknowledged message. Cost: one replica round trip per batch, and appends use a
+    /// connection of their own. Default 0: no wait (replication is asynchronous, a failover
+    /// can lose the last acknowledged messages; see the crate doc, "Failover").
+    pub min_replicas_acked: u32,
+    /// Seqs every conversation skips when the store finds itself on a node that took over
+    /// from the one it wrote to (a promoted replica): it must cover the most seqs one
+    /// conversation can have been given on the old primary that the new one never received.
+    /// Skipped seqs are reported missing by sync (one page per 500 of them). Default 0:
+    /// refuse to append after such a takeover (appends fail `Unavailable` until a worker
+    /// configured with a gap runs) rather than risk handing out a seq twice.
+    pub failover_seq_gap: u64,
 }
 
 impl RedisStoreConfig {
@@ -32,6 +46,8 @@ impl RedisStoreConfig {
             key_prefix: "tern:".to_owned(),
             command_timeout: Duration::from_secs(5),
             require_durable: true,
+            min_replicas_acked: 0,
+            failover_seq_gap: 0,
         }
     }
 }
@@ -43,6 +59,8 @@ impl fmt::Debug for RedisStoreConfig {
             .field("key_prefix", &self.key_prefix)
             .field("command_timeout", &self.command_timeout)
             .field("require_durable", &self.require_durable)
+            .field("min_replicas_acked", &self.min_replicas_acked)
+            .field("failover_seq_gap", &self.failover_seq_gap)
             .finish()
     }
 }
@@ -69,6 +87,7 @@ mod tests {
         let cfg = RedisStoreConfig::new("redis://127.0.0.1:7000/");
         assert_eq!(cfg.key_prefix, "tern:");
         assert!(cfg.require_durable);
+        assert_eq!((cfg.min_replicas_acked, cfg.failover_seq_gap), (0, 0));
         assert_eq!(cfg.command_timeout, Duration::from_secs(5));
     }
 

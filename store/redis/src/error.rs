@@ -39,6 +39,18 @@ pub enum RedisStoreError {
     /// Redis answered with an error this backend does not expect.
     #[error("Redis command failed: {0}")]
     Redis(RedisError),
+    /// The store Redis took over from the node the store wrote to (a promoted replica) and
+    /// `failover_seq_gap` is 0: appending could hand out seqs clients have already seen.
+    #[error(
+        "refusing to append: {detail}. Set store.redis_failover_seq_gap (see DEPLOYMENT.md, \
+         Redis store failover) on a worker to continue above every seq the old primary may \
+         have handed out"
+    )]
+    Fenced { detail: String },
+    /// `WAIT` saw fewer replicas than `min_replicas_acked` take the batch in time. The batch
+    /// is applied on the primary; a resend is answered from it.
+    #[error("only {acked} of {wanted} replicas acknowledged the append within {timeout:?}")]
+    ReplicasBehind { acked: u32, wanted: u32, timeout: Duration },
     /// A stored record or a script's answer is not in the format this backend writes.
     #[error("corrupt record {key}: {what}")]
     Corrupt { key: String, what: String },
@@ -47,13 +59,21 @@ pub enum RedisStoreError {
 impl RedisStoreError {
     /// Whether retrying later can succeed without anyone changing anything.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, RedisStoreError::Unavailable(_) | RedisStoreError::Timeout(_))
+        matches!(
+            self,
+            RedisStoreError::Unavailable(_)
+                | RedisStoreError::Timeout(_)
+                | RedisStoreError::ReplicasBehind { .. }
+        )
     }
 }
 
 impl From<RedisError> for RedisStoreError {
     fn from(e: RedisError) -> Self {
-        if is_unavailable(&e) {
+        if e.code() == Some("TERNFENCED") {
+            let detail = e.detail().unwrap_or_default().to_owned();
+            RedisStoreError::Fenced { detail }
+        } else if is_unavailable(&e) {
             RedisStoreError::Unavailable(e)
         } else if matches!(e.kind(), ErrorKind::Parse | ErrorKind::UnexpectedReturnType) {
             RedisStoreError::Corrupt { key: "(reply)".to_owned(), what: e.to_string() }
@@ -93,7 +113,9 @@ impl From<RedisStoreError> for StoreError {
         match e {
             RedisStoreError::Unavailable(_)
             | RedisStoreError::Timeout(_)
-            | RedisStoreError::NotDurable { .. } => StoreError::Unavailable(e.to_string()),
+            | RedisStoreError::NotDurable { .. }
+            | RedisStoreError::Fenced { .. }
+            | RedisStoreError::ReplicasBehind { .. } => StoreError::Unavailable(e.to_string()),
             RedisStoreError::Corrupt { .. } => StoreError::Corrupt(e.to_string()),
             RedisStoreError::Config(_)
             | RedisStoreError::DurabilityUnknown { .. }

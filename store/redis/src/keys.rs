@@ -31,7 +31,19 @@ impl Keys {
         format!("{}{{u:{}:{user_id}}}", self.prefix, user_id.len())
     }
 
-    /// `<conversation base>:meta`: hash {last_seq, last_time_ms}.
+    /// `Phistory`: hash {replid, batch, gap, changes}: the replication history the store
+    /// writes to (see the crate doc, "Failover").
+    pub fn history(&self) -> String {
+        format!("{}history", self.prefix)
+    }
+
+    /// `Pnode`: string, the `batch` this node last wrote as primary; written to the AOF only,
+    /// never replicated (so a replica never has its own primary's latest value).
+    pub fn node(&self) -> String {
+        format!("{}node", self.prefix)
+    }
+
+    /// `<conversation base>:meta`: hash {last_seq, last_time_ms, gap}.
     pub fn meta(&self, conversation_id: &str) -> String {
         format!("{}:meta", self.conversation(conversation_id))
     }
@@ -105,6 +117,7 @@ mod tests {
         assert_eq!(k.dedupe("alice", "m-1"), "tern:{u:5:alice}:d:m-1");
         assert_eq!(k.user_conversations("alice"), "tern:{u:5:alice}:convs");
         assert_eq!(k.user_last("alice"), "tern:{u:5:alice}:last");
+        assert_eq!((k.history().as_str(), k.node().as_str()), ("tern:history", "tern:node"));
         assert_eq!(message_fields(42), ["42".to_owned(), "b42".to_owned(), "r42".to_owned()]);
     }
 

@@ -18,10 +18,55 @@
 //! Whole-batch group commit still holds: one script call per batch, one fsync for all of it.
 //!
 //! What `require_durable` does **not** cover: replication. An acknowledged write is on the
-//! primary's disk, not necessarily on a replica, so a failover to a replica (Sentinel) can
-//! lose the last acknowledged writes; a deployment that fails over must accept that or add
-//! `WAIT` (not done here). And this must be the *store* Redis: presence lives in another
-//! Redis that may be flushed; never point both at one server.
+//! primary's disk, not necessarily on a replica (see "Failover" below for what protects
+//! seqs and acknowledged messages when a replica takes over). And this must be the *store*
+//! Redis: presence lives in another Redis that may be flushed; never point both at one server.
+//!
+//! # Failover
+//!
+//! Redis replicates asynchronously: when a replica is promoted (Sentinel, or an operator's
+//! `REPLICAOF NO ONE`) it may lack the last batches the old primary acknowledged. Each batch is
+//! one script, replicated as one MULTI/EXEC, so the replica's `last_seq` counters always match
+//! the messages it holds: nothing stored on it shows that seqs above them were handed out, and
+//! re-deriving the counters from its data alone would give the same numbers. Without a fence
+//! it would give those seqs to new messages, and every client that had seen the lost ones would
+//! drop the new ones as already seen. Two mechanisms, each with its own guarantee:
+//!
+//! 1. **The history fence** (always on; [`scripts`] has the exact steps). Every append batch
+//!    (and [`RedisStore::connect`]) first compares the server's replication id
+//!    (`INFO replication`) with the one recorded in `Phistory`, atomically with the batch's
+//!    writes. A restart of the node the store wrote to is told apart by `Pnode`, a counter this
+//!    node writes to its own AOF only (never replicated): the restart replayed every
+//!    acknowledged batch (`appendfsync always`), so it goes on unchanged. Any other change is a
+//!    takeover. With `failover_seq_gap = 0` (the default) it is **refused**: appends (and
+//!    `connect`) fail with [`RedisStoreError::Fenced`] (→ `Unavailable`) and write nothing,
+//!    until a worker configured with a gap `J` runs; that one records the new history and adds
+//!    `J` to the recorded gap. From then on, before its first append in the new history, each
+//!    conversation's counter is set to `max(last_seq, highest stored seq) + J` (conversations
+//!    without any message start above the whole recorded gap: they may have existed only on the
+//!    lost branch). **Guarantee: no seq is handed out twice, provided the old primary handed out
+//!    at most `J` seqs in one conversation that the new primary never received.** The skipped
+//!    seqs are reported missing by sync (a client pages through them, `J / limit` pages, once).
+//! 2. **`min_replicas_acked = N`**: each append batch is followed by `WAIT N` on the same
+//!    connection (appends get a connection of their own, since WAIT blocks it); fewer replicas
+//!    in time is [`RedisStoreError::ReplicasBehind`] (→ `Unavailable`; the batch stays on the
+//!    primary and a resend is answered from it, after a WAIT of its own). Every call writes the
+//!    history counter, so the WAIT of a resend answered as a duplicate covers the original.
+//!    **Guarantee: an acknowledged message (or duplicate answer) is on N replicas before the
+//!    ack**, so promoting one of them (Sentinel promotes the most advanced) loses no
+//!    acknowledged message. What it does not cover: a batch whose WAIT failed is readable on
+//!    the old primary (sync) until the failover and may then be gone; the fence's gap still
+//!    covers its seqs.
+//!
+//! What can still be lost or reused, exactly: with `min_replicas_acked = 0`, a takeover loses
+//! every acknowledged batch the new primary had not received (reported missing by sync; their
+//! senders got acks). Seqs are reused only if a conversation got more than `J` seqs on the lost
+//! branch, or in these cases the fence cannot see: the store Redis's data deleted (FLUSHALL,
+//! a new empty server: it looks like a new store), restored from an older backup of the same
+//! node (delete `Pnode` before any worker connects, so it counts as a takeover), or a replica
+//! promoted **and restarted** before any worker reached it while no batch had replicated since
+//! its last full sync. Without any replica the store is single-node, and a restart loses
+//! nothing.
 //!
 //! # Redis restarts
 //!
@@ -44,7 +89,9 @@
 //!
 //! | key | type | content |
 //! |---|---|---|
-//! | `C:meta` | hash | `last_seq` (allocated with HINCRBY), `last_time_ms` |
+//! | `Phistory` | hash | `replid` (the replication history written to), `batch` (counter, +1 per script call), `gap` (total seqs every conversation skips after takeovers), `changes` |
+//! | `Pnode` | string | the `batch` this node last wrote as primary; in its AOF only, never replicated |
+//! | `C:meta` | hash | `last_seq` (allocated with HINCRBY), `last_time_ms`, `gap` (the part of `Phistory gap` already applied; absent: 0) |
 //! | `C:m:<seq / 1024>` | hash | `<seq>`: header (protobuf `v1::Message` without conversation id, seq, body, recalled); `b<seq>`: body (absent when empty or recalled); `r<seq>`: `1` once recalled |
 //! | `C:rcpt` | hash | user id → `delivered:read` |
 //! | `U:d:<client_msg_id>` | string | dedupe key of (sender U, client_msg_id) → `seq:server_time_ms:conversation_id` |

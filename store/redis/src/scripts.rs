@@ -11,15 +11,36 @@
 //! `%d` (exact below 2^53, far beyond any real conversation). Watermarks are compared as
 //! decimal strings (length first, then bytes), so any `u64` a client sends is exact.
 //!
+//! # The history fence (first in APPEND and HISTORY)
+//!
+//! `KEYS = [Phistory, Pnode]`, the configured `failover_seq_gap` (ARGV's last element). Before
+//! any write: `INFO replication`; not `role:master` → error `READONLY …`. If `master_replid`
+//! differs from the recorded `replid`, the history changed:
+//! - no record: a new store (or one written before this fence existed): record it;
+//! - `master_replid2` is not the recorded id and `GET Pnode` equals the recorded `batch`: the
+//!   node the store wrote to, restarted from its own AOF (nothing lost): record it;
+//! - otherwise another node took over (a promoted replica, or one restarted after its
+//!   promotion): with gap 0 answer error `TERNFENCED …` and write nothing; else add the gap to
+//!   the recorded `gap` (the total every conversation must skip) and record the new id.
+//!
+//! Then, every call: `batch = HINCRBY Phistory batch 1` (replicated; so every call writes, and
+//! a `WAIT` after it covers everything written before it) and `SET Pnode batch` with
+//! `redis.set_repl(REPL_AOF)`: to this node's AOF only, so a replica never holds the value its
+//! primary wrote last (it holds at most the one of its last full sync).
+//!
 //! # APPEND
 //!
-//! `ARGV = [bucket_size, n, then n records of 9 + m fields]`, each record:
+//! `ARGV = [bucket_size, n, then n records of 9 + m fields, failover_seq_gap]`, each record:
 //! `conv_base, conversation_id, dedupe_key, server_time_ms, header, body, recall_seq,
 //! recall_bucket_key, m, user_base x m` (`recall_seq` "0" and `recall_bucket_key` "" when the
 //! message is not a recall). For each record in order:
 //! 1. `GET dedupe_key`: if set, answer `["1", record, ""]` (the stored
 //!    `seq:time:conversation_id`) and write nothing.
-//! 2. `seq = HINCRBY <conv>:meta last_seq 1`.
+//! 2. Fence (only once the recorded `gap` is above 0): if `<conv>:meta gap` is below the
+//!    recorded gap, `last_seq = max(last_seq, highest seq field in the buckets from
+//!    last_seq's on) + (recorded gap - conv gap)`, `gap = recorded gap`. A conversation without
+//!    meta starts above the whole recorded gap: it may have existed only on the lost branch.
+//!    Then `seq = HINCRBY <conv>:meta last_seq 1`.
 //! 3. A recall: if its target's header field exists in its bucket, `HDEL` the target's body
 //!    field and `HSET` its recalled flag; else answer "1" in the third slot (target missing).
 //! 4. `HSET <conv>:m:<seq / bucket_size> <seq> header [b<seq> body]` (body field only when
@@ -27,9 +48,17 @@
 //! 5. For every member: `ZADD <user>:convs 0 conv`, `HSET <user>:last conv seq:time`.
 //! 6. Answer `["0", seq, recall_target_missing]`.
 //!
+//! After the last record the reply has one more element: the fence's event (`""`, `new`,
+//! `restart` or `failover`), for the log.
+//!
 //! Keys are built inside the script from the bases passed in ARGV (the bucket key depends on
 //! the seq the script allocates), so they are not declared in KEYS: fine on a single primary,
 //! not on Redis Cluster (see the crate doc).
+//!
+//! # HISTORY
+//!
+//! The fence alone, run at connect: `KEYS = [Phistory, Pnode]`, `ARGV = [failover_seq_gap]`;
+//! answers `[recorded gap, event]`.
 //!
 //! # SET_WATERMARK
 //!
@@ -41,10 +70,85 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
+/// The history fence (see the crate doc, "Failover"): `history_fence(KEYS[1], KEYS[2], gap)`
+/// returns the fence gap every conversation must have applied, and the change it saw ("" when
+/// none), or nil and an error text. It writes nothing before it has decided to go on.
+macro_rules! history_fence_lua {
+    () => {
+        r#"
+local function history_fence(hist, node, cfg_gap)
+  local info = redis.call('INFO', 'replication')
+  local role = string.match(info, 'role:(%a+)')
+  if role ~= 'master' then
+    return nil, 'READONLY the store Redis is not a primary (role ' .. tostring(role) .. ')'
+  end
+  local replid = string.match(info, 'master_replid:(%x+)')
+  local replid2 = string.match(info, 'master_replid2:(%x+)')
+  local rec = redis.call('HMGET', hist, 'replid', 'batch', 'gap', 'changes')
+  local gap = tonumber(rec[3] or '0')
+  local event = ''
+  if rec[1] ~= replid then
+    if not rec[1] then
+      event = 'new'
+    elseif replid2 ~= rec[1] and redis.call('GET', node) == rec[2] then
+      event = 'restart'
+    elseif cfg_gap == 0 then
+      return nil, 'TERNFENCED the store Redis took over from another node (recorded history ' ..
+        rec[1] .. ', now ' .. replid .. ', previous ' .. tostring(replid2) ..
+        '): it may lack acknowledged messages whose seqs clients have seen'
+    else
+      event = 'failover'
+      gap = gap + cfg_gap
+      redis.call('HSET', hist, 'gap', string.format('%d', gap))
+    end
+    redis.call('HSET', hist, 'replid', replid, 'changes', tonumber(rec[4] or '0') + 1)
+  end
+  local batch = redis.call('HINCRBY', hist, 'batch', 1)
+  redis.set_repl(redis.REPL_AOF)
+  redis.call('SET', node, batch)
+  redis.set_repl(redis.REPL_ALL)
+  return gap, event
+end
+"#
+    };
+}
+
+/// Source of the history check run at connect (see the module doc).
+pub const HISTORY_LUA: &str = concat!(
+    history_fence_lua!(),
+    r#"
+local gap, event = history_fence(KEYS[1], KEYS[2], tonumber(ARGV[1]))
+if not gap then return redis.error_reply(event) end
+return {string.format('%d', gap), event}
+"#
+);
+
 /// Source of the append script (see the module doc).
-pub const APPEND_LUA: &str = r#"
+pub const APPEND_LUA: &str = concat!(
+    history_fence_lua!(),
+    r#"
 local bucket_size = tonumber(ARGV[1])
 local n = tonumber(ARGV[2])
+local gap, event = history_fence(KEYS[1], KEYS[2], tonumber(ARGV[#ARGV]))
+if not gap then return redis.error_reply(event) end
+-- A conversation not yet fenced for every history change: its counter continues above the
+-- highest seq it may have handed out on the lost branch (see the crate doc, "Failover").
+local function fence(base)
+  local meta = base .. ':meta'
+  local applied = tonumber(redis.call('HGET', meta, 'gap') or '0')
+  if applied >= gap then return end
+  local top = tonumber(redis.call('HGET', meta, 'last_seq') or '0')
+  local b = math.floor(top / bucket_size)
+  while redis.call('EXISTS', base .. ':m:' .. string.format('%d', b)) == 1 do
+    for _, f in ipairs(redis.call('HKEYS', base .. ':m:' .. string.format('%d', b))) do
+      local s = tonumber(f)
+      if s and s > top then top = s end
+    end
+    b = b + 1
+  end
+  redis.call('HSET', meta, 'last_seq', string.format('%d', top + gap - applied),
+    'gap', string.format('%d', gap))
+end
 local out = {}
 local i = 3
 for _ = 1, n do
@@ -59,6 +163,7 @@ for _ = 1, n do
     out[#out + 1] = original
     out[#out + 1] = ''
   else
+    if gap > 0 then fence(base) end
     local seq = string.format('%d', redis.call('HINCRBY', base .. ':meta', 'last_seq', 1))
     local missing = '0'
     if rkey ~= '' then
@@ -87,8 +192,10 @@ for _ = 1, n do
     out[#out + 1] = missing
   end
 end
+out[#out + 1] = event
 return out
-"#;
+"#
+);
 
 /// Source of the watermark script (see the module doc).
 pub const SET_WATERMARK_LUA: &str = r#"
@@ -123,6 +230,9 @@ return {new_delivered, new_read}
 
 /// The append script (SHA1 computed once).
 pub static APPEND: LazyLock<Script> = LazyLock::new(|| Script::new(APPEND_LUA));
+
+/// The history check script (SHA1 computed once).
+pub static HISTORY: LazyLock<Script> = LazyLock::new(|| Script::new(HISTORY_LUA));
 
 /// The watermark script (SHA1 computed once).
 pub static SET_WATERMARK: LazyLock<Script> = LazyLock::new(|| Script::new(SET_WATERMARK_LUA));

@@ -28,6 +28,16 @@ pub struct RedisStore {
     keys: Keys,
     timeout: Duration,
     addr: String,
+    failover: Failover,
+}
+
+/// The failover settings and, with `WAIT`, the appends' own connection (a `WAIT` blocks the
+/// connection it runs on; on the shared one it would hold up every read behind it).
+#[derive(Clone)]
+struct Failover {
+    seq_gap: u64,
+    min_replicas_acked: u32,
+    append_conn: Option<ConnectionManager>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -65,19 +75,82 @@ impl RedisStore {
             .set_response_timeout(Some(cfg.command_timeout));
         let conn = with_timeout(
             cfg.command_timeout,
-            ConnectionManager::new_with_config(client, manager_config),
+            ConnectionManager::new_with_config(client.clone(), manager_config.clone()),
         )
         .await?;
-        let store =
-            Self { conn, keys: Keys::new(&cfg.key_prefix), timeout: cfg.command_timeout, addr };
+        let append_conn = match cfg.min_replicas_acked {
+            0 => None,
+            _ => Some(
+                with_timeout(
+                    cfg.command_timeout,
+                    ConnectionManager::new_with_config(client, manager_config),
+                )
+                .await?,
+            ),
+        };
+        let failover = Failover {
+            seq_gap: cfg.failover_seq_gap,
+            min_replicas_acked: cfg.min_replicas_acked,
+            append_conn,
+        };
+        let store = Self {
+            conn,
+            keys: Keys::new(&cfg.key_prefix),
+            timeout: cfg.command_timeout,
+            addr,
+            failover,
+        };
         if cfg.require_durable {
             store.check_durable().await?;
         } else {
             warn!(addr = %store.addr, "Redis store durability not checked (require_durable = false)");
         }
         store.load_scripts().await?;
+        store.check_history().await?;
         info!(addr = %store.addr, prefix = %cfg.key_prefix, "Redis store connected");
         Ok(store)
+    }
+
+    /// Runs the history fence once at connect, so that a takeover is logged (and, with
+    /// `failover_seq_gap = 0`, refused) at start rather than at the first send. Every append
+    /// batch runs the same check again, atomically with its writes.
+    async fn check_history(&self) -> Result<(), RedisStoreError> {
+        let (history, node, gap) = (self.keys.history(), self.keys.node(), self.failover.seq_gap);
+        let reply: Vec<String> = self
+            .run(|mut conn| async move {
+                let mut invocation = scripts::HISTORY.prepare_invoke();
+                invocation.key(&history).key(&node).arg(gap);
+                Ok(invocation.invoke_async(&mut conn).await?)
+            })
+            .await?;
+        match &reply[..] {
+            [gap, event] => {
+                self.history_event(event, gap);
+                Ok(())
+            }
+            _ => Err(RedisStoreError::Corrupt {
+                key: self.keys.history(),
+                what: format!("history script answered {reply:?}"),
+            }),
+        }
+    }
+
+    /// Logs what the history fence saw ("" = nothing changed).
+    fn history_event(&self, event: &str, gap: &str) {
+        match event {
+            "" => {}
+            "failover" => warn!(
+                addr = %self.addr,
+                total_seq_gap = gap,
+                "the store Redis took over from another node (promoted replica): every \
+                 conversation continues failover_seq_gap seqs higher; acknowledged messages \
+                 the old primary had not replicated are lost and reported missing by sync"
+            ),
+            "restart" => {
+                info!(addr = %self.addr, "the store Redis restarted (same node, AOF replayed)")
+            }
+            other => info!(addr = %self.addr, event = other, "Redis store history recorded"),
+        }
     }
 
     /// The Redis address (host:port) this store talks to.
@@ -119,8 +192,11 @@ impl RedisStore {
     /// first send. (Later NOSCRIPT answers are handled by `redis::Script` itself.)
     async fn load_scripts(&self) -> Result<(), RedisStoreError> {
         let mut conn = self.conn.clone();
-        for script in [&*scripts::APPEND, &*scripts::SET_WATERMARK] {
+        for script in [&*scripts::APPEND, &*scripts::SET_WATERMARK, &*scripts::HISTORY] {
             with_timeout(self.timeout, script.load_async(&mut conn)).await?;
+        }
+        if let Some(mut conn) = self.failover.append_conn.clone() {
+            with_timeout(self.timeout, scripts::APPEND.load_async(&mut conn)).await?;
         }
         Ok(())
     }
@@ -142,6 +218,7 @@ impl RedisStore {
             return Ok(Vec::new());
         }
         let mut invocation = scripts::APPEND.prepare_invoke();
+        invocation.key(self.keys.history()).key(self.keys.node());
         invocation.arg(BUCKET_SIZE).arg(batch.len());
         for m in &batch {
             let (recall_seq, recall_bucket) = if m.kind == v1::MessageKind::Recall {
@@ -163,9 +240,18 @@ impl RedisStore {
                 invocation.arg(self.keys.user(member));
             }
         }
-        let reply: Vec<String> = self
-            .run(|mut conn| async move { Ok(invocation.invoke_async(&mut conn).await?) })
-            .await?;
+        invocation.arg(self.failover.seq_gap);
+        let mut reply: Vec<String> = match self.failover.append_conn.clone() {
+            None => {
+                self.run(|mut conn| async move { Ok(invocation.invoke_async(&mut conn).await?) })
+                    .await?
+            }
+            Some(conn) => self.append_and_wait(conn, &invocation).await?,
+        };
+        // The history fence's event comes last.
+        if let Some(event) = reply.pop() {
+            self.history_event(&event, "");
+        }
         if reply.len() != batch.len() * 3 {
             return Err(RedisStoreError::Corrupt {
                 key: "(append script reply)".into(),
@@ -177,6 +263,37 @@ impl RedisStore {
             .zip(reply.chunks_exact(3))
             .map(|(m, out)| self.outcome(m, &out[0], &out[1], &out[2]))
             .collect()
+    }
+
+    /// The append script and `WAIT min_replicas_acked` in one pipeline, so both run on the same
+    /// connection (WAIT waits for that connection's last write; the script always writes, so
+    /// the answer of a duplicate waits for the original too). NOSCRIPT: load, run once more.
+    async fn append_and_wait(
+        &self,
+        conn: ConnectionManager,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<Vec<String>, RedisStoreError> {
+        let wanted = self.failover.min_replicas_acked;
+        let wait = (self.timeout / 2).max(Duration::from_millis(1));
+        let mut pipe = redis::pipe();
+        pipe.invoke_script(invocation).cmd("WAIT").arg(wanted).arg(wait.as_millis() as u64);
+        let mut conn = conn;
+        let attempt = async {
+            match pipe.query_async(&mut conn).await {
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    scripts::APPEND.load_async(&mut conn).await?;
+                    pipe.query_async(&mut conn).await
+                }
+                other => other,
+            }
+        };
+        let (reply, acked): (Vec<String>, u32) = with_timeout(self.timeout, attempt).await?;
+        if acked < wanted {
+            return Err(RedisStoreError::ReplicasBehind { acked, wanted, timeout: wait });
+        }
+        Ok(reply)
     }
 
     /// One message's outcome from the append script's `[flag, value, recall_missing]`.
