@@ -51,6 +51,8 @@ pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
         "redis" => {
             let mut r = tern_store_redis::RedisStoreConfig::new(cfg.store.redis_url.clone());
             r.key_prefix = cfg.cluster.key_prefix.clone();
+            r.min_replicas_acked = cfg.store.redis_min_replicas_acked;
+            r.failover_seq_gap = cfg.store.redis_failover_seq_gap;
             let store = tern_store_redis::RedisStore::connect(r)
                 .await
                 .with_context(|| format!("opening the Redis store {}", cfg.store.redis_url))?;

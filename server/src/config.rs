@@ -116,6 +116,12 @@ pub struct StoreSection {
     /// Redis store URL (backend `redis`). The server must run with appendonly yes and
     /// appendfsync always (checked at start).
     pub redis_url: String,
+    /// Redis store: `WAIT` for this many replicas after each append batch before acking, so
+    /// a promoted replica has every acknowledged message. 0 (default): no wait.
+    pub redis_min_replicas_acked: u32,
+    /// Redis store: seqs each conversation skips when a replica has taken over; 0 (default)
+    /// refuses to append after a takeover instead (see DEPLOYMENT.md, Redis store failover).
+    pub redis_failover_seq_gap: u64,
     /// ScyllaDB contact points, comma-separated host:port (backend `scylla`).
     pub scylla_nodes: String,
     /// ScyllaDB keyspace.
@@ -204,6 +210,8 @@ impl Default for StoreSection {
             backend: "embedded".into(),
             fsync: true,
             redis_url: "redis://127.0.0.1:6380/".into(),
+            redis_min_replicas_acked: 0,
+            redis_failover_seq_gap: 0,
             scylla_nodes: String::new(),
             scylla_keyspace: "tern".into(),
             scylla_replication: String::new(),

@@ -4,6 +4,7 @@
 //! - [`RedisStoreConfig`] ([`config`]): URL, key prefix, command timeout, `require_durable`.
 //! - [`RedisStoreError`] ([`error`]): this backend's failures and how they map to
 //!   [`tern_store::StoreError`].
+//! - `failover`: the history fence at connect and `WAIT` after appends (see "Failover").
 //! - [`keys`]: the key layout (below) and bucket arithmetic.
 //! - [`scripts`]: the Lua scripts that make each append batch and each watermark move atomic.
 //!
@@ -143,6 +144,7 @@
 
 pub mod config;
 pub mod error;
+mod failover;
 pub mod keys;
 pub mod scripts;
 pub mod store;

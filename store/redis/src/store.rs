@@ -17,6 +17,7 @@ use tracing::{info, warn};
 
 use crate::config::{RedisStoreConfig, redact_url};
 use crate::error::RedisStoreError;
+use crate::failover::Failover;
 use crate::keys::{BUCKET_SIZE, Keys, bucket_of, bucket_spans, message_fields};
 use crate::scripts;
 
@@ -24,20 +25,11 @@ use crate::scripts;
 /// and every [`RedisStore::connect`] in any process sees the same data.
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
-    keys: Keys,
-    timeout: Duration,
-    addr: String,
-    failover: Failover,
-}
-
-/// The failover settings and, with `WAIT`, the appends' own connection (a `WAIT` blocks the
-/// connection it runs on; on the shared one it would hold up every read behind it).
-#[derive(Clone)]
-struct Failover {
-    seq_gap: u64,
-    min_replicas_acked: u32,
-    append_conn: Option<ConnectionManager>,
+    pub(crate) conn: ConnectionManager,
+    pub(crate) keys: Keys,
+    pub(crate) timeout: Duration,
+    pub(crate) addr: String,
+    pub(crate) failover: Failover,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -111,48 +103,6 @@ impl RedisStore {
         Ok(store)
     }
 
-    /// Runs the history fence once at connect, so that a takeover is logged (and, with
-    /// `failover_seq_gap = 0`, refused) at start rather than at the first send. Every append
-    /// batch runs the same check again, atomically with its writes.
-    async fn check_history(&self) -> Result<(), RedisStoreError> {
-        let (history, node, gap) = (self.keys.history(), self.keys.node(), self.failover.seq_gap);
-        let reply: Vec<String> = self
-            .run(|mut conn| async move {
-                let mut invocation = scripts::HISTORY.prepare_invoke();
-                invocation.key(&history).key(&node).arg(gap);
-                Ok(invocation.invoke_async(&mut conn).await?)
-            })
-            .await?;
-        match &reply[..] {
-            [gap, event] => {
-                self.history_event(event, gap);
-                Ok(())
-            }
-            _ => Err(RedisStoreError::Corrupt {
-                key: self.keys.history(),
-                what: format!("history script answered {reply:?}"),
-            }),
-        }
-    }
-
-    /// Logs what the history fence saw ("" = nothing changed).
-    fn history_event(&self, event: &str, gap: &str) {
-        match event {
-            "" => {}
-            "failover" => warn!(
-                addr = %self.addr,
-                total_seq_gap = gap,
-                "the store Redis took over from another node (promoted replica): every \
-                 conversation continues failover_seq_gap seqs higher; acknowledged messages \
-                 the old primary had not replicated are lost and reported missing by sync"
-            ),
-            "restart" => {
-                info!(addr = %self.addr, "the store Redis restarted (same node, AOF replayed)")
-            }
-            other => info!(addr = %self.addr, event = other, "Redis store history recorded"),
-        }
-    }
-
     /// The Redis address (host:port) this store talks to.
     pub fn addr(&self) -> &str {
         &self.addr
@@ -202,7 +152,7 @@ impl RedisStore {
     }
 
     /// Runs `f` with a connection handle, bounded by the command timeout.
-    async fn run<T, F, Fut>(&self, f: F) -> Result<T, RedisStoreError>
+    pub(crate) async fn run<T, F, Fut>(&self, f: F) -> Result<T, RedisStoreError>
     where
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = Result<T, RedisStoreError>>,
@@ -263,37 +213,6 @@ impl RedisStore {
             .zip(reply.chunks_exact(3))
             .map(|(m, out)| self.outcome(m, &out[0], &out[1], &out[2]))
             .collect()
-    }
-
-    /// The append script and `WAIT min_replicas_acked` in one pipeline, so both run on the same
-    /// connection (WAIT waits for that connection's last write; the script always writes, so
-    /// the answer of a duplicate waits for the original too). NOSCRIPT: load, run once more.
-    async fn append_and_wait(
-        &self,
-        conn: ConnectionManager,
-        invocation: &redis::ScriptInvocation<'_>,
-    ) -> Result<Vec<String>, RedisStoreError> {
-        let wanted = self.failover.min_replicas_acked;
-        let wait = (self.timeout / 2).max(Duration::from_millis(1));
-        let mut pipe = redis::pipe();
-        pipe.invoke_script(invocation).cmd("WAIT").arg(wanted).arg(wait.as_millis() as u64);
-        let mut conn = conn;
-        let attempt = async {
-            match pipe.query_async(&mut conn).await {
-                Err(e)
-                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-                {
-                    scripts::APPEND.load_async(&mut conn).await?;
-                    pipe.query_async(&mut conn).await
-                }
-                other => other,
-            }
-        };
-        let (reply, acked): (Vec<String>, u32) = with_timeout(self.timeout, attempt).await?;
-        if acked < wanted {
-            return Err(RedisStoreError::ReplicasBehind { acked, wanted, timeout: wait });
-        }
-        Ok(reply)
     }
 
     /// One message's outcome from the append script's `[flag, value, recall_missing]`.
@@ -591,7 +510,7 @@ impl RedisStore {
 }
 
 /// Runs `fut` bounded by `timeout`, folding both failures into [`RedisStoreError`].
-async fn with_timeout<T>(
+pub(crate) async fn with_timeout<T>(
     timeout: Duration,
     fut: impl Future<Output = redis::RedisResult<T>>,
 ) -> Result<T, RedisStoreError> {
