@@ -6,6 +6,8 @@
 //! - [`client`]: [`Client`], the cheap cloneable handle (send, recall, receipts, sync, list).
 //! - [`event`]: [`Event`]s the client emits and [`Target`]s messages go to.
 //! - [`persist`]: the [`Persistence`] trait (cursors and outbox) and [`MemoryPersistence`].
+//! - [`file_persistence`]: [`FilePersistence`], the trait in one small JSON file (atomic
+//!   rewrites), for apps that keep their cursors and outbox across restarts.
 //! - [`error`]: the one error type, [`SdkError`].
 //! - `connection` (private): the background task driving `tern_proto::session::client`.
 //! - `transport` (private): one framed TCP connection and the login handshake.
@@ -44,6 +46,7 @@ pub mod config;
 mod connection;
 pub mod error;
 pub mod event;
+pub mod file_persistence;
 pub mod persist;
 mod transport;
 
@@ -51,5 +54,6 @@ pub use client::{Client, new_client_msg_id};
 pub use config::ClientConfig;
 pub use error::SdkError;
 pub use event::{Event, Target};
+pub use file_persistence::{FilePersistence, FilePersistenceError};
 pub use persist::{MemoryPersistence, PendingSend, Persistence};
 pub use tern_proto;

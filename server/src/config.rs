@@ -49,6 +49,11 @@ pub struct ServerSection {
     /// connections over them). Off: one listener shared by the I/O threads, and a port in use
     /// is an error.
     pub reuse_port: bool,
+    /// After SIGTERM / Ctrl-C: how long `/readyz` answers 503 "draining" while connections
+    /// are still served, before they are closed (time for a load balancer to stop sending new
+    /// clients here). 0 closes at once.
+    #[serde(with = "duration")]
+    pub drain_delay: Duration,
 }
 
 /// `[auth]`
@@ -165,6 +170,7 @@ impl Default for ServerSection {
             listen_backlog: 4096,
             io_threads: 0,
             reuse_port: true,
+            drain_delay: Duration::ZERO,
         }
     }
 }
@@ -324,6 +330,24 @@ impl Config {
         }
     }
 
+    /// The key `tern token` and `tern chat --user` sign with: `auth.hs256_key`, or the key
+    /// file, which must exist already. Never creates one: a key made up here would sign tokens
+    /// no server accepts (only the server creates its key file, at first start).
+    pub fn existing_token_key(&self) -> anyhow::Result<tern_gateway::TokenKey> {
+        let path = self.key_file();
+        if self.auth.hs256_key.is_empty() && !path.try_exists().unwrap_or(true) {
+            bail!(
+                "no token signing key at {}: tokens must be signed with the key of the server \
+                 they are for, and only the server creates it (`tern serve` writes \
+                 <data_dir>/jwt.key at its first start). Run this in the server's directory, or \
+                 point at its key with --data-dir DIR or -c CONFIG (auth.key_file or \
+                 auth.hs256_key), or pass a token with --token",
+                path.display()
+            );
+        }
+        self.token_key()
+    }
+
     /// The token key: `auth.hs256_key`, or the key file (created at first use).
     pub fn token_key(&self) -> anyhow::Result<tern_gateway::TokenKey> {
         if !self.auth.hs256_key.is_empty() {
@@ -336,6 +360,65 @@ impl Config {
         }
         Ok(key)
     }
+}
+
+/// `TERN_*` environment variables read outside the configuration keys (by flags, tools, tests
+/// and the Scylla backend); the warning about unknown variables leaves them alone.
+pub const OTHER_ENV_VARS: &[&str] = &[
+    "TERN_CONFIG",
+    "TERN_TOKEN",
+    "TERN_LOADTEST_KEY",
+    "TERN_TESTKIT_ECHO",
+    "TERN_REDIS_SERVER",
+    "TERN_TUNING_PROC_SYS",
+    "TERN_WRITE_CORPUS",
+    tern_store_scylla::config::ENV_NODES,
+    tern_store_scylla::config::ENV_KEYSPACE,
+    tern_store_scylla::config::ENV_REPLICATION,
+    tern_store_scylla::config::ENV_LOCAL_DC,
+    tern_store_scylla::config::ENV_CONSISTENCY,
+    tern_store_scylla::config::ENV_SERIAL_CONSISTENCY,
+    tern_store_scylla::config::ENV_REQUEST_TIMEOUT_MS,
+    tern_store_scylla::config::ENV_BUCKET_SIZE,
+];
+
+/// One warning line for each `TERN_*` variable in `env` that Tern does not read (a misspelled
+/// key is otherwise silently ignored), naming the closest known variable when one is close.
+pub fn unknown_env_warnings(env: impl IntoIterator<Item = (String, String)>) -> Vec<String> {
+    let Ok(table) = toml::Table::try_from(Config::default()) else { return Vec::new() };
+    let mut known: Vec<String> = OTHER_ENV_VARS.iter().map(|s| (*s).to_owned()).collect();
+    for (section, keys) in &table {
+        for key in keys.as_table().into_iter().flat_map(|t| t.keys()) {
+            known.push(format!("TERN_{section}_{key}").to_ascii_uppercase());
+        }
+    }
+    let mut out = Vec::new();
+    for (name, _) in env {
+        let Some(rest) = name.strip_prefix("TERN_") else { continue };
+        let upper = name.to_ascii_uppercase();
+        if known.contains(&upper) {
+            continue;
+        }
+        let rest = rest.to_ascii_uppercase();
+        // The closest by edit distance, else one that ends with what was given (a missing
+        // section: TERN_IDLE_TIMEOUT for TERN_GATEWAY_IDLE_TIMEOUT).
+        let closest = known
+            .iter()
+            .map(|k| (strsim::damerau_levenshtein(&upper, k), k))
+            .filter(|(d, _)| *d <= 3.max(upper.len() / 8))
+            .min()
+            .map(|(_, k)| k)
+            .or_else(|| known.iter().find(|k| k.ends_with(&format!("_{rest}"))));
+        out.push(match closest {
+            Some(k) => format!("unknown environment variable {name} is ignored; did you mean {k}?"),
+            None => format!(
+                "unknown environment variable {name} is ignored (configuration variables are \
+                 TERN_<SECTION>_<KEY>, see etc/tern.toml)"
+            ),
+        });
+    }
+    out.sort();
+    out
 }
 
 fn merge(dst: &mut toml::Table, src: toml::Table) {
@@ -472,6 +555,51 @@ mod tests {
         let path = dir.path().join("bad.toml");
         std::fs::write(&path, "[gateway]\ntypo_key = 3\n").unwrap();
         assert!(Config::load(Some(&path), Vec::new(), &[]).is_err());
+    }
+
+    #[test]
+    fn unknown_tern_variables_are_named_with_the_closest_known_one() {
+        let env = |names: &[&str]| -> Vec<(String, String)> {
+            names.iter().map(|n| (n.to_string(), "x".to_string())).collect()
+        };
+        let warnings = unknown_env_warnings(env(&[
+            "TERN_GATEWAY_IDLE_TIMOUT",
+            "TERN_IDLE_TIMEOUT",
+            "TERN_SERVER_LISTEN",
+            "TERN_server_log",
+            "TERN_TOKEN",
+            "TERN_SCYLLA_NODES",
+            "TERNARY",
+            "PATH",
+            "TERN_WHATEVER_THIS_IS",
+        ]));
+        assert_eq!(
+            warnings,
+            [
+                "unknown environment variable TERN_GATEWAY_IDLE_TIMOUT is ignored; did you mean \
+                 TERN_GATEWAY_IDLE_TIMEOUT?",
+                "unknown environment variable TERN_IDLE_TIMEOUT is ignored; did you mean \
+                 TERN_GATEWAY_IDLE_TIMEOUT?",
+                "unknown environment variable TERN_WHATEVER_THIS_IS is ignored (configuration \
+                 variables are TERN_<SECTION>_<KEY>, see etc/tern.toml)",
+            ]
+        );
+    }
+
+    #[test]
+    fn minting_never_creates_a_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let sets = [format!("server.data_dir={}", dir.path().join("data").display())];
+        let cfg = Config::load(None, Vec::new(), &sets).unwrap();
+        let err = cfg.existing_token_key().unwrap_err().to_string();
+        assert!(err.contains("no token signing key at") && err.contains("--data-dir"), "{err}");
+        assert!(!dir.path().join("data").exists(), "nothing created");
+        // Once the server created it, it is used.
+        let served = cfg.token_key().unwrap();
+        assert_eq!(cfg.existing_token_key().unwrap().to_base64(), served.to_base64());
+        let key = served.to_base64();
+        let cfg = Config::load(None, Vec::new(), &[format!("auth.hs256_key={key}")]).unwrap();
+        assert!(cfg.existing_token_key().is_ok(), "a configured key needs no file");
     }
 
     #[test]

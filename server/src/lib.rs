@@ -4,7 +4,8 @@
 //! - [`config`]: TOML file → environment → flags.
 //! - [`embedded`]: `tern serve`, gateway + dispatch + embedded store in one process.
 //! - [`cluster`]: `tern gateway` and `tern dispatch`, the distributed mode.
-//! - [`http`]: `/metrics` and `/healthz`.
+//! - [`http`]: `/metrics`, `/healthz` and `/readyz`.
+//! - [`health`]: what `/healthz` and `/readyz` answer (lifecycle phase, dependency checks).
 //! - [`chat`]: `tern chat`, a terminal chat client on the SDK.
 //! - [`bench`]: `tern bench`, an end-to-end load run through a server.
 
@@ -15,4 +16,5 @@ pub mod config;
 pub mod embedded;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod health;
 pub mod http;

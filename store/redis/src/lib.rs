@@ -96,6 +96,7 @@
 
 pub mod config;
 pub mod error;
+mod health;
 pub mod keys;
 pub mod scripts;
 pub mod store;

@@ -25,7 +25,7 @@ use crate::scripts;
 #[derive(Clone)]
 pub struct RedisStore {
     conn: ConnectionManager,
-    keys: Keys,
+    pub(crate) keys: Keys,
     timeout: Duration,
     addr: String,
 }
@@ -126,7 +126,7 @@ impl RedisStore {
     }
 
     /// Runs `f` with a connection handle, bounded by the command timeout.
-    async fn run<T, F, Fut>(&self, f: F) -> Result<T, RedisStoreError>
+    pub(crate) async fn run<T, F, Fut>(&self, f: F) -> Result<T, RedisStoreError>
     where
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = Result<T, RedisStoreError>>,
@@ -574,6 +574,10 @@ impl Store for RedisStore {
         limit: u32,
     ) -> BoxFuture<'a, Result<Vec<ConversationEntry>, StoreError>> {
         Box::pin(async move { Ok(self.conversations(user_id, after, limit).await?) })
+    }
+
+    fn health(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move { Ok(self.probe().await?) })
     }
 }
 
