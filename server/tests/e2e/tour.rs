@@ -226,3 +226,29 @@ fn user_errors_are_one_line_even_with_rust_backtrace() {
         }
     }
 }
+
+/// CI builds the workspace once: nextest runs no doc tests, so a `cargo test --doc` step would
+/// build every crate again (3.4 of CI's minutes). Every library crate turns doc tests off, and
+/// the test script has no doc-test step.
+#[test]
+fn ci_builds_the_workspace_once() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
+    let workspace: toml::Table = toml::from_str(&read("Cargo.toml")).unwrap();
+    let members = workspace["workspace"]["members"].as_array().unwrap();
+    assert!(members.len() >= 10, "{members:?}");
+    for member in members {
+        let member = member.as_str().unwrap();
+        if !root.join(member).join("src/lib.rs").exists() {
+            continue;
+        }
+        let manifest: toml::Table = toml::from_str(&read(&format!("{member}/Cargo.toml"))).unwrap();
+        let doctest = manifest.get("lib").and_then(|l| l.get("doctest")).and_then(|d| d.as_bool());
+        assert_eq!(doctest, Some(false), "{member}/Cargo.toml: [lib] doctest = false");
+    }
+    let script = read("scripts/test.sh");
+    assert!(
+        !script.lines().any(|l| !l.trim_start().starts_with('#') && l.contains("--doc")),
+        "scripts/test.sh runs doc tests"
+    );
+}
