@@ -35,7 +35,7 @@ pub struct ServerSection {
     pub data_dir: PathBuf,
     /// Client TCP address.
     pub listen: SocketAddr,
-    /// HTTP address for /metrics and /healthz; empty string disables it.
+    /// HTTP address for /metrics, /healthz and /readyz; empty string disables it.
     pub http_listen: String,
     /// Log filter (tracing EnvFilter syntax); RUST_LOG wins when set.
     pub log: String,

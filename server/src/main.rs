@@ -49,7 +49,7 @@ struct ServeArgs {
     /// Client TCP address (same as `--set server.listen=...`); port 0 picks a free port.
     #[arg(long)]
     listen: Option<String>,
-    /// HTTP address for /metrics and /healthz (same as `--set server.http_listen=...`).
+    /// HTTP address for /metrics, /healthz and /readyz (same as `--set server.http_listen=...`).
     #[arg(long)]
     http_listen: Option<String>,
 }
@@ -59,7 +59,7 @@ struct GatewayArgs {
     /// Client TCP address (same as `--set server.listen=...`).
     #[arg(long)]
     listen: Option<String>,
-    /// HTTP address for /metrics and /healthz (same as `--set server.http_listen=...`).
+    /// HTTP address for /metrics, /healthz and /readyz (same as `--set server.http_listen=...`).
     #[arg(long)]
     http_listen: Option<String>,
     /// Node id (same as `--set cluster.node_id=...`).
@@ -72,7 +72,7 @@ struct DispatchArgs {
     /// Where gateways link (same as `--set cluster.link_listen=...`).
     #[arg(long)]
     link_listen: Option<String>,
-    /// HTTP address for /metrics and /healthz (same as `--set server.http_listen=...`).
+    /// HTTP address for /metrics, /healthz and /readyz (same as `--set server.http_listen=...`).
     #[arg(long)]
     http_listen: Option<String>,
     /// Node id (same as `--set cluster.node_id=...`).
