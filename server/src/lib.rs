@@ -2,6 +2,7 @@
 //! developer commands. The only crate that uses `anyhow`.
 //!
 //! - [`config`]: TOML file → environment → flags.
+//! - [`env_check`]: warnings about `TERN_*` variables that name no key.
 //! - [`embedded`]: `tern serve`, gateway + dispatch + embedded store in one process.
 //! - [`cluster`]: `tern gateway` and `tern dispatch`, the distributed mode.
 //! - [`http`]: `/metrics`, `/healthz` and `/readyz`.
@@ -14,6 +15,7 @@ pub mod chat;
 pub mod cluster;
 pub mod config;
 pub mod embedded;
+pub mod env_check;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod health;

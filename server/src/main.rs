@@ -136,7 +136,7 @@ fn run() -> anyhow::Result<()> {
     }
     let cfg = Config::load(cli.config.as_deref(), env_vars(), &overrides)?;
     init_logging(&cfg.server.log);
-    for warning in tern::config::unknown_env_warnings(env_vars()) {
+    for warning in tern::env_check::unknown_env_warnings(env_vars()) {
         tracing::warn!("{warning}");
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
