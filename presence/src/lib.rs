@@ -346,6 +346,23 @@ impl Presence {
         live.sort();
         Ok(live)
     }
+
+    /// A write round-trip for health checks: `SET` of `<prefix>health:<node_id>` (expiring
+    /// after a minute) must be answered OK. Fails when presence Redis is unreachable or refuses
+    /// writes (e.g. a read-only replica).
+    pub async fn probe(&self, node_id: &str) -> Result<(), PresenceError> {
+        let key = format!("{}health:{node_id}", self.cfg.key_prefix);
+        let mut conn = self.conn();
+        self.bounded(
+            redis::cmd("SET")
+                .arg(key)
+                .arg(now_ms())
+                .arg("PX")
+                .arg(60_000)
+                .query_async::<()>(&mut conn),
+        )
+        .await
+    }
 }
 
 #[cfg(test)]

@@ -51,7 +51,7 @@ struct Samples {
 
 /// Runs the benchmark and prints its report.
 pub async fn run(cfg: &Config, args: BenchArgs) -> anyhow::Result<()> {
-    let key = cfg.token_key().context("the bench mints tokens with the server's key")?;
+    let key = cfg.existing_token_key().context("the bench mints tokens with the server's key")?;
     let addr = args.addr.clone().unwrap_or_else(|| cfg.server.listen.to_string());
     let addrs: Vec<String> =
         addr.split(',').map(str::trim).filter(|a| !a.is_empty()).map(str::to_owned).collect();

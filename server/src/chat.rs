@@ -1,5 +1,8 @@
 //! `tern chat`: a terminal chat client on the SDK, so that two terminals can talk through a
 //! running server. Lines you type go to the current peer; `/help` lists the commands.
+//!
+//! Its cursors and unacknowledged sends are kept in `<data_dir>/chat/<user>-<device>.json`
+//! ([`tern_sdk::FilePersistence`]), so that a restarted chat shows only what is new.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -8,7 +11,8 @@ use anyhow::Context;
 use bytes::Bytes;
 use clap::Args;
 use tern_proto::v1::{self, MessageKind};
-use tern_sdk::{Client, ClientConfig, Event, MemoryPersistence, Target};
+use tern_proto::v1::{ErrorCode, KickReason};
+use tern_sdk::{Client, ClientConfig, Event, FilePersistence, SdkError, Target};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::config::Config;
@@ -39,21 +43,49 @@ anything else is sent to the current peer";
 
 /// Runs the chat until `/quit` or end of input.
 pub async fn run(cfg: &Config, args: ChatArgs) -> anyhow::Result<()> {
-    let token = match (&args.token, &args.user) {
-        (Some(t), _) => t.clone(),
+    let (token, user, device) = match (&args.token, &args.user) {
+        (Some(t), _) => {
+            let (user, device) = token_subject(t)
+                .context("--token: not a login token (a JWT whose payload has `sub` and `did`)")?;
+            (t.clone(), user, device)
+        }
         (None, Some(user)) => {
             let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() as i64;
-            cfg.token_key()?.mint_for(user, &args.device, now, 24 * 3600)
+            let token = cfg.existing_token_key()?.mint_for(user, &args.device, now, 24 * 3600);
+            (token, user.clone(), args.device.clone())
         }
         (None, None) => anyhow::bail!("give --token TOKEN (see `tern token`) or --user USER"),
     };
+    if !tern_proto::ids::is_valid_id(&user) || !tern_proto::ids::is_valid_id(&device) {
+        anyhow::bail!("user and device ids: 1-128 characters of letters, digits, _ . @ -");
+    }
+    let state = cfg.server.data_dir.join("chat").join(format!("{user}-{device}.json"));
+    let persistence = FilePersistence::open(&state)?;
     let addr = args.addr.clone().unwrap_or_else(|| cfg.server.listen.to_string());
-    let (client, mut events) = Client::connect(
+    let (client, mut events) = match Client::connect(
         ClientConfig::new(addr.clone(), token),
-        Arc::new(MemoryPersistence::default()),
+        Arc::new(persistence),
     )
     .await
-    .with_context(|| format!("connecting to {addr}"))?;
+    {
+        Ok(c) => c,
+        Err(SdkError::Login { code: ErrorCode::BadToken, message }) => {
+            let whose = if args.user.is_none() {
+                "the key it was minted with".to_owned()
+            } else if cfg.auth.hs256_key.is_empty() {
+                format!("the key in {}", cfg.key_file().display())
+            } else {
+                "auth.hs256_key".to_owned()
+            };
+            anyhow::bail!(
+                "the server at {addr} refused the token ({message}): it was signed with \
+                     {whose}, and the server uses another key. Run the chat with the server's \
+                     configuration (its directory, or --data-dir DIR / -c CONFIG), or pass \
+                     --token with a token minted with the server's key"
+            );
+        }
+        Err(e) => return Err(e).with_context(|| format!("connecting to {addr}")),
+    };
     let me = client.user_id().to_owned();
     println!("connected to {addr} as {me}. {HELP}");
     let mut peer = args.to.clone();
@@ -84,17 +116,32 @@ pub async fn run(cfg: &Config, args: ChatArgs) -> anyhow::Result<()> {
                     Event::Disconnected { reason } => {
                         println!("  · disconnected ({reason}), reconnecting")
                     }
-                    Event::Kicked { reason } => {
-                        println!("  · kicked by the server: {reason:?}");
-                        break;
+                    // The client reconnects after any other kick (a server restart is
+                    // SERVER_SHUTDOWN) and its events keep coming.
+                    Event::Kicked { reason: KickReason::DuplicateLogin } => {
+                        println!("  · kicked: this user and device logged in elsewhere; stopping")
                     }
+                    Event::Kicked { reason } => println!("  · kicked by the server: {reason:?}"),
                 }
             }
         })
     };
+    tokio::pin!(printer);
 
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
-    while let Some(line) = lines.next_line().await? {
+    loop {
+        let line = tokio::select! {
+            line = lines.next_line() => match line? {
+                Some(line) => line,
+                None => break,
+            },
+            // The event stream ends only when the client stopped for good (duplicate login,
+            // token refused at a reconnect).
+            _ = &mut printer => {
+                println!("  · the connection stopped; bye");
+                break;
+            }
+        };
         let line = line.trim();
         if line.is_empty() {
             continue;
@@ -170,6 +217,23 @@ pub async fn run(cfg: &Config, args: ChatArgs) -> anyhow::Result<()> {
     client.close().await;
     printer.abort();
     Ok(())
+}
+
+/// The user and device a token names (`sub`, `did`), read without checking the signature:
+/// only to name the chat's state file.
+fn token_subject(token: &str) -> Option<(String, String)> {
+    use base64::Engine;
+    #[derive(serde::Deserialize)]
+    struct Subject {
+        sub: String,
+        did: String,
+    }
+    let payload = token.split('.').nth(1)?;
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let s: Subject = serde_json::from_slice(&json).ok()?;
+    Some((s.sub, s.did))
 }
 
 fn print_message(m: &v1::Message) {

@@ -19,6 +19,7 @@ use tern_store::Store;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
+use crate::health::{Health, presence_check, store_check};
 
 /// How often a worker announces itself, and how long an announcement lives.
 const ANNOUNCE_EVERY: Duration = Duration::from_secs(1);
@@ -99,6 +100,11 @@ pub async fn run_dispatch(
 ) -> anyhow::Result<()> {
     let store = open_store(cfg).await?;
     let presence = presence(cfg).await?;
+    let health = Arc::new(
+        Health::new()
+            .with_check("store", store_check(store.clone()))
+            .with_check("presence", presence_check(presence.clone(), id.clone())),
+    );
     let links = Arc::new(Links::default());
     let router = Router::start(presence.clone(), links.clone());
     let route_metrics = router.metrics.clone();
@@ -131,9 +137,10 @@ pub async fn run_dispatch(
                 .render(links.pushes_dropped.load(std::sync::atomic::Ordering::Relaxed), &mut out);
             out
         });
-        tokio::spawn(crate::http::serve(l, render, stopped(stop_rx.clone())))
+        tokio::spawn(crate::http::serve(l, render, health.clone(), stopped(stop_rx.clone())))
     });
     tracing::info!(%id, link = %bound, %advertise, "dispatch worker started");
+    let shutdown = health.lifecycle(shutdown, cfg.server.drain_delay);
     tern_dispatch::link::serve(dispatcher, links, id.clone(), link_listener, shutdown).await;
     announcer.abort();
     let _ = presence.withdraw_worker(&id).await;
@@ -154,6 +161,7 @@ pub async fn run_gateway(
 ) -> anyhow::Result<()> {
     let key = cfg.token_key()?;
     let presence = presence(cfg).await?;
+    let health = Health::new().with_check("presence", presence_check(presence.clone(), id.clone()));
     let gw_cfg = cfg.gateway_config();
     let registry = Arc::new(Registry::new(Arc::new(GatewayMetrics::default())));
     let upstream = LinkUpstream::new(
@@ -182,6 +190,16 @@ pub async fn run_gateway(
         upstream.set_workers(&workers);
     }
     let link_metrics = upstream.metrics();
+    let linked = upstream.clone();
+    let health =
+        Arc::new(
+            health.with_check("links", move || {
+                let live = linked.live_workers().len();
+                async move {
+                    if live == 0 { Err("no dispatch worker linked".to_owned()) } else { Ok(()) }
+                }
+            }),
+        );
     let gateway = Arc::new(Gateway::new(gw_cfg, key, registry, upstream));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let http_task = http.map(|l| {
@@ -192,9 +210,10 @@ pub async fn run_gateway(
             link_metrics.render(&mut out);
             out
         });
-        tokio::spawn(crate::http::serve(l, render, stopped(stop_rx.clone())))
+        tokio::spawn(crate::http::serve(l, render, health.clone(), stopped(stop_rx.clone())))
     });
     tracing::info!(%id, "gateway started");
+    let shutdown = health.lifecycle(shutdown, cfg.server.drain_delay);
     tern_gateway::serve(gateway, listener, shutdown).await;
     let _ = stop_tx.send(true);
     if let Some(t) = http_task {

@@ -35,7 +35,7 @@ pub struct ServerSection {
     pub data_dir: PathBuf,
     /// Client TCP address.
     pub listen: SocketAddr,
-    /// HTTP address for /metrics and /healthz; empty string disables it.
+    /// HTTP address for /metrics, /healthz and /readyz; empty string disables it.
     pub http_listen: String,
     /// Log filter (tracing EnvFilter syntax); RUST_LOG wins when set.
     pub log: String,
@@ -49,6 +49,11 @@ pub struct ServerSection {
     /// connections over them). Off: one listener shared by the I/O threads, and a port in use
     /// is an error.
     pub reuse_port: bool,
+    /// After SIGTERM / Ctrl-C: how long `/readyz` answers 503 "draining" while connections
+    /// are still served, before they are closed (time for a load balancer to stop sending new
+    /// clients here). 0 closes at once.
+    #[serde(with = "duration")]
+    pub drain_delay: Duration,
 }
 
 /// `[auth]`
@@ -171,6 +176,7 @@ impl Default for ServerSection {
             listen_backlog: 4096,
             io_threads: 0,
             reuse_port: true,
+            drain_delay: Duration::ZERO,
         }
     }
 }
@@ -332,6 +338,24 @@ impl Config {
         }
     }
 
+    /// The key `tern token` and `tern chat --user` sign with: `auth.hs256_key`, or the key
+    /// file, which must exist already. Never creates one: a key made up here would sign tokens
+    /// no server accepts (only the server creates its key file, at first start).
+    pub fn existing_token_key(&self) -> anyhow::Result<tern_gateway::TokenKey> {
+        let path = self.key_file();
+        if self.auth.hs256_key.is_empty() && !path.try_exists().unwrap_or(true) {
+            bail!(
+                "no token signing key at {}: tokens must be signed with the key of the server \
+                 they are for, and only the server creates it (`tern serve` writes \
+                 <data_dir>/jwt.key at its first start). Run this in the server's directory, or \
+                 point at its key with --data-dir DIR or -c CONFIG (auth.key_file or \
+                 auth.hs256_key), or pass a token with --token",
+                path.display()
+            );
+        }
+        self.token_key()
+    }
+
     /// The token key: `auth.hs256_key`, or the key file (created at first use).
     pub fn token_key(&self) -> anyhow::Result<tern_gateway::TokenKey> {
         if !self.auth.hs256_key.is_empty() {
@@ -480,6 +504,22 @@ mod tests {
         let path = dir.path().join("bad.toml");
         std::fs::write(&path, "[gateway]\ntypo_key = 3\n").unwrap();
         assert!(Config::load(Some(&path), Vec::new(), &[]).is_err());
+    }
+
+    #[test]
+    fn minting_never_creates_a_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let sets = [format!("server.data_dir={}", dir.path().join("data").display())];
+        let cfg = Config::load(None, Vec::new(), &sets).unwrap();
+        let err = cfg.existing_token_key().unwrap_err().to_string();
+        assert!(err.contains("no token signing key at") && err.contains("--data-dir"), "{err}");
+        assert!(!dir.path().join("data").exists(), "nothing created");
+        // Once the server created it, it is used.
+        let served = cfg.token_key().unwrap();
+        assert_eq!(cfg.existing_token_key().unwrap().to_base64(), served.to_base64());
+        let key = served.to_base64();
+        let cfg = Config::load(None, Vec::new(), &[format!("auth.hs256_key={key}")]).unwrap();
+        assert!(cfg.existing_token_key().is_ok(), "a configured key needs no file");
     }
 
     #[test]

@@ -14,6 +14,7 @@ use tern_store::embedded::{Durability, EmbeddedConfig, EmbeddedStore};
 use tokio::net::TcpListener;
 
 use crate::config::Config;
+use crate::health::{Health, store_check};
 
 /// Presence in embedded mode: the local registry.
 struct LocalPusher(Arc<Registry>);
@@ -53,13 +54,12 @@ pub async fn run(
     let store =
         EmbeddedStore::open_with(&store_dir, &EmbeddedConfig { durability, ..Default::default() })
             .with_context(|| format!("opening the store in {}", store_dir.display()))?;
+    let store: Arc<dyn tern_store::Store> = Arc::new(store);
+    let health = Arc::new(Health::new().with_check("store", store_check(store.clone())));
     let gw_cfg = cfg.gateway_config();
     let registry = Arc::new(Registry::new(Arc::new(GatewayMetrics::default())));
-    let dispatcher = Dispatcher::new(
-        cfg.dispatch_config(),
-        Arc::new(store),
-        Arc::new(LocalPusher(registry.clone())),
-    );
+    let dispatcher =
+        Dispatcher::new(cfg.dispatch_config(), store, Arc::new(LocalPusher(registry.clone())));
     let gateway = Arc::new(Gateway::new(gw_cfg, key, registry, InProcess(dispatcher.clone())));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -73,10 +73,11 @@ pub async fn run(
             out
         });
         let mut rx = stop_rx.clone();
-        tokio::spawn(crate::http::serve(l, render, async move {
+        tokio::spawn(crate::http::serve(l, render, health.clone(), async move {
             let _ = rx.wait_for(|v| *v).await;
         }))
     });
+    let shutdown = health.lifecycle(shutdown, cfg.server.drain_delay);
     tern_gateway::serve(gateway, listener, shutdown).await;
     let _ = stop_tx.send(true);
     if let Some(t) = http_task {

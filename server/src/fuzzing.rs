@@ -13,9 +13,10 @@ use crate::http::{Route, response, route};
 ///
 /// Checks that [`route`] never panics and looks only at the request line (everything from the
 /// first `\r` on can change without changing the route); that a `GET` route really has a `GET`
-/// request line and `/metrics` and `/healthz` really name those paths; and that [`response`] is a
-/// well-formed HTTP/1.1 response with the route's status, a `Content-Length` equal to the body's
-/// length, and a metrics body (here: `data` as lossy UTF-8) rendered only for `/metrics`.
+/// request line and `/metrics`, `/healthz` and `/readyz` really name those paths; and that
+/// [`response`] is a well-formed HTTP/1.1 response with the route's status, a `Content-Length`
+/// equal to the body's length, and a metrics body (here: `data` as lossy UTF-8) rendered only
+/// for `/metrics`.
 pub fn http_request(data: &[u8]) {
     let got = route(data);
     let line_end = data.iter().position(|&b| b == b'\r').unwrap_or(data.len());
@@ -29,7 +30,7 @@ pub fn http_request(data: &[u8]) {
     let mut words = text.split_whitespace();
     let (method, path) = (words.next(), words.next());
     match got {
-        Route::Metrics | Route::Healthz | Route::NotFound => {
+        Route::Metrics | Route::Healthz | Route::Readyz | Route::NotFound => {
             assert_eq!(method, Some("GET"), "{got:?} for {text:?}");
         }
         Route::MethodNotAllowed => assert_ne!(method, Some("GET"), "405 for {text:?}"),
@@ -39,8 +40,10 @@ pub fn http_request(data: &[u8]) {
     match got {
         Route::Metrics => assert_eq!(path_only, "/metrics", "{text:?}"),
         Route::Healthz => assert_eq!(path_only, "/healthz", "{text:?}"),
+        Route::Readyz => assert_eq!(path_only, "/readyz", "{text:?}"),
         Route::NotFound => {
-            assert!(path_only != "/metrics" && path_only != "/healthz", "404 for {text:?}");
+            let known = ["/metrics", "/healthz", "/readyz"];
+            assert!(!known.contains(&path_only), "404 for {text:?}");
         }
         Route::MethodNotAllowed => {}
     }

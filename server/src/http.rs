@@ -1,5 +1,6 @@
-//! A minimal HTTP/1.1 endpoint for operators: `GET /metrics` (Prometheus text format) and
-//! `GET /healthz`. One request per connection, bounded in size and time.
+//! A minimal HTTP/1.1 endpoint for operators: `GET /metrics` (Prometheus text format),
+//! `GET /healthz` and `GET /readyz` (see [`crate::health`]). One request per connection,
+//! bounded in size and time.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -8,21 +9,29 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::health::{Health, Verdict};
+
 /// Renders the metrics text on demand.
 pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
 
 const MAX_REQUEST: usize = 8192;
 
 /// Serves until `shutdown` resolves.
-pub async fn serve(listener: TcpListener, render: Render, shutdown: impl Future<Output = ()>) {
+pub async fn serve(
+    listener: TcpListener,
+    render: Render,
+    health: Arc<Health>,
+    shutdown: impl Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => return,
             r = listener.accept() => if let Ok((stream, _)) = r {
-                let render = render.clone();
+                let (render, health) = (render.clone(), health.clone());
                 tokio::spawn(async move {
-                    let _ = tokio::time::timeout(Duration::from_secs(5), handle(stream, render)).await;
+                    let handled = handle(stream, render, health);
+                    let _ = tokio::time::timeout(Duration::from_secs(5), handled).await;
                 });
             }
         }
@@ -34,8 +43,10 @@ pub async fn serve(listener: TcpListener, render: Render, shutdown: impl Future<
 pub enum Route {
     /// `GET /metrics`: the Prometheus text.
     Metrics,
-    /// `GET /healthz`.
+    /// `GET /healthz`: dependency checks.
     Healthz,
+    /// `GET /readyz`: lifecycle phase and dependency checks.
+    Readyz,
     /// `GET` of any other path.
     NotFound,
     /// Any other method (or no request line at all).
@@ -43,10 +54,10 @@ pub enum Route {
 }
 
 impl Route {
-    /// The response's status line text.
+    /// The response's status line text (for the health routes: when they pass).
     pub fn status(self) -> &'static str {
         match self {
-            Route::Metrics | Route::Healthz => "200 OK",
+            Route::Metrics | Route::Healthz | Route::Readyz => "200 OK",
             Route::NotFound => "404 Not Found",
             Route::MethodNotAllowed => "405 Method Not Allowed",
         }
@@ -63,23 +74,34 @@ pub fn route(head: &[u8]) -> Route {
     match (method, path.split('?').next().unwrap_or("")) {
         ("GET", "/metrics") => Route::Metrics,
         ("GET", "/healthz") => Route::Healthz,
+        ("GET", "/readyz") => Route::Readyz,
         ("GET", _) => Route::NotFound,
         _ => Route::MethodNotAllowed,
     }
 }
 
 /// The complete response to `route`: head and body bytes. `render` is called only for
-/// [`Route::Metrics`].
+/// [`Route::Metrics`]; the health routes are answered by [`health_response`].
 pub fn response(route: Route, render: impl FnOnce() -> String) -> Vec<u8> {
     let (ctype, body) = match route {
         Route::Metrics => ("text/plain; version=0.0.4; charset=utf-8", render()),
-        Route::Healthz => ("text/plain; charset=utf-8", "ok\n".to_owned()),
+        Route::Healthz | Route::Readyz => ("text/plain; charset=utf-8", "ok\n".to_owned()),
         Route::NotFound => ("text/plain; charset=utf-8", "not found\n".to_owned()),
         Route::MethodNotAllowed => ("text/plain; charset=utf-8", "method not allowed\n".to_owned()),
     };
+    raw_response(route.status(), ctype, &body)
+}
+
+/// A health answer: 200 or 503, plain text.
+pub fn health_response(verdict: &Verdict) -> Vec<u8> {
+    let status = if verdict.ok { "200 OK" } else { "503 Service Unavailable" };
+    raw_response(status, "text/plain; charset=utf-8", &verdict.body)
+}
+
+fn raw_response(status: &str, ctype: &str, body: &str) -> Vec<u8> {
     let mut out = format!(
-        "HTTP/1.1 {}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        route.status(),
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\
+         Cache-Control: no-store\r\nConnection: close\r\n\r\n",
         body.len()
     )
     .into_bytes();
@@ -87,7 +109,7 @@ pub fn response(route: Route, render: impl FnOnce() -> String) -> Vec<u8> {
     out
 }
 
-async fn handle(mut stream: TcpStream, render: Render) -> std::io::Result<()> {
+async fn handle(mut stream: TcpStream, render: Render, health: Arc<Health>) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(512);
     let mut chunk = [0u8; 512];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -97,7 +119,11 @@ async fn handle(mut stream: TcpStream, render: Render) -> std::io::Result<()> {
         }
         buf.extend_from_slice(&chunk[..n]);
     }
-    let out = response(route(&buf), || render());
+    let out = match route(&buf) {
+        Route::Healthz => health_response(&health.healthz().await),
+        Route::Readyz => health_response(&health.readyz().await),
+        other => response(other, || render()),
+    };
     stream.write_all(&out).await?;
     stream.shutdown().await
 }
@@ -108,7 +134,9 @@ mod tests {
 
     #[test]
     fn routes_by_method_and_path() {
-        let cases: [(&[u8], Route); 14] = [
+        let cases: [(&[u8], Route); 16] = [
+            (b"GET /readyz HTTP/1.1\r\n\r\n", Route::Readyz),
+            (b"GET /readyz?verbose HTTP/1.1\r\n\r\n", Route::Readyz),
             (b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", Route::Metrics),
             (b"GET /metrics?x=1 HTTP/1.1\r\n\r\n", Route::Metrics),
             (b"GET /metrics", Route::Metrics),
@@ -135,8 +163,18 @@ mod tests {
         assert_eq!(
             String::from_utf8_lossy(&out),
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n\
-             Content-Length: 10\r\nConnection: close\r\n\r\ntern_up 1\n"
+             Content-Length: 10\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n\
+             tern_up 1\n"
         );
+        let sick = Verdict { ok: false, body: "store: down\n".into() };
+        assert_eq!(
+            String::from_utf8_lossy(&health_response(&sick)),
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n\
+             Content-Length: 12\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n\
+             store: down\n"
+        );
+        let fine = Verdict { ok: true, body: "ready\n".into() };
+        assert!(health_response(&fine).starts_with(b"HTTP/1.1 200 OK\r\n"));
         let out = response(Route::NotFound, || unreachable!("only /metrics renders"));
         assert!(out.starts_with(b"HTTP/1.1 404 Not Found\r\n"));
         assert!(out.ends_with(b"\r\n\r\nnot found\n"));

@@ -2,9 +2,11 @@
 //! developer commands. The only crate that uses `anyhow`.
 //!
 //! - [`config`]: TOML file → environment → flags.
+//! - [`env_check`]: warnings about `TERN_*` variables that name no key.
 //! - [`embedded`]: `tern serve`, gateway + dispatch + embedded store in one process.
 //! - [`cluster`]: `tern gateway` and `tern dispatch`, the distributed mode.
-//! - [`http`]: `/metrics` and `/healthz`.
+//! - [`http`]: `/metrics`, `/healthz` and `/readyz`.
+//! - [`health`]: what `/healthz` and `/readyz` answer (lifecycle phase, dependency checks).
 //! - [`chat`]: `tern chat`, a terminal chat client on the SDK.
 //! - [`bench`]: `tern bench`, an end-to-end load run through a server.
 
@@ -13,6 +15,8 @@ pub mod chat;
 pub mod cluster;
 pub mod config;
 pub mod embedded;
+pub mod env_check;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod health;
 pub mod http;

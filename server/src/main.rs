@@ -4,6 +4,7 @@
 //! `tern bench` measures a running server end to end.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -48,7 +49,7 @@ struct ServeArgs {
     /// Client TCP address (same as `--set server.listen=...`); port 0 picks a free port.
     #[arg(long)]
     listen: Option<String>,
-    /// HTTP address for /metrics and /healthz (same as `--set server.http_listen=...`).
+    /// HTTP address for /metrics, /healthz and /readyz (same as `--set server.http_listen=...`).
     #[arg(long)]
     http_listen: Option<String>,
 }
@@ -58,7 +59,7 @@ struct GatewayArgs {
     /// Client TCP address (same as `--set server.listen=...`).
     #[arg(long)]
     listen: Option<String>,
-    /// HTTP address for /metrics and /healthz (same as `--set server.http_listen=...`).
+    /// HTTP address for /metrics, /healthz and /readyz (same as `--set server.http_listen=...`).
     #[arg(long)]
     http_listen: Option<String>,
     /// Node id (same as `--set cluster.node_id=...`).
@@ -71,7 +72,7 @@ struct DispatchArgs {
     /// Where gateways link (same as `--set cluster.link_listen=...`).
     #[arg(long)]
     link_listen: Option<String>,
-    /// HTTP address for /metrics and /healthz (same as `--set server.http_listen=...`).
+    /// HTTP address for /metrics, /healthz and /readyz (same as `--set server.http_listen=...`).
     #[arg(long)]
     http_listen: Option<String>,
     /// Node id (same as `--set cluster.node_id=...`).
@@ -92,7 +93,20 @@ struct TokenArgs {
     ttl: Duration,
 }
 
-fn main() -> anyhow::Result<()> {
+/// Runs the command; a failure prints `error: ` and its cause chain on one line (never a
+/// backtrace, whatever RUST_BACKTRACE says: these are the user's errors, not crashes) and exits
+/// with status 1.
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let mut overrides = cli.set.clone();
     if let Some(d) = &cli.data_dir {
@@ -120,15 +134,18 @@ fn main() -> anyhow::Result<()> {
         }
         _ => {}
     }
-    let cfg = Config::load(cli.config.as_deref(), std::env::vars(), &overrides)?;
+    let cfg = Config::load(cli.config.as_deref(), env_vars(), &overrides)?;
     init_logging(&cfg.server.log);
+    for warning in tern::env_check::unknown_env_warnings(env_vars()) {
+        tracing::warn!("{warning}");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
         Command::Serve(_) => rt.block_on(serve(cfg)),
         Command::Gateway(_) => rt.block_on(gateway(cfg)),
         Command::Dispatch(_) => rt.block_on(dispatch(cfg)),
         Command::Token(a) => {
-            let key = cfg.token_key()?;
+            let key = cfg.existing_token_key()?;
             let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() as i64;
             if !tern_proto::ids::is_valid_id(&a.user) || !tern_proto::ids::is_valid_id(&a.device) {
                 anyhow::bail!("user and device ids: 1-128 characters of letters, digits, _ . @ -");
@@ -139,6 +156,11 @@ fn main() -> anyhow::Result<()> {
         Command::Chat(a) => rt.block_on(tern::chat::run(&cfg, a)),
         Command::Bench(a) => rt.block_on(tern::bench::run(&cfg, a)),
     }
+}
+
+/// The environment's UTF-8 variables (`std::env::vars` would panic on any other).
+fn env_vars() -> impl Iterator<Item = (String, String)> {
+    std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
 }
 
 /// Binds a listener with the configured accept backlog (std and tokio ask for only 128), with

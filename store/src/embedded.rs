@@ -12,6 +12,7 @@
 //! | `dedupe` | (sender_user_id, client_msg_id) | (conversation_id, seq, server_time_ms) |
 //! | `user_conversations` | (user_id, conversation_id) | (last_seq, last_time_ms) |
 //! | `receipts` | (conversation_id, user_id) | (delivered, read) |
+//! | `health` | probe name | Unix ms of the last [`Store::health`] probe |
 //!
 //! Every read is a point lookup or a range scan bounded by its key prefix and the caller's
 //! window or limit. [`Store::append`] is one write transaction per call (the group commit:
@@ -67,6 +68,8 @@ const USER_CONVS: TableDefinition<(&str, &str), (u64, i64)> =
     TableDefinition::new("user_conversations");
 /// (conversation_id, user_id) -> (delivered, read).
 const RECEIPTS: TableDefinition<(&str, &str), (u64, u64)> = TableDefinition::new("receipts");
+/// probe name -> Unix ms of the last health probe (one row, rewritten by every probe).
+const HEALTH: TableDefinition<&str, i64> = TableDefinition::new("health");
 
 /// How commits reach the disk.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -133,6 +136,8 @@ enum EmbeddedError {
     Decode { conversation_id: String, seq: u64, source: prost::DecodeError },
     #[error("conversation {0}: seq space exhausted")]
     SeqOverflow(String),
+    #[error("{0}")]
+    Probe(String),
 }
 
 impl From<EmbeddedError> for StoreError {
@@ -519,5 +524,26 @@ impl Store for EmbeddedStore {
         let user = user_id.to_owned();
         let after = after.to_owned();
         Box::pin(self.blocking(move |db, _| list_conversations_blocking(db, &user, &after, limit)))
+    }
+
+    fn health(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(self.blocking(health_blocking))
+    }
+}
+
+/// Writes the probe row in a durable write transaction (like an append's) and reads it back.
+fn health_blocking(db: &Database, durability: redb::Durability) -> Result<(), EmbeddedError> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let mut tx = db.begin_write()?;
+    tx.set_durability(durability)?;
+    tx.open_table(HEALTH)?.insert(crate::HEALTH_PROBE_ID, now)?;
+    tx.commit()?;
+    let read = db.begin_read()?.open_table(HEALTH)?.get(crate::HEALTH_PROBE_ID)?.map(|v| v.value());
+    if read == Some(now) {
+        Ok(())
+    } else {
+        Err(EmbeddedError::Probe(format!("health probe wrote {now}, read back {read:?}")))
     }
 }

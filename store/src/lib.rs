@@ -154,4 +154,17 @@ pub trait Store: Send + Sync + 'static {
         after: &'a str,
         limit: u32,
     ) -> BoxFuture<'a, Result<Vec<ConversationEntry>, StoreError>>;
+
+    /// A cheap health probe for `/healthz`: a write round-trip where the backend can do one
+    /// (a small probe record outside every conversation, written with the store's normal
+    /// durability and read back), so `Ok` means the store takes writes right now. The three
+    /// backends override it; this default only reads (the latest seq of a conversation id no
+    /// client can use).
+    fn health(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move { self.last_seq(HEALTH_PROBE_ID).await.map(drop) })
+    }
 }
+
+/// An id no client can use (ids never contain a space): the default [`Store::health`] reads
+/// it, and backends may key their probe record with it.
+pub const HEALTH_PROBE_ID: &str = "tern health probe";

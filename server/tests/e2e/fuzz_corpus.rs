@@ -37,6 +37,13 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>, Route)> {
         ("http_request", "seed-healthz", b"GET /healthz HTTP/1.0\r\n\r\n".to_vec(), Route::Healthz),
         (
             "http_request",
+            "seed-readyz",
+            b"GET /readyz HTTP/1.1\r\nHost: lb\r\nUser-Agent: ELB-HealthChecker/2.0\r\n\r\n"
+                .to_vec(),
+            Route::Readyz,
+        ),
+        (
+            "http_request",
             "seed-not-found",
             b"GET /admin HTTP/1.1\r\n\r\n".to_vec(),
             Route::NotFound,

@@ -58,6 +58,7 @@ macro_rules! conformance_tests {
             watermarks_are_monotonic,
             list_conversations_pages_in_id_order,
             conversations_are_independent,
+            health_probe_round_trips,
         );
     };
     (@cases $setup:path; $($case:ident),* $(,)?) => {
@@ -85,6 +86,7 @@ pub async fn run_all(store: &dyn Store) {
     watermarks_are_monotonic(store).await;
     list_conversations_pages_in_id_order(store).await;
     conversations_are_independent(store).await;
+    health_probe_round_trips(store).await;
 }
 
 /// An id no other case, test process or earlier run uses.
@@ -550,5 +552,31 @@ pub async fn conversations_are_independent(store: &dyn Store) {
             .map(|e| (e.conversation_id.as_str(), e.last_seq, e.watermarks.read))
             .collect::<Vec<_>>(),
         vec![(a.as_str(), 2, 2), (b.as_str(), 3, 0)]
+    );
+}
+
+/// The health probe succeeds on a working store, also many at once and repeated, and leaves no
+/// trace a client could see: no conversation, no seq used, nothing listed.
+pub async fn health_probe_round_trips(store: &dyn Store) {
+    store.health().await.expect("health on a working store");
+    let probes = (0..8).map(|_| store.health()).collect();
+    for result in join_all(probes).await {
+        result.expect("concurrent health probes");
+    }
+    store.health().await.expect("health again");
+    let conv = unique("c-health");
+    let user = unique("u-health");
+    assert_eq!(store.last_seq(tern_store::HEALTH_PROBE_ID).await.expect("last_seq"), 0);
+    assert_eq!(append_one(store, message(&conv, &user, "m1", "hi")).await.seq, 1);
+    store.health().await.expect("health after an append");
+    assert_eq!(store.last_seq(&conv).await.expect("last_seq"), 1);
+    let listed = store.list_conversations(&user, "", 100).await.expect("list_conversations");
+    assert_eq!(listed.iter().map(|e| e.conversation_id.as_str()).collect::<Vec<_>>(), [&conv]);
+    assert!(
+        store
+            .list_conversations(tern_store::HEALTH_PROBE_ID, "", 100)
+            .await
+            .expect("list_conversations")
+            .is_empty()
     );
 }

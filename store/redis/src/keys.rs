@@ -68,6 +68,11 @@ impl Keys {
         format!("{}:convs", self.user(user_id))
     }
 
+    /// `P{h:<probe>}`: string written and read back by one process's health probe.
+    pub fn health(&self, probe: &str) -> String {
+        format!("{}{{h:{probe}}}", self.prefix)
+    }
+
     /// `<user base>:last`: hash conversation_id -> "last_seq:last_time_ms".
     pub fn user_last(&self, user_id: &str) -> String {
         format!("{}:last", self.user(user_id))

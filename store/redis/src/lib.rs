@@ -145,6 +145,7 @@
 pub mod config;
 pub mod error;
 mod failover;
+mod health;
 pub mod keys;
 pub mod scripts;
 pub mod store;

@@ -611,6 +611,10 @@ impl Store for RedisStore {
     ) -> BoxFuture<'a, Result<Vec<ConversationEntry>, StoreError>> {
         Box::pin(async move { Ok(self.conversations(user_id, after, limit).await?) })
     }
+
+    fn health(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move { Ok(self.probe().await?) })
+    }
 }
 
 #[cfg(test)]

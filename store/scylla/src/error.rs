@@ -110,6 +110,9 @@ pub enum OpError {
     /// A task of the batch stopped unexpectedly.
     #[error("append task failed: {0}")]
     Task(String),
+    /// The health probe read back something else than it wrote.
+    #[error("{0}")]
+    Probe(String),
 }
 
 /// `From<E>` for the boxed variants (boxed: the driver's errors are large).
@@ -144,7 +147,8 @@ impl From<OpError> for StoreError {
             | OpError::Rows(_)
             | OpError::FirstRow(_)
             | OpError::Deserialize(_)
-            | OpError::LwtShape(_) => StoreError::Io(e.to_string()),
+            | OpError::LwtShape(_)
+            | OpError::Probe(_) => StoreError::Io(e.to_string()),
         }
     }
 }

@@ -18,6 +18,7 @@ mod append;
 pub mod bucket;
 pub mod config;
 mod error;
+mod health;
 pub mod row;
 pub mod schema;
 mod statements;

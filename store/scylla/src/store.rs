@@ -477,4 +477,8 @@ impl Store for ScyllaStore {
     ) -> BoxFuture<'a, Result<Vec<ConversationEntry>, StoreError>> {
         Box::pin(async move { Ok(self.inner.list_conversations(user_id, after, limit).await?) })
     }
+
+    fn health(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move { Ok(self.inner.probe().await?) })
+    }
 }

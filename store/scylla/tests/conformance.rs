@@ -19,6 +19,7 @@ const CASES: &[&str] = &[
     "watermarks_are_monotonic",
     "list_conversations_pages_in_id_order",
     "conversations_are_independent",
+    "health_probe_round_trips",
 ];
 
 /// A store on the configured node(s); the keyspace defaults to `tern_conformance`.
@@ -62,6 +63,7 @@ live_cases!(
     watermarks_are_monotonic,
     list_conversations_pages_in_id_order,
     conversations_are_independent,
+    health_probe_round_trips,
 );
 
 /// The whole suite in turn on one store, as `run_all` does.

@@ -3,6 +3,7 @@
 //! clients and a raw frame client for bad-input tests.
 #![allow(dead_code)]
 
+pub mod chat;
 pub mod ledger;
 pub mod swarm;
 
