@@ -1,6 +1,7 @@
 //! Tern's gateway: holds client connections and moves frames between them and dispatch.
 //!
 //! - [`config`]: the gateway's limits and timings.
+//! - [`closing`]: when a closing connection's socket closes (its last frame written), sans-IO.
 //! - [`auth`]: JWT (HS256) login tokens.
 //! - [`upstream`]: the [`Upstream`] trait through which requests reach dispatch.
 //! - [`link`]: the distributed-mode upstream: links to dispatch workers, presence publishing.
@@ -15,6 +16,7 @@
 //! The gateway keeps no durable state.
 
 pub mod auth;
+pub mod closing;
 pub mod config;
 pub mod core;
 #[doc(hidden)]

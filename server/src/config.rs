@@ -88,6 +88,9 @@ pub struct GatewaySection {
     pub max_pending_logins: usize,
     /// Average frames per second a connection may send (burst twice that); 0 = no limit.
     pub max_frames_per_sec: u32,
+    /// How long a closing connection waits for its last frame (Kick, fatal Error) to be read.
+    #[serde(with = "duration")]
+    pub close_timeout: Duration,
 }
 
 /// `[dispatch]`
@@ -183,6 +186,7 @@ impl Default for GatewaySection {
             max_connections: g.max_connections,
             max_pending_logins: g.max_pending_logins,
             max_frames_per_sec: g.session.max_frames_per_sec,
+            close_timeout: g.close_timeout,
         }
     }
 }
@@ -301,6 +305,7 @@ impl Config {
             max_inflight_requests: g.max_inflight_requests,
             max_connections: g.max_connections,
             max_pending_logins: g.max_pending_logins,
+            close_timeout: g.close_timeout,
         }
     }
 

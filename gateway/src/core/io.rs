@@ -21,6 +21,7 @@ use tokio::sync::oneshot;
 
 use super::mailbox::{Cmd, ConnHandle, Mailbox};
 use super::wheel::{Key, Wheel};
+use crate::closing::CloseTimer;
 use crate::outbound::OutQueue;
 use crate::registry;
 use crate::server::Gateway;
@@ -36,8 +37,6 @@ const WHEEL_TICK: Duration = Duration::from_millis(100);
 const WHEEL_BUCKETS: usize = 1024;
 /// Longest wait for the upstream to make a new login reachable before LoginOk goes out.
 const LOGIN_PUBLISH_WAIT: Duration = Duration::from_secs(2);
-/// After closing, how long unread input is drained so the last frame is not lost to a reset.
-const CLOSE_LINGER: Duration = Duration::from_millis(500);
 /// At shutdown, how long connections get to take their Kick.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// After an accept error (out of file descriptors, say), how long until accepting again.
@@ -59,7 +58,8 @@ enum Phase {
     Open,
     /// Logged in; LoginOk waits for the upstream to make the login reachable. Not reading.
     LoginWait,
-    /// Writing what is queued, then draining input until EOF or the linger deadline.
+    /// Writing what is queued (the last frame included, up to the close timeout), then
+    /// draining input until EOF or the linger deadline.
     Closing,
 }
 
@@ -75,7 +75,8 @@ struct Conn {
     /// Bytes the socket did not take yet; `None` while everything was written.
     out: Option<Box<OutQueue>>,
     id: u64,
-    linger_until: Option<Instant>,
+    /// While closing: when the socket closes (see [`crate::closing`]).
+    closing: Option<CloseTimer>,
     inflight: u32,
     phase: Phase,
     /// Counted in `logins_pending`.
@@ -299,7 +300,7 @@ impl<U: Upstream> IoThread<U> {
             partial: Vec::new(),
             out: None,
             id,
-            linger_until: None,
+            closing: None,
             inflight: 0,
             phase: Phase::Open,
             pending: true,
@@ -552,7 +553,14 @@ impl<U: Upstream> IoThread<U> {
             Ok(true) => {
                 c.out = None;
                 if c.phase == Phase::Closing {
+                    // The last frame is out: linger briefly, then close.
                     let _ = c.stream.shutdown(Shutdown::Write);
+                    if let Some(t) = c.closing.as_mut() {
+                        t.on_written(Instant::now());
+                        let at = t.deadline();
+                        let key = self.key(i);
+                        self.wheel.schedule(at, key);
+                    }
                 }
             }
             Ok(false) => {}
@@ -563,7 +571,8 @@ impl<U: Upstream> IoThread<U> {
     // ----- closing -----
 
     /// Starts closing: leaves the registry, writes `last` after what is queued, shuts down
-    /// writing once all is out, and drains input until EOF or the linger deadline.
+    /// writing once all is out, and drains input until EOF or the deadline of
+    /// [`CloseTimer`] (the close timeout while the last frame waits, then the linger).
     fn begin_close(&mut self, i: u32, last: Option<Bytes>) {
         let gw = self.gw.clone();
         let Some(c) = self.conn(i) else { return };
@@ -574,8 +583,6 @@ impl<U: Upstream> IoThread<U> {
         c.phase = Phase::Closing;
         c.session.close_now();
         c.partial = Vec::new();
-        let linger_until = Instant::now() + CLOSE_LINGER;
-        c.linger_until = Some(linger_until);
         if let Some(frame) = last {
             gw.metrics.frames_out.fetch_add(1, Relaxed);
             let r = match c.out.as_mut() {
@@ -590,11 +597,14 @@ impl<U: Upstream> IoThread<U> {
                 return self.drop_conn(i);
             }
         }
-        if c.out.is_none() {
+        let written = c.out.is_none();
+        if written {
             let _ = c.stream.shutdown(Shutdown::Write);
         }
+        let timer = CloseTimer::start(Instant::now(), written, gw.cfg.close_timeout);
+        c.closing = Some(timer);
         let key = self.key(i);
-        self.wheel.schedule(linger_until, key);
+        self.wheel.schedule(timer.deadline(), key);
     }
 
     /// Frees a connection's slot and closes its socket.
@@ -702,8 +712,8 @@ impl<U: Upstream> IoThread<U> {
             }
             let Some(c) = self.conn(key.slot) else { continue };
             if c.phase == Phase::Closing {
-                match c.linger_until {
-                    Some(at) if at > now => self.wheel.schedule(at, key),
+                match c.closing {
+                    Some(t) if !t.due(now) => self.wheel.schedule(t.deadline(), key),
                     _ => self.drop_conn(key.slot),
                 }
                 continue;
