@@ -18,4 +18,5 @@ mod ordering;
 mod recall;
 mod receipts;
 mod reconnect;
+mod session_rules;
 mod slow_reader;

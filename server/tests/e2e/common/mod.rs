@@ -250,6 +250,12 @@ impl Raw {
         }
     }
 
+    /// Splits into a frame reader and the raw write half (to write and read concurrently).
+    pub fn into_split(self) -> (RawReader, tokio::net::tcp::OwnedWriteHalf) {
+        let (read, write) = self.stream.into_split();
+        (RawReader { read, buf: self.buf, decoder: self.decoder }, write)
+    }
+
     /// Reads until EOF and returns every frame seen.
     pub async fn drain_to_eof(&mut self) -> Vec<Envelope> {
         let mut out = Vec::new();
@@ -257,6 +263,31 @@ impl Raw {
             out.push(e);
         }
         out
+    }
+}
+
+/// The reading half of a [`Raw`].
+pub struct RawReader {
+    read: tokio::net::tcp::OwnedReadHalf,
+    buf: BytesMut,
+    decoder: FrameDecoder,
+}
+
+impl RawReader {
+    /// Next frame, or None at EOF/reset.
+    pub async fn recv(&mut self) -> Option<Envelope> {
+        loop {
+            if let Some(env) = self.decoder.decode(&mut self.buf).unwrap() {
+                return Some(env);
+            }
+            let n = tokio::time::timeout(WAIT, self.read.read_buf(&mut self.buf))
+                .await
+                .expect("no frame in time");
+            match n {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
     }
 }
 
