@@ -271,8 +271,14 @@ impl Config {
 
     fn validate(&self) -> anyhow::Result<()> {
         let g = &self.gateway;
-        if g.max_frame_bytes < 1024 || g.max_frame_bytes > 16 * 1024 * 1024 {
-            bail!("gateway.max_frame_bytes must be between 1 KiB and 16 MiB");
+        let min_frame = tern_proto::MIN_MAX_FRAME_BYTES;
+        if g.max_frame_bytes < min_frame || g.max_frame_bytes > 16 * 1024 * 1024 {
+            bail!(
+                "gateway.max_frame_bytes = {} is out of range: it must be between {min_frame} \
+                 (8 KiB, so that the message body limit max_frame_bytes - 2048 and the sync page \
+                 budget max_frame_bytes - 4096 stay positive) and 16777216 (16 MiB)",
+                g.max_frame_bytes
+            );
         }
         if g.idle_timeout <= g.heartbeat_interval {
             bail!("gateway.idle_timeout must be longer than gateway.heartbeat_interval");
@@ -456,14 +462,14 @@ mod tests {
         )
         .unwrap();
         let env = vec![
-            ("TERN_GATEWAY_MAX_FRAME_BYTES".to_string(), "2048".to_string()),
+            ("TERN_GATEWAY_MAX_FRAME_BYTES".to_string(), "16384".to_string()),
             ("TERN_SERVER_LISTEN".to_string(), "127.0.0.1:9001".to_string()),
             ("UNRELATED".to_string(), "x".to_string()),
         ];
         let cfg = Config::load(Some(&path), env, &["server.listen=127.0.0.1:9002".into()]).unwrap();
         assert_eq!(cfg.server.listen.port(), 9002);
         assert_eq!(cfg.gateway.idle_timeout, Duration::from_secs(300));
-        assert_eq!(cfg.gateway.max_frame_bytes, 2048);
+        assert_eq!(cfg.gateway.max_frame_bytes, 16384);
         let cfg = Config::load(Some(&path), Vec::new(), &[]).unwrap();
         assert_eq!(cfg.server.listen.port(), 9000);
     }
@@ -477,6 +483,19 @@ mod tests {
         let path = dir.path().join("bad.toml");
         std::fs::write(&path, "[gateway]\ntypo_key = 3\n").unwrap();
         assert!(Config::load(Some(&path), Vec::new(), &[]).is_err());
+    }
+
+    #[test]
+    fn max_frame_bytes_minimum_keeps_the_derived_limits_positive() {
+        let load =
+            |v: usize| Config::load(None, Vec::new(), &[format!("gateway.max_frame_bytes={v}")]);
+        for bad in [1024, 4096, 8191, 16 * 1024 * 1024 + 1] {
+            let err = format!("{:#}", load(bad).unwrap_err());
+            assert!(err.contains("gateway.max_frame_bytes") && err.contains("8192"), "{err}");
+        }
+        let cfg = load(8192).unwrap();
+        let d = cfg.dispatch_config();
+        assert_eq!((d.max_body_bytes, d.max_page_bytes), (8192 - 2048, 8192 - 4096));
     }
 
     #[test]
