@@ -7,7 +7,7 @@
 //! - [`link`]: the distributed-mode upstream: links to dispatch workers, presence publishing.
 //! - [`registry`]: which local connection holds each (user, device); pushes and kicks.
 //! - [`outbound`]: a connection's bounded outbound queue (the slow-reader cap), sans-IO.
-//! - [`core`]: the connection core: mio I/O threads with SO_REUSEPORT listeners ([`listen`],
+//! - [`core`]: the connection core: mio I/O threads on a shared listener ([`listen`],
 //!   [`serve`]), a slab of compact connection records, a timer wheel, driving the sans-IO
 //!   [`tern_proto::session::server::ServerSession`].
 //! - [`server`]: [`Gateway`], what every connection shares.

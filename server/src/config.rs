@@ -44,11 +44,12 @@ pub struct ServerSection {
     pub listen_backlog: u32,
     /// Client I/O threads, each with its own event loop and listener; 0 = one per core.
     pub io_threads: usize,
-    /// Bind the client port with SO_REUSEPORT: every I/O thread gets its own listener, and
-    /// other gateway processes of the same user may share the port (the kernel spreads
-    /// connections over them). Off: one listener shared by the I/O threads, and a port in use
-    /// is an error.
-    pub reuse_port: bool,
+    /// Share the client port with other processes (SO_REUSEPORT): every I/O thread gets its
+    /// own listener, and other gateway processes of the same user that also set it may bind
+    /// the same port (the kernel spreads connections over them). Off (the default): one
+    /// listener shared by this process's I/O threads; a port in use is a startup error and no
+    /// other process can bind it meanwhile.
+    pub share_port: bool,
 }
 
 /// `[auth]`
@@ -167,7 +168,7 @@ impl Default for ServerSection {
             log: "info".into(),
             listen_backlog: 4096,
             io_threads: 0,
-            reuse_port: true,
+            share_port: false,
         }
     }
 }

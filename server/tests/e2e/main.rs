@@ -20,3 +20,4 @@ mod receipts;
 mod reconnect;
 mod session_rules;
 mod slow_reader;
+mod startup;

@@ -75,7 +75,7 @@ impl TestServer {
         sets.extend(overrides.iter().map(|s| s.to_string()));
         let cfg = Config::load(None, Vec::new(), &sets).unwrap();
         let s = &cfg.server;
-        let listener = tern_gateway::listen(at, 1024, s.io_threads, s.reuse_port).unwrap();
+        let listener = tern_gateway::listen(at, 1024, s.io_threads, s.share_port).unwrap();
         let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr();
         let http_addr = http.local_addr().unwrap();
@@ -308,9 +308,15 @@ pub struct ChildServer {
 
 impl ChildServer {
     pub fn start(data_dir: &Path) -> Self {
+        Self::start_with(data_dir, "127.0.0.1:0", &[])
+    }
+
+    /// `tern serve` on `listen` with extra arguments (e.g. `--set k=v`).
+    pub fn start_with(data_dir: &Path, listen: &str, extra: &[&str]) -> Self {
         use std::io::BufRead;
         let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--http-listen", ""])
+            .args(["serve", "--listen", listen, "--http-listen", ""])
+            .args(extra)
             .arg("--data-dir")
             .arg(data_dir)
             .env("TERN_SERVER_LOG", "warn")
