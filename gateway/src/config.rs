@@ -29,6 +29,13 @@ pub struct GatewayConfig {
     /// socket closes sooner once the frame is written (plus a 500 ms linger). Costs one socket
     /// and the last frame per closing connection. Default 10 s.
     pub close_timeout: Duration,
+    /// Connections from one source (an IPv4 address or an IPv6 /64) held at once; further
+    /// ones from it are closed at accept. 0 = no cap. Default 10_000.
+    pub max_connections_per_source: usize,
+    /// Connections from one source accepted but not logged in yet, at once; further ones from
+    /// it are closed at accept, so one host cannot take every pending-login slot. 0 = no cap.
+    /// Default 1000.
+    pub max_pending_logins_per_source: usize,
 }
 
 impl Default for GatewayConfig {
@@ -41,6 +48,8 @@ impl Default for GatewayConfig {
             max_connections: 100_000,
             max_pending_logins: 10_000,
             close_timeout: Duration::from_secs(10),
+            max_connections_per_source: 10_000,
+            max_pending_logins_per_source: 1000,
         }
     }
 }

@@ -11,6 +11,7 @@
 //!   [`serve`]), a slab of compact connection records, a timer wheel, driving the sans-IO
 //!   [`tern_proto::session::server::ServerSession`].
 //! - [`server`]: [`Gateway`], what every connection shares.
+//! - [`sources`]: per-source-address caps on connections and pending logins.
 //! - [`metrics`]: counters in Prometheus text format.
 //!
 //! The gateway keeps no durable state.
@@ -26,6 +27,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod registry;
 pub mod server;
+pub mod sources;
 pub mod upstream;
 
 pub use auth::TokenKey;

@@ -92,6 +92,10 @@ pub struct GatewaySection {
     /// How long a closing connection waits for its last frame (Kick, fatal Error) to be read.
     #[serde(with = "duration")]
     pub close_timeout: Duration,
+    /// Connections from one source address (IPv6: /64) at once; 0 = no cap.
+    pub max_connections_per_source: usize,
+    /// Connections from one source address not logged in yet, at once; 0 = no cap.
+    pub max_pending_logins_per_source: usize,
 }
 
 /// `[dispatch]`
@@ -188,6 +192,8 @@ impl Default for GatewaySection {
             max_pending_logins: g.max_pending_logins,
             max_frames_per_sec: g.session.max_frames_per_sec,
             close_timeout: g.close_timeout,
+            max_connections_per_source: g.max_connections_per_source,
+            max_pending_logins_per_source: g.max_pending_logins_per_source,
         }
     }
 }
@@ -313,6 +319,8 @@ impl Config {
             max_connections: g.max_connections,
             max_pending_logins: g.max_pending_logins,
             close_timeout: g.close_timeout,
+            max_connections_per_source: g.max_connections_per_source,
+            max_pending_logins_per_source: g.max_pending_logins_per_source,
         }
     }
 

@@ -25,6 +25,7 @@ use crate::closing::CloseTimer;
 use crate::outbound::OutQueue;
 use crate::registry;
 use crate::server::Gateway;
+use crate::sources::{Refusal, SourceKey};
 use crate::upstream::{RequestCtx, Upstream};
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -79,8 +80,10 @@ struct Conn {
     closing: Option<CloseTimer>,
     inflight: u32,
     phase: Phase,
-    /// Counted in `logins_pending`.
+    /// Counted in `logins_pending` (and in its source's pending logins).
     pending: bool,
+    /// Its source address's key in the gateway's per-source counters.
+    source: SourceKey,
 }
 
 #[derive(Debug)]
@@ -245,7 +248,7 @@ impl<U: Upstream> IoThread<U> {
         loop {
             let Some(listener) = &self.listener else { return };
             match listener.accept() {
-                Ok((stream, _)) => self.admit(stream),
+                Ok((stream, peer)) => self.admit(stream, peer),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
@@ -258,7 +261,7 @@ impl<U: Upstream> IoThread<U> {
         }
     }
 
-    fn admit(&mut self, mut stream: TcpStream) {
+    fn admit(&mut self, mut stream: TcpStream, peer: std::net::SocketAddr) {
         let gw = &*self.gw;
         let m = &gw.metrics;
         if m.connections_open.load(Relaxed) as usize >= gw.cfg.max_connections {
@@ -269,6 +272,16 @@ impl<U: Upstream> IoThread<U> {
             m.pending_login_rejections.fetch_add(1, Relaxed);
             return;
         }
+        let source = gw.sources.key(peer.ip());
+        if let Err(refusal) = gw.sources.admit(source) {
+            match refusal {
+                Refusal::Connections => m.source_connection_rejections.fetch_add(1, Relaxed),
+                Refusal::PendingLogins => m.source_pending_login_rejections.fetch_add(1, Relaxed),
+            };
+            tracing::debug!(%peer, ?refusal, "connection refused at a per-source cap");
+            return;
+        }
+        m.sources.store(gw.sources.tracked(), Relaxed);
         let _ = stream.set_nodelay(true);
         let i = match self.free.pop() {
             Some(i) => i,
@@ -281,6 +294,8 @@ impl<U: Upstream> IoThread<U> {
         if let Err(e) = self.poll.registry().register(&mut stream, Token(i as usize), interest) {
             tracing::warn!(error = %e, "registering a connection failed");
             self.free.push(i);
+            gw.sources.not_pending(source);
+            gw.sources.release(source);
             return;
         }
         m.logins_pending.fetch_add(1, Relaxed);
@@ -304,6 +319,7 @@ impl<U: Upstream> IoThread<U> {
             inflight: 0,
             phase: Phase::Open,
             pending: true,
+            source,
         });
         self.live += 1;
     }
@@ -445,6 +461,7 @@ impl<U: Upstream> IoThread<U> {
                 gw.metrics.logins_ok.fetch_add(1, Relaxed);
                 if std::mem::take(&mut c.pending) {
                     gw.metrics.logins_pending.fetch_sub(1, Relaxed);
+                    gw.sources.not_pending(c.source);
                 }
                 let ctx = Arc::new(RequestCtx {
                     user_id: identity.user_id,
@@ -619,6 +636,8 @@ impl<U: Upstream> IoThread<U> {
         if let Some(q) = &c.out {
             account(&gw, q.queued_bytes(), 0);
         }
+        gw.sources.release(c.source);
+        gw.metrics.sources.store(gw.sources.tracked(), Relaxed);
         let _ = self.poll.registry().deregister(&mut c.stream);
         self.free.push(i);
         self.live -= 1;
@@ -761,6 +780,7 @@ fn write_or_queue<U: Upstream>(c: &mut Conn, frame: Bytes, gw: &Gateway<U>) -> i
 fn leave<U: Upstream>(c: &mut Conn, gw: &Gateway<U>) {
     if std::mem::take(&mut c.pending) {
         gw.metrics.logins_pending.fetch_sub(1, Relaxed);
+        gw.sources.not_pending(c.source);
     }
     if let Some(ctx) = c.ctx.take() {
         gw.registry.unregister(&ctx.user_id, c.id);

@@ -15,6 +15,7 @@ mod messaging;
 mod offline_sync;
 mod ops;
 mod ordering;
+mod per_source;
 mod recall;
 mod receipts;
 mod reconnect;
