@@ -57,7 +57,9 @@ pub fn unix_nanos() -> u64 {
 enum Phase {
     /// Reading frames (before or after login).
     Open,
-    /// Logged in; LoginOk waits for the upstream to make the login reachable. Not reading.
+    /// Logged in; LoginOk waits for the upstream to make the login reachable. Not reading:
+    /// frames pipelined behind the Login wait (in `partial` or the kernel) and are processed
+    /// in order right after LoginOk is written (PROTOCOL.md section 5 step 3).
     LoginWait,
     /// Writing what is queued (the last frame included, up to the close timeout), then
     /// draining input until EOF or the linger deadline.
