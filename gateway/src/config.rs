@@ -1,5 +1,7 @@
 //! The gateway's limits and timings. Every limit bounds memory or work; its doc says the cost.
 
+use std::time::Duration;
+
 use tern_proto::session::server::ServerSessionConfig;
 
 /// Gateway settings. Defaults suit a loopback development server.
@@ -22,6 +24,18 @@ pub struct GatewayConfig {
     /// accept. Bounds the work a login storm (or a flood of idle sockets) can pile up before
     /// the login timeout. Default 10_000.
     pub max_pending_logins: usize,
+    /// How long a closing connection keeps its socket so that its last frame (the
+    /// SLOW_CONSUMER Kick, any Kick or fatal Error) reaches a client that reads slowly; the
+    /// socket closes sooner once the frame is written (plus a 500 ms linger). Costs one socket
+    /// and the last frame per closing connection. Default 10 s.
+    pub close_timeout: Duration,
+    /// Connections from one source (an IPv4 address or an IPv6 /64) held at once; further
+    /// ones from it are closed at accept. 0 = no cap. Default 10_000.
+    pub max_connections_per_source: usize,
+    /// Connections from one source accepted but not logged in yet, at once; further ones from
+    /// it are closed at accept, so one host cannot take every pending-login slot. 0 = no cap.
+    /// Default 1000.
+    pub max_pending_logins_per_source: usize,
 }
 
 impl Default for GatewayConfig {
@@ -33,6 +47,9 @@ impl Default for GatewayConfig {
             max_inflight_requests: 256,
             max_connections: 100_000,
             max_pending_logins: 10_000,
+            close_timeout: Duration::from_secs(10),
+            max_connections_per_source: 10_000,
+            max_pending_logins_per_source: 1000,
         }
     }
 }

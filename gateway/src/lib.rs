@@ -1,20 +1,23 @@
 //! Tern's gateway: holds client connections and moves frames between them and dispatch.
 //!
 //! - [`config`]: the gateway's limits and timings.
+//! - [`closing`]: when a closing connection's socket closes (its last frame written), sans-IO.
 //! - [`auth`]: JWT (HS256) login tokens.
 //! - [`upstream`]: the [`Upstream`] trait through which requests reach dispatch.
 //! - [`link`]: the distributed-mode upstream: links to dispatch workers, presence publishing.
 //! - [`registry`]: which local connection holds each (user, device); pushes and kicks.
 //! - [`outbound`]: a connection's bounded outbound queue (the slow-reader cap), sans-IO.
-//! - [`core`]: the connection core: mio I/O threads with SO_REUSEPORT listeners ([`listen`],
+//! - [`core`]: the connection core: mio I/O threads on a shared listener ([`listen`],
 //!   [`serve`]), a slab of compact connection records, a timer wheel, driving the sans-IO
 //!   [`tern_proto::session::server::ServerSession`].
 //! - [`server`]: [`Gateway`], what every connection shares.
+//! - [`sources`]: per-source-address caps on connections and pending logins.
 //! - [`metrics`]: counters in Prometheus text format.
 //!
 //! The gateway keeps no durable state.
 
 pub mod auth;
+pub mod closing;
 pub mod config;
 pub mod core;
 #[doc(hidden)]
@@ -24,6 +27,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod registry;
 pub mod server;
+pub mod sources;
 pub mod upstream;
 
 pub use auth::TokenKey;

@@ -38,12 +38,36 @@ pub struct GatewayMetrics {
     pub frames_out: AtomicU64,
     /// Bytes waiting in outbound queues, all connections together (gauge).
     pub outbound_queued_bytes: AtomicU64,
+    /// Connections refused at accept because their source held its connection cap.
+    pub source_connection_rejections: AtomicU64,
+    /// Connections refused at accept because their source held its pending-login cap.
+    pub source_pending_login_rejections: AtomicU64,
+    /// Distinct sources holding connections now (gauge; kept by the gateway's source map).
+    pub sources: AtomicU64,
 }
 
 impl GatewayMetrics {
     /// Appends every metric to `out` in Prometheus text exposition format.
     pub fn render(&self, out: &mut String) {
-        let rows: [(&str, &str, &str, &AtomicU64); 16] = [
+        let rows: [(&str, &str, &str, &AtomicU64); 19] = [
+            (
+                "tern_gateway_source_connection_rejections_total",
+                "counter",
+                "Connections refused at accept at the per-source connection cap.",
+                &self.source_connection_rejections,
+            ),
+            (
+                "tern_gateway_source_pending_login_rejections_total",
+                "counter",
+                "Connections refused at accept at the per-source pending-login cap.",
+                &self.source_pending_login_rejections,
+            ),
+            (
+                "tern_gateway_sources",
+                "gauge",
+                "Distinct source addresses (IPv6: /64) holding connections now.",
+                &self.sources,
+            ),
             (
                 "tern_gateway_outbound_queued_bytes",
                 "gauge",

@@ -8,6 +8,7 @@ use crate::auth::TokenKey;
 use crate::config::GatewayConfig;
 use crate::metrics::GatewayMetrics;
 use crate::registry::Registry;
+use crate::sources::SourceLimits;
 use crate::upstream::Upstream;
 
 /// Everything connections share: config, token key, registry, upstream and metrics.
@@ -22,6 +23,8 @@ pub struct Gateway<U: Upstream> {
     pub upstream: U,
     /// Counters.
     pub metrics: Arc<GatewayMetrics>,
+    /// Per-source connection and pending-login counts.
+    pub sources: SourceLimits,
     next_id: AtomicU64,
 }
 
@@ -37,7 +40,9 @@ impl<U: Upstream> Gateway<U> {
             Err(_) => crate::core::unix_nanos() >> 2,
         };
         let next_id = AtomicU64::new(start.max(1));
-        Self { cfg, auth: Arc::new(auth), registry, upstream, metrics, next_id }
+        let sources =
+            SourceLimits::new(cfg.max_connections_per_source, cfg.max_pending_logins_per_source);
+        Self { cfg, auth: Arc::new(auth), registry, upstream, metrics, sources, next_id }
     }
 
     /// A new connection id, unique within this gateway process.

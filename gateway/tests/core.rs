@@ -51,6 +51,11 @@ impl Server {
     /// A gateway on a free port with `threads` I/O threads; requests pass freely unless
     /// `gated`.
     fn start(cfg: GatewayConfig, threads: usize, gated: bool) -> Self {
+        Self::start_on(cfg, threads, gated, false)
+    }
+
+    /// As [`Server::start`], with the port shared with other processes when `share_port`.
+    fn start_on(cfg: GatewayConfig, threads: usize, gated: bool, share_port: bool) -> Self {
         let key = TokenKey::generate().unwrap();
         let gate = Arc::new(Semaphore::new(if gated { 0 } else { Semaphore::MAX_PERMITS }));
         let started = Arc::new(AtomicUsize::new(0));
@@ -63,7 +68,8 @@ impl Server {
             upstream,
         ));
         let listeners =
-            tern_gateway::listen("127.0.0.1:0".parse().unwrap(), 4096, threads, true).unwrap();
+            tern_gateway::listen("127.0.0.1:0".parse().unwrap(), 4096, threads, share_port)
+                .unwrap();
         assert_eq!(listeners.threads(), threads);
         let addr = listeners.local_addr();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -177,7 +183,10 @@ async fn frames_split_at_every_byte_offset_are_reassembled() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_io_thread_serves_thousands_of_connections() {
     const N: usize = 3000;
-    let server = Server::start(GatewayConfig::default(), 1, false);
+    // All from 127.0.0.1 and all connected before any logs in: past the default per-source
+    // pending-login cap (1000), which is not what this test is about.
+    let cfg = GatewayConfig { max_pending_logins_per_source: 0, ..GatewayConfig::default() };
+    let server = Server::start(cfg, 1, false);
     let addr = server.addr;
     let logins: Vec<Bytes> = (0..N).map(|i| server.login_bytes(&format!("u{i}"), "d")).collect();
     let conns = tokio::task::spawn_blocking(move || {
@@ -323,11 +332,11 @@ async fn a_slow_upstream_pauses_reading_then_every_request_is_answered() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn several_listeners_share_one_port() {
-    let server = Server::start(GatewayConfig::default(), 3, false);
+async fn a_port_is_shared_only_when_asked() {
+    let server = Server::start_on(GatewayConfig::default(), 3, false, true);
     let addr = server.addr;
-    // A second, independent set of listeners on the same port (as another gateway process
-    // would bind it) is allowed with SO_REUSEPORT.
+    // A second, independent set of sharing listeners on the same port (as another gateway
+    // process with server.share_port would bind it) is allowed.
     let other = tern_gateway::listen(addr, 128, 2, true).unwrap();
     assert_eq!(other.local_addr(), addr);
     drop(other);
@@ -342,7 +351,47 @@ async fn several_listeners_share_one_port() {
     .await
     .unwrap();
     assert_eq!(server.gw.metrics.logins_ok.load(SeqCst), 60);
-    // Without SO_REUSEPORT the port is taken.
-    assert!(tern_gateway::listen(addr, 128, 1, false).is_err());
+    // A server that does not share cannot bind a shared port.
+    let err = tern_gateway::listen(addr, 128, 1, false).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_port_one_server_unless_shared_and_its_threads_lose_nothing() {
+    let server = Server::start(GatewayConfig::default(), 3, false);
+    let addr = server.addr;
+    // Another server is refused, whether it asks to share or not.
+    for share in [false, true] {
+        let err = tern_gateway::listen(addr, 128, 2, share).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse, "share {share}");
+    }
+    // The three I/O threads poll one shared socket: 300 logins from 6 concurrent clients all
+    // go through, each exactly once.
+    let logins: Vec<Vec<Bytes>> = (0..6)
+        .map(|t| (0..50).map(|i| server.login_bytes(&format!("u{t}-{i}"), "d")).collect())
+        .collect();
+    let clients: Vec<_> = logins
+        .into_iter()
+        .map(|batch| {
+            std::thread::spawn(move || {
+                let mut held = Vec::new();
+                for login in batch {
+                    let mut c = Raw::connect(addr);
+                    c.send(&login);
+                    assert!(is_login_ok(&c.expect("LoginOk")));
+                    held.push(c);
+                }
+                held.len()
+            })
+        })
+        .collect();
+    let total: usize =
+        tokio::task::spawn_blocking(move || clients.into_iter().map(|t| t.join().unwrap()).sum())
+            .await
+            .unwrap();
+    assert_eq!(total, 300);
+    assert_eq!(server.gw.metrics.logins_ok.load(SeqCst), 300);
+    assert_eq!(server.gw.metrics.connections_accepted.load(SeqCst), 300);
     server.stop().await;
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The density run: N concurrent logged-in TCP connections spread over several gateway processes
-# sharing one port (SO_REUSEPORT), held with heartbeats, with a delivery probe during the hold.
+# sharing one port (SO_REUSEPORT: server.share_port=true on every gateway), held with heartbeats,
+# with a delivery probe during the hold.
 #
 # Starts, in a scratch directory on free loopback ports: a presence Redis, a store Redis
 # (appendonly, fsync always), one `tern dispatch` and G `tern gateway` processes on one client
@@ -105,7 +106,9 @@ for g in $(seq 1 "$GATEWAYS"); do
   "$TERN_BIN" gateway "${common[@]}" --set "server.listen=127.0.0.1:$CLIENT" \
     --set "server.http_listen=127.0.0.1:$http" --set "server.io_threads=$IO_THREADS" \
     --set "cluster.dispatch_workers=127.0.0.1:$LINK" --set "cluster.node_id=gw$g" \
-    --set "gateway.max_pending_logins=$CONNS" --set "gateway.heartbeat_interval=$HEARTBEAT" \
+    --set server.share_port=true --set "gateway.max_pending_logins=$CONNS" \
+    --set "gateway.max_pending_logins_per_source=$CONNS" \
+    --set "gateway.max_connections_per_source=$CONNS" --set "gateway.heartbeat_interval=$HEARTBEAT" \
     >"$WORK/gw$g.log" 2>&1 & PIDS+=($!); GW_PIDS+=($!); GW_HTTP+=("$http")
   wait_port "$http" "tern gateway $g"
 done

@@ -14,6 +14,11 @@ pub const LEN_PREFIX_BYTES: usize = 4;
 /// Default maximum frame size (protobuf bytes, without the prefix): 64 KiB.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024;
 
+/// Smallest maximum frame size a server may be configured with: 8 KiB, so that the message
+/// body limit (`max_frame_bytes - 2048`) and the sync page budget (`max_frame_bytes - 4096`)
+/// both stay positive (6 KiB and 4 KiB at the minimum).
+pub const MIN_MAX_FRAME_BYTES: usize = 8 * 1024;
+
 /// Incremental decoder. Feed it a buffer that accumulates bytes from the peer; each call takes
 /// at most one complete frame off the front of the buffer.
 ///

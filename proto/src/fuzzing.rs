@@ -12,7 +12,7 @@ use prost::Message as _;
 use crate::codec::{FrameDecoder, LEN_PREFIX_BYTES, encode_frame};
 use crate::error::FrameError;
 use crate::session::server::{
-    Action, AuthError, Authenticator, Identity, ServerSession, ServerSessionConfig,
+    Action, AuthError, Authenticator, CloseReason, Identity, ServerSession, ServerSessionConfig,
 };
 use crate::v1::{self, ErrorCode, envelope::Body};
 
@@ -266,8 +266,12 @@ fn on_frame_checked(
             assert!(logged_in, "forwarded before login");
             assert_eq!(fwd, &env, "forward must pass the frame unchanged");
         }
-        Action::Close { reply, .. } => {
-            assert!(!logged_in, "a logged-in session closed on a decoded frame: {body:?}");
+        Action::Close { reply, reason } => {
+            // Once logged in, only the rate limit closes on a decoded frame.
+            assert!(
+                !logged_in || *reason == CloseReason::RateLimited,
+                "a logged-in session closed on a decoded frame: {body:?}"
+            );
             let Some(reply) = reply else { panic!("Close without a reply frame") };
             assert_eq!(reply.request_id, request_id);
             let Some(Body::Error(e)) = &reply.body else {

@@ -39,6 +39,7 @@ pub mod link {
 pub const PROTOCOL_VERSION: u32 = 1;
 
 pub use codec::{
-    DEFAULT_MAX_FRAME_BYTES, FrameDecoder, LEN_PREFIX_BYTES, encode_frame, encode_to_bytes,
+    DEFAULT_MAX_FRAME_BYTES, FrameDecoder, LEN_PREFIX_BYTES, MIN_MAX_FRAME_BYTES, encode_frame,
+    encode_to_bytes,
 };
 pub use error::FrameError;

@@ -1,6 +1,7 @@
 //! Distributed mode: `tern dispatch` (a stateless worker over a shared store, linked to by every
 //! gateway) and `tern gateway` (client connections, linked to every live worker, presence in
-//! Redis). Both take bound listeners and a shutdown future, like the embedded server.
+//! Redis). Both take bound listeners, a shutdown future and a `ready` callback (called once the
+//! process is really up), like the embedded server.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -97,6 +98,7 @@ pub async fn run_dispatch(
     link_listener: TcpListener,
     http: Option<TcpListener>,
     shutdown: impl Future<Output = ()>,
+    ready: impl FnOnce(),
 ) -> anyhow::Result<()> {
     let store = open_store(cfg).await?;
     let presence = presence(cfg).await?;
@@ -141,6 +143,7 @@ pub async fn run_dispatch(
     });
     tracing::info!(%id, link = %bound, %advertise, "dispatch worker started");
     let shutdown = health.lifecycle(shutdown, cfg.server.drain_delay);
+    ready();
     tern_dispatch::link::serve(dispatcher, links, id.clone(), link_listener, shutdown).await;
     announcer.abort();
     let _ = presence.withdraw_worker(&id).await;
@@ -158,6 +161,7 @@ pub async fn run_gateway(
     listener: tern_gateway::Listeners,
     http: Option<TcpListener>,
     shutdown: impl Future<Output = ()>,
+    ready: impl FnOnce(),
 ) -> anyhow::Result<()> {
     let key = cfg.token_key()?;
     let presence = presence(cfg).await?;
@@ -214,6 +218,7 @@ pub async fn run_gateway(
     });
     tracing::info!(%id, "gateway started");
     let shutdown = health.lifecycle(shutdown, cfg.server.drain_delay);
+    ready();
     tern_gateway::serve(gateway, listener, shutdown).await;
     let _ = stop_tx.send(true);
     if let Some(t) = http_task {

@@ -44,11 +44,12 @@ pub struct ServerSection {
     pub listen_backlog: u32,
     /// Client I/O threads, each with its own event loop and listener; 0 = one per core.
     pub io_threads: usize,
-    /// Bind the client port with SO_REUSEPORT: every I/O thread gets its own listener, and
-    /// other gateway processes of the same user may share the port (the kernel spreads
-    /// connections over them). Off: one listener shared by the I/O threads, and a port in use
-    /// is an error.
-    pub reuse_port: bool,
+    /// Share the client port with other processes (SO_REUSEPORT): every I/O thread gets its
+    /// own listener, and other gateway processes of the same user that also set it may bind
+    /// the same port (the kernel spreads connections over them). Off (the default): one
+    /// listener shared by this process's I/O threads; a port in use is a startup error and no
+    /// other process can bind it meanwhile.
+    pub share_port: bool,
     /// After SIGTERM / Ctrl-C: how long `/readyz` answers 503 "draining" while connections
     /// are still served, before they are closed (time for a load balancer to stop sending new
     /// clients here). 0 closes at once.
@@ -93,6 +94,13 @@ pub struct GatewaySection {
     pub max_pending_logins: usize,
     /// Average frames per second a connection may send (burst twice that); 0 = no limit.
     pub max_frames_per_sec: u32,
+    /// How long a closing connection waits for its last frame (Kick, fatal Error) to be read.
+    #[serde(with = "duration")]
+    pub close_timeout: Duration,
+    /// Connections from one source address (IPv6: /64) at once; 0 = no cap.
+    pub max_connections_per_source: usize,
+    /// Connections from one source address not logged in yet, at once; 0 = no cap.
+    pub max_pending_logins_per_source: usize,
 }
 
 /// `[dispatch]`
@@ -175,7 +183,7 @@ impl Default for ServerSection {
             log: "info".into(),
             listen_backlog: 4096,
             io_threads: 0,
-            reuse_port: true,
+            share_port: false,
             drain_delay: Duration::ZERO,
         }
     }
@@ -195,6 +203,9 @@ impl Default for GatewaySection {
             max_connections: g.max_connections,
             max_pending_logins: g.max_pending_logins,
             max_frames_per_sec: g.session.max_frames_per_sec,
+            close_timeout: g.close_timeout,
+            max_connections_per_source: g.max_connections_per_source,
+            max_pending_logins_per_source: g.max_pending_logins_per_source,
         }
     }
 }
@@ -281,8 +292,14 @@ impl Config {
 
     fn validate(&self) -> anyhow::Result<()> {
         let g = &self.gateway;
-        if g.max_frame_bytes < 1024 || g.max_frame_bytes > 16 * 1024 * 1024 {
-            bail!("gateway.max_frame_bytes must be between 1 KiB and 16 MiB");
+        let min_frame = tern_proto::MIN_MAX_FRAME_BYTES;
+        if g.max_frame_bytes < min_frame || g.max_frame_bytes > 16 * 1024 * 1024 {
+            bail!(
+                "gateway.max_frame_bytes = {} is out of range: it must be between {min_frame} \
+                 (8 KiB, so that the message body limit max_frame_bytes - 2048 and the sync page \
+                 budget max_frame_bytes - 4096 stay positive) and 16777216 (16 MiB)",
+                g.max_frame_bytes
+            );
         }
         if g.idle_timeout <= g.heartbeat_interval {
             bail!("gateway.idle_timeout must be longer than gateway.heartbeat_interval");
@@ -315,6 +332,9 @@ impl Config {
             max_inflight_requests: g.max_inflight_requests,
             max_connections: g.max_connections,
             max_pending_logins: g.max_pending_logins,
+            close_timeout: g.close_timeout,
+            max_connections_per_source: g.max_connections_per_source,
+            max_pending_logins_per_source: g.max_pending_logins_per_source,
         }
     }
 
@@ -483,14 +503,14 @@ mod tests {
         )
         .unwrap();
         let env = vec![
-            ("TERN_GATEWAY_MAX_FRAME_BYTES".to_string(), "2048".to_string()),
+            ("TERN_GATEWAY_MAX_FRAME_BYTES".to_string(), "16384".to_string()),
             ("TERN_SERVER_LISTEN".to_string(), "127.0.0.1:9001".to_string()),
             ("UNRELATED".to_string(), "x".to_string()),
         ];
         let cfg = Config::load(Some(&path), env, &["server.listen=127.0.0.1:9002".into()]).unwrap();
         assert_eq!(cfg.server.listen.port(), 9002);
         assert_eq!(cfg.gateway.idle_timeout, Duration::from_secs(300));
-        assert_eq!(cfg.gateway.max_frame_bytes, 2048);
+        assert_eq!(cfg.gateway.max_frame_bytes, 16384);
         let cfg = Config::load(Some(&path), Vec::new(), &[]).unwrap();
         assert_eq!(cfg.server.listen.port(), 9000);
     }
@@ -520,6 +540,19 @@ mod tests {
         let key = served.to_base64();
         let cfg = Config::load(None, Vec::new(), &[format!("auth.hs256_key={key}")]).unwrap();
         assert!(cfg.existing_token_key().is_ok(), "a configured key needs no file");
+    }
+
+    #[test]
+    fn max_frame_bytes_minimum_keeps_the_derived_limits_positive() {
+        let load =
+            |v: usize| Config::load(None, Vec::new(), &[format!("gateway.max_frame_bytes={v}")]);
+        for bad in [1024, 4096, 8191, 16 * 1024 * 1024 + 1] {
+            let err = format!("{:#}", load(bad).unwrap_err());
+            assert!(err.contains("gateway.max_frame_bytes") && err.contains("8192"), "{err}");
+        }
+        let cfg = load(8192).unwrap();
+        let d = cfg.dispatch_config();
+        assert_eq!((d.max_body_bytes, d.max_page_bytes), (8192 - 2048, 8192 - 4096));
     }
 
     #[test]

@@ -48,6 +48,18 @@ pub async fn run(
     http: Option<TcpListener>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    run_with_ready(cfg, listener, http, shutdown, || {}).await
+}
+
+/// As [`run`], calling `ready` once the server is really up (the store is open and connections
+/// are about to be served); `tern serve` prints its "listening" line there.
+pub async fn run_with_ready(
+    cfg: &Config,
+    listener: tern_gateway::Listeners,
+    http: Option<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+    ready: impl FnOnce(),
+) -> anyhow::Result<()> {
     let key = cfg.token_key()?;
     let store_dir = cfg.server.data_dir.join("store");
     let durability = if cfg.store.fsync { Durability::Fsync } else { Durability::NoSync };
@@ -78,6 +90,7 @@ pub async fn run(
         }))
     });
     let shutdown = health.lifecycle(shutdown, cfg.server.drain_delay);
+    ready();
     tern_gateway::serve(gateway, listener, shutdown).await;
     let _ = stop_tx.send(true);
     if let Some(t) = http_task {

@@ -186,11 +186,23 @@ async fn bind(cfg: &Config, addr: &str, what: &str) -> anyhow::Result<TcpListene
     bind.await.with_context(|| format!("binding {what} address {addr}"))
 }
 
-/// Binds the client listeners: one per I/O thread (SO_REUSEPORT unless turned off).
+/// Binds the client listeners (shared with other processes only with `server.share_port`).
 fn bind_clients(cfg: &Config) -> anyhow::Result<tern_gateway::Listeners> {
     let s = &cfg.server;
-    tern_gateway::listen(s.listen, s.listen_backlog, s.io_threads, s.reuse_port)
-        .with_context(|| format!("binding client address {}", s.listen))
+    tern_gateway::listen(s.listen, s.listen_backlog, s.io_threads, s.share_port).map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+            if s.share_port {
+                " (another process holds it without sharing; set server.share_port = true on \
+                 every process meant to share the port)"
+            } else {
+                " (another server is running on it; processes meant to share one port must \
+                 all set server.share_port = true)"
+            }
+        } else {
+            ""
+        };
+        anyhow::Error::new(e).context(format!("binding client address {}{hint}", s.listen))
+    })
 }
 
 /// Binds the HTTP listener unless it is turned off ("").
@@ -212,14 +224,18 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let listener = bind_clients(&cfg)?;
     let http = bind_http(&cfg).await?;
     let client_addr = listener.local_addr();
-    // One machine-readable line on stdout: tests and scripts read the bound addresses here.
-    println!(
+    // One machine-readable line on stdout, once the server is really up (store open): tests
+    // and scripts read the bound addresses here.
+    let line = format!(
         "tern listening client={client_addr} http={} data_dir={}",
         http_addr(&http),
         cfg.server.data_dir.display()
     );
-    tracing::info!(%client_addr, "tern serve started");
-    tern::embedded::run(&cfg, listener, http, shutdown_signal()).await?;
+    let ready = move || {
+        println!("{line}");
+        tracing::info!(%client_addr, "tern serve started");
+    };
+    tern::embedded::run_with_ready(&cfg, listener, http, shutdown_signal(), ready).await?;
     tracing::info!("tern serve stopped");
     Ok(())
 }
@@ -229,12 +245,13 @@ async fn gateway(cfg: Config) -> anyhow::Result<()> {
     let id = tern::cluster::node_id(&cfg, "gw");
     let listener = bind_clients(&cfg)?;
     let http = bind_http(&cfg).await?;
-    println!(
+    let line = format!(
         "tern gateway listening client={} http={} id={id}",
         listener.local_addr(),
         http_addr(&http)
     );
-    tern::cluster::run_gateway(&cfg, id, listener, http, shutdown_signal()).await?;
+    let ready = move || println!("{line}");
+    tern::cluster::run_gateway(&cfg, id, listener, http, shutdown_signal(), ready).await?;
     tracing::info!("tern gateway stopped");
     Ok(())
 }
@@ -243,12 +260,13 @@ async fn dispatch(cfg: Config) -> anyhow::Result<()> {
     let id = tern::cluster::node_id(&cfg, "dw");
     let listener = bind(&cfg, &cfg.cluster.link_listen, "link").await?;
     let http = bind_http(&cfg).await?;
-    println!(
+    let line = format!(
         "tern dispatch listening link={} http={} id={id}",
         listener.local_addr()?,
         http_addr(&http)
     );
-    tern::cluster::run_dispatch(&cfg, id, listener, http, shutdown_signal()).await?;
+    let ready = move || println!("{line}");
+    tern::cluster::run_dispatch(&cfg, id, listener, http, shutdown_signal(), ready).await?;
     tracing::info!("tern dispatch stopped");
     Ok(())
 }

@@ -21,9 +21,11 @@ use tokio::sync::oneshot;
 
 use super::mailbox::{Cmd, ConnHandle, Mailbox};
 use super::wheel::{Key, Wheel};
+use crate::closing::CloseTimer;
 use crate::outbound::OutQueue;
 use crate::registry;
 use crate::server::Gateway;
+use crate::sources::{Refusal, SourceKey};
 use crate::upstream::{RequestCtx, Upstream};
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -36,8 +38,6 @@ const WHEEL_TICK: Duration = Duration::from_millis(100);
 const WHEEL_BUCKETS: usize = 1024;
 /// Longest wait for the upstream to make a new login reachable before LoginOk goes out.
 const LOGIN_PUBLISH_WAIT: Duration = Duration::from_secs(2);
-/// After closing, how long unread input is drained so the last frame is not lost to a reset.
-const CLOSE_LINGER: Duration = Duration::from_millis(500);
 /// At shutdown, how long connections get to take their Kick.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// After an accept error (out of file descriptors, say), how long until accepting again.
@@ -57,9 +57,12 @@ pub fn unix_nanos() -> u64 {
 enum Phase {
     /// Reading frames (before or after login).
     Open,
-    /// Logged in; LoginOk waits for the upstream to make the login reachable. Not reading.
+    /// Logged in; LoginOk waits for the upstream to make the login reachable. Not reading:
+    /// frames pipelined behind the Login wait (in `partial` or the kernel) and are processed
+    /// in order right after LoginOk is written (PROTOCOL.md section 5 step 3).
     LoginWait,
-    /// Writing what is queued, then draining input until EOF or the linger deadline.
+    /// Writing what is queued (the last frame included, up to the close timeout), then
+    /// draining input until EOF or the linger deadline.
     Closing,
 }
 
@@ -75,11 +78,14 @@ struct Conn {
     /// Bytes the socket did not take yet; `None` while everything was written.
     out: Option<Box<OutQueue>>,
     id: u64,
-    linger_until: Option<Instant>,
+    /// While closing: when the socket closes (see [`crate::closing`]).
+    closing: Option<CloseTimer>,
     inflight: u32,
     phase: Phase,
-    /// Counted in `logins_pending`.
+    /// Counted in `logins_pending` (and in its source's pending logins).
     pending: bool,
+    /// Its source address's key in the gateway's per-source counters.
+    source: SourceKey,
 }
 
 #[derive(Debug)]
@@ -244,7 +250,7 @@ impl<U: Upstream> IoThread<U> {
         loop {
             let Some(listener) = &self.listener else { return };
             match listener.accept() {
-                Ok((stream, _)) => self.admit(stream),
+                Ok((stream, peer)) => self.admit(stream, peer),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
@@ -257,7 +263,7 @@ impl<U: Upstream> IoThread<U> {
         }
     }
 
-    fn admit(&mut self, mut stream: TcpStream) {
+    fn admit(&mut self, mut stream: TcpStream, peer: std::net::SocketAddr) {
         let gw = &*self.gw;
         let m = &gw.metrics;
         if m.connections_open.load(Relaxed) as usize >= gw.cfg.max_connections {
@@ -268,6 +274,16 @@ impl<U: Upstream> IoThread<U> {
             m.pending_login_rejections.fetch_add(1, Relaxed);
             return;
         }
+        let source = gw.sources.key(peer.ip());
+        if let Err(refusal) = gw.sources.admit(source) {
+            match refusal {
+                Refusal::Connections => m.source_connection_rejections.fetch_add(1, Relaxed),
+                Refusal::PendingLogins => m.source_pending_login_rejections.fetch_add(1, Relaxed),
+            };
+            tracing::debug!(%peer, ?refusal, "connection refused at a per-source cap");
+            return;
+        }
+        m.sources.store(gw.sources.tracked(), Relaxed);
         let _ = stream.set_nodelay(true);
         let i = match self.free.pop() {
             Some(i) => i,
@@ -280,6 +296,8 @@ impl<U: Upstream> IoThread<U> {
         if let Err(e) = self.poll.registry().register(&mut stream, Token(i as usize), interest) {
             tracing::warn!(error = %e, "registering a connection failed");
             self.free.push(i);
+            gw.sources.not_pending(source);
+            gw.sources.release(source);
             return;
         }
         m.logins_pending.fetch_add(1, Relaxed);
@@ -299,10 +317,11 @@ impl<U: Upstream> IoThread<U> {
             partial: Vec::new(),
             out: None,
             id,
-            linger_until: None,
+            closing: None,
             inflight: 0,
             phase: Phase::Open,
             pending: true,
+            source,
         });
         self.live += 1;
     }
@@ -444,6 +463,7 @@ impl<U: Upstream> IoThread<U> {
                 gw.metrics.logins_ok.fetch_add(1, Relaxed);
                 if std::mem::take(&mut c.pending) {
                     gw.metrics.logins_pending.fetch_sub(1, Relaxed);
+                    gw.sources.not_pending(c.source);
                 }
                 let ctx = Arc::new(RequestCtx {
                     user_id: identity.user_id,
@@ -552,7 +572,14 @@ impl<U: Upstream> IoThread<U> {
             Ok(true) => {
                 c.out = None;
                 if c.phase == Phase::Closing {
+                    // The last frame is out: linger briefly, then close.
                     let _ = c.stream.shutdown(Shutdown::Write);
+                    if let Some(t) = c.closing.as_mut() {
+                        t.on_written(Instant::now());
+                        let at = t.deadline();
+                        let key = self.key(i);
+                        self.wheel.schedule(at, key);
+                    }
                 }
             }
             Ok(false) => {}
@@ -563,7 +590,8 @@ impl<U: Upstream> IoThread<U> {
     // ----- closing -----
 
     /// Starts closing: leaves the registry, writes `last` after what is queued, shuts down
-    /// writing once all is out, and drains input until EOF or the linger deadline.
+    /// writing once all is out, and drains input until EOF or the deadline of
+    /// [`CloseTimer`] (the close timeout while the last frame waits, then the linger).
     fn begin_close(&mut self, i: u32, last: Option<Bytes>) {
         let gw = self.gw.clone();
         let Some(c) = self.conn(i) else { return };
@@ -574,8 +602,6 @@ impl<U: Upstream> IoThread<U> {
         c.phase = Phase::Closing;
         c.session.close_now();
         c.partial = Vec::new();
-        let linger_until = Instant::now() + CLOSE_LINGER;
-        c.linger_until = Some(linger_until);
         if let Some(frame) = last {
             gw.metrics.frames_out.fetch_add(1, Relaxed);
             let r = match c.out.as_mut() {
@@ -590,11 +616,14 @@ impl<U: Upstream> IoThread<U> {
                 return self.drop_conn(i);
             }
         }
-        if c.out.is_none() {
+        let written = c.out.is_none();
+        if written {
             let _ = c.stream.shutdown(Shutdown::Write);
         }
+        let timer = CloseTimer::start(Instant::now(), written, gw.cfg.close_timeout);
+        c.closing = Some(timer);
         let key = self.key(i);
-        self.wheel.schedule(linger_until, key);
+        self.wheel.schedule(timer.deadline(), key);
     }
 
     /// Frees a connection's slot and closes its socket.
@@ -609,6 +638,8 @@ impl<U: Upstream> IoThread<U> {
         if let Some(q) = &c.out {
             account(&gw, q.queued_bytes(), 0);
         }
+        gw.sources.release(c.source);
+        gw.metrics.sources.store(gw.sources.tracked(), Relaxed);
         let _ = self.poll.registry().deregister(&mut c.stream);
         self.free.push(i);
         self.live -= 1;
@@ -702,8 +733,8 @@ impl<U: Upstream> IoThread<U> {
             }
             let Some(c) = self.conn(key.slot) else { continue };
             if c.phase == Phase::Closing {
-                match c.linger_until {
-                    Some(at) if at > now => self.wheel.schedule(at, key),
+                match c.closing {
+                    Some(t) if !t.due(now) => self.wheel.schedule(t.deadline(), key),
                     _ => self.drop_conn(key.slot),
                 }
                 continue;
@@ -751,6 +782,7 @@ fn write_or_queue<U: Upstream>(c: &mut Conn, frame: Bytes, gw: &Gateway<U>) -> i
 fn leave<U: Upstream>(c: &mut Conn, gw: &Gateway<U>) {
     if std::mem::take(&mut c.pending) {
         gw.metrics.logins_pending.fetch_sub(1, Relaxed);
+        gw.sources.not_pending(c.source);
     }
     if let Some(ctx) = c.ctx.take() {
         gw.registry.unregister(&ctx.user_id, c.id);

@@ -1,8 +1,9 @@
 //! The connection core, built for density: a few I/O threads (about one per core), each with
-//! its own mio event loop, its own SO_REUSEPORT listener on the shared port, and a slab of
-//! compact per-connection records.
+//! its own mio event loop and a slab of compact per-connection records, polling one listening
+//! socket shared by the threads (or, when the port is shared with other processes, its own
+//! SO_REUSEPORT listener).
 //!
-//! - [`listen`]: binds the listeners (one per I/O thread; other processes may share the port).
+//! - [`listen`]: binds the listeners (other processes may share the port only when asked).
 //! - [`serve`]: runs the I/O threads until a shutdown future resolves.
 //! - `io`: one I/O thread's loop: accept, read, decode, drive the sans-IO
 //!   [`tern_proto::session::server::ServerSession`], write, timers.
@@ -50,15 +51,18 @@ impl Listeners {
 
 /// Binds `threads` listeners on `addr` with an accept backlog of `backlog`.
 ///
-/// With `reuse_port`, each is its own socket with SO_REUSEPORT (the kernel spreads new
-/// connections over them, and other processes of the same user may bind the same port to share
-/// the load); without it, one socket is bound and shared by every thread. `threads` 0 means one
-/// per core.
+/// One port, one server, unless asked: without `share_port`, one socket is bound without
+/// SO_REUSEPORT and shared by every I/O thread (each polls its own duplicate of it; a ready
+/// connection is taken by whichever thread accepts first, none is lost), so a port already in
+/// use is an error and no other process can bind the port while it is held, whatever options
+/// that process sets. With `share_port`, each thread gets its own SO_REUSEPORT socket (the
+/// kernel spreads new connections over them) and other processes of the same user that also
+/// share may bind the same port. `threads` 0 means one per core.
 pub fn listen(
     addr: SocketAddr,
     backlog: u32,
     threads: usize,
-    reuse_port: bool,
+    share_port: bool,
 ) -> std::io::Result<Listeners> {
     let threads = if threads == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -67,8 +71,10 @@ pub fn listen(
     };
     let bind_one = |addr: SocketAddr| -> std::io::Result<TcpListener> {
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        // SO_REUSEADDR only allows a restart over connections in TIME_WAIT; on Linux it never
+        // lets two listeners share a port.
         socket.set_reuse_address(true)?;
-        if reuse_port {
+        if share_port {
             socket.set_reuse_port(true)?;
         }
         socket.set_nonblocking(true)?;
@@ -81,7 +87,7 @@ pub fn listen(
     let addr = first.local_addr()?;
     let mut sockets = vec![first];
     for _ in 1..threads {
-        sockets.push(if reuse_port { bind_one(addr)? } else { sockets[0].try_clone()? });
+        sockets.push(if share_port { bind_one(addr)? } else { sockets[0].try_clone()? });
     }
     Ok(Listeners { sockets, addr })
 }

@@ -70,6 +70,10 @@ async fn frames_before_login_are_refused() {
         raw.send(1, body).await;
         expect_fatal(&mut raw, ErrorCode::NotLoggedIn).await;
     }
+    // The empty frame (length 0: an Envelope with request_id 0 and no body) as well.
+    let mut raw = Raw::connect(srv.addr).await;
+    raw.send_bytes(&[0, 0, 0, 0]).await;
+    expect_fatal(&mut raw, ErrorCode::NotLoggedIn).await;
     // Nothing was stored.
     let (alice, _ae) = srv.client("alice", "phone").await;
     assert_eq!(alice.sync_page("dm:alice:bob", 1, 10).await.unwrap().last_seq, 0);

@@ -76,7 +76,7 @@ impl TestServer {
         sets.extend(overrides.iter().map(|s| s.to_string()));
         let cfg = Config::load(None, Vec::new(), &sets).unwrap();
         let s = &cfg.server;
-        let listener = tern_gateway::listen(at, 1024, s.io_threads, s.reuse_port).unwrap();
+        let listener = tern_gateway::listen(at, 1024, s.io_threads, s.share_port).unwrap();
         let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr();
         let http_addr = http.local_addr().unwrap();
@@ -251,6 +251,12 @@ impl Raw {
         }
     }
 
+    /// Splits into a frame reader and the raw write half (to write and read concurrently).
+    pub fn into_split(self) -> (RawReader, tokio::net::tcp::OwnedWriteHalf) {
+        let (read, write) = self.stream.into_split();
+        (RawReader { read, buf: self.buf, decoder: self.decoder }, write)
+    }
+
     /// Reads until EOF and returns every frame seen.
     pub async fn drain_to_eof(&mut self) -> Vec<Envelope> {
         let mut out = Vec::new();
@@ -258,6 +264,31 @@ impl Raw {
             out.push(e);
         }
         out
+    }
+}
+
+/// The reading half of a [`Raw`].
+pub struct RawReader {
+    read: tokio::net::tcp::OwnedReadHalf,
+    buf: BytesMut,
+    decoder: FrameDecoder,
+}
+
+impl RawReader {
+    /// Next frame, or None at EOF/reset.
+    pub async fn recv(&mut self) -> Option<Envelope> {
+        loop {
+            if let Some(env) = self.decoder.decode(&mut self.buf).unwrap() {
+                return Some(env);
+            }
+            let n = tokio::time::timeout(WAIT, self.read.read_buf(&mut self.buf))
+                .await
+                .expect("no frame in time");
+            match n {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
     }
 }
 
@@ -278,9 +309,15 @@ pub struct ChildServer {
 
 impl ChildServer {
     pub fn start(data_dir: &Path) -> Self {
+        Self::start_with(data_dir, "127.0.0.1:0", &[])
+    }
+
+    /// `tern serve` on `listen` with extra arguments (e.g. `--set k=v`).
+    pub fn start_with(data_dir: &Path, listen: &str, extra: &[&str]) -> Self {
         use std::io::BufRead;
         let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--http-listen", ""])
+            .args(["serve", "--listen", listen, "--http-listen", ""])
+            .args(extra)
             .arg("--data-dir")
             .arg(data_dir)
             .env("TERN_SERVER_LOG", "warn")

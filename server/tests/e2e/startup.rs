@@ -1,0 +1,83 @@
+//! Starting `tern serve` as a real process: one port, one server unless `server.share_port`
+//! asks for sharing, and the "listening" line only once the server is really up.
+
+use crate::common;
+
+use std::io::{BufRead, Read};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use common::*;
+use tern_sdk::Target;
+
+/// Runs `tern serve` that must fail at start, and returns its stderr. Panics if it printed its
+/// "listening" line (it was up) instead of exiting.
+fn expect_startup_failure(data_dir: &Path, listen: &str, extra: &[&str]) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(["serve", "--listen", listen, "--http-listen", ""])
+        .args(extra)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("TERN_SERVER_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tern serve");
+    let mut line = String::new();
+    let stdout = child.stdout.take().unwrap();
+    std::io::BufReader::new(stdout).read_line(&mut line).unwrap();
+    if !line.is_empty() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("tern serve started instead of failing: {line:?}");
+    }
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(!status.success(), "tern serve exited with success: {err}");
+    err
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_on_a_busy_port_is_refused() {
+    let first_dir = tempfile::tempdir().unwrap();
+    let first = ChildServer::start(first_dir.path());
+    let addr = first.addr.to_string();
+    // A second, unrelated server (own data dir and key) on the same port: refused at start,
+    // whether or not it asks to share (the first one does not).
+    let other = tempfile::tempdir().unwrap();
+    let err = expect_startup_failure(other.path(), &addr, &[]);
+    assert!(err.contains(&addr) && err.contains("server.share_port"), "{err}");
+    let err = expect_startup_failure(other.path(), &addr, &["--set", "server.share_port=true"]);
+    assert!(err.contains(&addr) && err.contains("server.share_port"), "{err}");
+    // The first one still serves every login.
+    let key = ChildServer::key(first_dir.path());
+    let token = |u: &str| key.mint_for(u, "phone", now_secs(), 3600);
+    let (alice, _ae) = connect(first.addr, &token("alice")).await;
+    let (_bob, mut be) = connect(first.addr, &token("bob")).await;
+    let ack = alice.send(Target::Peer("bob".into()), "text/plain", text("hi")).await.unwrap();
+    assert_eq!(next_message(&mut be).await.seq, ack.seq);
+}
+
+#[test]
+fn processes_share_a_port_when_all_ask_for_it() {
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let share = ["--set", "server.share_port=true"];
+    let first = ChildServer::start_with(d1.path(), "127.0.0.1:0", &share);
+    let second = ChildServer::start_with(d2.path(), &first.addr.to_string(), &share);
+    assert_eq!(first.addr, second.addr);
+    // A third that does not ask to share is refused.
+    let d3 = tempfile::tempdir().unwrap();
+    let err = expect_startup_failure(d3.path(), &first.addr.to_string(), &[]);
+    assert!(err.contains("server.share_port"), "{err}");
+}
+
+#[test]
+fn listening_is_printed_only_once_the_store_is_open() {
+    // The store cannot open (its directory is a file): the server fails before it says it
+    // listens.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("store"), b"not a directory").unwrap();
+    let err = expect_startup_failure(dir.path(), "127.0.0.1:0", &[]);
+    assert!(err.contains("opening the store"), "{err}");
+}
