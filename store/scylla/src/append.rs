@@ -87,6 +87,9 @@ pub(crate) struct Claim {
     pub seq: u64,
     pub server_time_ms: i64,
     pub allocated_at_ms: i64,
+    /// [`request_digest`] of the request that claimed it (`None`: a row written before the
+    /// column existed).
+    pub request_digest: Option<i64>,
 }
 
 /// A row of `SelectDedupeSerial`.
@@ -98,6 +101,7 @@ pub(crate) struct DedupeRow {
     seq: Option<i64>,
     server_time_ms: Option<i64>,
     allocated_at_ms: Option<i64>,
+    request_digest: Option<i64>,
 }
 
 impl Claim {
@@ -109,6 +113,7 @@ impl Claim {
             seq: seq_from_cql("dedupe.seq", r.seq)?,
             server_time_ms: r.server_time_ms.unwrap_or(0),
             allocated_at_ms: r.allocated_at_ms.unwrap_or(0),
+            request_digest: r.request_digest,
         })
     }
 
@@ -123,6 +128,7 @@ impl Claim {
             seq: seq_from_cql("dedupe.seq", l.i64("seq"))?,
             server_time_ms: l.i64("server_time_ms").unwrap_or(0),
             allocated_at_ms: l.i64("allocated_at_ms").unwrap_or(0),
+            request_digest: l.i64("request_digest"),
         })
     }
 }
@@ -132,7 +138,8 @@ impl Claim {
 pub(crate) enum Verdict {
     /// Stored already: answer with the original outcome.
     Duplicate,
-    /// Seq bound, message not stored, fence not passed: write it at the bound seq.
+    /// Seq bound, message not stored, fence not passed, and the resend is the very request
+    /// that claimed it: write it at the bound seq.
     Complete,
     /// Abandoned: take the claim over and allocate a new seq.
     TakeOver,
@@ -145,14 +152,43 @@ pub(crate) fn fence_ms(allocated_at_ms: i64, grace_ms: i64) -> i64 {
     allocated_at_ms.saturating_add(grace_ms / 2)
 }
 
+/// A stable 64-bit digest (FNV-1a) of what a request would store: conversation, kind, recall
+/// target, content type and body (each length-prefixed). Equal for a true resend; any other
+/// request under the same (sender, client_msg_id) differs (up to a 2^-64 accident).
+pub(crate) fn request_digest(m: &NewMessage) -> i64 {
+    use std::hash::Hasher;
+    let mut h = fnv::FnvHasher::default();
+    let mut field = |bytes: &[u8]| {
+        h.write(&(bytes.len() as u64).to_le_bytes());
+        h.write(bytes);
+    };
+    field(m.conversation_id.as_bytes());
+    field(&(m.kind as i32).to_le_bytes());
+    field(&m.recalled_seq.to_le_bytes());
+    field(m.content_type.as_bytes());
+    field(&m.body);
+    h.finish() as i64
+}
+
 /// Decides about an existing claim. `stored`: whether the message row at the claim's seq
-/// exists (only consulted when a seq is bound).
-pub(crate) fn judge(claim: &Claim, stored: bool, now_ms: i64, grace_ms: i64) -> Verdict {
+/// exists (only consulted when a seq is bound). `digest`: the resending request's
+/// [`request_digest`]: only the very request that claimed the key may complete its write (a
+/// different one, e.g. a Recall reusing a Send's client_msg_id in another conversation, would
+/// otherwise write its own kind, body and recall target at the claim's seq); a different
+/// request waits instead, and gets the original's outcome (which dispatch then refuses as a
+/// reuse) or, once the claim is abandoned, takes it over.
+pub(crate) fn judge(
+    claim: &Claim,
+    stored: bool,
+    now_ms: i64,
+    grace_ms: i64,
+    digest: i64,
+) -> Verdict {
     if claim.seq > 0 {
         if stored {
             Verdict::Duplicate
         } else if now_ms < fence_ms(claim.allocated_at_ms, grace_ms) {
-            Verdict::Complete
+            if claim.request_digest == Some(digest) { Verdict::Complete } else { Verdict::Wait }
         } else if now_ms >= claim.allocated_at_ms.saturating_add(grace_ms) {
             Verdict::TakeOver
         } else {
@@ -266,6 +302,7 @@ impl Inner {
     ) -> Result<Appended, OpError> {
         let grace = ms(self.cfg.settle_grace);
         let owner = token(self);
+        let digest = request_digest(m);
         let claimed_at = now_ms();
         let claim = self
             .lwt(
@@ -278,6 +315,7 @@ impl Inner {
                     claimed_at,
                     0i64,
                     0i64,
+                    digest,
                 ),
             )
             .await;
@@ -302,7 +340,7 @@ impl Inner {
         loop {
             let stored =
                 claim.seq > 0 && self.message_stored(&claim.conversation_id, claim.seq).await?;
-            match judge(&claim, stored, now_ms(), grace) {
+            match judge(&claim, stored, now_ms(), grace, digest) {
                 Verdict::Duplicate => {
                     return Ok(Appended {
                         conversation_id: claim.conversation_id,
@@ -312,10 +350,9 @@ impl Inner {
                     });
                 }
                 Verdict::Complete => {
-                    let mut target = m.clone();
-                    target.conversation_id = claim.conversation_id.clone();
-                    self.write(&target, claim.seq, claim.server_time_ms, claim.allocated_at_ms)
-                        .await?;
+                    // The same request (equal digest), so `m` is what the claim's owner
+                    // writes: same conversation, kind, recall target and content.
+                    self.write(m, claim.seq, claim.server_time_ms, claim.allocated_at_ms).await?;
                     return Ok(Appended {
                         conversation_id: claim.conversation_id,
                         seq: claim.seq,
@@ -333,6 +370,7 @@ impl Inner {
                                 now_ms(),
                                 &m.conversation_id,
                                 0i64,
+                                digest,
                                 &m.sender_user_id,
                                 &m.client_msg_id,
                                 &claim.owner,
@@ -563,6 +601,8 @@ mod tests {
     use super::*;
 
     const GRACE: i64 = 20_000;
+    /// The digest of the request that made the test claims.
+    const D: i64 = 0x5eed;
 
     fn claim(seq: u64, claimed_at_ms: i64, allocated_at_ms: i64) -> Claim {
         Claim {
@@ -572,38 +612,115 @@ mod tests {
             seq,
             server_time_ms: 5,
             allocated_at_ms,
+            request_digest: Some(D),
         }
+    }
+
+    fn send(conversation_id: &str, body: &str) -> NewMessage {
+        NewMessage {
+            conversation_id: conversation_id.into(),
+            members: vec!["alice".into(), "bob".into()],
+            sender_user_id: "alice".into(),
+            sender_device_id: "phone".into(),
+            client_msg_id: "k".into(),
+            kind: v1::MessageKind::Normal,
+            content_type: "text/plain".into(),
+            body: bytes::Bytes::from(body.to_owned()),
+            recalled_seq: 0,
+            server_time_ms: 5,
+        }
+    }
+
+    fn recall(conversation_id: &str, target: u64) -> NewMessage {
+        NewMessage {
+            kind: v1::MessageKind::Recall,
+            content_type: String::new(),
+            body: bytes::Bytes::new(),
+            recalled_seq: target,
+            ..send(conversation_id, "")
+        }
+    }
+
+    #[test]
+    fn a_different_request_never_completes_anothers_claim() {
+        // A Send claimed the key and bound seq 7 in its conversation; its write is in flight.
+        let c = claim(7, 1_000, 2_000);
+        // The very request completes it before the fence...
+        assert_eq!(judge(&c, false, 2_000, GRACE, D), Verdict::Complete);
+        // ...any other waits (a Recall reusing the id, the same kind elsewhere, other content),
+        // so it never writes its own kind, body or recall target at the claim's seq.
+        for other in [D ^ 1, D.wrapping_add(1), i64::MIN] {
+            assert_eq!(judge(&c, false, 2_000, GRACE, other), Verdict::Wait);
+            assert_eq!(judge(&c, false, 2_000 + GRACE / 2 - 1, GRACE, other), Verdict::Wait);
+            // Stored: the original's outcome (dispatch refuses the reuse).
+            assert_eq!(judge(&c, true, 2_000, GRACE, other), Verdict::Duplicate);
+            // Abandoned (a hole, nothing stored, nothing acked): it may take the key over.
+            assert_eq!(judge(&c, false, 2_000 + GRACE, GRACE, other), Verdict::TakeOver);
+        }
+        // A claim row from before the digest column: nobody completes it.
+        let old = Claim { request_digest: None, ..c };
+        assert_eq!(judge(&old, false, 2_000, GRACE, D), Verdict::Wait);
+    }
+
+    #[test]
+    fn digest_tells_requests_apart_and_resends_alike() {
+        let a = send("dm:alice:bob", "hi");
+        assert_eq!(request_digest(&a), request_digest(&a.clone()));
+        // Members, device and time are not what the request stores at its seq.
+        let resend = NewMessage {
+            sender_device_id: "laptop".into(),
+            server_time_ms: 99,
+            members: vec![],
+            ..a.clone()
+        };
+        assert_eq!(request_digest(&a), request_digest(&resend));
+        let others = [
+            send("dm:alice:carol", "hi"),
+            send("dm:alice:bob", "hi!"),
+            NewMessage { content_type: "text/html".into(), ..a.clone() },
+            recall("dm:alice:bob", 0),
+            recall("dm:alice:bob", 1),
+            recall("dm:alice:carol", 1),
+            // Length prefixes: moving bytes between fields changes the digest.
+            NewMessage { content_type: "text/plainh".into(), body: "i".into(), ..a.clone() },
+        ];
+        let mut digests: Vec<i64> = others.iter().map(request_digest).collect();
+        digests.push(request_digest(&a));
+        let n = digests.len();
+        digests.sort_unstable();
+        digests.dedup();
+        assert_eq!(digests.len(), n, "every different request has its own digest");
     }
 
     #[test]
     fn bound_and_stored_is_a_duplicate_whatever_the_time() {
         for now in [0, 1_000, 10_000, 1_000_000] {
-            assert_eq!(judge(&claim(7, 0, 0), true, now, GRACE), Verdict::Duplicate);
+            assert_eq!(judge(&claim(7, 0, 0), true, now, GRACE, D), Verdict::Duplicate);
         }
     }
 
     #[test]
     fn bound_unstored_is_completed_before_the_fence_only() {
         let c = claim(7, 1_000, 2_000);
-        assert_eq!(judge(&c, false, 2_000, GRACE), Verdict::Complete);
-        assert_eq!(judge(&c, false, 2_000 + GRACE / 2 - 1, GRACE), Verdict::Complete);
+        assert_eq!(judge(&c, false, 2_000, GRACE, D), Verdict::Complete);
+        assert_eq!(judge(&c, false, 2_000 + GRACE / 2 - 1, GRACE, D), Verdict::Complete);
         // Between fence and grace: a write may still be in flight.
-        assert_eq!(judge(&c, false, 2_000 + GRACE / 2, GRACE), Verdict::Wait);
-        assert_eq!(judge(&c, false, 2_000 + GRACE - 1, GRACE), Verdict::Wait);
+        assert_eq!(judge(&c, false, 2_000 + GRACE / 2, GRACE, D), Verdict::Wait);
+        assert_eq!(judge(&c, false, 2_000 + GRACE - 1, GRACE, D), Verdict::Wait);
         // Settled as a hole: the resend gets a new seq.
-        assert_eq!(judge(&c, false, 2_000 + GRACE, GRACE), Verdict::TakeOver);
+        assert_eq!(judge(&c, false, 2_000 + GRACE, GRACE, D), Verdict::TakeOver);
     }
 
     #[test]
     fn unbound_claims_are_taken_over_only_when_abandoned() {
         let c = claim(0, 1_000, 0);
-        assert_eq!(judge(&c, false, 1_000, GRACE), Verdict::Wait);
-        assert_eq!(judge(&c, false, 1_000 + GRACE - 1, GRACE), Verdict::Wait);
-        assert_eq!(judge(&c, false, 1_000 + GRACE, GRACE), Verdict::TakeOver);
+        assert_eq!(judge(&c, false, 1_000, GRACE, D), Verdict::Wait);
+        assert_eq!(judge(&c, false, 1_000 + GRACE - 1, GRACE, D), Verdict::Wait);
+        assert_eq!(judge(&c, false, 1_000 + GRACE, GRACE, D), Verdict::TakeOver);
         // `stored` is irrelevant without a seq.
-        assert_eq!(judge(&c, true, 1_000, GRACE), Verdict::Wait);
+        assert_eq!(judge(&c, true, 1_000, GRACE, D), Verdict::Wait);
         // A far-future claim (clock skew) is not taken over early, and nothing overflows.
-        assert_eq!(judge(&claim(0, i64::MAX, 0), false, 5, GRACE), Verdict::Wait);
+        assert_eq!(judge(&claim(0, i64::MAX, 0), false, 5, GRACE, D), Verdict::Wait);
     }
 
     #[test]
