@@ -19,8 +19,11 @@
 //! **Resend** (claim not applied): the existing claim decides ([`judge`]). Seq bound and the
 //! message row stored: a duplicate, answered with the original (conversation, seq, time).
 //! Seq bound, not stored, before the fence: the first writer is in flight or died after the
-//! bind; the resend writes the same message at the same seq (every write is an idempotent
-//! upsert with a timestamp fixed by the message, so both writers produce the same row).
+//! bind; if the resend is the same request (its [`request_digest`] equals the claim's), it
+//! writes the same message at the same seq (every write is an idempotent upsert with a
+//! timestamp fixed by the message, so both writers produce the same row); any other request
+//! under that key waits instead, so it never writes its own kind, body or recall target at the
+//! claim's seq and conversation.
 //! Claim without seq, or a bound seq unstored past `settle_grace`: abandoned; the resend takes
 //! it over (`UPDATE dedupe SET owner = me, seq = 0 ... IF owner = old AND seq = old_seq`) and
 //! continues at step 2. Otherwise it waits (polling the claim with SERIAL reads) up to

@@ -151,11 +151,17 @@ impl ScyllaStore {
     /// prepares every statement.
     ///
     /// Requests use one execution profile: the configured consistency (default
-    /// LOCAL_QUORUM) and serial consistency (default LOCAL_SERIAL), the request timeout, the
+    /// LOCAL_QUORUM) and serial consistency (default SERIAL), the request timeout, the
     /// driver's `DefaultRetryPolicy` (retries only idempotent statements, never LWTs at a
     /// serial level) and a token-aware `DefaultPolicy` preferring `local_dc` when set.
     pub async fn connect(cfg: ScyllaConfig) -> Result<Self, ConnectError> {
         cfg.validate()?;
+        if cfg.serial_consistency == scylla::statement::SerialConsistency::LocalSerial {
+            tracing::warn!(
+                "LWTs at LOCAL_SERIAL are linearizable only within one datacentre: safe only if \
+                 every conversation is written from one DC at a time (docs/DEPLOYMENT.md)"
+            );
+        }
         let mut policy = DefaultPolicy::builder().token_aware(true);
         if let Some(dc) = &cfg.local_dc {
             policy = policy.prefer_datacenter(dc.clone()).permit_dc_failover(false);
