@@ -1,6 +1,7 @@
 //! Tern's storage layer: one [`Store`] trait that dispatch talks to, with its backends beside it.
 //!
-//! - [`Store`], [`NewMessage`], [`Appended`], [`Watermarks`], [`ConversationEntry`]: the contract.
+//! - [`Store`], [`NewMessage`], [`Appended`], [`Watermarks`], [`WatermarkUpdate`],
+//!   [`ConversationEntry`]: the contract.
 //! - [`embedded`]: the single-node backend on redb (pure Rust, one file, fsync per commit).
 //! - The conformance suite every backend must pass lives beside this crate, in
 //!   `store/conformance/` (crate `tern-store-conformance`).
