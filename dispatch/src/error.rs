@@ -27,6 +27,13 @@ pub enum DispatchError {
     /// Client's fault: no message with that seq.
     #[error("no such message")]
     UnknownMessage,
+    /// Client's fault: the message is already recalled (by another recall request).
+    #[error("the message is already recalled")]
+    AlreadyRecalled,
+    /// Client's fault: this sender's client_msg_id already names another request (another
+    /// conversation, kind or recall target).
+    #[error("client_msg_id already used for another request ({0})")]
+    ClientMsgIdReused(&'static str),
     /// Not implemented by this server version.
     #[error("{0} is not implemented by this server yet")]
     Unimplemented(&'static str),
@@ -48,6 +55,8 @@ impl DispatchError {
             DispatchError::RecallWindowPassed => ErrorCode::RecallWindowPassed,
             DispatchError::NotSender => ErrorCode::NotSender,
             DispatchError::UnknownMessage => ErrorCode::UnknownMessage,
+            DispatchError::AlreadyRecalled => ErrorCode::AlreadyRecalled,
+            DispatchError::ClientMsgIdReused(_) => ErrorCode::ClientMsgIdReused,
             DispatchError::Unimplemented(_) => ErrorCode::Unimplemented,
             DispatchError::Unavailable(_) | DispatchError::Store(StoreError::Unavailable(_)) => {
                 ErrorCode::Unavailable

@@ -84,17 +84,18 @@ async fn run(
                 for (job, out) in jobs.drain(..).zip(outcomes) {
                     if out.duplicate {
                         metrics.duplicates.fetch_add(1, Relaxed);
-                        repush(&store, &pusher, &job, &out);
-                    } else {
-                        metrics.accepted.fetch_add(1, Relaxed);
-                        let message = stored_message(&job.msg, &out);
-                        fan_out(
-                            &*pusher,
-                            &job.msg.members,
-                            Body::Deliver(v1::Deliver { message: Some(message) }),
-                            job.skip.as_ref(),
-                        );
+                        // Answered (and pushed again) once the original is read back.
+                        tokio::spawn(resend(store.clone(), pusher.clone(), job, out));
+                        continue;
                     }
+                    metrics.accepted.fetch_add(1, Relaxed);
+                    let message = stored_message(&job.msg, &out);
+                    fan_out(
+                        &*pusher,
+                        &job.msg.members,
+                        Body::Deliver(v1::Deliver { message: Some(message) }),
+                        job.skip.as_ref(),
+                    );
                     let _ = job.reply.send(Ok(out));
                 }
             }
@@ -121,24 +122,46 @@ async fn run(
     }
 }
 
-/// Pushes the stored original of a resend again. A resend usually means the sender never saw
-/// the ack: the worker that committed it may have died before pushing, so recipients would
-/// otherwise learn of the message only at their next sync. The SDK drops the copy a recipient
-/// already has. Only when the resend names the original's conversation (the members came from
-/// it), so a crafted resend cannot reveal a message to another conversation's members.
-fn repush(store: &Arc<dyn Store>, pusher: &Arc<dyn Pusher>, job: &Job, out: &Appended) {
-    if out.conversation_id != job.msg.conversation_id {
-        return;
-    }
-    let (store, pusher) = (store.clone(), pusher.clone());
-    let (conv, seq, members, skip) =
-        (out.conversation_id.clone(), out.seq, job.msg.members.clone(), job.skip.clone());
-    tokio::spawn(async move {
-        if let Ok(Some(message)) = store.get_message(&conv, seq).await {
-            let body = Body::Deliver(v1::Deliver { message: Some(message) });
-            fan_out(&*pusher, &members, body, skip.as_ref());
+/// Answers a resend: the original's ack when the request is the same (conversation, kind and
+/// recall target), else CLIENT_MSG_ID_REUSED. A same resend also pushes the stored original
+/// again: a resend usually means the sender never saw the ack, and the worker that committed
+/// it may have died before pushing, so recipients would otherwise learn of the message only at
+/// their next sync. Recipients that already have it drop the copy by the cursor rules. A reuse
+/// is never pushed, so a crafted resend cannot reveal a message to another conversation.
+async fn resend(store: Arc<dyn Store>, pusher: Arc<dyn Pusher>, job: Job, out: Appended) {
+    let answer = match same_request(&*store, &job.msg, &out).await {
+        Ok(Some(original)) => {
+            let body = Body::Deliver(v1::Deliver { message: Some(original) });
+            fan_out(&*pusher, &job.msg.members, body, job.skip.as_ref());
+            Ok(out)
         }
-    });
+        Ok(None) => Ok(out),
+        Err(e) => Err(e),
+    };
+    let _ = job.reply.send(answer);
+}
+
+/// Checks a resend against its stored original. `Ok(Some(original))`: the same request;
+/// `Ok(None)`: the original is not readable (answer the ack, push nothing); `Err`: a reuse
+/// for another request, or the read failed (the client retries).
+async fn same_request(
+    store: &dyn Store,
+    m: &NewMessage,
+    out: &Appended,
+) -> Result<Option<v1::Message>, DispatchError> {
+    if out.conversation_id != m.conversation_id {
+        return Err(DispatchError::ClientMsgIdReused("another conversation"));
+    }
+    let Some(original) = store.get_message(&out.conversation_id, out.seq).await? else {
+        return Ok(None);
+    };
+    if original.kind != m.kind as i32 {
+        return Err(DispatchError::ClientMsgIdReused("another kind of request"));
+    }
+    if m.kind == v1::MessageKind::Recall && original.recalled_seq != m.recalled_seq {
+        return Err(DispatchError::ClientMsgIdReused("a recall of another message"));
+    }
+    Ok(Some(original))
 }
 
 /// The stored form of a just-appended message.

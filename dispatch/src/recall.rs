@@ -13,8 +13,10 @@ use crate::pipeline::outcome;
 
 /// Checks the recall and commits its event; answers with the event's SendAck.
 ///
-/// A recall of a message that is already recalled still goes through the pipeline, so that a
-/// resend of the same recall (same client_msg_id) gets its original ack from dedupe.
+/// Dedupe first: a recall of a message that is already recalled goes through the pipeline
+/// only when its client_msg_id is already known (a resend of the recall that did it, answered
+/// from dedupe with the original ack, or a reuse the pipeline refuses); any other is refused
+/// with ALREADY_RECALLED, window or not.
 pub async fn handle(
     d: &Dispatcher,
     origin: &Origin,
@@ -37,7 +39,12 @@ pub async fn handle(
     }
     let now = unix_ms();
     let window = i64::try_from(d.cfg.recall_window.as_millis()).unwrap_or(i64::MAX);
-    if !target.recalled && now.saturating_sub(target.server_time_ms) > window {
+    if target.recalled {
+        // Read after the target: the recall that marked it stored its dedupe key no later.
+        if !d.store.client_msg_id_known(&origin.user_id, &req.client_msg_id).await? {
+            return Err(DispatchError::AlreadyRecalled);
+        }
+    } else if now.saturating_sub(target.server_time_ms) > window {
         return Err(DispatchError::RecallWindowPassed);
     }
     let event = NewMessage {

@@ -69,6 +69,7 @@ pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
                     "TERN_SCYLLA_REPLICATION" => &s.scylla_replication,
                     "TERN_SCYLLA_LOCAL_DC" => &s.scylla_local_dc,
                     "TERN_SCYLLA_CONSISTENCY" => &s.scylla_consistency,
+                    "TERN_SCYLLA_SERIAL_CONSISTENCY" => &s.scylla_serial_consistency,
                     other => return std::env::var(other).ok(),
                 };
                 Some(v.clone())

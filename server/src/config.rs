@@ -145,6 +145,9 @@ pub struct StoreSection {
     pub scylla_local_dc: String,
     /// Consistency of reads and writes, e.g. LOCAL_QUORUM.
     pub scylla_consistency: String,
+    /// Serial consistency of the LWTs (seq allocation, dedupe): SERIAL (default, safe with
+    /// workers in several DCs) or LOCAL_SERIAL (only with one writer DC per conversation).
+    pub scylla_serial_consistency: String,
 }
 
 /// `[cluster]`
@@ -234,6 +237,7 @@ impl Default for StoreSection {
             scylla_replication: String::new(),
             scylla_local_dc: String::new(),
             scylla_consistency: "LOCAL_QUORUM".into(),
+            scylla_serial_consistency: "SERIAL".into(),
         }
     }
 }

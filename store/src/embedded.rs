@@ -51,7 +51,8 @@ use thiserror::Error;
 use tracing::{info, warn};
 
 use crate::{
-    Appended, BoxFuture, ConversationEntry, NewMessage, Range, Store, StoreError, Watermarks,
+    Appended, BoxFuture, ConversationEntry, NewMessage, Range, Store, StoreError, WatermarkUpdate,
+    Watermarks,
 };
 
 /// Name of the database file inside the store's directory.
@@ -373,12 +374,13 @@ fn set_watermark_blocking(
     user_id: &str,
     kind: v1::ReceiptKind,
     seq: u64,
-) -> Result<Watermarks, EmbeddedError> {
+) -> Result<WatermarkUpdate, EmbeddedError> {
     if kind == v1::ReceiptKind::Unspecified {
         // The caller's bug: nothing to move; answer with the current watermarks.
         let txn = db.begin_read()?;
         let table = txn.open_table(RECEIPTS)?;
-        return read_watermarks(&table, conversation_id, user_id);
+        let watermarks = read_watermarks(&table, conversation_id, user_id)?;
+        return Ok(WatermarkUpdate { watermarks, moved: false });
     }
     let txn = begin_write(db, durability)?;
     let (current, next) = {
@@ -402,7 +404,17 @@ fn set_watermark_blocking(
     } else {
         txn.commit()?;
     }
-    Ok(next)
+    Ok(WatermarkUpdate { watermarks: next, moved: next != current })
+}
+
+fn client_msg_id_known_blocking(
+    db: &Database,
+    sender_user_id: &str,
+    client_msg_id: &str,
+) -> Result<bool, EmbeddedError> {
+    let txn = db.begin_read()?;
+    let table = txn.open_table(DEDUPE)?;
+    Ok(table.get((sender_user_id, client_msg_id))?.is_some())
 }
 
 fn watermarks_blocking(
@@ -499,12 +511,21 @@ impl Store for EmbeddedStore {
         user_id: &'a str,
         kind: v1::ReceiptKind,
         seq: u64,
-    ) -> BoxFuture<'a, Result<Watermarks, StoreError>> {
+    ) -> BoxFuture<'a, Result<WatermarkUpdate, StoreError>> {
         let conv = conversation_id.to_owned();
         let user = user_id.to_owned();
         Box::pin(self.blocking(move |db, durability| {
             set_watermark_blocking(db, durability, &conv, &user, kind, seq)
         }))
+    }
+
+    fn client_msg_id_known<'a>(
+        &'a self,
+        sender_user_id: &'a str,
+        client_msg_id: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let (sender, id) = (sender_user_id.to_owned(), client_msg_id.to_owned());
+        Box::pin(self.blocking(move |db, _| client_msg_id_known_blocking(db, &sender, &id)))
     }
 
     fn watermarks<'a>(

@@ -1,6 +1,7 @@
 //! Tern's storage layer: one [`Store`] trait that dispatch talks to, with its backends beside it.
 //!
-//! - [`Store`], [`NewMessage`], [`Appended`], [`Watermarks`], [`ConversationEntry`]: the contract.
+//! - [`Store`], [`NewMessage`], [`Appended`], [`Watermarks`], [`WatermarkUpdate`],
+//!   [`ConversationEntry`]: the contract.
 //! - [`embedded`]: the single-node backend on redb (pure Rust, one file, fsync per commit).
 //! - The conformance suite every backend must pass lives beside this crate, in
 //!   `store/conformance/` (crate `tern-store-conformance`).
@@ -72,6 +73,17 @@ pub struct Watermarks {
     pub read: u64,
 }
 
+/// The outcome of [`Store::set_watermark`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WatermarkUpdate {
+    /// The user's watermarks after the update.
+    pub watermarks: Watermarks,
+    /// Whether this update moved a watermark. Dispatch pushes a ReceiptUpdate only then. A
+    /// backend that cannot tell exactly (its writes are blind) may say `true` for an update
+    /// that raced with another one, never `false` for an update that moved something.
+    pub moved: bool,
+}
+
 /// One entry of a user's conversation index.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConversationEntry {
@@ -105,7 +117,9 @@ pub struct Range {
 /// - Within a conversation seqs start at 1 and strictly increase in append order; no two
 ///   messages share one, even with several writers (processes) at once.
 /// - (sender_user_id, client_msg_id) is stored at most once; appending it again returns the
-///   original's outcome with `duplicate = true`, also within one batch.
+///   original's outcome with `duplicate = true`, also within one batch, and writes nothing of
+///   the new request (whatever its conversation, kind, body or recall target: dispatch
+///   compares the stored original with the request and refuses a reuse that differs).
 pub trait Store: Send + Sync + 'static {
     /// Appends a batch of messages in one durable write (group commit: the whole batch shares
     /// one fsync). Outcomes are in batch order. Seqs are assigned in batch order.
@@ -131,14 +145,25 @@ pub trait Store: Send + Sync + 'static {
     fn last_seq<'a>(&'a self, conversation_id: &'a str) -> BoxFuture<'a, Result<u64, StoreError>>;
 
     /// Moves `user_id`'s watermark of `kind` forward to `seq` (never back; read also moves
-    /// delivered). Returns the resulting watermarks.
+    /// delivered). Returns the resulting watermarks and whether anything moved. The store does
+    /// not bound `seq` by the conversation's last seq: dispatch refuses a seq above it first.
     fn set_watermark<'a>(
         &'a self,
         conversation_id: &'a str,
         user_id: &'a str,
         kind: v1::ReceiptKind,
         seq: u64,
-    ) -> BoxFuture<'a, Result<Watermarks, StoreError>>;
+    ) -> BoxFuture<'a, Result<WatermarkUpdate, StoreError>>;
+
+    /// Whether (sender_user_id, client_msg_id) is already stored, or claimed by a write that
+    /// may still be in flight (a backend whose dedupe claim precedes the write). Dispatch asks
+    /// it before refusing a recall of an already recalled message, so that a resend of the
+    /// recall that did it still gets its original ack.
+    fn client_msg_id_known<'a>(
+        &'a self,
+        sender_user_id: &'a str,
+        client_msg_id: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
 
     /// Every member's watermarks in a conversation, by user id order (members without any
     /// receipt are absent).

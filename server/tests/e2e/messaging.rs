@@ -130,13 +130,17 @@ async fn resend_pushes_the_original_again_but_never_to_another_conversation() {
     let m = deliver(bob.recv().await.unwrap());
     assert_eq!((m.seq, &m.body[..]), (first.seq, &b"hi"[..]));
 
-    // The same client id aimed at another conversation answers the original ack and pushes
+    // The same client id aimed at another conversation is refused as a reuse and pushes
     // nothing to that conversation's members.
     let crafted = alice
         .send_with_id(Target::Peer("carol".into()), "r-1".into(), "text/plain", text("x"))
-        .await
-        .unwrap();
-    assert_eq!((crafted.duplicate, crafted.conversation_id.as_str()), (true, "dm:alice:bob"));
+        .await;
+    match crafted {
+        Err(tern_sdk::SdkError::Server { code, .. }) => {
+            assert_eq!(code, tern_proto::v1::ErrorCode::ClientMsgIdReused)
+        }
+        other => panic!("expected CLIENT_MSG_ID_REUSED, got {other:?}"),
+    }
     alice
         .send_with_id(Target::Peer("carol".into()), "c-1".into(), "text/plain", text("yo"))
         .await

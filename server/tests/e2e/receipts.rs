@@ -27,16 +27,32 @@ async fn watermarks_move_forward_and_are_pushed() {
     // Lower values never move a watermark back.
     let w = bob.mark_read(conv, 1).await.unwrap();
     assert_eq!((w.delivered_seq, w.read_seq), (5, 3));
-    // A watermark cannot pass the conversation's end.
-    let w = bob.mark_read(conv, 1_000).await.unwrap();
+    // A watermark cannot pass the conversation's end: refused, nothing moves.
+    match bob.mark_read(conv, 1_000).await {
+        Err(tern_sdk::SdkError::Server { code, .. }) => {
+            assert_eq!(code, tern_proto::v1::ErrorCode::InvalidRequest)
+        }
+        other => panic!("expected INVALID_REQUEST, got {other:?}"),
+    }
+    // The same seq again moves nothing and pushes nothing: the next push alice and bob's
+    // laptop see is the one of the move after it.
+    let w = bob.mark_read(conv, 3).await.unwrap();
+    assert_eq!((w.delivered_seq, w.read_seq), (5, 3));
+    let w = bob.mark_read(conv, 5).await.unwrap();
     assert_eq!((w.delivered_seq, w.read_seq), (5, 5));
 
-    // Alice sees bob's progress as pushes; bob's other device too.
+    // Alice sees bob's progress as pushes, one per move and in order (the updates that moved
+    // nothing pushed nothing); bob's other device too.
+    let mut seen = Vec::new();
     let last = wait_event(&mut ae, |e| match e {
-        Event::Receipt(r) if r.read_seq == 5 => Some(r.clone()),
+        Event::Receipt(r) => {
+            seen.push((r.delivered_seq, r.read_seq));
+            (r.read_seq == 5).then(|| r.clone())
+        }
         _ => None,
     })
     .await;
+    assert_eq!(seen, [(5, 0), (5, 3), (5, 5)], "one push per move");
     assert_eq!((last.user_id.as_str(), last.conversation_id.as_str()), ("bob", conv));
     wait_event(&mut be2, |e| matches!(e, Event::Receipt(r) if r.read_seq == 5).then_some(())).await;
 

@@ -32,7 +32,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use tern_proto::v1;
 
-use tern_store::{Appended, NewMessage, Store, Watermarks};
+use tern_store::{Appended, NewMessage, Store, WatermarkUpdate, Watermarks};
+
+mod reuse;
+pub use reuse::{
+    one_client_msg_id_across_conversations_and_kinds, recall_resend_is_answered_by_dedupe,
+};
 
 /// What a backend's setup function returns: owns the store (and whatever must outlive it, such
 /// as a temporary directory or a child process).
@@ -55,6 +60,8 @@ macro_rules! conformance_tests {
             read_range_windows,
             get_message_round_trips_every_field,
             recall_marks_target_and_clears_body,
+            recall_resend_is_answered_by_dedupe,
+            one_client_msg_id_across_conversations_and_kinds,
             watermarks_are_monotonic,
             list_conversations_pages_in_id_order,
             conversations_are_independent,
@@ -83,6 +90,8 @@ pub async fn run_all(store: &dyn Store) {
     read_range_windows(store).await;
     get_message_round_trips_every_field(store).await;
     recall_marks_target_and_clears_body(store).await;
+    recall_resend_is_answered_by_dedupe(store).await;
+    one_client_msg_id_across_conversations_and_kinds(store).await;
     watermarks_are_monotonic(store).await;
     list_conversations_pages_in_id_order(store).await;
     conversations_are_independent(store).await;
@@ -409,8 +418,9 @@ pub async fn recall_marks_target_and_clears_body(store: &dyn Store) {
     );
 }
 
-/// Watermarks only move forward; read raises delivered; UNSPECIFIED changes nothing; the
-/// conversation's list is by user id and holds only users with receipts.
+/// Watermarks only move forward; read raises delivered; UNSPECIFIED changes nothing; each
+/// update says whether it moved anything (seq 0, the same seq again and a lower one do not);
+/// the conversation's list is by user id and holds only users with receipts.
 pub async fn watermarks_are_monotonic(store: &dyn Store) {
     use v1::ReceiptKind::{Delivered, Read, Unspecified};
     let conv = unique("c-wm");
@@ -418,22 +428,28 @@ pub async fn watermarks_are_monotonic(store: &dyn Store) {
     let (alice, bob) = (format!("{base}-a"), format!("{base}-b"));
     let wm = |delivered, read| Watermarks { delivered, read };
     let steps = [
-        (Delivered, 5, wm(5, 0)),
-        (Delivered, 3, wm(5, 0)),
-        (Read, 2, wm(5, 2)),
-        (Read, 1, wm(5, 2)),
-        (Read, 7, wm(7, 7)),
-        (Delivered, 6, wm(7, 7)),
-        (Unspecified, 100, wm(7, 7)),
-        (Delivered, 9, wm(9, 7)),
+        (Delivered, 0, wm(0, 0), false),
+        (Read, 0, wm(0, 0), false),
+        (Delivered, 5, wm(5, 0), true),
+        (Delivered, 5, wm(5, 0), false),
+        (Delivered, 3, wm(5, 0), false),
+        (Read, 2, wm(5, 2), true),
+        (Read, 2, wm(5, 2), false),
+        (Read, 1, wm(5, 2), false),
+        (Read, 5, wm(5, 5), true),
+        (Delivered, 5, wm(5, 5), false),
+        (Read, 7, wm(7, 7), true),
+        (Delivered, 6, wm(7, 7), false),
+        (Unspecified, 100, wm(7, 7), false),
+        (Delivered, 9, wm(9, 7), true),
     ];
     assert!(store.watermarks(&conv).await.expect("watermarks").is_empty());
-    for (kind, seq, expected) in steps {
+    for (kind, seq, watermarks, moved) in steps {
         let got = store.set_watermark(&conv, &bob, kind, seq).await.expect("set_watermark");
-        assert_eq!(got, expected, "{kind:?} {seq}");
+        assert_eq!(got, WatermarkUpdate { watermarks, moved }, "{kind:?} {seq}");
     }
     let got = store.set_watermark(&conv, &alice, Read, 4).await.expect("set_watermark");
-    assert_eq!(got, wm(4, 4));
+    assert_eq!(got, WatermarkUpdate { watermarks: wm(4, 4), moved: true });
     assert_eq!(
         store.watermarks(&conv).await.expect("watermarks"),
         vec![(alice.clone(), wm(4, 4)), (bob.clone(), wm(9, 7))]
@@ -443,7 +459,7 @@ pub async fn watermarks_are_monotonic(store: &dyn Store) {
     assert!(store.watermarks(&other).await.expect("watermarks").is_empty());
     assert_eq!(
         store.set_watermark(&other, &bob, Unspecified, 3).await.expect("set_watermark"),
-        wm(0, 0)
+        WatermarkUpdate { watermarks: wm(0, 0), moved: false }
     );
 }
 

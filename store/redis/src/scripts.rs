@@ -64,7 +64,8 @@
 //!
 //! `KEYS = [<conv>:rcpt]`, `ARGV = [user_id, "d" | "r", seq]`: reads the user's
 //! `delivered:read`, moves delivered (or read, and delivered up to read) forward to `seq`,
-//! writes only if something moved, answers `[delivered, read]` as decimal strings.
+//! writes only if something moved, answers `[delivered, read, moved]` (decimal strings, and
+//! `moved` "1" when it wrote, else "0").
 
 use std::sync::LazyLock;
 
@@ -224,8 +225,9 @@ else
 end
 if new_delivered ~= delivered or new_read ~= read then
   redis.call('HSET', KEYS[1], ARGV[1], new_delivered .. ':' .. new_read)
+  return {new_delivered, new_read, '1'}
 end
-return {new_delivered, new_read}
+return {new_delivered, new_read, '0'}
 "#;
 
 /// The append script (SHA1 computed once).

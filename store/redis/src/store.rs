@@ -11,7 +11,8 @@ use prost::Message as _;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tern_proto::v1;
 use tern_store::{
-    Appended, BoxFuture, ConversationEntry, NewMessage, Range, Store, StoreError, Watermarks,
+    Appended, BoxFuture, ConversationEntry, NewMessage, Range, Store, StoreError, WatermarkUpdate,
+    Watermarks,
 };
 use tracing::{info, warn};
 
@@ -360,7 +361,7 @@ impl RedisStore {
         user_id: &str,
         kind: v1::ReceiptKind,
         seq: u64,
-    ) -> Result<Watermarks, RedisStoreError> {
+    ) -> Result<WatermarkUpdate, RedisStoreError> {
         let key = self.keys.receipts(conversation_id);
         let kind = match kind {
             v1::ReceiptKind::Delivered => "d",
@@ -372,11 +373,12 @@ impl RedisStore {
                         Ok(redis::cmd("HGET").arg(&key).arg(user_id).query_async(&mut conn).await?)
                     })
                     .await?;
-                return match record {
-                    None => Ok(Watermarks::default()),
+                let watermarks = match record {
+                    None => Watermarks::default(),
                     Some(r) => parse_watermarks(&r)
-                        .ok_or_else(|| self.corrupt_receipt(conversation_id, user_id, &r)),
+                        .ok_or_else(|| self.corrupt_receipt(conversation_id, user_id, &r))?,
                 };
+                return Ok(WatermarkUpdate { watermarks, moved: false });
             }
         };
         let reply: Vec<String> = self
@@ -387,10 +389,11 @@ impl RedisStore {
             })
             .await?;
         match &reply[..] {
-            [delivered, read] => {
+            [delivered, read, moved] => {
                 let record = format!("{delivered}:{read}");
-                parse_watermarks(&record)
-                    .ok_or_else(|| self.corrupt_receipt(conversation_id, user_id, &record))
+                let watermarks = parse_watermarks(&record)
+                    .ok_or_else(|| self.corrupt_receipt(conversation_id, user_id, &record))?;
+                Ok(WatermarkUpdate { watermarks, moved: moved == "1" })
             }
             _ => Err(self.corrupt_receipt(conversation_id, user_id, &format!("{reply:?}"))),
         }
@@ -592,8 +595,24 @@ impl Store for RedisStore {
         user_id: &'a str,
         kind: v1::ReceiptKind,
         seq: u64,
-    ) -> BoxFuture<'a, Result<Watermarks, StoreError>> {
+    ) -> BoxFuture<'a, Result<WatermarkUpdate, StoreError>> {
         Box::pin(async move { Ok(self.watermark(conversation_id, user_id, kind, seq).await?) })
+    }
+
+    fn client_msg_id_known<'a>(
+        &'a self,
+        sender_user_id: &'a str,
+        client_msg_id: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let key = self.keys.dedupe(sender_user_id, client_msg_id);
+        Box::pin(async move {
+            let known: bool = self
+                .run(|mut conn| async move {
+                    Ok(redis::cmd("EXISTS").arg(&key).query_async(&mut conn).await?)
+                })
+                .await?;
+            Ok(known)
+        })
     }
 
     fn watermarks<'a>(

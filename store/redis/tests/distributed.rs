@@ -341,7 +341,7 @@ async fn flushed_script_cache_is_reloaded() {
     let out = store.append(vec![message("sf", "u", "b")]).await.unwrap();
     assert_eq!((out[0].seq, out[0].duplicate), (2, false));
     server.command(&[b"SCRIPT", b"FLUSH"]).unwrap();
-    let w = store.set_watermark("sf", "u", v1::ReceiptKind::Delivered, 2).await.unwrap();
+    let w = store.set_watermark("sf", "u", v1::ReceiptKind::Delivered, 2).await.unwrap().watermarks;
     assert_eq!(w.delivered, 2);
 }
 
@@ -351,12 +351,18 @@ async fn watermarks_are_exact_up_to_u64_max() {
     let server = start(RedisOptions::default()).await;
     let store = connect(&server).await;
     let big = (1u64 << 53) + 1;
-    let w = store.set_watermark("wm", "u", v1::ReceiptKind::Delivered, big).await.unwrap();
+    let w =
+        store.set_watermark("wm", "u", v1::ReceiptKind::Delivered, big).await.unwrap().watermarks;
     assert_eq!(w.delivered, big);
-    let w = store.set_watermark("wm", "u", v1::ReceiptKind::Delivered, big - 1).await.unwrap();
+    let w = store
+        .set_watermark("wm", "u", v1::ReceiptKind::Delivered, big - 1)
+        .await
+        .unwrap()
+        .watermarks;
     assert_eq!(w.delivered, big, "never moves back");
-    let w = store.set_watermark("wm", "u", v1::ReceiptKind::Read, u64::MAX).await.unwrap();
+    let w =
+        store.set_watermark("wm", "u", v1::ReceiptKind::Read, u64::MAX).await.unwrap().watermarks;
     assert_eq!((w.delivered, w.read), (u64::MAX, u64::MAX));
-    let w = store.set_watermark("wm", "u", v1::ReceiptKind::Read, 9).await.unwrap();
+    let w = store.set_watermark("wm", "u", v1::ReceiptKind::Read, 9).await.unwrap().watermarks;
     assert_eq!((w.delivered, w.read), (u64::MAX, u64::MAX));
 }

@@ -19,8 +19,11 @@
 //! **Resend** (claim not applied): the existing claim decides ([`judge`]). Seq bound and the
 //! message row stored: a duplicate, answered with the original (conversation, seq, time).
 //! Seq bound, not stored, before the fence: the first writer is in flight or died after the
-//! bind; the resend writes the same message at the same seq (every write is an idempotent
-//! upsert with a timestamp fixed by the message, so both writers produce the same row).
+//! bind; if the resend is the same request (its [`request_digest`] equals the claim's), it
+//! writes the same message at the same seq (every write is an idempotent upsert with a
+//! timestamp fixed by the message, so both writers produce the same row); any other request
+//! under that key waits instead, so it never writes its own kind, body or recall target at the
+//! claim's seq and conversation.
 //! Claim without seq, or a bound seq unstored past `settle_grace`: abandoned; the resend takes
 //! it over (`UPDATE dedupe SET owner = me, seq = 0 ... IF owner = old AND seq = old_seq`) and
 //! continues at step 2. Otherwise it waits (polling the claim with SERIAL reads) up to
@@ -87,6 +90,9 @@ pub(crate) struct Claim {
     pub seq: u64,
     pub server_time_ms: i64,
     pub allocated_at_ms: i64,
+    /// [`request_digest`] of the request that claimed it (`None`: a row written before the
+    /// column existed).
+    pub request_digest: Option<i64>,
 }
 
 /// A row of `SelectDedupeSerial`.
@@ -98,6 +104,7 @@ pub(crate) struct DedupeRow {
     seq: Option<i64>,
     server_time_ms: Option<i64>,
     allocated_at_ms: Option<i64>,
+    request_digest: Option<i64>,
 }
 
 impl Claim {
@@ -109,6 +116,7 @@ impl Claim {
             seq: seq_from_cql("dedupe.seq", r.seq)?,
             server_time_ms: r.server_time_ms.unwrap_or(0),
             allocated_at_ms: r.allocated_at_ms.unwrap_or(0),
+            request_digest: r.request_digest,
         })
     }
 
@@ -123,6 +131,7 @@ impl Claim {
             seq: seq_from_cql("dedupe.seq", l.i64("seq"))?,
             server_time_ms: l.i64("server_time_ms").unwrap_or(0),
             allocated_at_ms: l.i64("allocated_at_ms").unwrap_or(0),
+            request_digest: l.i64("request_digest"),
         })
     }
 }
@@ -132,7 +141,8 @@ impl Claim {
 pub(crate) enum Verdict {
     /// Stored already: answer with the original outcome.
     Duplicate,
-    /// Seq bound, message not stored, fence not passed: write it at the bound seq.
+    /// Seq bound, message not stored, fence not passed, and the resend is the very request
+    /// that claimed it: write it at the bound seq.
     Complete,
     /// Abandoned: take the claim over and allocate a new seq.
     TakeOver,
@@ -145,14 +155,43 @@ pub(crate) fn fence_ms(allocated_at_ms: i64, grace_ms: i64) -> i64 {
     allocated_at_ms.saturating_add(grace_ms / 2)
 }
 
+/// A stable 64-bit digest (FNV-1a) of what a request would store: conversation, kind, recall
+/// target, content type and body (each length-prefixed). Equal for a true resend; any other
+/// request under the same (sender, client_msg_id) differs (up to a 2^-64 accident).
+pub(crate) fn request_digest(m: &NewMessage) -> i64 {
+    use std::hash::Hasher;
+    let mut h = fnv::FnvHasher::default();
+    let mut field = |bytes: &[u8]| {
+        h.write(&(bytes.len() as u64).to_le_bytes());
+        h.write(bytes);
+    };
+    field(m.conversation_id.as_bytes());
+    field(&(m.kind as i32).to_le_bytes());
+    field(&m.recalled_seq.to_le_bytes());
+    field(m.content_type.as_bytes());
+    field(&m.body);
+    h.finish() as i64
+}
+
 /// Decides about an existing claim. `stored`: whether the message row at the claim's seq
-/// exists (only consulted when a seq is bound).
-pub(crate) fn judge(claim: &Claim, stored: bool, now_ms: i64, grace_ms: i64) -> Verdict {
+/// exists (only consulted when a seq is bound). `digest`: the resending request's
+/// [`request_digest`]: only the very request that claimed the key may complete its write (a
+/// different one, e.g. a Recall reusing a Send's client_msg_id in another conversation, would
+/// otherwise write its own kind, body and recall target at the claim's seq); a different
+/// request waits instead, and gets the original's outcome (which dispatch then refuses as a
+/// reuse) or, once the claim is abandoned, takes it over.
+pub(crate) fn judge(
+    claim: &Claim,
+    stored: bool,
+    now_ms: i64,
+    grace_ms: i64,
+    digest: i64,
+) -> Verdict {
     if claim.seq > 0 {
         if stored {
             Verdict::Duplicate
         } else if now_ms < fence_ms(claim.allocated_at_ms, grace_ms) {
-            Verdict::Complete
+            if claim.request_digest == Some(digest) { Verdict::Complete } else { Verdict::Wait }
         } else if now_ms >= claim.allocated_at_ms.saturating_add(grace_ms) {
             Verdict::TakeOver
         } else {
@@ -266,6 +305,7 @@ impl Inner {
     ) -> Result<Appended, OpError> {
         let grace = ms(self.cfg.settle_grace);
         let owner = token(self);
+        let digest = request_digest(m);
         let claimed_at = now_ms();
         let claim = self
             .lwt(
@@ -278,6 +318,7 @@ impl Inner {
                     claimed_at,
                     0i64,
                     0i64,
+                    digest,
                 ),
             )
             .await;
@@ -302,7 +343,7 @@ impl Inner {
         loop {
             let stored =
                 claim.seq > 0 && self.message_stored(&claim.conversation_id, claim.seq).await?;
-            match judge(&claim, stored, now_ms(), grace) {
+            match judge(&claim, stored, now_ms(), grace, digest) {
                 Verdict::Duplicate => {
                     return Ok(Appended {
                         conversation_id: claim.conversation_id,
@@ -312,10 +353,9 @@ impl Inner {
                     });
                 }
                 Verdict::Complete => {
-                    let mut target = m.clone();
-                    target.conversation_id = claim.conversation_id.clone();
-                    self.write(&target, claim.seq, claim.server_time_ms, claim.allocated_at_ms)
-                        .await?;
+                    // The same request (equal digest), so `m` is what the claim's owner
+                    // writes: same conversation, kind, recall target and content.
+                    self.write(m, claim.seq, claim.server_time_ms, claim.allocated_at_ms).await?;
                     return Ok(Appended {
                         conversation_id: claim.conversation_id,
                         seq: claim.seq,
@@ -333,6 +373,7 @@ impl Inner {
                                 now_ms(),
                                 &m.conversation_id,
                                 0i64,
+                                digest,
                                 &m.sender_user_id,
                                 &m.client_msg_id,
                                 &claim.owner,
@@ -559,89 +600,4 @@ fn ms(d: Duration) -> i64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const GRACE: i64 = 20_000;
-
-    fn claim(seq: u64, claimed_at_ms: i64, allocated_at_ms: i64) -> Claim {
-        Claim {
-            conversation_id: "c".into(),
-            owner: "o".into(),
-            claimed_at_ms,
-            seq,
-            server_time_ms: 5,
-            allocated_at_ms,
-        }
-    }
-
-    #[test]
-    fn bound_and_stored_is_a_duplicate_whatever_the_time() {
-        for now in [0, 1_000, 10_000, 1_000_000] {
-            assert_eq!(judge(&claim(7, 0, 0), true, now, GRACE), Verdict::Duplicate);
-        }
-    }
-
-    #[test]
-    fn bound_unstored_is_completed_before_the_fence_only() {
-        let c = claim(7, 1_000, 2_000);
-        assert_eq!(judge(&c, false, 2_000, GRACE), Verdict::Complete);
-        assert_eq!(judge(&c, false, 2_000 + GRACE / 2 - 1, GRACE), Verdict::Complete);
-        // Between fence and grace: a write may still be in flight.
-        assert_eq!(judge(&c, false, 2_000 + GRACE / 2, GRACE), Verdict::Wait);
-        assert_eq!(judge(&c, false, 2_000 + GRACE - 1, GRACE), Verdict::Wait);
-        // Settled as a hole: the resend gets a new seq.
-        assert_eq!(judge(&c, false, 2_000 + GRACE, GRACE), Verdict::TakeOver);
-    }
-
-    #[test]
-    fn unbound_claims_are_taken_over_only_when_abandoned() {
-        let c = claim(0, 1_000, 0);
-        assert_eq!(judge(&c, false, 1_000, GRACE), Verdict::Wait);
-        assert_eq!(judge(&c, false, 1_000 + GRACE - 1, GRACE), Verdict::Wait);
-        assert_eq!(judge(&c, false, 1_000 + GRACE, GRACE), Verdict::TakeOver);
-        // `stored` is irrelevant without a seq.
-        assert_eq!(judge(&c, true, 1_000, GRACE), Verdict::Wait);
-        // A far-future claim (clock skew) is not taken over early, and nothing overflows.
-        assert_eq!(judge(&claim(0, i64::MAX, 0), false, 5, GRACE), Verdict::Wait);
-    }
-
-    #[test]
-    fn fence_is_half_the_grace() {
-        assert_eq!(fence_ms(1_000, GRACE), 11_000);
-        assert_eq!(fence_ms(i64::MAX, GRACE), i64::MAX);
-    }
-
-    #[test]
-    fn gaps_settle_by_later_allocations() {
-        let now = 100_000;
-        let fresh = now - 1;
-        let old = now - GRACE;
-        // No gap: nothing to hold back, whatever the times.
-        assert_eq!(
-            first_unsettled(1, 3, &[(1, fresh), (2, fresh), (3, fresh)], fresh, now, GRACE),
-            None
-        );
-        // A gap at 2 with only fresh later allocations: in flight.
-        assert_eq!(first_unsettled(1, 3, &[(1, old), (3, fresh)], fresh, now, GRACE), Some(2));
-        // A later stored row is old: 2 is a hole.
-        assert_eq!(
-            first_unsettled(1, 4, &[(1, fresh), (3, old), (4, fresh)], fresh, now, GRACE),
-            None
-        );
-        // The conversation's latest allocation is old: every gap is settled.
-        assert_eq!(first_unsettled(1, 5, &[(3, fresh)], old, now, GRACE), None);
-        // A fresh tail (allocated, not yet stored).
-        assert_eq!(
-            first_unsettled(1, 5, &[(1, old), (2, old), (3, old)], fresh, now, GRACE),
-            Some(4)
-        );
-        // An old row before the gap does not settle it.
-        assert_eq!(first_unsettled(1, 5, &[(1, old), (3, fresh)], fresh, now, GRACE), Some(2));
-        // Nothing stored at all in a fresh window.
-        assert_eq!(first_unsettled(4, 6, &[], fresh, now, GRACE), Some(4));
-        assert_eq!(first_unsettled(4, 6, &[], old, now, GRACE), None);
-        // Window starting inside a settled run.
-        assert_eq!(first_unsettled(2, 2, &[], old, now, GRACE), None);
-    }
-}
+mod tests;

@@ -48,8 +48,15 @@ pub struct ScyllaConfig {
     /// Consistency of every read and plain write. Default `LOCAL_QUORUM`: with a quorum on
     /// both sides a read sees every acknowledged write of the same DC.
     pub consistency: Consistency,
-    /// Serial consistency of lightweight transactions (seq allocation, dedupe claims).
-    /// Default `LOCAL_SERIAL`.
+    /// Serial consistency of lightweight transactions (seq allocation, dedupe claims) and of
+    /// the serial reads that settle them. Default `SERIAL`: Paxos over the replicas of every
+    /// DC, linearizable across datacentres, so workers in several DCs may write one
+    /// conversation. Cost: each LWT waits for a quorum of all replicas, so with the keyspace
+    /// in several DCs every LWT (3 per new message) takes at least two cross-DC round trips
+    /// (about four under contention). `LOCAL_SERIAL` keeps Paxos in the local DC (no cross-DC
+    /// wait) but is linearizable only within it: it is safe only when every conversation is
+    /// written from one DC at a time (single writer DC per conversation, docs/DEPLOYMENT.md),
+    /// or the cluster has one DC.
     pub serial_consistency: SerialConsistency,
     /// Client-side timeout of one request (each retry included). Default 5 s. Cost: a dead
     /// coordinator holds a send this long before it fails over.
@@ -89,7 +96,7 @@ impl Default for ScyllaConfig {
             replication: DEFAULT_REPLICATION.to_owned(),
             local_dc: None,
             consistency: Consistency::LocalQuorum,
-            serial_consistency: SerialConsistency::LocalSerial,
+            serial_consistency: SerialConsistency::Serial,
             request_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             bucket_size: DEFAULT_BUCKET_SIZE,
@@ -322,7 +329,7 @@ mod tests {
         assert_eq!(cfg.replication, DEFAULT_REPLICATION);
         assert_eq!(cfg.local_dc, None);
         assert_eq!(cfg.consistency, Consistency::LocalQuorum);
-        assert_eq!(cfg.serial_consistency, SerialConsistency::LocalSerial);
+        assert_eq!(cfg.serial_consistency, SerialConsistency::Serial, "safe across DCs by default");
         assert_eq!(cfg.request_timeout, Duration::from_secs(5));
         assert_eq!(cfg.bucket_size, 1024);
     }
@@ -348,6 +355,27 @@ mod tests {
         assert_eq!(cfg.serial_consistency, SerialConsistency::Serial);
         assert_eq!(cfg.request_timeout, Duration::from_millis(1500));
         assert_eq!(cfg.bucket_size, 4096);
+    }
+
+    #[test]
+    fn serial_consistency_is_serial_unless_local_serial_is_asked_for() {
+        let nodes = (ENV_NODES, "127.0.0.1:9042");
+        assert_eq!(ScyllaConfig::default().serial_consistency, SerialConsistency::Serial);
+        for (value, expected) in [
+            ("", SerialConsistency::Serial),
+            ("SERIAL", SerialConsistency::Serial),
+            ("local_serial", SerialConsistency::LocalSerial),
+            ("LOCAL-SERIAL", SerialConsistency::LocalSerial),
+        ] {
+            let cfg = from(&[nodes, (ENV_SERIAL_CONSISTENCY, value)]).unwrap();
+            assert_eq!(cfg.serial_consistency, expected, "{value:?}");
+        }
+        for bad in ["QUORUM", "LOCAL_QUORUM", "serial!"] {
+            assert!(matches!(
+                from(&[nodes, (ENV_SERIAL_CONSISTENCY, bad)]),
+                Err(ConfigError::BadConsistency { .. })
+            ));
+        }
     }
 
     #[test]

@@ -89,12 +89,12 @@ statements! {
     /// Claims (sender, client_msg_id) with seq 0 (no seq yet).
     ClaimDedupe: Lwt,
         "INSERT INTO ${keyspace}.dedupe \
-         (sender_user_id, client_msg_id, conversation_id, owner, claimed_at_ms, seq, server_time_ms) \
-         VALUES (?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS";
+         (sender_user_id, client_msg_id, conversation_id, owner, claimed_at_ms, seq, server_time_ms, request_digest) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS";
     /// Takes over an abandoned claim (no seq yet, or a seq that settled as a hole), resetting
     /// it to "claimed, no seq".
     TakeOverDedupe: Lwt,
-        "UPDATE ${keyspace}.dedupe SET owner = ?, claimed_at_ms = ?, conversation_id = ?, seq = ? \
+        "UPDATE ${keyspace}.dedupe SET owner = ?, claimed_at_ms = ?, conversation_id = ?, seq = ?, request_digest = ? \
          WHERE sender_user_id = ? AND client_msg_id = ? IF owner = ? AND seq = ?";
     /// Binds the allocated seq to the claim (only while still its owner and unbound).
     BindDedupe: Lwt,
@@ -102,7 +102,7 @@ statements! {
          WHERE sender_user_id = ? AND client_msg_id = ? IF owner = ? AND seq = ?";
     /// A claim, linearizably.
     SelectDedupeSerial: SerialRead,
-        "SELECT conversation_id, owner, claimed_at_ms, seq, server_time_ms, allocated_at_ms \
+        "SELECT conversation_id, owner, claimed_at_ms, seq, server_time_ms, allocated_at_ms, request_digest \
          FROM ${keyspace}.dedupe \
          WHERE sender_user_id = ? AND client_msg_id = ?";
     /// Moves a member's index entry to a seq (timestamp = seq: the highest seq wins).

@@ -20,7 +20,8 @@ use scylla::serialize::row::SerializeRow;
 use scylla::value::{CqlValue, Row};
 use tern_proto::v1;
 use tern_store::{
-    Appended, BoxFuture, ConversationEntry, NewMessage, Range, Store, StoreError, Watermarks,
+    Appended, BoxFuture, ConversationEntry, NewMessage, Range, Store, StoreError, WatermarkUpdate,
+    Watermarks,
 };
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -150,11 +151,17 @@ impl ScyllaStore {
     /// prepares every statement.
     ///
     /// Requests use one execution profile: the configured consistency (default
-    /// LOCAL_QUORUM) and serial consistency (default LOCAL_SERIAL), the request timeout, the
+    /// LOCAL_QUORUM) and serial consistency (default SERIAL), the request timeout, the
     /// driver's `DefaultRetryPolicy` (retries only idempotent statements, never LWTs at a
     /// serial level) and a token-aware `DefaultPolicy` preferring `local_dc` when set.
     pub async fn connect(cfg: ScyllaConfig) -> Result<Self, ConnectError> {
         cfg.validate()?;
+        if cfg.serial_consistency == scylla::statement::SerialConsistency::LocalSerial {
+            tracing::warn!(
+                "LWTs at LOCAL_SERIAL are linearizable only within one datacentre: safe only if \
+                 every conversation is written from one DC at a time (docs/DEPLOYMENT.md)"
+            );
+        }
         let mut policy = DefaultPolicy::builder().token_aware(true);
         if let Some(dc) = &cfg.local_dc {
             policy = policy.prefer_datacenter(dc.clone()).permit_dc_failover(false);
@@ -339,7 +346,19 @@ impl Inner {
         user: &str,
         kind: v1::ReceiptKind,
         seq: u64,
-    ) -> Result<Watermarks, OpError> {
+    ) -> Result<WatermarkUpdate, OpError> {
+        // The writes are blind, so "moved" compares a read before with a read after: an update
+        // that moved something always sees a change (watermarks only grow); one that raced
+        // with another may see the other's move too (a spare push, never a missing one).
+        let before = self.receipt(conv, user).await?;
+        let wanted = match kind {
+            v1::ReceiptKind::Unspecified => false,
+            v1::ReceiptKind::Delivered => seq > before.delivered,
+            v1::ReceiptKind::Read => seq > before.read,
+        };
+        if !wanted {
+            return Ok(WatermarkUpdate { watermarks: before, moved: false });
+        }
         // Timestamp = value: the highest value wins, so a watermark never moves back.
         let v = seq.min(MAX_SEQ) as i64;
         match kind {
@@ -356,11 +375,28 @@ impl Inner {
                 delivered?;
             }
         }
+        let after = self.receipt(conv, user).await?;
+        Ok(WatermarkUpdate { watermarks: after, moved: after != before })
+    }
+
+    /// One member's watermarks.
+    async fn receipt(&self, conv: &str, user: &str) -> Result<Watermarks, OpError> {
         let row = self.select_one::<ReceiptRow>(Stmt::SelectReceipt, (conv, user)).await?;
         match row {
             Some(r) => watermarks(r.delivered_seq, r.read_seq),
             None => Ok(Watermarks::default()),
         }
+    }
+
+    /// Whether a dedupe claim exists for (sender, client_msg_id), read linearizably.
+    async fn dedupe_known(&self, sender: &str, client_msg_id: &str) -> Result<bool, OpError> {
+        let row = self
+            .select_one::<crate::append::DedupeRow>(
+                Stmt::SelectDedupeSerial,
+                (sender, client_msg_id),
+            )
+            .await?;
+        Ok(row.is_some())
     }
 
     async fn watermarks(&self, conv: &str) -> Result<Vec<(String, Watermarks)>, OpError> {
@@ -456,10 +492,18 @@ impl Store for ScyllaStore {
         user_id: &'a str,
         kind: v1::ReceiptKind,
         seq: u64,
-    ) -> BoxFuture<'a, Result<Watermarks, StoreError>> {
+    ) -> BoxFuture<'a, Result<WatermarkUpdate, StoreError>> {
         Box::pin(
             async move { Ok(self.inner.set_watermark(conversation_id, user_id, kind, seq).await?) },
         )
+    }
+
+    fn client_msg_id_known<'a>(
+        &'a self,
+        sender_user_id: &'a str,
+        client_msg_id: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move { Ok(self.inner.dedupe_known(sender_user_id, client_msg_id).await?) })
     }
 
     fn watermarks<'a>(

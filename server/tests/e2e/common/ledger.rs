@@ -2,7 +2,9 @@
 //! message each device's app received, then checks them against the store's truth (read by
 //! sync): every ack names a stored message with that seq, and each device saw every stored
 //! message of its conversations exactly once and in order (its own acked sends excepted: the
-//! SDK hands those to the app through the ack, not as events).
+//! SDK hands those to the app through the ack, not as events). Any second message at one seq -
+//! two acks naming one (conversation, seq) with different client ids, one client id acked at
+//! two seqs, or a sync page holding a seq twice - is a violation, whenever it is seen.
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -21,6 +23,10 @@ struct Inner {
     acked: HashMap<Device, BTreeMap<String, BTreeSet<u64>>>,
     /// Client ids of acked sends, by (conversation, seq).
     ack_ids: HashMap<(String, u64), String>,
+    /// (conversation, seq) of each acked client id.
+    ack_seqs: HashMap<String, (String, u64)>,
+    /// Contract violations seen while recording (a seq given twice), reported by `verify`.
+    violations: Vec<String>,
     /// Messages each device's app received, in arrival order, per conversation.
     received: HashMap<Device, BTreeMap<String, Vec<(u64, String)>>>,
 }
@@ -41,7 +47,30 @@ impl Ledger {
             .entry(ack.conversation_id.clone())
             .or_default()
             .insert(ack.seq);
-        i.ack_ids.insert((ack.conversation_id.clone(), ack.seq), ack.client_msg_id.clone());
+        let at = (ack.conversation_id.clone(), ack.seq);
+        let id = ack.client_msg_id.clone();
+        // Never overwrite: a second message at one seq (or one message at two seqs) is the
+        // very thing the chaos tests look for.
+        if let Some(first) = i.ack_ids.get(&at).cloned() {
+            if first != id {
+                i.violations.push(format!(
+                    "{}#{} acked twice: to {first} and to {id} (a seq given twice)",
+                    at.0, at.1
+                ));
+            }
+        } else {
+            i.ack_ids.insert(at.clone(), id.clone());
+        }
+        if let Some(first) = i.ack_seqs.get(&id).cloned() {
+            if first != at {
+                i.violations.push(format!(
+                    "client id {id} acked at {}#{} and at {}#{} (one message, two seqs)",
+                    first.0, first.1, at.0, at.1
+                ));
+            }
+        } else {
+            i.ack_seqs.insert(id, at);
+        }
     }
 
     /// Drains `events` of `device` into the ledger until the stream ends (spawn it).
@@ -93,6 +122,10 @@ impl Ledger {
             };
         }
         let i = self.inner.lock().unwrap();
+        // 0. One message per seq, one seq per message, in what the senders were told.
+        if let Some(v) = i.violations.first() {
+            return Err(v.clone());
+        }
         // 1. Accepted means durable; one seq per message.
         for ((conv, seq), id) in &i.ack_ids {
             let Some((msgs, _)) = stored.get(conv) else {
@@ -161,7 +194,10 @@ pub async fn read_all(client: &Client, conv: &str) -> (BTreeMap<u64, String>, BT
     loop {
         let page = client.sync_page(conv, from, 500).await.expect("sync page");
         for m in page.messages {
-            msgs.insert(m.seq, m.client_msg_id);
+            let (seq, id) = (m.seq, m.client_msg_id);
+            if let Some(first) = msgs.insert(seq, id.clone()) {
+                panic!("sync of {conv} returned seq {seq} twice: {first} and {id}");
+            }
         }
         for r in page.missing {
             missing.extend(r.first..=r.last);
@@ -170,5 +206,64 @@ pub async fn read_all(client: &Client, conv: &str) -> (BTreeMap<u64, String>, BT
             return (msgs, missing);
         }
         from = page.next_from_seq;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ack(conv: &str, seq: u64, id: &str) -> v1::SendAck {
+        v1::SendAck {
+            conversation_id: conv.into(),
+            seq,
+            client_msg_id: id.into(),
+            ..Default::default()
+        }
+    }
+
+    fn device(user: &str) -> Device {
+        (user.into(), "phone".into())
+    }
+
+    /// The store's truth for conversation "c": the given (seq, client id) pairs.
+    fn stored(rows: &[(u64, &str)]) -> HashMap<String, (BTreeMap<u64, String>, BTreeSet<u64>)> {
+        let msgs = rows.iter().map(|&(s, id)| (s, id.to_owned())).collect();
+        [("c".to_owned(), (msgs, BTreeSet::new()))].into_iter().collect()
+    }
+
+    #[test]
+    fn a_seq_acked_to_two_messages_fails_whichever_the_store_kept() {
+        // Two senders were both told seq 1. Whichever of the two the store holds, the ledger
+        // must fail (before, the second ack overwrote the first: one of the two orders passed).
+        for kept in ["a-1", "b-1"] {
+            for order in [["a-1", "b-1"], ["b-1", "a-1"]] {
+                let l = Ledger::default();
+                for id in order {
+                    l.ack(&device(&id[..1]), &ack("c", 1, id));
+                }
+                let err = l.verify(&[], &stored(&[(1, kept)])).expect_err("a reused seq passed");
+                assert!(err.contains("acked twice"), "{err}");
+            }
+        }
+    }
+
+    #[test]
+    fn one_message_acked_at_two_seqs_fails() {
+        let l = Ledger::default();
+        l.ack(&device("a"), &ack("c", 1, "a-1"));
+        l.ack(&device("a"), &ack("c", 2, "a-1"));
+        let err = l.verify(&[], &stored(&[(1, "a-1"), (2, "a-1")])).expect_err("passed");
+        assert!(err.contains("two seqs"), "{err}");
+    }
+
+    #[test]
+    fn a_true_resend_ack_is_fine() {
+        let l = Ledger::default();
+        l.ack(&device("a"), &ack("c", 1, "a-1"));
+        l.ack(&device("a"), &ack("c", 1, "a-1"));
+        l.ack(&device("a"), &ack("c", 2, "a-2"));
+        assert_eq!(l.acks(), 2);
+        l.verify(&[], &stored(&[(1, "a-1"), (2, "a-2")])).expect("a clean run passes");
     }
 }
