@@ -2,6 +2,19 @@
 
 use tern_proto::session::server::ServerSessionConfig;
 
+/// What happens when a (user, device) that is connected logs in again (`auth.duplicate_login`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DuplicateLogin {
+    /// The new login wins: the older connection gets Kick DUPLICATE_LOGIN and closes.
+    #[default]
+    NewestWins,
+    /// The connection already there wins: the new login is refused with a fatal
+    /// ALREADY_LOGGED_IN (a stolen token can no longer kick its victim off; a client whose
+    /// old connection died silently waits until the server drops it at the idle timeout).
+    /// Enforced per gateway: not available in the distributed mode.
+    OldestWins,
+}
+
 /// Gateway settings. Defaults suit a loopback development server.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
@@ -22,6 +35,8 @@ pub struct GatewayConfig {
     /// accept. Bounds the work a login storm (or a flood of idle sockets) can pile up before
     /// the login timeout. Default 10_000.
     pub max_pending_logins: usize,
+    /// Duplicate-login policy. Default newest wins.
+    pub duplicate_login: DuplicateLogin,
 }
 
 impl Default for GatewayConfig {
@@ -33,6 +48,7 @@ impl Default for GatewayConfig {
             max_inflight_requests: 256,
             max_connections: 100_000,
             max_pending_logins: 10_000,
+            duplicate_login: DuplicateLogin::NewestWins,
         }
     }
 }

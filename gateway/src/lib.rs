@@ -1,7 +1,7 @@
 //! Tern's gateway: holds client connections and moves frames between them and dispatch.
 //!
 //! - [`config`]: the gateway's limits and timings.
-//! - [`auth`]: JWT (HS256) login tokens.
+//! - [`auth`]: JWT login tokens (HS256 and EdDSA), key sets selected by `kid`, claim rules.
 //! - [`upstream`]: the [`Upstream`] trait through which requests reach dispatch.
 //! - [`link`]: the distributed-mode upstream: links to dispatch workers, presence publishing.
 //! - [`registry`]: which local connection holds each (user, device); pushes and kicks.
@@ -26,7 +26,7 @@ pub mod registry;
 pub mod server;
 pub mod upstream;
 
-pub use auth::TokenKey;
+pub use auth::{TokenKey, Verifier};
 pub use config::GatewayConfig;
 pub use core::{Listeners, listen, serve};
 pub use registry::Registry;
