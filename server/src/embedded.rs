@@ -47,7 +47,7 @@ pub async fn run(
     http: Option<TcpListener>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let key = cfg.token_key()?;
+    let key = cfg.verifier()?;
     let store_dir = cfg.server.data_dir.join("store");
     let durability = if cfg.store.fsync { Durability::Fsync } else { Durability::NoSync };
     let store =

@@ -16,3 +16,4 @@ pub mod embedded;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
+pub mod keys;
