@@ -428,7 +428,17 @@ impl<U: Upstream> IoThread<U> {
     fn on_frame(&mut self, i: u32, env: Envelope) {
         let gw = self.gw.clone();
         let Some(c) = self.conn(i) else { return };
+        let before = c.session.deadline(&gw.cfg.session);
         let action = c.session.on_frame(Instant::now(), unix_ms(), env, &gw.cfg.session, &*gw.auth);
+        // The armed wheel entry finds later deadlines when it fires; a deadline that moved
+        // earlier (a token that ends before the login timeout, a refresh to a shorter token)
+        // needs an entry of its own.
+        if let Some(at) = c.session.deadline(&gw.cfg.session)
+            && before.is_none_or(|b| at < b)
+        {
+            let key = self.key(i);
+            self.wheel.schedule(at, key);
+        }
         self.apply(i, action);
     }
 

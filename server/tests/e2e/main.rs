@@ -19,3 +19,4 @@ mod recall;
 mod receipts;
 mod reconnect;
 mod slow_reader;
+mod token;
