@@ -160,9 +160,7 @@ pub fn server_session(data: &[u8]) {
                             unix_ms,
                             env,
                             &cfg,
-                            logged_in,
-                            closed,
-                            token_end,
+                            Seen { logged_in, closed, token_end },
                         );
                         match &action {
                             Action::LoggedIn { reply, .. } => {
@@ -284,16 +282,24 @@ impl Authenticator for FuzzAuth {
     }
 }
 
+/// What [`server_session`] knows of the session before a frame.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    logged_in: bool,
+    closed: bool,
+    /// When the token in force ends (as announced), if ever.
+    token_end: Option<Instant>,
+}
+
 fn on_frame_checked(
     session: &mut ServerSession,
     now: Instant,
     unix_ms: i64,
     env: v1::Envelope,
     cfg: &ServerSessionConfig,
-    logged_in: bool,
-    closed: bool,
-    token_end: Option<Instant>,
+    seen: Seen,
 ) -> Action {
+    let Seen { logged_in, closed, token_end } = seen;
     let request_id = env.request_id;
     let body = env.body.clone();
     let action = session.on_frame(now, unix_ms, env.clone(), cfg, &FuzzAuth);

@@ -217,7 +217,7 @@ impl Verifier {
         if !is_valid_id(&c.did) {
             return bad("did is not a valid device id");
         }
-        let out_of_range = |t: i64| t > MAX_EXP_SECS || t < -MAX_EXP_SECS;
+        let out_of_range = |t: i64| !(-MAX_EXP_SECS..=MAX_EXP_SECS).contains(&t);
         if out_of_range(c.exp) || c.nbf.is_some_and(out_of_range) || c.iat.is_some_and(out_of_range)
         {
             return bad("exp, nbf or iat out of range");
