@@ -129,6 +129,8 @@ async fn sdk_takes_a_fresh_token_from_its_provider_after_token_expired() {
     assert!(client.token_expires_at_ms().unwrap() > (now_secs() + 3000) * 1000);
     let ack = client.send(Target::Peer("bob".into()), "text/plain", text("back")).await.unwrap();
     assert_eq!(ack.seq, 1);
+    // The fresh token came before the reconnect: no login was tried with the dead one.
+    assert_eq!(srv.metric("tern_gateway_login_failures_total").await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,6 +149,7 @@ async fn sdk_without_provider_stops_after_token_expired() {
     }
     assert!(client.list_conversations().await.is_err());
     assert_eq!(srv.metric("tern_gateway_logins_total").await, 1);
+    assert_eq!(srv.metric("tern_gateway_login_failures_total").await, 0, "no retry, dead token");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
