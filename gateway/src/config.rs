@@ -4,6 +4,19 @@ use std::time::Duration;
 
 use tern_proto::session::server::ServerSessionConfig;
 
+/// What happens when a (user, device) that is connected logs in again (`auth.duplicate_login`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DuplicateLogin {
+    /// The new login wins: the older connection gets Kick DUPLICATE_LOGIN and closes.
+    #[default]
+    NewestWins,
+    /// The connection already there wins: the new login is refused with a fatal
+    /// ALREADY_LOGGED_IN (a stolen token can no longer kick its victim off; a client whose
+    /// old connection died silently waits until the server drops it at the idle timeout).
+    /// Enforced per gateway: not available in the distributed mode.
+    OldestWins,
+}
+
 /// Gateway settings. Defaults suit a loopback development server.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
@@ -36,6 +49,8 @@ pub struct GatewayConfig {
     /// it are closed at accept, so one host cannot take every pending-login slot. 0 = no cap.
     /// Default 1000.
     pub max_pending_logins_per_source: usize,
+    /// Duplicate-login policy. Default newest wins.
+    pub duplicate_login: DuplicateLogin,
 }
 
 impl Default for GatewayConfig {
@@ -50,6 +65,7 @@ impl Default for GatewayConfig {
             close_timeout: Duration::from_secs(10),
             max_connections_per_source: 10_000,
             max_pending_logins_per_source: 1000,
+            duplicate_login: DuplicateLogin::NewestWins,
         }
     }
 }

@@ -1,8 +1,8 @@
 //! Tern's gateway: holds client connections and moves frames between them and dispatch.
 //!
 //! - [`config`]: the gateway's limits and timings.
+//! - [`auth`]: JWT login tokens (HS256 and EdDSA), key sets selected by `kid`, claim rules.
 //! - [`closing`]: when a closing connection's socket closes (its last frame written), sans-IO.
-//! - [`auth`]: JWT (HS256) login tokens.
 //! - [`upstream`]: the [`Upstream`] trait through which requests reach dispatch.
 //! - [`link`]: the distributed-mode upstream: links to dispatch workers, presence publishing.
 //! - [`registry`]: which local connection holds each (user, device); pushes and kicks.
@@ -30,7 +30,7 @@ pub mod server;
 pub mod sources;
 pub mod upstream;
 
-pub use auth::TokenKey;
+pub use auth::{TokenKey, Verifier};
 pub use config::GatewayConfig;
 pub use core::{Listeners, listen, serve};
 pub use registry::Registry;

@@ -44,6 +44,14 @@ pub struct GatewayMetrics {
     pub source_pending_login_rejections: AtomicU64,
     /// Distinct sources holding connections now (gauge; kept by the gateway's source map).
     pub sources: AtomicU64,
+    /// Connections kicked (TOKEN_EXPIRED) when their token's exp plus leeway passed.
+    pub token_expiry_kicks: AtomicU64,
+    /// RefreshToken requests answered TokenRefreshed.
+    pub token_refreshes: AtomicU64,
+    /// RefreshToken requests refused (bad, expired, or another user's or device's token).
+    pub token_refresh_failures: AtomicU64,
+    /// Logins refused because the device was connected already (`oldest_wins`).
+    pub duplicate_login_refusals: AtomicU64,
 }
 
 impl GatewayMetrics {
@@ -160,7 +168,33 @@ impl GatewayMetrics {
                 &self.frames_out,
             ),
         ];
-        for (name, kind, help, v) in rows {
+        let token_rows: [(&str, &str, &str, &AtomicU64); 4] = [
+            (
+                "tern_gateway_token_expiry_kicks_total",
+                "counter",
+                "Connections kicked when their token expired (exp plus leeway).",
+                &self.token_expiry_kicks,
+            ),
+            (
+                "tern_gateway_token_refreshes_total",
+                "counter",
+                "RefreshToken requests that swapped in a new token.",
+                &self.token_refreshes,
+            ),
+            (
+                "tern_gateway_token_refresh_failures_total",
+                "counter",
+                "RefreshToken requests refused (the old token stays in force).",
+                &self.token_refresh_failures,
+            ),
+            (
+                "tern_gateway_duplicate_login_refusals_total",
+                "counter",
+                "Logins refused because the device was connected already (oldest_wins).",
+                &self.duplicate_login_refusals,
+            ),
+        ];
+        for (name, kind, help, v) in rows.into_iter().chain(token_rows) {
             let _ = writeln!(
                 out,
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",

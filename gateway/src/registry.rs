@@ -76,6 +76,18 @@ impl Registry {
         }
     }
 
+    /// Registers `conn` unless the same device is registered already (the `oldest_wins`
+    /// policy). Returns whether it was registered.
+    pub fn try_register(&self, conn: Conn) -> bool {
+        let mut map = self.shard(&conn.ctx.user_id);
+        let conns = map.entry(conn.ctx.user_id.clone()).or_default();
+        if conns.iter().any(|c| c.ctx.device_id == conn.ctx.device_id) {
+            return false;
+        }
+        conns.push(conn);
+        true
+    }
+
     /// Removes connection `id` of `user` if it is still registered (a newer login of the same
     /// device may have replaced it already).
     pub fn unregister(&self, user: &str, id: u64) {

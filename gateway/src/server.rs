@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use crate::auth::TokenKey;
+use crate::auth::Verifier;
 use crate::config::GatewayConfig;
 use crate::metrics::GatewayMetrics;
 use crate::registry::Registry;
@@ -16,7 +16,7 @@ pub struct Gateway<U: Upstream> {
     /// Limits and timings.
     pub cfg: GatewayConfig,
     /// Verifies login tokens.
-    pub auth: Arc<TokenKey>,
+    pub auth: Arc<Verifier>,
     /// Local connections by user.
     pub registry: Arc<Registry>,
     /// Where requests go.
@@ -30,7 +30,12 @@ pub struct Gateway<U: Upstream> {
 
 impl<U: Upstream> Gateway<U> {
     /// A gateway over `upstream`, with its own registry and metrics.
-    pub fn new(cfg: GatewayConfig, auth: TokenKey, registry: Arc<Registry>, upstream: U) -> Self {
+    pub fn new(
+        cfg: GatewayConfig,
+        auth: impl Into<Verifier>,
+        registry: Arc<Registry>,
+        upstream: U,
+    ) -> Self {
         let metrics = registry.metrics();
         // Connection ids start at a random point, so that ids of a restarted gateway (same
         // gateway id) do not repeat those still named by stale presence entries.
@@ -42,7 +47,7 @@ impl<U: Upstream> Gateway<U> {
         let next_id = AtomicU64::new(start.max(1));
         let sources =
             SourceLimits::new(cfg.max_connections_per_source, cfg.max_pending_logins_per_source);
-        Self { cfg, auth: Arc::new(auth), registry, upstream, metrics, sources, next_id }
+        Self { cfg, auth: Arc::new(auth.into()), registry, upstream, metrics, sources, next_id }
     }
 
     /// A new connection id, unique within this gateway process.

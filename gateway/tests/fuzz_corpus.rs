@@ -21,12 +21,39 @@ fn corpus_dir(target: &str) -> PathBuf {
 }
 
 fn claims(sub: &str, did: &str, exp: i64) -> Claims {
-    Claims { sub: sub.into(), did: did.into(), exp, iat: FUZZ_NOW_UNIX_SECS - 10 }
+    Claims { iat: Some(FUZZ_NOW_UNIX_SECS - 10), ..Claims::new(sub, did, 0, exp) }
 }
 
 /// A token with a hand-written header and payload JSON and signature text.
 fn raw_token(header: &str, payload: &str, sig: &str) -> String {
     format!("{}.{}.{sig}", B64.encode(header), B64.encode(payload))
+}
+
+/// A token with hand-written header and payload JSON, correctly signed with `key` (HS256).
+fn signed_raw(header: &str, payload: &str, key: &TokenKey) -> String {
+    let input = format!("{}.{}", B64.encode(header), B64.encode(payload));
+    // Sign by minting a token with the same signing input: reuse `mint` through a raw MAC.
+    let sig = {
+        use hmac::{KeyInit, Mac};
+        let secret = match B64.decode(key.to_base64()) {
+            Ok(s) => s,
+            Err(e) => panic!("{e}"),
+        };
+        let mut mac = match hmac::Hmac::<sha2::Sha256>::new_from_slice(&secret) {
+            Ok(m) => m,
+            Err(e) => panic!("{e}"),
+        };
+        mac.update(input.as_bytes());
+        B64.encode(mac.finalize().into_bytes())
+    };
+    format!("{input}.{sig}")
+}
+
+/// Fuzz input for part 2 of the body: exp byte, flags byte, offset byte, "sub.did".
+fn part2(exp_minutes: i8, flags: u8, offset_secs: i8, ids: &str) -> Vec<u8> {
+    let mut v = vec![exp_minutes as u8, flags, offset_secs as u8];
+    v.extend_from_slice(ids.as_bytes());
+    v
 }
 
 /// The generated seeds: (target, file name, bytes).
@@ -38,10 +65,24 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         Ok(k) => k,
         Err(e) => panic!("{e}"),
     };
+    let second = match TokenKey::from_secret(&fuzzing::FUZZ_SECOND_KEY_SECRET) {
+        Ok(k) => k.with_kid(Some("hs2".into())),
+        Err(e) => panic!("{e}"),
+    };
+    let ed = fuzzing::fuzz_ed25519();
     let long = key.mint(&claims(&"a".repeat(MAX_TOKEN_BYTES), "phone", FUZZ_NOW_UNIX_SECS + 60));
     assert!(long.len() > MAX_TOKEN_BYTES);
     let mut non_utf8 = valid.clone().into_bytes();
     non_utf8.insert(5, 0xFF);
+    let hs = r#"{"alg":"HS256"}"#;
+    let payload = |extra: &str| {
+        format!(r#"{{"sub":"alice","did":"phone","exp":{}{extra}}}"#, FUZZ_NOW_UNIX_SECS + 600)
+    };
+    // HS256 keyed with the Ed25519 public key's base64 text: the classic alg confusion.
+    let confused = match TokenKey::from_secret(ed.public_base64().as_bytes()) {
+        Ok(k) => k.with_kid(Some("ed1".into())),
+        Err(e) => panic!("{e}"),
+    };
     vec![
         ("token", "seed-valid", valid.clone().into_bytes()),
         (
@@ -52,7 +93,13 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         (
             "token",
             "seed-expires-now",
-            key.mint(&claims("bob", "laptop", FUZZ_NOW_UNIX_SECS)).into_bytes(),
+            // exp + the 30 s leeway is now: just expired.
+            key.mint(&claims("bob", "laptop", FUZZ_NOW_UNIX_SECS - 30)).into_bytes(),
+        ),
+        (
+            "token",
+            "seed-within-leeway",
+            key.mint(&claims("bob", "laptop", FUZZ_NOW_UNIX_SECS - 29)).into_bytes(),
         ),
         (
             "token",
@@ -96,6 +143,88 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
             "seed-claims-not-json",
             raw_token(r#"{"alg":"HS256"}"#, "sub=alice", &sig).into_bytes(),
         ),
+        // Key set: kid selection, EdDSA, alg confusion.
+        (
+            "token",
+            "seed-kid-second-key",
+            second.mint(&claims("alice", "phone", FUZZ_NOW_UNIX_SECS + 600)).into_bytes(),
+        ),
+        (
+            "token",
+            "seed-second-key-without-kid",
+            second
+                .clone()
+                .with_kid(None)
+                .mint(&claims("alice", "phone", FUZZ_NOW_UNIX_SECS + 600))
+                .into_bytes(),
+        ),
+        (
+            "token",
+            "seed-unknown-kid",
+            key.clone()
+                .with_kid(Some("k9".into()))
+                .mint(&claims("alice", "phone", FUZZ_NOW_UNIX_SECS + 600))
+                .into_bytes(),
+        ),
+        (
+            "token",
+            "seed-eddsa",
+            ed.mint(&claims("alice", "phone", FUZZ_NOW_UNIX_SECS + 600)).into_bytes(),
+        ),
+        (
+            "token",
+            "seed-eddsa-without-kid",
+            ed.clone()
+                .with_kid(None)
+                .mint(&claims("alice", "phone", FUZZ_NOW_UNIX_SECS + 600))
+                .into_bytes(),
+        ),
+        (
+            "token",
+            "seed-alg-confusion",
+            confused.mint(&claims("alice", "phone", FUZZ_NOW_UNIX_SECS + 600)).into_bytes(),
+        ),
+        // Claims: nbf, iat, number forms, crit.
+        (
+            "token",
+            "seed-nbf-future",
+            signed_raw(hs, &payload(&format!(r#","nbf":{}"#, FUZZ_NOW_UNIX_SECS + 31)), &key)
+                .into_bytes(),
+        ),
+        (
+            "token",
+            "seed-iat-future",
+            signed_raw(hs, &payload(&format!(r#","iat":{}"#, FUZZ_NOW_UNIX_SECS + 31)), &key)
+                .into_bytes(),
+        ),
+        (
+            "token",
+            "seed-exp-float",
+            signed_raw(hs, r#"{"sub":"alice","did":"phone","exp":1700000600.5}"#, &key)
+                .into_bytes(),
+        ),
+        (
+            "token",
+            "seed-exp-huge",
+            signed_raw(hs, r#"{"sub":"alice","did":"phone","exp":9223372036854775807}"#, &key)
+                .into_bytes(),
+        ),
+        (
+            "token",
+            "seed-crit",
+            signed_raw(r#"{"alg":"HS256","crit":["x"]}"#, &payload(""), &key).into_bytes(),
+        ),
+        (
+            "token",
+            "seed-iss-aud",
+            signed_raw(hs, &payload(r#","iss":"fuzz-issuer","aud":["x","tern"]"#), &key)
+                .into_bytes(),
+        ),
+        // Part 2 inputs: exp minutes, flags (signer, nbf, iat, iss, aud), offset, ids.
+        ("token", "seed-mint-eddsa-strict", part2(10, 4 | (1 << 5) | 0x80, -5, "alice.phone")),
+        ("token", "seed-mint-nbf-iat-future", part2(10, 1 | 8 | 16, 40, "alice.phone")),
+        ("token", "seed-mint-wrong-issuer", part2(10, 2 | (2 << 5) | 0x80, 0, "bob.tablet")),
+        ("token", "seed-mint-refused-signers", part2(10, 7, 0, "alice.phone")),
     ]
 }
 
@@ -115,20 +244,35 @@ fn replay_token_corpus() {
     replay(TARGETS[0].0, TARGETS[0].1);
 }
 
+/// A valid token without iss and aud.
+fn key_for_strict_check() -> String {
+    fuzzing::fuzz_key().mint(&claims("alice", "phone", FUZZ_NOW_UNIX_SECS + 600))
+}
+
 #[test]
 fn seeds_hit_the_outcomes_they_are_named_for() {
     use tern_proto::session::server::AuthError;
-    let key = fuzzing::fuzz_key();
+    let key = fuzzing::fuzz_verifier();
     let now = fuzzing::FUZZ_NOW_UNIX_MS;
     for (_, name, bytes) in seeds() {
         let text = String::from_utf8_lossy(&bytes);
-        let got = key.verify(&text, now);
+        let got = key.verify_claims(&text, now);
         match name {
-            "seed-valid" => assert!(got.is_ok(), "{name}: {got:?}"),
+            "seed-valid"
+            | "seed-within-leeway"
+            | "seed-kid-second-key"
+            | "seed-eddsa"
+            | "seed-iss-aud" => assert!(got.is_ok(), "{name}: {got:?}"),
             "seed-expired" | "seed-expires-now" => {
                 assert_eq!(got, Err(AuthError::Expired), "{name}");
             }
+            n if n.starts_with("seed-mint-") => {}
             _ => assert!(matches!(got, Err(AuthError::BadToken(_))), "{name}: {got:?}"),
+        }
+        if name == "seed-iss-aud" {
+            assert!(fuzzing::fuzz_strict_verifier().verify_claims(&text, now).is_ok());
+            let plain = key_for_strict_check();
+            assert!(fuzzing::fuzz_strict_verifier().verify_claims(&plain, now).is_err());
         }
     }
 }

@@ -13,11 +13,16 @@ use crate::codec::{FrameDecoder, LEN_PREFIX_BYTES, encode_frame};
 use crate::error::FrameError;
 use crate::session::server::{
     Action, AuthError, Authenticator, CloseReason, Identity, ServerSession, ServerSessionConfig,
+    Verified,
 };
 use crate::v1::{self, ErrorCode, envelope::Body};
 
 /// Maximum frame size the fuzz targets configure, small so that limits are hit often.
 pub const FUZZ_MAX_FRAME_BYTES: usize = 512;
+/// The wall clock when [`server_session`] starts, Unix milliseconds.
+pub const FUZZ_SESSION_T0_UNIX_MS: i64 = 1_700_000_000_000;
+/// The clock leeway [`FuzzAuth`] reports, milliseconds.
+pub const FUZZ_LEEWAY_MS: i64 = 500;
 
 /// Feeds `data[1..]` to a [`FrameDecoder`] in chunks whose sizes derive from `data[0]`, and
 /// checks that chunked decoding yields exactly what whole-buffer decoding
@@ -109,7 +114,8 @@ pub fn envelope(data: &[u8]) {
 
 /// Drives a [`ServerSession`] with frames and clock ticks read from `data` and checks its
 /// invariants (replies answer the request they belong to, a closed session stays closed and
-/// silent, fatal errors close, the deadline is honoured).
+/// silent, fatal errors close, the deadline is honoured, the token's expiry closes the session
+/// at `exp + leeway` and never before, a RefreshToken moves it or changes nothing).
 ///
 /// Input format, repeated: one opcode byte, then its operands.
 /// - `op % 4 == 0`: a frame: 1-byte length `n`, then `n` bytes of protobuf `Envelope`
@@ -127,11 +133,17 @@ pub fn server_session(data: &[u8]) {
     let mut session = ServerSession::new(now, 7, &cfg);
     let mut logged_in = false;
     let mut closed = false;
+    // When the token in force ends (exp + leeway) on the session clock, as announced.
+    let mut token_end: Option<Instant> = None;
     let mut input = data;
 
     while let Some((&op, rest)) = input.split_first() {
         input = rest;
-        let unix_ms = 1_700_000_000_000 + (now - start).as_millis() as i64;
+        let unix_ms = FUZZ_SESSION_T0_UNIX_MS + (now - start).as_millis() as i64;
+        let expected_deadline = |now: Instant, end: Option<Instant>| {
+            let idle = now + cfg.idle_timeout;
+            Some(end.map_or(idle, |e| e.min(idle)))
+        };
         let action = match op % 4 {
             0 => {
                 let Some((&n, rest)) = input.split_first() else {
@@ -149,14 +161,28 @@ pub fn server_session(data: &[u8]) {
                             unix_ms,
                             env,
                             &cfg,
-                            logged_in,
-                            closed,
+                            Seen { logged_in, closed, token_end },
                         );
-                        if logged_in && !closed {
-                            // Any frame from a logged-in client pushes the idle deadline.
+                        match &action {
+                            Action::LoggedIn { reply, .. } => {
+                                if let Some(Body::LoginOk(ok)) = &reply.body {
+                                    token_end = announced_end(start, ok.token_expires_at_ms);
+                                }
+                            }
+                            Action::Reply(v1::Envelope {
+                                body: Some(Body::TokenRefreshed(t)),
+                                ..
+                            }) => token_end = announced_end(start, t.expires_at_ms),
+                            _ => {}
+                        }
+                        if (logged_in || matches!(action, Action::LoggedIn { .. }))
+                            && !session.is_closed()
+                        {
+                            // Any frame from a logged-in client pushes the idle deadline; the
+                            // token's end caps it.
                             let after = session.deadline(&cfg);
-                            if !session.is_closed() {
-                                assert_eq!(after, Some(now + cfg.idle_timeout));
+                            assert_eq!(after, expected_deadline(now, token_end));
+                            if logged_in && token_end.is_none() {
                                 assert!(after >= before_deadline);
                             }
                         }
@@ -207,21 +233,63 @@ pub fn server_session(data: &[u8]) {
     }
 }
 
-/// The fuzz authenticator: `ok:<user>:<device>` logs in, `expired` is expired, anything else is
+/// The session end that an announced `exp` (Unix ms, 0 = none) implies on the fuzz clock.
+fn announced_end(start: Instant, expires_at_ms: i64) -> Option<Instant> {
+    if expires_at_ms == 0 {
+        return None;
+    }
+    let v = Verified {
+        identity: Identity { user_id: String::new(), device_id: String::new() },
+        expires_at_ms: Some(expires_at_ms),
+        leeway_ms: FUZZ_LEEWAY_MS,
+    };
+    v.session_end(start, FUZZ_SESSION_T0_UNIX_MS)
+}
+
+/// The fuzz authenticator: `ok:<user>:<device>` logs in and never expires;
+/// `ok:<user>:<device>:<n>` expires `n` seconds after [`FUZZ_SESSION_T0_UNIX_MS`] (with
+/// [`FUZZ_LEEWAY_MS`]) and is `Expired` once that passed; `expired` is expired; anything else is
 /// a bad token.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct FuzzAuth;
 
 impl Authenticator for FuzzAuth {
-    fn authenticate(&self, token: &str, _now_unix_ms: i64) -> Result<Identity, AuthError> {
+    fn authenticate(&self, token: &str, now_unix_ms: i64) -> Result<Identity, AuthError> {
+        self.verify(token, now_unix_ms).map(|v| v.identity)
+    }
+
+    fn verify(&self, token: &str, now_unix_ms: i64) -> Result<Verified, AuthError> {
         if token == "expired" {
             return Err(AuthError::Expired);
         }
-        let Some((user, device)) = token.strip_prefix("ok:").and_then(|t| t.split_once(':')) else {
+        let Some((user, rest)) = token.strip_prefix("ok:").and_then(|t| t.split_once(':')) else {
             return Err(AuthError::BadToken("not ok:<user>:<device>".to_owned()));
         };
-        Ok(Identity { user_id: user.to_owned(), device_id: device.to_owned() })
+        let (device, exp) = match rest.rsplit_once(':') {
+            Some((device, n)) => match n.parse::<u16>() {
+                Ok(n) => (device, Some(FUZZ_SESSION_T0_UNIX_MS + i64::from(n) * 1000)),
+                Err(_) => (rest, None),
+            },
+            None => (rest, None),
+        };
+        if exp.is_some_and(|e| e + FUZZ_LEEWAY_MS <= now_unix_ms) {
+            return Err(AuthError::Expired);
+        }
+        Ok(Verified {
+            identity: Identity { user_id: user.to_owned(), device_id: device.to_owned() },
+            expires_at_ms: exp,
+            leeway_ms: FUZZ_LEEWAY_MS,
+        })
     }
+}
+
+/// What [`server_session`] knows of the session before a frame.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    logged_in: bool,
+    closed: bool,
+    /// When the token in force ends (as announced), if ever.
+    token_end: Option<Instant>,
 }
 
 fn on_frame_checked(
@@ -230,9 +298,9 @@ fn on_frame_checked(
     unix_ms: i64,
     env: v1::Envelope,
     cfg: &ServerSessionConfig,
-    logged_in: bool,
-    closed: bool,
+    seen: Seen,
 ) -> Action {
+    let Seen { logged_in, closed, token_end } = seen;
     let request_id = env.request_id;
     let body = env.body.clone();
     let action = session.on_frame(now, unix_ms, env.clone(), cfg, &FuzzAuth);
@@ -247,6 +315,9 @@ fn on_frame_checked(
             assert_eq!(reply.request_id, request_id, "reply must carry the request's id");
             match &reply.body {
                 Some(Body::Pong(_)) => assert!(matches!(body, Some(Body::Ping(_)))),
+                Some(Body::TokenRefreshed(_)) => {
+                    assert!(matches!(body, Some(Body::RefreshToken(_))));
+                }
                 Some(Body::Error(e)) => assert!(!e.fatal, "fatal error without Close: {e:?}"),
                 other => panic!("unexpected reply body {other:?}"),
             }
@@ -260,14 +331,20 @@ fn on_frame_checked(
             assert_eq!(ok.user_id, identity.user_id);
             assert_eq!(ok.device_id, identity.device_id);
             assert_eq!(ok.max_frame_bytes as usize, cfg.max_frame_bytes);
-            assert_eq!(session.deadline(cfg), Some(now + cfg.idle_timeout));
+            assert!(session.deadline(cfg) <= Some(now + cfg.idle_timeout));
         }
         Action::Forward(fwd) => {
             assert!(logged_in, "forwarded before login");
             assert_eq!(fwd, &env, "forward must pass the frame unchanged");
         }
+        Action::Close { reply: Some(v1::Envelope { body: Some(Body::Kick(k)), .. }), .. } => {
+            // A logged-in session closes on a frame with a Kick only when its token ran out.
+            assert!(logged_in, "kick on a frame before login");
+            assert_eq!(k.reason, v1::KickReason::TokenExpired as i32, "{k:?}");
+            assert!(token_end.is_some_and(|end| now >= end), "token kick before its end");
+        }
         Action::Close { reply, reason } => {
-            // Once logged in, only the rate limit closes on a decoded frame.
+            // Once logged in, only the rate limit closes on a decoded frame with an Error.
             assert!(
                 !logged_in || *reason == CloseReason::RateLimited,
                 "a logged-in session closed on a decoded frame: {body:?}"
@@ -302,7 +379,11 @@ fn tick_checked(
                     assert_eq!(e.code, ErrorCode::LoginTimeout as i32);
                     assert!(e.fatal);
                 }
-                Some(Body::Kick(k)) => assert_eq!(k.reason, v1::KickReason::IdleTimeout as i32),
+                Some(Body::Kick(k)) => assert!(
+                    [v1::KickReason::IdleTimeout as i32, v1::KickReason::TokenExpired as i32]
+                        .contains(&k.reason),
+                    "unexpected kick {k:?}"
+                ),
                 other => panic!("unexpected timeout frame {other:?}"),
             }
         }

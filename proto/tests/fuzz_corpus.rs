@@ -86,6 +86,10 @@ fn sync_page() -> v1::Envelope {
     )
 }
 
+fn refresh(token: &str) -> v1::Envelope {
+    env(6, Body::RefreshToken(v1::RefreshToken { token: token.into() }))
+}
+
 fn framed(envs: &[v1::Envelope]) -> Vec<u8> {
     let mut out = Vec::new();
     for e in envs {
@@ -241,6 +245,29 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
             "server_session",
             "seed-decode-errors",
             [op_frame(&login_ok), vec![0, 2, 0x52, 0x05], vec![OP_TOO_LARGE]].concat(),
+        ),
+        (
+            "server_session",
+            "seed-token-refresh-then-expiry",
+            [
+                op_frame(&login("ok:alice:phone:30", 1)),
+                op_wait(20),
+                op_frame(&refresh("ok:alice:phone:90")),
+                op_frame(&refresh("ok:bob:phone:600")),
+                op_frame(&refresh("ok:alice:phone:10")),
+                op_frame(&refresh("expired")),
+                op_frame(&refresh("nope")),
+                op_wait(50),
+                op_frame(&ping),
+                op_wait(25),
+                vec![OP_TO_DEADLINE],
+            ]
+            .concat(),
+        ),
+        (
+            "server_session",
+            "seed-token-expires-under-a-frame",
+            [op_frame(&login("ok:alice:phone:5", 1)), op_wait(6), op_frame(&ping)].concat(),
         ),
         // client_session: a header, then opcodes (see tern_proto::fuzzing::client_session).
         (

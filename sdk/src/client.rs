@@ -12,6 +12,7 @@ use crate::connection::{Command, Driver};
 use crate::error::SdkError;
 use crate::event::{Event, Target};
 use crate::persist::{PendingSend, Persistence};
+use crate::token::TokenState;
 use crate::transport::Transport;
 
 /// Capacity of the command channel from handles to the connection task.
@@ -22,6 +23,7 @@ struct Shared {
     persistence: Arc<dyn Persistence>,
     user_id: String,
     device_id: String,
+    token: Arc<TokenState>,
 }
 
 /// A connected Tern client. Clones share one connection task; the task stops when
@@ -59,7 +61,8 @@ impl Client {
         persistence: Arc<dyn Persistence>,
     ) -> Result<(Client, mpsc::Receiver<Event>), SdkError> {
         let cfg = Arc::new(cfg);
-        let (transport, ok) = Transport::connect(&cfg).await?;
+        let token = Arc::new(TokenState::new(cfg.token.clone(), cfg.token_provider.clone()));
+        let (transport, ok) = Transport::connect(&cfg, token.current()).await?;
         let (commands, commands_rx) = mpsc::channel(COMMAND_CAPACITY);
         let (events_tx, events) = mpsc::channel(cfg.event_capacity.max(1));
         let driver = Driver::new(
@@ -68,12 +71,14 @@ impl Client {
             commands_rx,
             events_tx,
             ok.user_id.clone(),
+            token.clone(),
         )?;
         let shared = Arc::new(Shared {
             cfg,
             persistence,
             user_id: ok.user_id.clone(),
             device_id: ok.device_id.clone(),
+            token,
         });
         tokio::spawn(driver.run((transport, ok)));
         Ok((Client { commands, shared }, events))
@@ -215,6 +220,29 @@ impl Client {
                 _ => return Ok(all),
             }
         }
+    }
+
+    /// Swaps the connection's token for `token` (a newer one of the same user and device)
+    /// without reconnecting, and uses it for later reconnects. Returns the new token's expiry
+    /// (Unix ms; 0: none). A refused token (`SdkError::Server` with `BadToken` or
+    /// `TokenExpired`) changes nothing: the current token stays in force.
+    pub async fn refresh_token(&self, token: impl Into<String>) -> Result<i64, SdkError> {
+        let token = token.into();
+        let body = Body::RefreshToken(v1::RefreshToken { token: token.clone() });
+        match self.request(body).await?.body {
+            Some(Body::TokenRefreshed(t)) => {
+                self.shared.token.set(token);
+                self.shared.token.set_expires_at_ms(t.expires_at_ms);
+                Ok(t.expires_at_ms)
+            }
+            other => Err(unexpected("TokenRefreshed", other)),
+        }
+    }
+
+    /// When the current token expires (its `exp`, Unix ms) as the server announced it at
+    /// login or refresh; `None` when it does not expire.
+    pub fn token_expires_at_ms(&self) -> Option<i64> {
+        self.shared.token.expires_at_ms()
     }
 
     /// A raw request: `body` goes out with a fresh request id and the answer comes back as is,

@@ -10,8 +10,15 @@ pub struct ClientConfig {
     /// (re)connect starts at a random one and moves on to the next when one refuses, so clients
     /// spread over gateways and move to another when theirs dies.
     pub addr: String,
-    /// Login token (see docs/PROTOCOL.md "Tokens").
+    /// Login token (see docs/PROTOCOL.md "Tokens"). [`crate::Client::refresh_token`] swaps it
+    /// for a newer one without reconnecting.
     pub token: String,
+    /// Where a fresh token comes from when the current one is dead: after a Kick
+    /// TOKEN_EXPIRED, or a re-login refused with TOKEN_EXPIRED or BAD_TOKEN, the client asks it
+    /// (bounded by `request_timeout`) and reconnects with the new token, retrying with backoff
+    /// while it fails. `None` (default): the client stops after such a kick or refusal (the
+    /// event channel closes), since the same token cannot succeed.
+    pub token_provider: Option<crate::token::TokenProvider>,
     /// How long a request (other than a send) waits for its answer, and the bound on connecting
     /// and logging in. Default 10 s.
     pub request_timeout: Duration,
@@ -57,6 +64,7 @@ impl ClientConfig {
         Self {
             addr: addr.into(),
             token: token.into(),
+            token_provider: None,
             request_timeout: Duration::from_secs(10),
             send_timeout: Duration::from_secs(30),
             max_frame_bytes: tern_proto::DEFAULT_MAX_FRAME_BYTES,

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tern_proto::session::client::{Backoff, Heartbeat, HeartbeatAction, InboundOrder, Outbox};
-use tern_proto::v1::{self, KickReason, envelope::Body};
+use tern_proto::v1::{self, ErrorCode, KickReason, envelope::Body};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -22,6 +22,7 @@ use crate::config::ClientConfig;
 use crate::error::{SdkError, error_code, is_final_login_code, is_retryable_code};
 use crate::event::Event;
 use crate::persist::Persistence;
+use crate::token::TokenState;
 use crate::transport::{LOGIN_REQUEST_ID, Transport};
 
 /// How often the task checks timeouts of its own requests and runs delayed retries.
@@ -93,6 +94,8 @@ enum Later {
 enum End {
     /// Reconnect.
     Disconnected(String),
+    /// The token ran out (Kick TOKEN_EXPIRED): reconnect with a fresh one, or stop.
+    TokenExpired,
     /// Stop the client.
     Stop,
 }
@@ -165,6 +168,10 @@ pub(crate) struct Driver {
     no_progress: HashMap<String, u32>,
     /// Callers of `close` to answer once the socket is closed.
     closers: Vec<oneshot::Sender<()>>,
+    /// The login token (current, expiry, the app's provider).
+    token: Arc<TokenState>,
+    /// The current token is dead: get a fresh one before the next login.
+    need_fresh_token: bool,
 }
 
 impl Driver {
@@ -176,6 +183,7 @@ impl Driver {
         commands: mpsc::Receiver<Command>,
         events: mpsc::Sender<Event>,
         user_id: String,
+        token: Arc<TokenState>,
     ) -> Result<Self, SdkError> {
         let mut inbound = InboundOrder::new(cfg.max_buffered_per_conversation);
         for (conv, seq) in persistence.load_cursors().map_err(SdkError::Persistence)? {
@@ -203,6 +211,8 @@ impl Driver {
             queued: VecDeque::new(),
             no_progress: HashMap::new(),
             closers: Vec::new(),
+            token,
+            need_fresh_token: false,
         })
     }
 
@@ -218,6 +228,7 @@ impl Driver {
                 },
             };
             self.backoff.reset();
+            self.token.set_expires_at_ms(ok.token_expires_at_ms);
             self.emit(Event::Connected {
                 user_id: ok.user_id.clone(),
                 device_id: ok.device_id.clone(),
@@ -234,6 +245,15 @@ impl Driver {
             conn.transport.shutdown().await;
             match end {
                 End::Stop => break,
+                End::TokenExpired if !self.token.has_provider() => {
+                    tracing::warn!("the token expired and no token provider is set; stopping");
+                    break;
+                }
+                End::TokenExpired => {
+                    self.need_fresh_token = true;
+                    let reason = "the token expired; getting a fresh one".to_owned();
+                    self.emit(Event::Disconnected { reason }).await;
+                }
                 End::Disconnected(reason) => {
                     tracing::debug!(%reason, "disconnected");
                     self.emit(Event::Disconnected { reason }).await;
@@ -279,8 +299,14 @@ impl Driver {
                     }
                 }
             }
+            if self.need_fresh_token {
+                if !self.token.fetch_fresh(self.cfg.request_timeout).await {
+                    continue; // back off and ask again
+                }
+                self.need_fresh_token = false;
+            }
             let cfg = self.cfg.clone();
-            let attempt = Transport::connect(&cfg);
+            let attempt = Transport::connect(&cfg, self.token.current());
             tokio::pin!(attempt);
             let result = loop {
                 tokio::select! {
@@ -294,6 +320,13 @@ impl Driver {
             };
             match result {
                 Ok(c) => return Some(c),
+                Err(SdkError::Login { code, message })
+                    if self.token.has_provider()
+                        && matches!(code, ErrorCode::BadToken | ErrorCode::TokenExpired) =>
+                {
+                    tracing::info!(?code, %message, "login refused; asking for a fresh token");
+                    self.need_fresh_token = true;
+                }
                 Err(SdkError::Login { code, message }) if is_final_login_code(code) => {
                     tracing::warn!(?code, %message, "login refused, stopping");
                     self.emit(Event::Disconnected {
@@ -540,6 +573,8 @@ impl Driver {
                 self.emit(Event::Kicked { reason }).await;
                 if reason == KickReason::DuplicateLogin {
                     Some(End::Stop)
+                } else if reason == KickReason::TokenExpired {
+                    Some(End::TokenExpired)
                 } else {
                     Some(End::Disconnected(format!("kicked ({reason:?}): {}", k.message)))
                 }

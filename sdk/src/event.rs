@@ -34,7 +34,9 @@ pub enum Event {
         reason: String,
     },
     /// The server kicked this connection. After `DuplicateLogin` the client stops (the event
-    /// channel closes after this event); after any other reason it reconnects.
+    /// channel closes after this event); after `TokenExpired` it reconnects with a token from
+    /// [`crate::ClientConfig::token_provider`], or stops when there is none; after any other
+    /// reason it reconnects.
     Kicked {
         /// Why.
         reason: v1::KickReason,

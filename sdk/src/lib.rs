@@ -9,6 +9,14 @@
 //! - [`file_persistence`]: [`FilePersistence`], the trait in one small JSON file (atomic
 //!   rewrites), for apps that keep their cursors and outbox across restarts.
 //! - [`error`]: the one error type, [`SdkError`].
+//! - [`token`]: [`TokenProvider`], where fresh login tokens come from.
+//!
+//! **Tokens.** The server closes a connection with Kick TOKEN_EXPIRED when its token's `exp`
+//! (plus the server's leeway) passes. Refresh ahead of that with [`Client::refresh_token`]
+//! (no reconnect; [`Client::token_expires_at_ms`] says when the current token ends), e.g. at
+//! 80 % of its lifetime. Set [`ClientConfig::token_provider`] so that a client whose token
+//! did run out gets a fresh one from the app instead of reconnecting with the dead one;
+//! without a provider such a client stops (see [`Event::Kicked`]).
 //! - `connection` (private): the background task driving `tern_proto::session::client`.
 //! - `transport` (private): one framed TCP connection and the login handshake.
 //!
@@ -51,6 +59,7 @@ pub mod error;
 pub mod event;
 pub mod file_persistence;
 pub mod persist;
+pub mod token;
 mod transport;
 
 pub use client::{Client, new_client_msg_id};
@@ -60,6 +69,7 @@ pub use event::{Event, Target};
 pub use file_persistence::{FilePersistence, FilePersistenceError};
 pub use persist::{MemoryPersistence, PendingSend, Persistence};
 pub use tern_proto;
+pub use token::TokenProvider;
 
 #[cfg(test)]
 mod tests {

@@ -28,10 +28,13 @@ pub(crate) struct Transport {
 }
 
 impl Transport {
-    /// Connects to `cfg.addr` with TCP_NODELAY, sends Login and waits for LoginOk, all within
-    /// `cfg.request_timeout`.
-    pub(crate) async fn connect(cfg: &ClientConfig) -> Result<(Self, v1::LoginOk), SdkError> {
-        match tokio::time::timeout(cfg.request_timeout, Self::connect_inner(cfg)).await {
+    /// Connects to `cfg.addr` with TCP_NODELAY, sends Login with `token` and waits for
+    /// LoginOk, all within `cfg.request_timeout`.
+    pub(crate) async fn connect(
+        cfg: &ClientConfig,
+        token: String,
+    ) -> Result<(Self, v1::LoginOk), SdkError> {
+        match tokio::time::timeout(cfg.request_timeout, Self::connect_inner(cfg, token)).await {
             Ok(result) => result,
             Err(_) => Err(SdkError::Timeout),
         }
@@ -56,7 +59,10 @@ impl Transport {
         Err(last.map_or(SdkError::Closed, SdkError::Io))
     }
 
-    async fn connect_inner(cfg: &ClientConfig) -> Result<(Self, v1::LoginOk), SdkError> {
+    async fn connect_inner(
+        cfg: &ClientConfig,
+        token: String,
+    ) -> Result<(Self, v1::LoginOk), SdkError> {
         let stream = Self::open(cfg).await?;
         stream.set_nodelay(true)?;
         let (reader, writer) = stream.into_split();
@@ -71,7 +77,7 @@ impl Transport {
         t.queue(&v1::Envelope {
             request_id: LOGIN_REQUEST_ID,
             body: Some(Body::Login(v1::Login {
-                token: cfg.token.clone(),
+                token,
                 protocol_version: tern_proto::PROTOCOL_VERSION,
                 client_version: cfg.client_version.clone(),
             })),

@@ -52,6 +52,7 @@ impl FakeConn {
                 max_frame_bytes: 65_536,
                 server_time_ms: 0,
                 connection_id: "1".into(),
+                token_expires_at_ms: 0,
             })),
         })
         .await;

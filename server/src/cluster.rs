@@ -164,7 +164,13 @@ pub async fn run_gateway(
     shutdown: impl Future<Output = ()>,
     ready: impl FnOnce(),
 ) -> anyhow::Result<()> {
-    let key = cfg.token_key()?;
+    let key = cfg.verifier()?;
+    if cfg.duplicate_login()? == tern_gateway::config::DuplicateLogin::OldestWins {
+        // The cross-gateway kick path (presence swap, KickConnection) is newest-wins only.
+        anyhow::bail!(
+            "auth.duplicate_login = \"oldest_wins\" is enforced per gateway only and is not available in the distributed mode (use tern serve, or newest_wins)"
+        );
+    }
     let presence = presence(cfg).await?;
     let health = Health::new().with_check("presence", presence_check(presence.clone(), id.clone()));
     let gw_cfg = cfg.gateway_config();

@@ -57,14 +57,63 @@ pub struct ServerSection {
     pub drain_delay: Duration,
 }
 
-/// `[auth]`
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// `[auth]` (the rules are in docs/PROTOCOL.md "Tokens"; keys are loaded by
+/// [`Config::verifier`] in `keys.rs`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthSection {
-    /// HS256 key as base64 (at least 32 bytes). Empty: use `key_file`.
+    /// HS256 key as base64 text (standard or URL-safe alphabet, padding optional) of at least
+    /// 32 bytes; the key is the decoded bytes. Empty: use `key_file`.
     pub hs256_key: String,
-    /// Key file; empty means `<data_dir>/jwt.key`, created with a random key at first start.
+    /// Key file (the same base64 text); empty means `<data_dir>/jwt.key`, created with a
+    /// random key at first start.
     pub key_file: String,
+    /// `kid` of that HS256 key ("" = none). Tokens without `kid` are checked with the first
+    /// key: this one, unless it is turned off (see `keys`).
+    pub key_id: String,
+    /// More verification keys (rotation, EdDSA): `{ id, alg = "HS256" | "EdDSA", key, key_file }`.
+    /// When this is non-empty and `hs256_key` and `key_file` are both empty, there is no HS256
+    /// key and the first of these is the default key.
+    pub keys: Vec<AuthKey>,
+    /// When set, a token's `iss` must equal it.
+    pub issuer: String,
+    /// When set, a token's `aud` must be it or contain it.
+    pub audience: String,
+    /// Clock-skew allowance for `exp`, `nbf` and `iat`, seconds.
+    pub leeway_secs: u32,
+    /// `newest_wins` (a new login kicks the device's older connection) or `oldest_wins` (the
+    /// new login is refused while the older one lives; one gateway only).
+    pub duplicate_login: String,
+}
+
+/// One entry of `auth.keys`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthKey {
+    /// The `kid` tokens name this key by.
+    pub id: String,
+    /// `HS256` (key: base64 secret, at least 32 bytes) or `EdDSA` (key: Ed25519 public key,
+    /// base64 of its 32 bytes or a PEM `PUBLIC KEY`).
+    pub alg: String,
+    /// The key text; or empty and `key_file`.
+    pub key: String,
+    /// A file holding the key text.
+    pub key_file: String,
+}
+
+impl Default for AuthSection {
+    fn default() -> Self {
+        Self {
+            hs256_key: String::new(),
+            key_file: String::new(),
+            key_id: String::new(),
+            keys: Vec::new(),
+            issuer: String::new(),
+            audience: String::new(),
+            leeway_secs: tern_gateway::auth::DEFAULT_LEEWAY_SECS,
+            duplicate_login: "newest_wins".into(),
+        }
+    }
 }
 
 /// `[gateway]`
@@ -317,6 +366,10 @@ impl Config {
         if self.dispatch.max_commit_batch == 0 || self.dispatch.pipeline_queue == 0 {
             bail!("dispatch.max_commit_batch and dispatch.pipeline_queue must be positive");
         }
+        self.duplicate_login()?;
+        if self.auth.leeway_secs > 3600 {
+            bail!("auth.leeway_secs must be at most 3600 (it is a clock-skew allowance)");
+        }
         Ok(())
     }
 
@@ -339,6 +392,8 @@ impl Config {
             close_timeout: g.close_timeout,
             max_connections_per_source: g.max_connections_per_source,
             max_pending_logins_per_source: g.max_pending_logins_per_source,
+            // Checked by `validate`.
+            duplicate_login: self.duplicate_login().unwrap_or_default(),
         }
     }
 
@@ -351,46 +406,6 @@ impl Config {
             ..Default::default()
         }
         .fit_frames(self.gateway.max_frame_bytes)
-    }
-
-    /// Where the token key file is.
-    pub fn key_file(&self) -> PathBuf {
-        if self.auth.key_file.is_empty() {
-            self.server.data_dir.join("jwt.key")
-        } else {
-            PathBuf::from(&self.auth.key_file)
-        }
-    }
-
-    /// The key `tern token` and `tern chat --user` sign with: `auth.hs256_key`, or the key
-    /// file, which must exist already. Never creates one: a key made up here would sign tokens
-    /// no server accepts (only the server creates its key file, at first start).
-    pub fn existing_token_key(&self) -> anyhow::Result<tern_gateway::TokenKey> {
-        let path = self.key_file();
-        if self.auth.hs256_key.is_empty() && !path.try_exists().unwrap_or(true) {
-            bail!(
-                "no token signing key at {}: tokens must be signed with the key of the server \
-                 they are for, and only the server creates it (`tern serve` writes \
-                 <data_dir>/jwt.key at its first start). Run this in the server's directory, or \
-                 point at its key with --data-dir DIR or -c CONFIG (auth.key_file or \
-                 auth.hs256_key), or pass a token with --token",
-                path.display()
-            );
-        }
-        self.token_key()
-    }
-
-    /// The token key: `auth.hs256_key`, or the key file (created at first use).
-    pub fn token_key(&self) -> anyhow::Result<tern_gateway::TokenKey> {
-        if !self.auth.hs256_key.is_empty() {
-            return Ok(tern_gateway::TokenKey::from_base64(&self.auth.hs256_key)?);
-        }
-        let path = self.key_file();
-        let (key, created) = tern_gateway::TokenKey::load_or_create(&path)?;
-        if created {
-            tracing::info!(path = %path.display(), "generated a new token signing key");
-        }
-        Ok(key)
     }
 }
 

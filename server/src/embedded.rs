@@ -60,7 +60,7 @@ pub async fn run_with_ready(
     shutdown: impl Future<Output = ()>,
     ready: impl FnOnce(),
 ) -> anyhow::Result<()> {
-    let key = cfg.token_key()?;
+    let key = cfg.verifier()?;
     let store_dir = cfg.server.data_dir.join("store");
     let durability = if cfg.store.fsync { Durability::Fsync } else { Durability::NoSync };
     let store =

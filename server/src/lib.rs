@@ -20,3 +20,4 @@ pub mod env_check;
 pub mod fuzzing;
 pub mod health;
 pub mod http;
+pub mod keys;

@@ -91,6 +91,15 @@ struct TokenArgs {
     /// Validity, e.g. 30m, 24h, 7d.
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     ttl: Duration,
+    /// Mint an EdDSA token with this Ed25519 private key file (PEM `PRIVATE KEY` as `openssl
+    /// genpkey -algorithm ed25519` writes, or the base64 of the 32-byte seed) instead of the
+    /// server's HS256 key.
+    #[arg(long, value_name = "FILE")]
+    ed25519_key: Option<std::path::PathBuf>,
+    /// The `kid` header of the token (default: `auth.key_id` for the HS256 key, none for
+    /// `--ed25519-key`).
+    #[arg(long)]
+    kid: Option<String>,
 }
 
 /// Runs the command; a failure prints `error: ` and its cause chain on one line (never a
@@ -145,12 +154,28 @@ fn run() -> anyhow::Result<()> {
         Command::Gateway(_) => rt.block_on(gateway(cfg)),
         Command::Dispatch(_) => rt.block_on(dispatch(cfg)),
         Command::Token(a) => {
-            let key = cfg.existing_token_key()?;
             let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() as i64;
             if !tern_proto::ids::is_valid_id(&a.user) || !tern_proto::ids::is_valid_id(&a.device) {
                 anyhow::bail!("user and device ids: 1-128 characters of letters, digits, _ . @ -");
             }
-            println!("{}", key.mint_for(&a.user, &a.device, now, a.ttl.as_secs() as i64));
+            let ttl = a.ttl.as_secs() as i64;
+            let token = match &a.ed25519_key {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    let key = tern_gateway::auth::Ed25519Signer::from_text(&text)
+                        .with_context(|| format!("Ed25519 private key {}", path.display()))?;
+                    key.with_kid(a.kid.clone()).mint_for(&a.user, &a.device, now, ttl)
+                }
+                None => {
+                    let mut key = cfg.existing_token_key()?;
+                    if a.kid.is_some() {
+                        key = key.with_kid(a.kid.clone());
+                    }
+                    key.mint_for(&a.user, &a.device, now, ttl)
+                }
+            };
+            println!("{token}");
             Ok(())
         }
         Command::Chat(a) => rt.block_on(tern::chat::run(&cfg, a)),
@@ -218,9 +243,9 @@ fn http_addr(http: &Option<TcpListener>) -> String {
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
-    // Load (or create) the token key before announcing the address, so that whoever reads
+    // Load (or create) the token keys before announcing the address, so that whoever reads
     // that line can read the key too.
-    cfg.token_key()?;
+    cfg.verifier()?;
     let listener = bind_clients(&cfg)?;
     let http = bind_http(&cfg).await?;
     let client_addr = listener.local_addr();
@@ -241,7 +266,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
 }
 
 async fn gateway(cfg: Config) -> anyhow::Result<()> {
-    cfg.token_key()?;
+    cfg.verifier()?;
     let id = tern::cluster::node_id(&cfg, "gw");
     let listener = bind_clients(&cfg)?;
     let http = bind_http(&cfg).await?;

@@ -15,13 +15,14 @@ use bytes::Bytes;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use tern_proto::FrameDecoder;
-use tern_proto::session::server::{Action, CloseReason, ServerSession, kick};
-use tern_proto::v1::{Envelope, KickReason};
+use tern_proto::session::server::{Action, CloseReason, ServerSession, error, kick};
+use tern_proto::v1::{Envelope, ErrorCode, KickReason, envelope::Body};
 use tokio::sync::oneshot;
 
 use super::mailbox::{Cmd, ConnHandle, Mailbox};
 use super::wheel::{Key, Wheel};
 use crate::closing::CloseTimer;
+use crate::config::DuplicateLogin;
 use crate::outbound::OutQueue;
 use crate::registry;
 use crate::server::Gateway;
@@ -446,7 +447,17 @@ impl<U: Upstream> IoThread<U> {
     fn on_frame(&mut self, i: u32, env: Envelope) {
         let gw = self.gw.clone();
         let Some(c) = self.conn(i) else { return };
+        let before = c.session.deadline(&gw.cfg.session);
         let action = c.session.on_frame(Instant::now(), unix_ms(), env, &gw.cfg.session, &*gw.auth);
+        // The armed wheel entry finds later deadlines when it fires; a deadline that moved
+        // earlier (a token that ends before the login timeout, a refresh to a shorter token)
+        // needs an entry of its own.
+        if let Some(at) = c.session.deadline(&gw.cfg.session)
+            && before.is_none_or(|b| at < b)
+        {
+            let key = self.key(i);
+            self.wheel.schedule(at, key);
+        }
         self.apply(i, action);
     }
 
@@ -456,24 +467,43 @@ impl<U: Upstream> IoThread<U> {
         let gw = self.gw.clone();
         match action {
             Action::None => {}
-            Action::Reply(env) => self.send(i, registry::encode(env)),
+            Action::Reply(env) => {
+                count_token_reply(&gw, &env);
+                self.send(i, registry::encode(env));
+            }
             Action::LoggedIn { identity, reply } => {
                 let handle = self.handle(i);
                 let Some(c) = self.conn(i) else { return };
-                gw.metrics.logins_ok.fetch_add(1, Relaxed);
-                if std::mem::take(&mut c.pending) {
-                    gw.metrics.logins_pending.fetch_sub(1, Relaxed);
-                    gw.sources.not_pending(c.source);
-                }
                 let ctx = Arc::new(RequestCtx {
                     user_id: identity.user_id,
                     device_id: identity.device_id,
                     connection_id: c.id,
                 });
+                let oldest_wins = gw.cfg.duplicate_login == DuplicateLogin::OldestWins;
+                let conn = registry::Conn { ctx: ctx.clone(), handle: handle.clone() };
+                if oldest_wins && !gw.registry.try_register(conn.clone()) {
+                    gw.metrics.duplicate_login_refusals.fetch_add(1, Relaxed);
+                    gw.metrics.logins_failed.fetch_add(1, Relaxed);
+                    let refusal = error(
+                        reply.request_id,
+                        ErrorCode::AlreadyLoggedIn,
+                        "this device is connected already (the server keeps the oldest \
+                         connection); retry later",
+                        true,
+                    );
+                    return self.begin_close(i, registry::encode(refusal));
+                }
+                gw.metrics.logins_ok.fetch_add(1, Relaxed);
+                if std::mem::take(&mut c.pending) {
+                    gw.metrics.logins_pending.fetch_sub(1, Relaxed);
+                    gw.sources.not_pending(c.source);
+                }
                 c.ctx = Some(ctx.clone());
                 c.phase = Phase::LoginWait;
                 tracing::debug!(connection_id = c.id, user = %ctx.user_id, device = %ctx.device_id, "logged in");
-                gw.registry.register(registry::Conn { ctx: ctx.clone(), handle: handle.clone() });
+                if !oldest_wins {
+                    gw.registry.register(conn);
+                }
                 // Reachable for pushes before the client hears LoginOk (bounded: a presence
                 // outage delays logins by at most this, then the refresh catches up).
                 let mut published =
@@ -508,6 +538,7 @@ impl<U: Upstream> IoThread<U> {
                     CloseReason::LoginTimeout => &m.login_timeouts,
                     CloseReason::IdleTimeout => &m.idle_timeouts,
                     CloseReason::RateLimited => &m.rate_limit_closes,
+                    CloseReason::TokenExpired => &m.token_expiry_kicks,
                 };
                 counter.fetch_add(1, Relaxed);
                 tracing::debug!(slot = i, ?reason, "closing");
@@ -787,6 +818,22 @@ fn leave<U: Upstream>(c: &mut Conn, gw: &Gateway<U>) {
     if let Some(ctx) = c.ctx.take() {
         gw.registry.unregister(&ctx.user_id, c.id);
         gw.upstream.disconnected(&ctx);
+    }
+}
+
+/// Counts RefreshToken outcomes: the session answers them TokenRefreshed or with a non-fatal
+/// BAD_TOKEN / TOKEN_EXPIRED (codes no other logged-in request is answered with).
+fn count_token_reply<U: Upstream>(gw: &Gateway<U>, env: &Envelope) {
+    match &env.body {
+        Some(Body::TokenRefreshed(_)) => {
+            gw.metrics.token_refreshes.fetch_add(1, Relaxed);
+        }
+        Some(Body::Error(e))
+            if e.code == ErrorCode::BadToken as i32 || e.code == ErrorCode::TokenExpired as i32 =>
+        {
+            gw.metrics.token_refresh_failures.fetch_add(1, Relaxed);
+        }
+        _ => {}
     }
 }
 

@@ -17,6 +17,8 @@ use crate::v1::{self, ErrorCode, KickReason, envelope::Body};
 
 /// Longest `Login.client_version` accepted, in bytes (longer: fatal INVALID_REQUEST).
 pub const MAX_CLIENT_VERSION_BYTES: usize = 64;
+mod token;
+pub use token::Verified;
 
 /// Session limits and timings, shared by all connections of a gateway (keep one `Arc` of it).
 #[derive(Debug, Clone)]
@@ -72,6 +74,12 @@ pub enum AuthError {
 pub trait Authenticator {
     /// Verifies `token` at wall-clock time `now_unix_ms`.
     fn authenticate(&self, token: &str, now_unix_ms: i64) -> Result<Identity, AuthError>;
+
+    /// Verifies `token` and says until when it is valid (the session closes then, see
+    /// [`Verified`]). The default: [`Authenticator::authenticate`], never expiring.
+    fn verify(&self, token: &str, now_unix_ms: i64) -> Result<Verified, AuthError> {
+        self.authenticate(token, now_unix_ms).map(Verified::forever)
+    }
 }
 
 /// What the driver must do after feeding the session.
@@ -117,12 +125,14 @@ pub enum CloseReason {
     UnsupportedVersion,
     /// Kept sending over its frame rate limit.
     RateLimited,
+    /// The token's `exp` (plus leeway) passed without a RefreshToken.
+    TokenExpired,
 }
 
 #[derive(Debug)]
 enum Phase {
     AwaitingLogin { deadline: Instant },
-    Active { identity: Identity, last_rx: Instant, bucket: Bucket },
+    Active { identity: Identity, last_rx: Instant, bucket: Bucket, token_end: Option<Instant> },
     Closed,
 }
 
@@ -216,7 +226,10 @@ impl ServerSession {
     pub fn deadline(&self, cfg: &ServerSessionConfig) -> Option<Instant> {
         match &self.phase {
             Phase::AwaitingLogin { deadline } => Some(*deadline),
-            Phase::Active { last_rx, .. } => Some(*last_rx + cfg.idle_timeout),
+            Phase::Active { last_rx, token_end, .. } => {
+                let idle = *last_rx + cfg.idle_timeout;
+                Some(token_end.map_or(idle, |end| end.min(idle)))
+            }
             Phase::Closed => None,
         }
     }
@@ -248,6 +261,7 @@ impl ServerSession {
                     CloseReason::NotLoggedIn,
                 ),
             },
+            Phase::Active { token_end: Some(end), .. } if now >= *end => self.token_expired(),
             Phase::Active { last_rx, bucket, .. } => {
                 *last_rx = now;
                 match bucket.take(now, cfg.max_frames_per_sec) {
@@ -295,6 +309,9 @@ impl ServerSession {
                         "this connection is already logged in",
                         false,
                     )),
+                    Some(Body::RefreshToken(r)) => {
+                        self.refresh_token(now, now_unix_ms, request_id, &r.token, auth)
+                    }
                     Some(body) if is_client_request(&body) => {
                         Action::Forward(v1::Envelope { request_id, body: Some(body) })
                     }
@@ -317,6 +334,7 @@ impl ServerSession {
     /// Feeds the passing of time: closes on login timeout or idle timeout.
     pub fn on_tick(&mut self, now: Instant, cfg: &ServerSessionConfig) -> Action {
         match &self.phase {
+            Phase::Active { token_end: Some(end), .. } if now >= *end => self.token_expired(),
             Phase::AwaitingLogin { deadline } if now >= *deadline => self.close(
                 error(0, ErrorCode::LoginTimeout, "no Login within the login timeout", true),
                 CloseReason::LoginTimeout,
@@ -384,8 +402,10 @@ impl ServerSession {
                 CloseReason::AuthFailed,
             );
         }
-        match auth.authenticate(&login.token, now_unix_ms) {
-            Ok(identity) => {
+        match auth.verify(&login.token, now_unix_ms) {
+            Ok(verified) => {
+                let token_end = verified.session_end(now, now_unix_ms);
+                let identity = verified.identity;
                 let reply = v1::Envelope {
                     request_id,
                     body: Some(Body::LoginOk(v1::LoginOk {
@@ -396,12 +416,14 @@ impl ServerSession {
                         max_frame_bytes: u32::try_from(cfg.max_frame_bytes).unwrap_or(u32::MAX),
                         server_time_ms: now_unix_ms,
                         connection_id: format!("{:x}", self.connection_id),
+                        token_expires_at_ms: verified.expires_at_ms.unwrap_or(0),
                     })),
                 };
                 self.phase = Phase::Active {
                     identity: identity.clone(),
                     last_rx: now,
                     bucket: Bucket::new(now, cfg.max_frames_per_sec),
+                    token_end,
                 };
                 Action::LoggedIn { identity, reply }
             }
@@ -610,6 +632,7 @@ mod tests {
                 max_frame_bytes: 65_536,
                 server_time_ms: T0_UNIX_MS + 1500,
                 connection_id: "abc".into(),
+                token_expires_at_ms: 0,
             }
         );
         assert_eq!(h.session.identity(), Some(&alice));

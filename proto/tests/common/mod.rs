@@ -62,8 +62,8 @@ fn session_body() -> impl Strategy<Value = Body> {
         (s(), any::<u32>(), s()).prop_map(|(token, protocol_version, client_version)| {
             Body::Login(v1::Login { token, protocol_version, client_version })
         }),
-        (s(), s(), any::<u32>(), any::<u32>(), any::<u32>(), any::<i64>(), s()).prop_map(
-            |(u, d, hb, idle, max, t, c)| Body::LoginOk(v1::LoginOk {
+        (s(), s(), any::<u32>(), any::<u32>(), any::<u32>(), any::<i64>(), s(), any::<i64>())
+            .prop_map(|(u, d, hb, idle, max, t, c, exp)| Body::LoginOk(v1::LoginOk {
                 user_id: u,
                 device_id: d,
                 heartbeat_interval_ms: hb,
@@ -71,8 +71,10 @@ fn session_body() -> impl Strategy<Value = Body> {
                 max_frame_bytes: max,
                 server_time_ms: t,
                 connection_id: c,
-            })
-        ),
+                token_expires_at_ms: exp,
+            })),
+        s().prop_map(|token| Body::RefreshToken(v1::RefreshToken { token })),
+        any::<i64>().prop_map(|e| Body::TokenRefreshed(v1::TokenRefreshed { expires_at_ms: e })),
         any::<i64>().prop_map(|t| Body::Ping(v1::Ping { client_time_ms: t })),
         any::<i64>().prop_map(|t| Body::Pong(v1::Pong { server_time_ms: t })),
         (enum_val(), s()).prop_map(|(reason, message)| Body::Kick(v1::Kick { reason, message })),

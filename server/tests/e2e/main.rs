@@ -22,4 +22,5 @@ mod reconnect;
 mod session_rules;
 mod slow_reader;
 mod startup;
+mod token;
 mod tour;
