@@ -95,6 +95,17 @@ pub async fn run_dispatch(
     http: Option<TcpListener>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let secrets = cfg.link_secrets()?;
+    let bound = link_listener.local_addr()?;
+    if secrets.is_insecure() {
+        if !bound.ip().is_loopback() {
+            anyhow::bail!(
+                "cluster.insecure_links is for loopback development only: cluster.link_listen \
+                 {bound} is not a loopback address (set cluster.secret instead)"
+            );
+        }
+        tracing::warn!("cluster.insecure_links: links are NOT authenticated (loopback only)");
+    }
     let store = open_store(cfg).await?;
     let presence = presence(cfg).await?;
     let links = Arc::new(Links::default());
@@ -102,7 +113,6 @@ pub async fn run_dispatch(
     let route_metrics = router.metrics.clone();
     let dispatcher = Dispatcher::new(cfg.dispatch_config(), store, Arc::new(router));
 
-    let bound = link_listener.local_addr()?;
     let advertise = if cfg.cluster.link_advertise.is_empty() {
         bound.to_string()
     } else {
@@ -127,12 +137,18 @@ pub async fn run_dispatch(
             d.metrics.render(&mut out);
             route_metrics
                 .render(links.pushes_dropped.load(std::sync::atomic::Ordering::Relaxed), &mut out);
+            links.render(&mut out);
             out
         });
         tokio::spawn(crate::http::serve(l, render, stopped(stop_rx.clone())))
     });
     tracing::info!(%id, link = %bound, %advertise, "dispatch worker started");
-    tern_dispatch::link::serve(dispatcher, links, id.clone(), link_listener, shutdown).await;
+    let auth = tern_dispatch::link::LinkAuth {
+        secrets,
+        address: advertise.clone(),
+        handshake_timeout: cfg.cluster.link_handshake_timeout,
+    };
+    tern_dispatch::link::serve(dispatcher, links, id.clone(), auth, link_listener, shutdown).await;
     announcer.abort();
     let _ = presence.withdraw_worker(&id).await;
     let _ = stop_tx.send(true);
@@ -151,6 +167,10 @@ pub async fn run_gateway(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let key = cfg.token_key()?;
+    let secrets = cfg.link_secrets()?;
+    if secrets.is_insecure() {
+        tracing::warn!("cluster.insecure_links: links are NOT authenticated (loopback only)");
+    }
     let presence = presence(cfg).await?;
     let gw_cfg = cfg.gateway_config();
     let registry = Arc::new(Registry::new(Arc::new(GatewayMetrics::default())));
@@ -159,6 +179,8 @@ pub async fn run_gateway(
             gateway_id: id.clone(),
             request_timeout: cfg.cluster.request_timeout,
             reconnect_delay: Duration::from_millis(100),
+            secrets,
+            handshake_timeout: cfg.cluster.link_handshake_timeout,
         },
         registry.clone(),
         Some(presence),

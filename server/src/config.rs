@@ -153,6 +153,19 @@ pub struct ClusterSection {
     /// Presence entry lifetime without refresh (gateways refresh every third of it).
     #[serde(with = "duration")]
     pub presence_ttl: Duration,
+    /// The cluster secret that gateways and dispatch workers prove to each other on every link:
+    /// base64, at least 32 bytes. Several, comma-separated, during a rotation: the first
+    /// proves this node, every one is accepted. Required by `tern gateway` / `tern dispatch`
+    /// (or `secret_file`, or `insecure_links`). Never printed.
+    pub secret: String,
+    /// A file holding the cluster secret(s) instead (same format; commas or newlines).
+    pub secret_file: String,
+    /// Loopback development only: links without a secret (a public, well-known one). Workers
+    /// must then listen on loopback and gateways link only loopback workers.
+    pub insecure_links: bool,
+    /// How long a new link has to complete the authentication handshake.
+    #[serde(with = "duration")]
+    pub link_handshake_timeout: Duration,
 }
 
 impl Default for ServerSection {
@@ -224,6 +237,10 @@ impl Default for ClusterSection {
             link_advertise: String::new(),
             request_timeout: Duration::from_secs(10),
             presence_ttl: Duration::from_secs(90),
+            secret: String::new(),
+            secret_file: String::new(),
+            insecure_links: false,
+            link_handshake_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -324,6 +341,50 @@ impl Config {
         }
     }
 
+    /// The secrets gateway <-> worker links are authenticated with (`cluster.secret`, or
+    /// `cluster.secret_file`, or the public development secret of `cluster.insecure_links`).
+    /// An error that says what to set when there is none.
+    pub fn link_secrets(&self) -> anyhow::Result<tern_proto::session::link::LinkSecrets> {
+        use tern_proto::session::link::LinkSecrets;
+        let c = &self.cluster;
+        let text = match (c.secret.trim().is_empty(), c.secret_file.is_empty()) {
+            (false, false) => bail!("set only one of cluster.secret and cluster.secret_file"),
+            (false, true) => c.secret.clone(),
+            (true, false) => std::fs::read_to_string(&c.secret_file)
+                .with_context(|| format!("reading cluster.secret_file {}", c.secret_file))?,
+            (true, true) => String::new(),
+        };
+        let keys = text
+            .split(|ch: char| ch == ',' || ch.is_whitespace())
+            .filter(|k| !k.is_empty())
+            .enumerate()
+            .map(|(i, k)| decode_secret(k).with_context(|| format!("cluster secret #{}", i + 1)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        if keys.is_empty() {
+            if c.insecure_links {
+                if let Ok(addr) = c.link_listen.parse::<SocketAddr>()
+                    && !addr.ip().is_loopback()
+                {
+                    bail!(
+                        "cluster.insecure_links is for loopback development only: \
+                         cluster.link_listen {addr} is not a loopback address"
+                    );
+                }
+                return Ok(LinkSecrets::insecure_development());
+            }
+            bail!(
+                "no cluster secret: tern gateway and tern dispatch authenticate every link with \
+                 one. Set cluster.secret (the same on every gateway and worker, e.g. \
+                 --set cluster.secret=$(head -c 32 /dev/urandom | base64)) or \
+                 cluster.secret_file; for loopback development only, cluster.insecure_links = true"
+            );
+        }
+        if c.insecure_links {
+            bail!("cluster.insecure_links = true and a cluster secret: remove one of them");
+        }
+        Ok(LinkSecrets::new(keys)?)
+    }
+
     /// The token key: `auth.hs256_key`, or the key file (created at first use).
     pub fn token_key(&self) -> anyhow::Result<tern_gateway::TokenKey> {
         if !self.auth.hs256_key.is_empty() {
@@ -336,6 +397,13 @@ impl Config {
         }
         Ok(key)
     }
+}
+
+/// One base64 secret (standard or URL-safe alphabet, padding optional).
+fn decode_secret(text: &str) -> anyhow::Result<Vec<u8>> {
+    use base64::Engine;
+    let t = text.trim_end_matches('=').replace('+', "-").replace('/', "_");
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(t).context("not base64")
 }
 
 fn merge(dst: &mut toml::Table, src: toml::Table) {
@@ -472,6 +540,36 @@ mod tests {
         let path = dir.path().join("bad.toml");
         std::fs::write(&path, "[gateway]\ntypo_key = 3\n").unwrap();
         assert!(Config::load(Some(&path), Vec::new(), &[]).is_err());
+    }
+
+    #[test]
+    fn link_secrets_are_required_unless_insecure_links_is_asked_for() {
+        let load = |sets: &[&str]| {
+            let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+            Config::load(None, Vec::new(), &sets).unwrap().link_secrets()
+        };
+        let err = load(&[]).unwrap_err().to_string();
+        assert!(err.contains("cluster.secret") && err.contains("insecure_links"), "{err}");
+        let a = "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE="; // 32 x 'A'
+        let b = "QkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkI"; // 32 x 'B', no padding
+        assert_eq!(load(&[&format!("cluster.secret={a}")]).unwrap().len(), 1);
+        let two = load(&[&format!("cluster.secret={a}, {b}")]).unwrap();
+        assert_eq!(two.len(), 2);
+        assert!(!two.is_insecure());
+        let short = load(&["cluster.secret=c2hvcnQ="]).unwrap_err();
+        assert!(format!("{short:#}").contains("at least 32"), "{short:#}");
+        assert!(load(&["cluster.secret=not base64!"]).is_err());
+        assert!(load(&["cluster.insecure_links=true"]).unwrap().is_insecure());
+        assert!(load(&["cluster.insecure_links=true", &format!("cluster.secret={a}")]).is_err());
+        // From a file, one per line; not both.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, format!("{a}\n{b}\n")).unwrap();
+        let file = format!("cluster.secret_file={}", path.display());
+        assert_eq!(load(&[&file]).unwrap().len(), 2);
+        assert!(load(&[&file, &format!("cluster.secret={a}")]).is_err());
+        // The secret never reaches Debug output of the secrets.
+        assert!(!format!("{:?}", load(&[&file]).unwrap()).contains("QUFB"));
     }
 
     #[test]

@@ -204,6 +204,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
 
 async fn gateway(cfg: Config) -> anyhow::Result<()> {
     cfg.token_key()?;
+    cfg.link_secrets()?;
     let id = tern::cluster::node_id(&cfg, "gw");
     let listener = bind_clients(&cfg)?;
     let http = bind_http(&cfg).await?;
@@ -218,6 +219,7 @@ async fn gateway(cfg: Config) -> anyhow::Result<()> {
 }
 
 async fn dispatch(cfg: Config) -> anyhow::Result<()> {
+    cfg.link_secrets()?;
     let id = tern::cluster::node_id(&cfg, "dw");
     let listener = bind(&cfg, &cfg.cluster.link_listen, "link").await?;
     let http = bind_http(&cfg).await?;

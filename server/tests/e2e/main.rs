@@ -11,6 +11,7 @@ mod crash;
 mod fuzz_corpus;
 mod kernel_tuning;
 mod kick;
+mod link_auth;
 mod messaging;
 mod offline_sync;
 mod ops;
