@@ -40,9 +40,17 @@ pub async fn presence(cfg: &Config) -> anyhow::Result<Presence> {
     let mut p = PresenceConfig::new(cfg.cluster.presence_redis.clone());
     p.key_prefix = cfg.cluster.key_prefix.clone();
     p.ttl = cfg.cluster.presence_ttl;
-    Presence::connect(p)
-        .await
-        .with_context(|| format!("connecting to presence Redis {}", cfg.cluster.presence_redis))
+    p.ca_file = non_empty_path(&cfg.cluster.presence_redis_ca_file);
+    Presence::connect(p).await.with_context(|| {
+        format!(
+            "connecting to presence Redis {}",
+            tern_presence::redact_url(&cfg.cluster.presence_redis)
+        )
+    })
+}
+
+fn non_empty_path(p: &str) -> Option<std::path::PathBuf> {
+    (!p.is_empty()).then(|| std::path::PathBuf::from(p))
 }
 
 /// Opens the configured store backend.
@@ -51,9 +59,13 @@ pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
         "redis" => {
             let mut r = tern_store_redis::RedisStoreConfig::new(cfg.store.redis_url.clone());
             r.key_prefix = cfg.cluster.key_prefix.clone();
-            let store = tern_store_redis::RedisStore::connect(r)
-                .await
-                .with_context(|| format!("opening the Redis store {}", cfg.store.redis_url))?;
+            r.ca_file = non_empty_path(&cfg.store.redis_ca_file);
+            let store = tern_store_redis::RedisStore::connect(r).await.with_context(|| {
+                format!(
+                    "opening the Redis store {}",
+                    tern_presence::redact_url(&cfg.store.redis_url)
+                )
+            })?;
             Ok(Arc::new(store))
         }
         "scylla" => {

@@ -113,9 +113,12 @@ pub struct StoreSection {
     /// fsync every commit of the embedded store. Only turn off for throwaway benchmarks: an
     /// ack would no longer mean durable.
     pub fsync: bool,
-    /// Redis store URL (backend `redis`). The server must run with appendonly yes and
-    /// appendfsync always (checked at start).
+    /// Redis store URL (backend `redis`): `redis://[user:password@]host:port[/db]`, or
+    /// `rediss://` for TLS. The server must run with appendonly yes and appendfsync always
+    /// (checked at start).
     pub redis_url: String,
+    /// PEM CA file trusted for a `rediss://` `redis_url`; "" = the system's roots.
+    pub redis_ca_file: String,
     /// ScyllaDB contact points, comma-separated host:port (backend `scylla`).
     pub scylla_nodes: String,
     /// ScyllaDB keyspace.
@@ -135,8 +138,11 @@ pub struct ClusterSection {
     /// This process's id (gateway or dispatch worker); "" picks a random one at start.
     pub node_id: String,
     /// Presence Redis (who is connected where, worker discovery). Soft state: it may be
-    /// flushed or restarted; gateways republish.
+    /// flushed or restarted; gateways republish. `redis://[user:password@]host:port[/db]`, or
+    /// `rediss://` for TLS.
     pub presence_redis: String,
+    /// PEM CA file trusted for a `rediss://` `presence_redis`; "" = the system's roots.
+    pub presence_redis_ca_file: String,
     /// Prefix of every Redis key Tern writes (several clusters may share one Redis).
     pub key_prefix: String,
     /// Gateway: dispatch worker link addresses, comma-separated; "" discovers them in
@@ -217,6 +223,7 @@ impl Default for StoreSection {
             backend: "embedded".into(),
             fsync: true,
             redis_url: "redis://127.0.0.1:6380/".into(),
+            redis_ca_file: String::new(),
             scylla_nodes: String::new(),
             scylla_keyspace: "tern".into(),
             scylla_replication: String::new(),
@@ -231,6 +238,7 @@ impl Default for ClusterSection {
         Self {
             node_id: String::new(),
             presence_redis: "redis://127.0.0.1:6379/".into(),
+            presence_redis_ca_file: String::new(),
             key_prefix: "tern:".into(),
             dispatch_workers: String::new(),
             link_listen: "127.0.0.1:7500".into(),

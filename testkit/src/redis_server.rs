@@ -138,6 +138,8 @@ fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> TestkitError {
 #[derive(Debug)]
 pub struct RedisServer {
     options: RedisOptions,
+    /// Access control and TLS ([`RedisServer::start_secured`]); default: none.
+    security: RedisSecurity,
     port: u16,
     child: Option<Child>,
     // Last field: dropped after `Drop::drop` has killed the child.
@@ -160,14 +162,25 @@ impl RedisServer {
     /// Starts a server with `options` on a free loopback port, in a new temporary directory,
     /// and waits until it answers PING.
     pub fn start_with(options: RedisOptions) -> Result<Self, TestkitError> {
+        Self::start_secured(options, RedisSecurity::default())
+    }
+
+    /// [`start_with`](Self::start_with), with a password, ACL users and/or TLS. Readiness is
+    /// then the server's "Ready to accept connections" log line (PING needs AUTH or TLS).
+    pub fn start_secured(
+        options: RedisOptions,
+        security: RedisSecurity,
+    ) -> Result<Self, TestkitError> {
         let dir = tempfile::Builder::new()
             .prefix("tern-redis-")
             .tempdir()
             .map_err(io_error("create temporary directory"))?;
         for _ in 0..PORT_ATTEMPTS {
             let port = free_port()?;
-            match launch(&options, dir.path(), port) {
-                Ok(child) => return Ok(Self { options, port, child: Some(child), dir }),
+            match launch(&options, &security, dir.path(), port) {
+                Ok(child) => {
+                    return Ok(Self { options, security, port, child: Some(child), dir });
+                }
                 Err(StartFailure::AddressInUse) => continue,
                 Err(StartFailure::Other(e)) => return Err(e),
             }
@@ -175,9 +188,15 @@ impl RedisServer {
         Err(TestkitError::NoFreePort { attempts: PORT_ATTEMPTS })
     }
 
-    /// `redis://127.0.0.1:PORT/`
+    /// `redis://127.0.0.1:PORT/` (`rediss://` for a TLS server), without credentials.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        let scheme = if self.security.tls.is_some() { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}/", self.port)
+    }
+
+    /// [`url`](Self::url) with `user:password@` (user "" = the default user, `requirepass`).
+    pub fn url_with_auth(&self, user: &str, password: &str) -> String {
+        self.url().replacen("://", &format!("://{user}:{password}@"), 1)
     }
 
     /// The loopback port, the same across restarts.
@@ -280,7 +299,7 @@ impl RedisServer {
         if self.is_running() {
             return Err(TestkitError::AlreadyRunning { port: self.port });
         }
-        match launch(&self.options, self.dir.path(), self.port) {
+        match launch(&self.options, &self.security, self.dir.path(), self.port) {
             Ok(child) => {
                 self.child = Some(child);
                 Ok(())
@@ -331,14 +350,19 @@ fn free_port() -> Result<u16, TestkitError> {
     crate::ports::reserve_port().map_err(io_error("reserve a free port"))
 }
 
-/// Spawns redis-server on `port` in `dir` and waits until it answers +PONG.
-fn launch(options: &RedisOptions, dir: &Path, port: u16) -> Result<Child, StartFailure> {
+/// Spawns redis-server on `port` in `dir` and waits until it answers +PONG (or, when
+/// secured, logs that it is ready).
+fn launch(
+    options: &RedisOptions,
+    security: &RedisSecurity,
+    dir: &Path,
+    port: u16,
+) -> Result<Child, StartFailure> {
     let log = dir.join(LOG_FILE_NAME);
     let log_start = std::fs::metadata(&log).map_or(0, |m| m.len());
     let mut child = Command::new(&options.binary)
         .current_dir(dir)
-        .arg("--port")
-        .arg(port.to_string())
+        .args(security.args(port))
         .args(["--bind", "127.0.0.1"])
         .arg("--dir")
         .arg(dir)
@@ -358,7 +382,8 @@ fn launch(options: &RedisOptions, dir: &Path, port: u16) -> Result<Child, StartF
                 source,
             })
         })?;
-    match wait_ready(&mut child, options.ready_timeout, dir, log_start, port) {
+    let secured = *security != RedisSecurity::default();
+    match wait_ready(&mut child, options.ready_timeout, dir, log_start, port, secured) {
         Ok(()) => Ok(child),
         Err(failure) => {
             let _ = child.kill();
@@ -374,6 +399,7 @@ fn wait_ready(
     dir: &Path,
     log_start: u64,
     port: u16,
+    secured: bool,
 ) -> Result<(), StartFailure> {
     let addr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port));
     let started = Instant::now();
@@ -390,6 +416,10 @@ fn wait_ready(
             Err(e) => return Err(StartFailure::Other(io_error("wait for redis-server")(e))),
         }
         let last = match resp::ping(addr, Duration::from_secs(1)) {
+            _ if secured && log_since(dir, log_start).contains("Ready to accept connections") => {
+                return Ok(());
+            }
+            _ if secured => "not ready (log)".to_owned(),
             Ok(line) if line == "+PONG" => return Ok(()),
             Ok(line) => line,
             Err(e) => e.to_string(),
@@ -406,6 +436,18 @@ fn wait_ready(
     }
 }
 
+/// Everything the log got since byte `from` ("" when unreadable).
+fn log_since(dir: &Path, from: u64) -> String {
+    let read = || -> io::Result<String> {
+        let mut file = File::open(dir.join(LOG_FILE_NAME))?;
+        file.seek(SeekFrom::Start(from))?;
+        let mut text = String::new();
+        file.read_to_string(&mut text)?;
+        Ok(text)
+    };
+    read().unwrap_or_default()
+}
+
 /// The last few KiB of the log written since byte `from` (for error messages).
 fn log_tail(dir: &Path, from: u64) -> String {
     const TAIL: u64 = 4096;
@@ -418,6 +460,107 @@ fn log_tail(dir: &Path, from: u64) -> String {
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     };
     read().unwrap_or_else(|e| format!("(no log: {e})"))
+}
+
+/// Access control and TLS of a test server ([`RedisServer::start_secured`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RedisSecurity {
+    /// `requirepass`: the password of the `default` user.
+    pub requirepass: Option<String>,
+    /// ACL users, one rule each as in a `user` config line, e.g. `"tern on >pw ~* +@all"`.
+    pub acl_users: Vec<String>,
+    /// Serve TLS only (`--port 0 --tls-port PORT`, no client certificates) with these files.
+    pub tls: Option<RedisTls>,
+}
+
+/// The PEM files of a TLS test server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisTls {
+    /// The server's certificate (for 127.0.0.1 and localhost), signed by the CA.
+    pub cert_file: PathBuf,
+    /// Its private key.
+    pub key_file: PathBuf,
+    /// The CA certificate clients must trust.
+    pub ca_file: PathBuf,
+}
+
+impl RedisTls {
+    /// Generates a fresh CA and a server certificate for `127.0.0.1` / `localhost` signed by
+    /// it (ECDSA P-256, rcgen) into `dir`: `ca.pem`, `server.pem`, `server.key`.
+    pub fn generate(dir: &Path) -> Result<Self, TestkitError> {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let err = |e: rcgen::Error| TestkitError::Io {
+            what: "generate a test certificate".into(),
+            source: io::Error::other(e.to_string()),
+        };
+        let ca_key = KeyPair::generate().map_err(err)?;
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(DnType::CommonName, "tern test CA");
+        let ca_cert = ca_params.self_signed(&ca_key).map_err(err)?;
+        let issuer = Issuer::new(ca_params, ca_key);
+        let key = KeyPair::generate().map_err(err)?;
+        let mut params =
+            CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+                .map_err(err)?;
+        params.distinguished_name.push(DnType::CommonName, "tern test redis");
+        let cert = params.signed_by(&key, &issuer).map_err(err)?;
+        let tls = Self {
+            cert_file: dir.join("server.pem"),
+            key_file: dir.join("server.key"),
+            ca_file: dir.join("ca.pem"),
+        };
+        let write = |path: &Path, label: &str, der: &[u8]| {
+            std::fs::write(path, pem(label, der)).map_err(io_error(format!("write {path:?}")))
+        };
+        write(&tls.ca_file, "CERTIFICATE", ca_cert.der())?;
+        write(&tls.cert_file, "CERTIFICATE", cert.der())?;
+        write(&tls.key_file, "PRIVATE KEY", &key.serialize_der())?;
+        Ok(tls)
+    }
+}
+
+/// DER as PEM text.
+fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+impl RedisSecurity {
+    /// The command-line arguments: the listening port(s), then access control and TLS.
+    fn args(&self, port: u16) -> Vec<String> {
+        let mut args = Vec::new();
+        match &self.tls {
+            None => args.extend(["--port".to_owned(), port.to_string()]),
+            Some(tls) => {
+                args.extend(["--port", "0"].map(str::to_owned));
+                args.extend(["--tls-port".to_owned(), port.to_string()]);
+                for (flag, path) in [
+                    ("--tls-cert-file", &tls.cert_file),
+                    ("--tls-key-file", &tls.key_file),
+                    ("--tls-ca-cert-file", &tls.ca_file),
+                ] {
+                    args.extend([flag.to_owned(), path.display().to_string()]);
+                }
+                args.extend(["--tls-auth-clients", "no"].map(str::to_owned));
+            }
+        }
+        if let Some(pw) = &self.requirepass {
+            args.extend(["--requirepass".to_owned(), pw.clone()]);
+        }
+        for rule in &self.acl_users {
+            args.push("--user".to_owned());
+            args.extend(rule.split_whitespace().map(str::to_owned));
+        }
+        args
+    }
 }
 
 #[cfg(test)]
@@ -551,6 +694,37 @@ mod tests {
         let err = resp::ping(addr, Duration::from_secs(1)).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused, "{err}");
         assert!(!dir.exists(), "temporary directory removed");
+    }
+
+    #[test]
+    fn a_password_server_refuses_unauthenticated_commands() {
+        let security = RedisSecurity {
+            requirepass: Some("s3cret".into()),
+            acl_users: vec!["tern on >pw2 ~* +@all".into()],
+            tls: None,
+        };
+        let server = RedisServer::start_secured(RedisOptions::without_aof(), security).unwrap();
+        match server.command(&[b"PING"]).unwrap() {
+            Reply::Error(e) => assert!(e.starts_with("NOAUTH"), "{e}"),
+            other => panic!("PING without AUTH: {other:?}"),
+        }
+        assert_eq!(
+            server.url_with_auth("tern", "pw2"),
+            format!("redis://tern:pw2@127.0.0.1:{}/", server.port())
+        );
+    }
+
+    #[test]
+    fn a_tls_server_takes_only_tls() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = RedisTls::generate(dir.path()).unwrap();
+        let security = RedisSecurity { tls: Some(tls), ..RedisSecurity::default() };
+        let server = RedisServer::start_secured(RedisOptions::without_aof(), security).unwrap();
+        assert_eq!(server.url(), format!("rediss://127.0.0.1:{}/", server.port()));
+        // Plain RESP on the TLS port gets no PONG.
+        assert!(
+            !matches!(resp::ping(server.addr(), Duration::from_secs(2)), Ok(l) if l == "+PONG")
+        );
     }
 
     #[test]
