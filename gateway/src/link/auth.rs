@@ -55,7 +55,7 @@ async fn handshake(
         match dialer.on_frame(frame)? {
             DialerStep::Reply(proof) => {
                 *claimed = dialer.claimed_worker().map(str::to_owned);
-                let proof = tern_proto::encode_to_bytes(&proof, usize::MAX).unwrap_or_default();
+                let proof = tern_proto::encode_to_bytes(&*proof, usize::MAX).unwrap_or_default();
                 wr.write_all(&proof)
                     .await
                     .map_err(|e| AuthFailure::Incomplete(format!("write failed: {e}")))?;

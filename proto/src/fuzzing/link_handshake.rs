@@ -141,7 +141,7 @@ fn dialer_side(mode: u8, frames: &[link::LinkFrame]) {
                 let Some(Body::HelloOk(expected)) = expected.body else { panic!("not HelloOk") };
                 assert_eq!(ok.proof, expected.proof, "accepted a forged worker proof");
                 // And the gateway's proof convinces that worker.
-                assert!(matches!(honest.on_frame(proof), Ok(AcceptorStep::Authenticated { .. })));
+                assert!(matches!(honest.on_frame(*proof), Ok(AcceptorStep::Authenticated { .. })));
                 proved = true;
             }
             Ok(DialerStep::Linked { .. }) => {

@@ -291,7 +291,7 @@ enum DialerState {
 #[derive(Debug, Clone, PartialEq)]
 pub enum DialerStep {
     /// The worker proved itself: send this frame (HelloProof) and wait for LinkUp.
-    Reply(link::LinkFrame),
+    Reply(Box<link::LinkFrame>),
     /// The worker accepted this gateway's proof: the link is up (Requests may go now).
     Linked {
         /// The worker's id (from its HelloOk).
@@ -334,7 +334,7 @@ impl Dialer {
             }
             DialerState::AwaitHelloOk => match self.on_hello_ok(f) {
                 Ok((worker_id, reply)) => {
-                    (DialerState::AwaitLinkUp { worker_id }, Ok(DialerStep::Reply(reply)))
+                    (DialerState::AwaitLinkUp { worker_id }, Ok(DialerStep::Reply(Box::new(reply))))
                 }
                 Err(e) => (DialerState::Failed(e.clone()), Err(e)),
             },

@@ -17,7 +17,7 @@ fn run(
     let mut a = Acceptor::new(wk, "W1", address, [2; 32]);
     let AcceptorStep::Reply(ok) = a.on_frame(hello).unwrap() else { panic!("no HelloOk") };
     let proof = match d.on_frame(ok) {
-        Ok(DialerStep::Reply(p)) => p,
+        Ok(DialerStep::Reply(p)) => *p,
         Ok(other) => panic!("{other:?}"),
         Err(e) => return Err((Some(e), None)),
     };
