@@ -561,6 +561,9 @@ mod tests {
         let a = "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE="; // 32 x 'A'
         let b = "QkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkI"; // 32 x 'B', no padding
         assert_eq!(load(&[&format!("cluster.secret={a}")]).unwrap().len(), 1);
+        // Standard base64 as `head -c 32 /dev/urandom | base64` prints it (+, /, padding).
+        let std_b64 = "+/+/+/+/+/+/+/+/+/+/+/+/+/+/+/+/+/+/+/+/+/8=";
+        assert_eq!(load(&[&format!("cluster.secret={std_b64}")]).unwrap().len(), 1);
         let two = load(&[&format!("cluster.secret={a}, {b}")]).unwrap();
         assert_eq!(two.len(), 2);
         assert!(!two.is_insecure());
