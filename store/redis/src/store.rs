@@ -40,36 +40,6 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
-/// A refused AUTH (wrong or missing password): configuration, not an outage.
-fn is_auth_error(e: &redis::RedisError) -> bool {
-    let text = e.to_string();
-    e.kind() == redis::ErrorKind::AuthenticationFailed
-        || text.contains("WRONGPASS")
-        || text.contains("NOAUTH")
-}
-
-/// The Redis client for `cfg.url`: plain, or TLS (`rediss://`, rustls with the ring provider)
-/// trusting `cfg.ca_file` when given, else the system's roots.
-fn client(cfg: &RedisStoreConfig) -> Result<redis::Client, RedisStoreError> {
-    let url = cfg.url.as_str();
-    let bad = |what: String| RedisStoreError::Config(format!("url {}: {what}", redact_url(url)));
-    let tls = url.starts_with("rediss://");
-    if tls {
-        // The one provider compiled in; harmless when the process already installed one.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    }
-    match &cfg.ca_file {
-        None => redis::Client::open(url).map_err(|e| bad(e.to_string())),
-        Some(_) if !tls => Err(bad("a CA file needs a rediss:// URL".into())),
-        Some(path) => {
-            let pem = std::fs::read(path)
-                .map_err(|e| bad(format!("reading CA file {}: {e}", path.display())))?;
-            let certs = redis::TlsCertificates { client_tls: None, root_cert: Some(pem) };
-            redis::Client::build_with_tls(url, certs).map_err(|e| bad(e.to_string()))
-        }
-    }
-}
-
 impl RedisStore {
     /// Connects, checks durability (when `cfg.require_durable`) and loads the scripts.
     ///
@@ -87,7 +57,7 @@ impl RedisStore {
         if cfg.command_timeout.is_zero() {
             return Err(RedisStoreError::Config("command_timeout must be above zero".into()));
         }
-        let client = client(&cfg)?;
+        let client = crate::client::client(&cfg)?;
         let addr = client.get_connection_info().addr().to_string();
         // One plain connection first: the manager below retries a refused password or an
         // untrusted certificate until the timeout; this reports them as they are.
@@ -100,7 +70,9 @@ impl RedisStore {
         )
         .await
         .map_err(|e| match e {
-            RedisStoreError::Unavailable(e) | RedisStoreError::Redis(e) if is_auth_error(&e) => {
+            RedisStoreError::Unavailable(e) | RedisStoreError::Redis(e)
+                if crate::client::is_auth_error(&e) =>
+            {
                 RedisStoreError::Config(format!(
                     "url {}: {e} (check the user and password in the URL)",
                     redact_url(&cfg.url)
