@@ -19,4 +19,5 @@ mod ordering;
 mod recall;
 mod receipts;
 mod reconnect;
+mod redis_security;
 mod slow_reader;
