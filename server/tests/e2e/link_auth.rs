@@ -333,7 +333,7 @@ fn rogue(listener: TcpListener, relay_to: Option<SocketAddr>, seen: Arc<Mutex<Se
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_gateway_never_links_a_rogue_worker_registered_in_presence() {
+async fn a_gateway_never_links_a_rogue_worker_announced_in_presence_or_configured() {
     let (mut cluster, key) = start(ClusterOptions {
         gateways: 1,
         workers: 1,
@@ -389,6 +389,45 @@ async fn a_gateway_never_links_a_rogue_worker_registered_in_presence() {
             assert!(c.iter().all(|k| matches!(*k, "Hello" | "Refused")), "{c:?}");
         }
     }
+    // The same with a static list: a gateway configured with the real worker and the rogue.
+    let configured = format!("{},{bogus_addr}", cluster.worker_link_addr(0));
+    let before = seen_bogus.lock().unwrap().connections.len();
+    let dir = tempfile::tempdir().unwrap();
+    let sets = [
+        format!("cluster.dispatch_workers={configured}"),
+        format!("cluster.presence_redis={}", cluster.presence_url()),
+        format!("cluster.secret={}", cluster.secret_base64()),
+        format!("auth.hs256_key={}", cluster.key_base64()),
+        "server.log=warn".to_string(),
+    ];
+    let mut args: Vec<String> =
+        ["gateway", "--id", "G9", "--listen", "127.0.0.1:0"].map(String::from).to_vec();
+    args.extend(["--http-listen".into(), String::new(), "--data-dir".into()]);
+    args.push(dir.path().display().to_string());
+    for set in sets {
+        args.extend(["--set".to_string(), set]);
+    }
+    let g9 = block_in_place(|| {
+        tern_testkit::TernProcess::spawn(env!("CARGO_BIN_EXE_tern"), args.clone())
+    })
+    .unwrap();
+    let g9_addr = g9.client_addr().unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while seen_bogus.lock().unwrap().connections.len() == before {
+        assert!(tokio::time::Instant::now() < deadline, "G9 never dialed the rogue");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for i in 0..12 {
+        let (u, _ue) = connect(g9_addr, &mint(&key, &format!("static{i}"))).await;
+        assert_eq!(send(&u, "bob", "hi", &cluster).await.seq, 1);
+        assert_eq!(next_message(&mut be).await.sender_user_id, format!("static{i}"));
+    }
+    for c in &seen_bogus.lock().unwrap().connections {
+        assert!(c.iter().all(|k| matches!(*k, "Hello" | "Refused")), "{c:?}");
+    }
+    assert!(plain(g9.logs()).contains(&format!("worker={bogus_addr}")), "{}", g9.logs());
+    block_in_place(|| drop(g9));
+
     let logs = plain(cluster.gateway(0).logs());
     assert!(logs.contains("refused a dispatch worker link"), "{logs}");
     assert!(logs.contains(&format!("worker={bogus_addr}")) && logs.contains("bad proof"), "{logs}");
