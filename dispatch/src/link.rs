@@ -2,16 +2,29 @@
 //! multiplexes its clients' requests over it (`tern.link.v1.LinkFrame`, framed like client
 //! frames). The worker answers each Request on the link it came from, and pushes deliveries to
 //! a gateway over that gateway's link ([`Links`]).
+//!
+//! Every link starts with the mutual handshake of `tern_proto::session::link` (both sides prove
+//! that they hold the cluster secret): until the gateway's proof checked out this side accepts
+//! no Request, forwards no Kick and sends no Push, and frames are capped at
+//! [`MAX_HANDSHAKE_FRAME`]. A peer that fails, or does not finish within the handshake timeout,
+//! is logged (who it claimed to be, from where, why), counted, told why and disconnected.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tern_proto::FrameDecoder;
 use tern_proto::link::v1::{self as link, link_frame::Body as LinkBody};
+use tern_proto::session::link::{
+    Acceptor, AcceptorStep, AuthFailure, LinkSecrets, MAX_HANDSHAKE_FRAME, NONCE_BYTES,
+    refused_frame,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
@@ -21,6 +34,21 @@ use crate::dispatcher::{Dispatcher, Origin};
 pub const MAX_LINK_FRAME: usize = 16 * 1024 * 1024;
 /// Frames queued for one link before pushes to it are dropped (answers wait instead).
 const LINK_QUEUE: usize = 65_536;
+/// Connections in the handshake at once; more are closed at accept (and counted as refused),
+/// so unauthenticated peers cannot hold an unbounded number of sockets.
+const MAX_PENDING_HANDSHAKES: usize = 256;
+
+/// How this worker authenticates gateways.
+#[derive(Debug, Clone)]
+pub struct LinkAuth {
+    /// The cluster secrets (the first proves this worker; all are accepted).
+    pub secrets: LinkSecrets,
+    /// The address this worker proves: what gateways dial (`cluster.link_advertise`, else the
+    /// bound link address).
+    pub address: String,
+    /// How long a new link has to complete the handshake.
+    pub handshake_timeout: Duration,
+}
 
 /// The links of this worker, by gateway id.
 #[derive(Default)]
@@ -29,6 +57,8 @@ pub struct Links {
     next: AtomicU64,
     /// Push frames dropped because a gateway had no link or a full one.
     pub pushes_dropped: AtomicU64,
+    /// Links refused during the handshake (bad or missing proof, timeout, too many pending).
+    pub auth_failures: AtomicU64,
 }
 
 impl Links {
@@ -64,6 +94,18 @@ impl Links {
             map.remove(gateway_id);
         }
     }
+
+    /// Appends the link counters in Prometheus text format.
+    pub fn render(&self, out: &mut String) {
+        use std::fmt::Write;
+        let name = "tern_dispatch_link_auth_failures_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Gateway links refused in the handshake (no or bad proof, timeout).\n\
+             # TYPE {name} counter\n{name} {}",
+            self.auth_failures.load(Relaxed)
+        );
+    }
 }
 
 /// Encodes a link frame.
@@ -77,19 +119,31 @@ pub async fn serve(
     dispatcher: Arc<Dispatcher>,
     links: Arc<Links>,
     worker_id: String,
+    auth: LinkAuth,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    let auth = Arc::new(auth);
+    let pending = Arc::new(AtomicUsize::new(0));
     loop {
         tokio::select! {
             _ = &mut shutdown => return,
             r = listener.accept() => match r {
                 Ok((stream, peer)) => {
-                    let (d, l, w) = (dispatcher.clone(), links.clone(), worker_id.clone());
+                    if pending.fetch_add(1, Relaxed) >= MAX_PENDING_HANDSHAKES {
+                        pending.fetch_sub(1, Relaxed);
+                        links.auth_failures.fetch_add(1, Relaxed);
+                        tracing::warn!(%peer, "refused a link: too many links in the handshake");
+                        continue;
+                    }
+                    let (d, l, w, a) =
+                        (dispatcher.clone(), links.clone(), worker_id.clone(), auth.clone());
+                    let pending = pending.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = run_link(d, l, w, stream).await {
-                            tracing::info!(%peer, error = %e, "gateway link closed");
+                        match run_link(d, l, w, a, stream, peer, pending).await {
+                            Ok(()) | Err(LinkError::Refused(_)) => {}
+                            Err(e) => tracing::info!(%peer, error = %e, "gateway link closed"),
                         }
                     });
                 }
@@ -111,16 +165,118 @@ pub enum LinkError {
     /// A frame that is not a valid LinkFrame, or a protocol violation.
     #[error("protocol: {0}")]
     Protocol(String),
+    /// The peer did not authenticate (already logged and counted).
+    #[error("refused: {0}")]
+    Refused(AuthFailure),
+}
+
+/// Runs the handshake on a new link: the authenticated gateway id, or why it was refused.
+/// Bytes that follow the gateway's proof (its first Requests) stay in `buf`.
+async fn handshake(
+    rd: &mut OwnedReadHalf,
+    wr: &mut OwnedWriteHalf,
+    buf: &mut BytesMut,
+    acceptor: &mut Acceptor,
+    claimed: &mut Option<String>,
+) -> Result<String, AuthFailure> {
+    let mut decoder = FrameDecoder::new(MAX_HANDSHAKE_FRAME);
+    loop {
+        let frame = match decoder.decode_as::<link::LinkFrame>(buf) {
+            Ok(Some(f)) => f,
+            Ok(None) => match rd.read_buf(buf).await {
+                Ok(0) => {
+                    return Err(AuthFailure::Incomplete(
+                        "closed by the peer during the handshake".into(),
+                    ));
+                }
+                Ok(_) => continue,
+                Err(e) => return Err(AuthFailure::Incomplete(format!("read failed: {e}"))),
+            },
+            Err(e) => return Err(AuthFailure::Incomplete(format!("bad frame: {e}"))),
+        };
+        match acceptor.on_frame(frame)? {
+            AcceptorStep::Reply(reply) => {
+                *claimed = acceptor.claimed_gateway().map(str::to_owned);
+                let bytes = encode_frame_bytes(&reply);
+                wr.write_all(&bytes)
+                    .await
+                    .map_err(|e| AuthFailure::Incomplete(format!("write failed: {e}")))?;
+            }
+            AcceptorStep::Authenticated { gateway_id, reply } => {
+                let bytes = encode_frame_bytes(&reply);
+                wr.write_all(&bytes)
+                    .await
+                    .map_err(|e| AuthFailure::Incomplete(format!("write failed: {e}")))?;
+                return Ok(gateway_id);
+            }
+        }
+    }
+}
+
+fn encode_frame_bytes(frame: &link::LinkFrame) -> Bytes {
+    tern_proto::encode_to_bytes(frame, usize::MAX).unwrap_or_default()
+}
+
+/// Authenticates a new link: the gateway's id, or `Err` after logging, counting and telling
+/// the peer why.
+async fn authenticate(
+    links: &Links,
+    worker_id: &str,
+    auth: &LinkAuth,
+    rd: &mut OwnedReadHalf,
+    wr: &mut OwnedWriteHalf,
+    buf: &mut BytesMut,
+    peer: SocketAddr,
+) -> Result<String, AuthFailure> {
+    let mut nonce = [0u8; NONCE_BYTES];
+    let mut claimed = None;
+    let result = match getrandom::fill(&mut nonce) {
+        Err(e) => Err(AuthFailure::Incomplete(format!("no randomness for a nonce: {e}"))),
+        Ok(()) => {
+            let mut acceptor =
+                Acceptor::new(auth.secrets.clone(), worker_id, auth.address.clone(), nonce);
+            let run = handshake(rd, wr, buf, &mut acceptor, &mut claimed);
+            match tokio::time::timeout(auth.handshake_timeout, run).await {
+                Ok(r) => r,
+                Err(_) => Err(AuthFailure::Incomplete(format!(
+                    "no proof within the handshake timeout ({:?})",
+                    auth.handshake_timeout
+                ))),
+            }
+        }
+    };
+    if let Err(failure) = &result {
+        links.auth_failures.fetch_add(1, Relaxed);
+        tracing::warn!(
+            %peer,
+            claimed_gateway = %claimed.as_deref().unwrap_or("-"),
+            reason = %failure,
+            "refused a gateway link"
+        );
+        if !matches!(failure, AuthFailure::Incomplete(_) | AuthFailure::RefusedByPeer(_)) {
+            let refused = encode_frame_bytes(&refused_frame(failure));
+            let _ = tokio::time::timeout(Duration::from_secs(1), wr.write_all(&refused)).await;
+        }
+    }
+    result
 }
 
 async fn run_link(
     dispatcher: Arc<Dispatcher>,
     links: Arc<Links>,
     worker_id: String,
+    auth: Arc<LinkAuth>,
     stream: TcpStream,
+    peer: SocketAddr,
+    pending: Arc<AtomicUsize>,
 ) -> Result<(), LinkError> {
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
+    let mut buf = BytesMut::with_capacity(MAX_HANDSHAKE_FRAME);
+    let authenticated =
+        authenticate(&links, &worker_id, &auth, &mut rd, &mut wr, &mut buf, peer).await;
+    pending.fetch_sub(1, Relaxed);
+    let gateway_id = authenticated.map_err(LinkError::Refused)?;
     let (tx, mut rx) = mpsc::channel::<Bytes>(LINK_QUEUE);
     let writer = tokio::spawn(async move {
         let mut batch = Vec::new();
@@ -135,9 +291,10 @@ async fn run_link(
             }
         }
     });
+    // Authenticated: pushes to this gateway may use the link from now on.
+    let link_id = links.register(&gateway_id, tx.clone());
+    tracing::info!(gateway = %gateway_id, %peer, "gateway linked");
     let mut decoder = FrameDecoder::new(MAX_LINK_FRAME);
-    let mut buf = BytesMut::with_capacity(64 * 1024);
-    let mut gateway: Option<(String, u64)> = None;
     let result = loop {
         let frame = match decoder.decode_as::<link::LinkFrame>(&mut buf) {
             Ok(Some(f)) => f,
@@ -153,17 +310,8 @@ async fn run_link(
             }
             Err(e) => break Err(LinkError::Protocol(e.to_string())),
         };
-        match (frame.body, &gateway) {
-            (Some(LinkBody::Hello(h)), None) => {
-                let id = links.register(&h.gateway_id, tx.clone());
-                tracing::info!(gateway = %h.gateway_id, "gateway linked");
-                let ok = LinkBody::HelloOk(link::HelloOk { worker_id: worker_id.clone() });
-                if tx.send(encode_link(0, ok)).await.is_err() {
-                    break Ok(());
-                }
-                gateway = Some((h.gateway_id, id));
-            }
-            (Some(LinkBody::Request(req)), Some((gateway_id, _))) => {
+        match frame.body {
+            Some(LinkBody::Request(req)) => {
                 let Some(env) = req.envelope else {
                     break Err(LinkError::Protocol("request without envelope".into()));
                 };
@@ -185,25 +333,23 @@ async fn run_link(
                     let _ = tx.send(frame).await;
                 });
             }
-            (Some(LinkBody::KickConnection(k)), Some(_)) => {
+            Some(LinkBody::KickConnection(k)) => {
                 // A device logged in again elsewhere: forward to the gateway holding the old one.
                 let target = k.gateway_id.clone();
                 links.try_send(&target, encode_link(0, LinkBody::KickConnection(k)));
             }
-            (Some(LinkBody::Ping(_)), _) => {
+            Some(LinkBody::Ping(_)) => {
                 if tx.send(encode_link(frame.id, LinkBody::Pong(link::Pong {}))).await.is_err() {
                     break Ok(());
                 }
             }
-            (Some(LinkBody::Pong(_)), _) => {}
-            (other, _) => {
+            Some(LinkBody::Pong(_)) => {}
+            other => {
                 break Err(LinkError::Protocol(format!("unexpected link frame {other:?}")));
             }
         }
     };
-    if let Some((gateway_id, id)) = &gateway {
-        links.unregister(gateway_id, *id);
-    }
+    links.unregister(&gateway_id, link_id);
     drop(tx);
     let _ = writer.await;
     result

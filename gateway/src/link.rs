@@ -8,6 +8,12 @@
 //! it is answered is sent again on another link: sends and recalls are deduplicated by
 //! (sender, client_msg_id), receipts are monotonic, the rest are reads, so a retry is always
 //! safe.
+//!
+//! Authentication: every link starts with the mutual handshake of
+//! `tern_proto::session::link`. A link joins the live set (and gets Requests, and has its
+//! Pushes and Kicks delivered) only after the worker proved that it holds the cluster secret
+//! for the very address this gateway dialed; a worker that does not is logged, counted
+//! (`tern_gateway_link_auth_failures_total`) and dialed again only after a longer backoff.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap};
@@ -20,14 +26,18 @@ use bytes::{Bytes, BytesMut};
 use tern_presence::{Entry, Presence};
 use tern_proto::FrameDecoder;
 use tern_proto::link::v1::{self as link, link_frame::Body as LinkBody};
+use tern_proto::session::link::LinkSecrets;
 use tern_proto::session::server::error as error_frame;
 use tern_proto::v1::{Envelope, ErrorCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
+use self::auth::{LinkDown, authenticate};
 use crate::registry::Registry;
 use crate::upstream::{BoxFuture, RequestCtx, Upstream};
+
+mod auth;
 
 /// Largest link frame accepted.
 const MAX_LINK_FRAME: usize = 16 * 1024 * 1024;
@@ -43,8 +53,14 @@ pub struct LinkConfig {
     pub gateway_id: String,
     /// How long a request waits for its answer on one link before it is answered UNAVAILABLE.
     pub request_timeout: Duration,
-    /// Delay before reconnecting a failed link (grows to 10x while it keeps failing).
+    /// Delay before reconnecting a failed link (grows to 10x while it keeps failing, to 100x
+    /// while the worker fails authentication).
     pub reconnect_delay: Duration,
+    /// The cluster secrets (the first proves this gateway; all are accepted from workers).
+    /// With [`LinkSecrets::insecure_development`] only loopback workers are linked.
+    pub secrets: LinkSecrets,
+    /// How long a worker has to complete the handshake.
+    pub handshake_timeout: Duration,
 }
 
 /// Link and presence counters.
@@ -62,6 +78,8 @@ pub struct LinkMetrics {
     pub presence_errors: AtomicU64,
     /// SyncHints sent to clients after presence was restored.
     pub sync_hints: AtomicU64,
+    /// Worker links refused in the handshake (bad proof, wrong address, timeout, refused).
+    pub auth_failures: AtomicU64,
 }
 
 struct Pending {
@@ -324,7 +342,8 @@ async fn keep_link(inner: Arc<Inner>, addr: String, stop: Arc<AtomicBool>) {
     while !stop.load(Relaxed) {
         match run_link(&inner, &addr, &stop).await {
             Ok(()) => delay = inner.cfg.reconnect_delay,
-            Err(e) => {
+            Err(LinkDown::Refused) => delay = (delay * 4).min(inner.cfg.reconnect_delay * 100),
+            Err(LinkDown::Io(e)) => {
                 tracing::debug!(worker = %addr, error = %e, "worker link down");
                 delay = (delay * 2).min(inner.cfg.reconnect_delay * 10);
             }
@@ -333,26 +352,35 @@ async fn keep_link(inner: Arc<Inner>, addr: String, stop: Arc<AtomicBool>) {
     }
 }
 
-async fn run_link(inner: &Arc<Inner>, addr: &str, stop: &AtomicBool) -> std::io::Result<()> {
+async fn run_link(inner: &Arc<Inner>, addr: &str, stop: &AtomicBool) -> Result<(), LinkDown> {
     let stream = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
-    // Written once here (Hello), then handed to the writer task once the worker answered.
-    let hello =
-        LinkBody::Hello(link::Hello { gateway_id: inner.cfg.gateway_id.clone(), version: 1 });
-    let hello =
-        tern_proto::encode_to_bytes(&link::LinkFrame { id: 0, body: Some(hello) }, usize::MAX)
-            .unwrap_or_default();
-    wr.write_all(&hello).await?;
-    let mut wr = Some(wr);
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let worker_id = authenticate(inner, addr, &mut rd, &mut wr, &mut buf).await?;
+    // Authenticated: start writing, take requests, deliver what the worker pushes.
     let (tx, mut rx) = mpsc::channel::<Bytes>(LINK_QUEUE);
     let link =
         Arc::new(WorkerLink { addr: addr.to_owned(), tx, pending: Mutex::new(HashMap::new()) });
+    let mut writer = tokio::spawn(async move {
+        let mut batch = Vec::new();
+        let mut out = Vec::new();
+        while rx.recv_many(&mut batch, 1024).await > 0 {
+            out.clear();
+            for f in batch.drain(..) {
+                out.extend_from_slice(&f);
+            }
+            if wr.write_all(&out).await.is_err() {
+                return;
+            }
+        }
+    });
+    inner.live.lock().unwrap_or_else(|p| p.into_inner()).insert(addr.to_owned(), link.clone());
+    inner.metrics.links_up.fetch_add(1, Relaxed);
+    tracing::info!(worker = %addr, %worker_id, "linked to dispatch worker");
     let mut decoder = FrameDecoder::new(MAX_LINK_FRAME);
-    let mut buf = BytesMut::with_capacity(64 * 1024);
-    let mut writer: Option<tokio::task::JoinHandle<()>> = None;
     let result = loop {
         if stop.load(Relaxed) {
             break Ok(());
@@ -365,7 +393,7 @@ async fn run_link(inner: &Arc<Inner>, addr: &str, stop: &AtomicBool) -> std::io:
                 }
                 let read = tokio::select! {
                     r = rd.read_buf(&mut buf) => r,
-                    _ = async { match writer.as_mut() { Some(w) => { let _ = w.await; } None => std::future::pending().await } } => {
+                    _ = &mut writer => {
                         Err(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "link writer stopped"))
                     }
                 };
@@ -380,31 +408,6 @@ async fn run_link(inner: &Arc<Inner>, addr: &str, stop: &AtomicBool) -> std::io:
             }
         };
         match frame.body {
-            Some(LinkBody::HelloOk(ok)) if writer.is_none() => {
-                // Linked: start writing and take requests.
-                let Some(mut wr) = wr.take() else { continue };
-                let mut rx = std::mem::replace(&mut rx, mpsc::channel(1).1);
-                writer = Some(tokio::spawn(async move {
-                    let mut batch = Vec::new();
-                    let mut out = Vec::new();
-                    while rx.recv_many(&mut batch, 1024).await > 0 {
-                        out.clear();
-                        for f in batch.drain(..) {
-                            out.extend_from_slice(&f);
-                        }
-                        if wr.write_all(&out).await.is_err() {
-                            return;
-                        }
-                    }
-                }));
-                inner
-                    .live
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(addr.to_owned(), link.clone());
-                inner.metrics.links_up.fetch_add(1, Relaxed);
-                tracing::info!(worker = %addr, worker_id = %ok.worker_id, "linked to dispatch worker");
-            }
             Some(LinkBody::Response(resp)) => {
                 let pending = link.pending().remove(&frame.id);
                 if let (Some(p), Some(env)) = (pending, resp.envelope) {
@@ -429,7 +432,13 @@ async fn run_link(inner: &Arc<Inner>, addr: &str, stop: &AtomicBool) -> std::io:
                 .unwrap_or_default();
                 let _ = link.tx.try_send(pong);
             }
-            _ => {}
+            Some(LinkBody::Pong(_)) => {}
+            other => {
+                break Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("unexpected link frame {other:?}"),
+                ));
+            }
         }
     };
     // Down: stop routing to it, and fail what it still owes so those requests retry elsewhere.
@@ -440,10 +449,8 @@ async fn run_link(inner: &Arc<Inner>, addr: &str, stop: &AtomicBool) -> std::io:
         }
     }
     link.pending().clear();
-    if let Some(w) = writer {
-        w.abort();
-    }
-    result
+    writer.abort();
+    Ok(result?)
 }
 
 /// After a failed presence write, how soon everything is republished.
@@ -567,7 +574,12 @@ impl LinkMetrics {
     /// Appends the link counters in Prometheus text format.
     pub fn render(&self, out: &mut String) {
         use std::fmt::Write;
-        let rows: [(&str, &str, &AtomicU64); 6] = [
+        let rows: [(&str, &str, &AtomicU64); 7] = [
+            (
+                "tern_gateway_link_auth_failures_total",
+                "Worker links refused in the handshake (bad proof or address, timeout).",
+                &self.auth_failures,
+            ),
             (
                 "tern_gateway_sync_hints_total",
                 "SyncHints sent after presence was restored.",

@@ -336,6 +336,7 @@ def main():
         wait_redis(store, dl)
         common = ["--set", f"cluster.presence_redis=redis://127.0.0.1:{pres}/",
                   "--set", f"auth.hs256_key={key_b64}", "--set", "server.log=warn",
+                  "--set", "cluster.secret=" + base64.b64encode(os.urandom(32)).decode(),
                   "--data-dir", tmp]
         disp = subprocess.Popen(
             [args.tern, "dispatch", "--id", "w1", "--link-listen", "127.0.0.1:0",

@@ -93,7 +93,9 @@ redis-server --port "$STORE" --bind 127.0.0.1 --save '' --appendonly yes --appen
   --dir "$WORK" --daemonize no >"$WORK/store.log" 2>&1 & PIDS+=($!)
 wait_port "$PRESENCE" "presence Redis"; wait_port "$STORE" "store Redis"
 
-common=(--set "auth.hs256_key=$KEY" --set "cluster.presence_redis=redis://127.0.0.1:$PRESENCE/"
+SECRET=$(python3 -c 'import base64,os; print(base64.b64encode(os.urandom(32)).decode())')
+common=(--set "auth.hs256_key=$KEY" --set "cluster.secret=$SECRET"
+        --set "cluster.presence_redis=redis://127.0.0.1:$PRESENCE/"
         --set "server.log=warn" --set "server.data_dir=$WORK")
 "$TERN_BIN" dispatch "${common[@]}" --set "cluster.link_listen=127.0.0.1:$LINK" \
   --set store.backend=redis --set "store.redis_url=redis://127.0.0.1:$STORE/" \

@@ -30,7 +30,8 @@ redis-server --port "$S" --bind 127.0.0.1 --save "" --appendonly yes --appendfsy
 PIDS+=($!)
 for _ in $(seq 100); do redis-cli -p "$P" ping 2>/dev/null | grep -q PONG && redis-cli -p "$S" ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done
 KEY=$(head -c 32 /dev/urandom | base64)
-C=(--set "cluster.presence_redis=redis://127.0.0.1:$P/" --set "auth.hs256_key=$KEY" --set server.log=warn --data-dir "$TMP")
+SECRET=$(head -c 32 /dev/urandom | base64)
+C=(--set "cluster.presence_redis=redis://127.0.0.1:$P/" --set "auth.hs256_key=$KEY" --set "cluster.secret=$SECRET" --set server.log=warn --data-dir "$TMP")
 "$TERN" dispatch --id w1 --link-listen 127.0.0.1:0 --http-listen "" --set store.backend=redis \
   --set "store.redis_url=redis://127.0.0.1:$S/" "${C[@]}" >"$TMP/d.out" 2>"$TMP/d.err" &
 PIDS+=($!)

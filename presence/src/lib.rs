@@ -28,6 +28,9 @@ pub enum PresenceError {
     /// No answer within the configured timeout (the connection is rebuilt).
     #[error("presence redis: no answer within {0:?}")]
     Timeout(Duration),
+    /// A bad URL or CA file.
+    #[error("presence redis: {0}")]
+    Config(String),
 }
 
 /// One device's connection on a gateway.
@@ -55,10 +58,13 @@ pub struct Location {
 }
 
 /// Presence settings.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PresenceConfig {
-    /// Redis URL, e.g. `redis://127.0.0.1:6379/`.
+    /// Redis URL: `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS.
     pub url: String,
+    /// PEM file of the CA(s) that sign the server's certificate (`rediss://` only); `None`
+    /// trusts the system's roots.
+    pub ca_file: Option<std::path::PathBuf>,
     /// Key prefix (several clusters may share one Redis). Default `tern:`.
     pub key_prefix: String,
     /// How long an entry lives without a refresh. Gateways refresh every `ttl / 3`. Default 90 s.
@@ -72,9 +78,56 @@ impl PresenceConfig {
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
+            ca_file: None,
             key_prefix: "tern:".into(),
             ttl: Duration::from_secs(90),
             timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+impl std::fmt::Debug for PresenceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PresenceConfig")
+            .field("url", &redact_url(&self.url))
+            .field("ca_file", &self.ca_file)
+            .field("key_prefix", &self.key_prefix)
+            .field("ttl", &self.ttl)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// `url` with any credentials (`user:password@`) replaced by `***@`, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let sep = if scheme.is_empty() { "" } else { "://" };
+            format!("{scheme}{sep}***@{}", &rest[at + 1..])
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// A Redis client for `url`: plain, or TLS (`rediss://`, rustls with the ring provider)
+/// trusting `ca_file` when given, else the system's roots.
+fn client(url: &str, ca_file: Option<&std::path::Path>) -> Result<redis::Client, PresenceError> {
+    let tls = url.starts_with("rediss://");
+    if tls {
+        // The one provider compiled in; harmless when the process already installed one.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    match ca_file {
+        None => Ok(redis::Client::open(url)?),
+        Some(_) if !tls => Err(PresenceError::Config("a CA file needs a rediss:// URL".into())),
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| {
+                PresenceError::Config(format!("reading CA file {}: {e}", path.display()))
+            })?;
+            let certs = redis::TlsCertificates { client_tls: None, root_cert: Some(pem) };
+            Ok(redis::Client::build_with_tls(url, certs)?)
         }
     }
 }
@@ -122,15 +175,20 @@ fn now_ms() -> u64 {
 impl Presence {
     /// Connects (and keeps reconnecting in the background when Redis goes away).
     pub async fn connect(cfg: PresenceConfig) -> Result<Self, PresenceError> {
-        let client = redis::Client::open(cfg.url.as_str())?;
+        let client = client(&cfg.url, cfg.ca_file.as_deref())?;
         let conn = Self::manager(&client, &cfg).await?;
-        Ok(Self {
+        let p = Self {
             conn: std::sync::Arc::new(std::sync::Mutex::new(conn)),
             client,
             cfg,
             remove_script: redis::Script::new(REMOVE),
             swap_script: redis::Script::new(SWAP),
-        })
+        };
+        // One command now, so that a missing or refused password fails at start, not at every
+        // later call.
+        let mut conn = p.conn();
+        p.bounded(redis::cmd("PING").query_async::<()>(&mut conn)).await?;
+        Ok(p)
     }
 
     async fn manager(
@@ -161,7 +219,10 @@ impl Presence {
         match tokio::time::timeout(self.cfg.timeout, call).await {
             Ok(r) => Ok(r?),
             Err(_) => {
-                tracing::warn!(url = %self.cfg.url, "presence call timed out; reconnecting");
+                tracing::warn!(
+                    url = %redact_url(&self.cfg.url),
+                    "presence call timed out; reconnecting"
+                );
                 if let Ok(fresh) = Self::manager(&self.client, &self.cfg).await {
                     *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
                 }
@@ -368,6 +429,15 @@ impl Presence {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_never_reach_logs_or_debug_output() {
+        assert_eq!(redact_url("redis://u:secret@h:1/0"), "redis://***@h:1/0");
+        assert_eq!(redact_url("rediss://:secret@h:1"), "rediss://***@h:1");
+        assert_eq!(redact_url("redis://h:1/0"), "redis://h:1/0");
+        let cfg = PresenceConfig::new("rediss://tern:secret@h:1/");
+        assert!(!format!("{cfg:?}").contains("secret"));
+    }
 
     #[test]
     fn parses_live_entries_and_skips_expired_or_malformed() {

@@ -17,6 +17,9 @@ use crate::session::server::{
 };
 use crate::v1::{self, ErrorCode, envelope::Body};
 
+mod link_handshake;
+pub use link_handshake::link_handshake;
+
 /// Maximum frame size the fuzz targets configure, small so that limits are hit often.
 pub const FUZZ_MAX_FRAME_BYTES: usize = 512;
 /// The wall clock when [`server_session`] starts, Unix milliseconds.

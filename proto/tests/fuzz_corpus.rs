@@ -8,16 +8,18 @@ use std::path::PathBuf;
 
 use prost::Message as _;
 use tern_proto::fuzzing;
+use tern_proto::link::v1 as link;
 use tern_proto::v1::{self, envelope::Body};
 
 /// A fuzz target: its name (directory under `fuzz/corpus/`) and its body.
 type Target = (&'static str, fn(&[u8]));
 
-const TARGETS: [Target; 4] = [
+const TARGETS: [Target; 5] = [
     ("frame_decoder", fuzzing::frame_decoder),
     ("envelope", fuzzing::envelope),
     ("server_session", fuzzing::server_session),
     ("client_session", fuzzing::client_session),
+    ("link_handshake", fuzzing::link_handshake),
 ];
 
 /// Targets whose bodies live in other crates (and are replayed by those crates' own
@@ -179,6 +181,56 @@ fn cs_heartbeat(secs: u8, what: u8) -> Vec<u8> {
 /// client_session: backoff `next_delay` (`b != 0`) or reset (`b == 0`).
 fn cs_backoff(b: u8) -> Vec<u8> {
     vec![7, b]
+}
+
+/// link_handshake: the mode byte, then framed link frames.
+fn lh(mode: u8, frames: &[link::LinkFrame]) -> Vec<u8> {
+    let mut out = vec![mode];
+    for f in frames {
+        let bytes = f.encode_to_vec();
+        out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+        out.extend_from_slice(&bytes);
+    }
+    out
+}
+
+fn lf(body: link::link_frame::Body) -> link::LinkFrame {
+    link::LinkFrame { id: 0, body: Some(body) }
+}
+
+fn link_seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
+    use link::link_frame::Body as L;
+    let hello = |version, nonce: Vec<u8>| {
+        lf(L::Hello(link::Hello { gateway_id: "G1".into(), version, nonce: nonce.into() }))
+    };
+    let hello_ok = |address: &str| {
+        lf(L::HelloOk(link::HelloOk {
+            worker_id: "W1".into(),
+            nonce: vec![2; 32].into(),
+            address: address.into(),
+            proof: vec![0; 32].into(),
+        }))
+    };
+    let proof = lf(L::HelloProof(link::HelloProof { proof: vec![0; 32].into() }));
+    let request = link::LinkFrame { id: 7, body: Some(L::Request(link::Request::default())) };
+    let refused = lf(L::Refused(link::Refused { reason: "bad proof".into() }));
+    vec![
+        ("link_handshake", "seed-honest-both-ways", lh(0b1111, &[])),
+        (
+            "link_handshake",
+            "seed-honest-then-more",
+            lh(0b1111, &[request.clone(), lf(L::Push(link::Push::default()))]),
+        ),
+        ("link_handshake", "seed-forged-gateway-proof", lh(0b0001, &[proof, request.clone()])),
+        ("link_handshake", "seed-request-before-proof", lh(0b0001, &[request])),
+        ("link_handshake", "seed-old-hello", lh(0, &[hello(1, Vec::new()), hello(2, vec![1; 31])])),
+        (
+            "link_handshake",
+            "seed-relayed-or-forged-hello-ok",
+            lh(0, &[hello_ok("10.0.0.9:7500"), hello_ok("127.0.0.1:7500")]),
+        ),
+        ("link_handshake", "seed-refused", lh(0b0100, &[refused])),
+    ]
 }
 
 /// The generated seeds: (target, file name, bytes).
@@ -392,7 +444,10 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
 #[test]
 fn seed_corpus_is_committed_and_up_to_date() {
     tern_testkit::corpus::check_seeds(
-        seeds().into_iter().map(|(target, name, bytes)| (corpus_dir(target).join(name), bytes)),
+        seeds()
+            .into_iter()
+            .chain(link_seeds())
+            .map(|(target, name, bytes)| (corpus_dir(target).join(name), bytes)),
     );
 }
 
@@ -418,6 +473,11 @@ fn replay_server_session_corpus() {
 #[test]
 fn replay_client_session_corpus() {
     replay(TARGETS[3].0, TARGETS[3].1);
+}
+
+#[test]
+fn replay_link_handshake_corpus() {
+    replay(TARGETS[4].0, TARGETS[4].1);
 }
 
 #[test]

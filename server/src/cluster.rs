@@ -42,9 +42,17 @@ pub async fn presence(cfg: &Config) -> anyhow::Result<Presence> {
     let mut p = PresenceConfig::new(cfg.cluster.presence_redis.clone());
     p.key_prefix = cfg.cluster.key_prefix.clone();
     p.ttl = cfg.cluster.presence_ttl;
-    Presence::connect(p)
-        .await
-        .with_context(|| format!("connecting to presence Redis {}", cfg.cluster.presence_redis))
+    p.ca_file = non_empty_path(&cfg.cluster.presence_redis_ca_file);
+    Presence::connect(p).await.with_context(|| {
+        format!(
+            "connecting to presence Redis {}",
+            tern_presence::redact_url(&cfg.cluster.presence_redis)
+        )
+    })
+}
+
+fn non_empty_path(p: &str) -> Option<std::path::PathBuf> {
+    (!p.is_empty()).then(|| std::path::PathBuf::from(p))
 }
 
 /// Opens the configured store backend.
@@ -55,9 +63,13 @@ pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
             r.key_prefix = cfg.cluster.key_prefix.clone();
             r.min_replicas_acked = cfg.store.redis_min_replicas_acked;
             r.failover_seq_gap = cfg.store.redis_failover_seq_gap;
-            let store = tern_store_redis::RedisStore::connect(r)
-                .await
-                .with_context(|| format!("opening the Redis store {}", cfg.store.redis_url))?;
+            r.ca_file = non_empty_path(&cfg.store.redis_ca_file);
+            let store = tern_store_redis::RedisStore::connect(r).await.with_context(|| {
+                format!(
+                    "opening the Redis store {}",
+                    tern_presence::redact_url(&cfg.store.redis_url)
+                )
+            })?;
             Ok(Arc::new(store))
         }
         "scylla" => {
@@ -101,6 +113,17 @@ pub async fn run_dispatch(
     shutdown: impl Future<Output = ()>,
     ready: impl FnOnce(),
 ) -> anyhow::Result<()> {
+    let secrets = cfg.link_secrets()?;
+    let bound = link_listener.local_addr()?;
+    if secrets.is_insecure() {
+        if !bound.ip().is_loopback() {
+            anyhow::bail!(
+                "cluster.insecure_links is for loopback development only: cluster.link_listen \
+                 {bound} is not a loopback address (set cluster.secret instead)"
+            );
+        }
+        tracing::warn!("cluster.insecure_links: links are NOT authenticated (loopback only)");
+    }
     let store = open_store(cfg).await?;
     let presence = presence(cfg).await?;
     let health = Arc::new(
@@ -113,7 +136,6 @@ pub async fn run_dispatch(
     let route_metrics = router.metrics.clone();
     let dispatcher = Dispatcher::new(cfg.dispatch_config(), store, Arc::new(router));
 
-    let bound = link_listener.local_addr()?;
     let advertise = if cfg.cluster.link_advertise.is_empty() {
         bound.to_string()
     } else {
@@ -138,6 +160,7 @@ pub async fn run_dispatch(
             d.metrics.render(&mut out);
             route_metrics
                 .render(links.pushes_dropped.load(std::sync::atomic::Ordering::Relaxed), &mut out);
+            links.render(&mut out);
             out
         });
         tokio::spawn(crate::http::serve(l, render, health.clone(), stopped(stop_rx.clone())))
@@ -145,7 +168,12 @@ pub async fn run_dispatch(
     tracing::info!(%id, link = %bound, %advertise, "dispatch worker started");
     let shutdown = health.lifecycle(shutdown, cfg.server.drain_delay);
     ready();
-    tern_dispatch::link::serve(dispatcher, links, id.clone(), link_listener, shutdown).await;
+    let auth = tern_dispatch::link::LinkAuth {
+        secrets,
+        address: advertise.clone(),
+        handshake_timeout: cfg.cluster.link_handshake_timeout,
+    };
+    tern_dispatch::link::serve(dispatcher, links, id.clone(), auth, link_listener, shutdown).await;
     announcer.abort();
     let _ = presence.withdraw_worker(&id).await;
     let _ = stop_tx.send(true);
@@ -171,6 +199,10 @@ pub async fn run_gateway(
             "auth.duplicate_login = \"oldest_wins\" is enforced per gateway only and is not available in the distributed mode (use tern serve, or newest_wins)"
         );
     }
+    let secrets = cfg.link_secrets()?;
+    if secrets.is_insecure() {
+        tracing::warn!("cluster.insecure_links: links are NOT authenticated (loopback only)");
+    }
     let presence = presence(cfg).await?;
     let health = Health::new().with_check("presence", presence_check(presence.clone(), id.clone()));
     let gw_cfg = cfg.gateway_config();
@@ -180,6 +212,8 @@ pub async fn run_gateway(
             gateway_id: id.clone(),
             request_timeout: cfg.cluster.request_timeout,
             reconnect_delay: Duration::from_millis(100),
+            secrets,
+            handshake_timeout: cfg.cluster.link_handshake_timeout,
         },
         registry.clone(),
         Some(presence),

@@ -175,8 +175,9 @@ pub struct StoreSection {
     /// fsync every commit of the embedded store. Only turn off for throwaway benchmarks: an
     /// ack would no longer mean durable.
     pub fsync: bool,
-    /// Redis store URL (backend `redis`). The server must run with appendonly yes and
-    /// appendfsync always (checked at start).
+    /// Redis store URL (backend `redis`): `redis://[user:password@]host:port[/db]`, or
+    /// `rediss://` for TLS. The server must run with appendonly yes and appendfsync always
+    /// (checked at start).
     pub redis_url: String,
     /// Redis store: `WAIT` for this many replicas after each append batch before acking, so
     /// a promoted replica has every acknowledged message. 0 (default): no wait.
@@ -184,6 +185,8 @@ pub struct StoreSection {
     /// Redis store: seqs each conversation skips when a replica has taken over; 0 (default)
     /// refuses to append after a takeover instead (see DEPLOYMENT.md, Redis store failover).
     pub redis_failover_seq_gap: u64,
+    /// PEM CA file trusted for a `rediss://` `redis_url`; "" = the system's roots.
+    pub redis_ca_file: String,
     /// ScyllaDB contact points, comma-separated host:port (backend `scylla`).
     pub scylla_nodes: String,
     /// ScyllaDB keyspace.
@@ -206,8 +209,11 @@ pub struct ClusterSection {
     /// This process's id (gateway or dispatch worker); "" picks a random one at start.
     pub node_id: String,
     /// Presence Redis (who is connected where, worker discovery). Soft state: it may be
-    /// flushed or restarted; gateways republish.
+    /// flushed or restarted; gateways republish. `redis://[user:password@]host:port[/db]`, or
+    /// `rediss://` for TLS.
     pub presence_redis: String,
+    /// PEM CA file trusted for a `rediss://` `presence_redis`; "" = the system's roots.
+    pub presence_redis_ca_file: String,
     /// Prefix of every Redis key Tern writes (several clusters may share one Redis).
     pub key_prefix: String,
     /// Gateway: dispatch worker link addresses, comma-separated; "" discovers them in
@@ -224,6 +230,19 @@ pub struct ClusterSection {
     /// Presence entry lifetime without refresh (gateways refresh every third of it).
     #[serde(with = "duration")]
     pub presence_ttl: Duration,
+    /// The cluster secret that gateways and dispatch workers prove to each other on every link:
+    /// base64, at least 32 bytes. Several, comma-separated, during a rotation: the first
+    /// proves this node, every one is accepted. Required by `tern gateway` / `tern dispatch`
+    /// (or `secret_file`, or `insecure_links`). Never printed.
+    pub secret: String,
+    /// A file holding the cluster secret(s) instead (same format; commas or newlines).
+    pub secret_file: String,
+    /// Loopback development only: links without a secret (a public, well-known one). Workers
+    /// must then listen on loopback and gateways link only loopback workers.
+    pub insecure_links: bool,
+    /// How long a new link has to complete the authentication handshake.
+    #[serde(with = "duration")]
+    pub link_handshake_timeout: Duration,
 }
 
 impl Default for ServerSection {
@@ -281,6 +300,7 @@ impl Default for StoreSection {
             redis_url: "redis://127.0.0.1:6380/".into(),
             redis_min_replicas_acked: 0,
             redis_failover_seq_gap: 0,
+            redis_ca_file: String::new(),
             scylla_nodes: String::new(),
             scylla_keyspace: "tern".into(),
             scylla_replication: String::new(),
@@ -296,12 +316,17 @@ impl Default for ClusterSection {
         Self {
             node_id: String::new(),
             presence_redis: "redis://127.0.0.1:6379/".into(),
+            presence_redis_ca_file: String::new(),
             key_prefix: "tern:".into(),
             dispatch_workers: String::new(),
             link_listen: "127.0.0.1:7500".into(),
             link_advertise: String::new(),
             request_timeout: Duration::from_secs(10),
             presence_ttl: Duration::from_secs(90),
+            secret: String::new(),
+            secret_file: String::new(),
+            insecure_links: false,
+            link_handshake_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -407,6 +432,57 @@ impl Config {
         }
         .fit_frames(self.gateway.max_frame_bytes)
     }
+
+    /// The secrets gateway <-> worker links are authenticated with (`cluster.secret`, or
+    /// `cluster.secret_file`, or the public development secret of `cluster.insecure_links`).
+    /// An error that says what to set when there is none.
+    pub fn link_secrets(&self) -> anyhow::Result<tern_proto::session::link::LinkSecrets> {
+        use tern_proto::session::link::LinkSecrets;
+        let c = &self.cluster;
+        let text = match (c.secret.trim().is_empty(), c.secret_file.is_empty()) {
+            (false, false) => bail!("set only one of cluster.secret and cluster.secret_file"),
+            (false, true) => c.secret.clone(),
+            (true, false) => std::fs::read_to_string(&c.secret_file)
+                .with_context(|| format!("reading cluster.secret_file {}", c.secret_file))?,
+            (true, true) => String::new(),
+        };
+        let keys = text
+            .split(|ch: char| ch == ',' || ch.is_whitespace())
+            .filter(|k| !k.is_empty())
+            .enumerate()
+            .map(|(i, k)| decode_secret(k).with_context(|| format!("cluster secret #{}", i + 1)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        if keys.is_empty() {
+            if c.insecure_links {
+                if let Ok(addr) = c.link_listen.parse::<SocketAddr>()
+                    && !addr.ip().is_loopback()
+                {
+                    bail!(
+                        "cluster.insecure_links is for loopback development only: \
+                         cluster.link_listen {addr} is not a loopback address"
+                    );
+                }
+                return Ok(LinkSecrets::insecure_development());
+            }
+            bail!(
+                "no cluster secret: tern gateway and tern dispatch authenticate every link with \
+                 one. Set cluster.secret (the same on every gateway and worker, e.g. \
+                 --set cluster.secret=$(head -c 32 /dev/urandom | base64)) or \
+                 cluster.secret_file; for loopback development only, cluster.insecure_links = true"
+            );
+        }
+        if c.insecure_links {
+            bail!("cluster.insecure_links = true and a cluster secret: remove one of them");
+        }
+        Ok(LinkSecrets::new(keys)?)
+    }
+}
+
+/// One base64 secret (standard or URL-safe alphabet, padding optional).
+fn decode_secret(text: &str) -> anyhow::Result<Vec<u8>> {
+    use base64::Engine;
+    let t = text.trim_end_matches('=').replace('+', "-").replace('/', "_");
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(t).context("not base64")
 }
 
 fn merge(dst: &mut toml::Table, src: toml::Table) {
@@ -572,6 +648,39 @@ mod tests {
         let cfg = load(8192).unwrap();
         let d = cfg.dispatch_config();
         assert_eq!((d.max_body_bytes, d.max_page_bytes), (8192 - 2048, 8192 - 4096));
+    }
+
+    #[test]
+    fn link_secrets_are_required_unless_insecure_links_is_asked_for() {
+        let load = |sets: &[&str]| {
+            let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+            Config::load(None, Vec::new(), &sets).unwrap().link_secrets()
+        };
+        let err = load(&[]).unwrap_err().to_string();
+        assert!(err.contains("cluster.secret") && err.contains("insecure_links"), "{err}");
+        let a = "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE="; // 32 x 'A'
+        let b = "QkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkI"; // 32 x 'B', no padding
+        assert_eq!(load(&[&format!("cluster.secret={a}")]).unwrap().len(), 1);
+        // Standard base64 as `head -c 32 /dev/urandom | base64` prints it (+, /, padding).
+        let std_b64 = "+/+/+/+/+/+/+/+/+/+/+/+/+/+/+/+/+/+/+/+/+/8=";
+        assert_eq!(load(&[&format!("cluster.secret={std_b64}")]).unwrap().len(), 1);
+        let two = load(&[&format!("cluster.secret={a}, {b}")]).unwrap();
+        assert_eq!(two.len(), 2);
+        assert!(!two.is_insecure());
+        let short = load(&["cluster.secret=c2hvcnQ="]).unwrap_err();
+        assert!(format!("{short:#}").contains("at least 32"), "{short:#}");
+        assert!(load(&["cluster.secret=not base64!"]).is_err());
+        assert!(load(&["cluster.insecure_links=true"]).unwrap().is_insecure());
+        assert!(load(&["cluster.insecure_links=true", &format!("cluster.secret={a}")]).is_err());
+        // From a file, one per line; not both.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, format!("{a}\n{b}\n")).unwrap();
+        let file = format!("cluster.secret_file={}", path.display());
+        assert_eq!(load(&[&file]).unwrap().len(), 2);
+        assert!(load(&[&file, &format!("cluster.secret={a}")]).is_err());
+        // The secret never reaches Debug output of the secrets.
+        assert!(!format!("{:?}", load(&[&file]).unwrap()).contains("QUFB"));
     }
 
     #[test]

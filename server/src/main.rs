@@ -267,6 +267,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
 
 async fn gateway(cfg: Config) -> anyhow::Result<()> {
     cfg.verifier()?;
+    cfg.link_secrets()?;
     let id = tern::cluster::node_id(&cfg, "gw");
     let listener = bind_clients(&cfg)?;
     let http = bind_http(&cfg).await?;
@@ -282,6 +283,7 @@ async fn gateway(cfg: Config) -> anyhow::Result<()> {
 }
 
 async fn dispatch(cfg: Config) -> anyhow::Result<()> {
+    cfg.link_secrets()?;
     let id = tern::cluster::node_id(&cfg, "dw");
     let listener = bind(&cfg, &cfg.cluster.link_listen, "link").await?;
     let http = bind_http(&cfg).await?;

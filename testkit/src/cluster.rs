@@ -20,6 +20,10 @@
 //! Tokens: this crate does not depend on the gateway crate; tests mint tokens with
 //! `tern_gateway::TokenKey::from_base64(cluster.key_base64())`.
 //!
+//! Links: every process gets `--set cluster.secret=SECRET` (32 random bytes, base64,
+//! [`Cluster::secret_base64`]) before the per-role `gateway_sets` / `worker_sets`, which may
+//! override it (e.g. a worker with another secret).
+//!
 //! Everything here blocks (bounded waits); from an async test call it from
 //! `tokio::task::spawn_blocking` or `block_in_place`. Dropping the cluster kills the gateways,
 //! then the workers (SIGKILL), then both redis-servers, and removes every directory.
@@ -143,6 +147,7 @@ pub struct Cluster {
     tern_bin: PathBuf,
     options: ClusterOptions,
     key_base64: String,
+    secret_base64: String,
     // Drop order matters: gateways, then workers, then Redis, then the directories.
     gateways: Vec<TernProcess>,
     workers: Vec<TernProcess>,
@@ -169,9 +174,15 @@ impl Cluster {
             what: "draw a random HS256 key",
             source: std::io::Error::other(e.to_string()),
         })?;
+        let mut link_secret = [0u8; 32];
+        getrandom::fill(&mut link_secret).map_err(|e| ClusterError::Io {
+            what: "draw a random cluster secret",
+            source: std::io::Error::other(e.to_string()),
+        })?;
         let mut cluster = Self {
             tern_bin: tern_bin.to_owned(),
             key_base64: URL_SAFE_NO_PAD.encode(secret),
+            secret_base64: URL_SAFE_NO_PAD.encode(link_secret),
             options,
             gateways: Vec::new(),
             workers: Vec::new(),
@@ -193,6 +204,11 @@ impl Cluster {
     /// The HS256 key every process verifies tokens with, as URL-safe base64 (no padding).
     pub fn key_base64(&self) -> &str {
         &self.key_base64
+    }
+
+    /// The cluster secret every link is authenticated with (`cluster.secret`), URL-safe base64.
+    pub fn secret_base64(&self) -> &str {
+        &self.secret_base64
     }
 
     /// The options the cluster was started with.
@@ -448,6 +464,7 @@ impl Cluster {
         let mut sets = vec![
             format!("cluster.presence_redis={}", self.presence_redis.url()),
             format!("auth.hs256_key={}", self.key_base64),
+            format!("cluster.secret={}", self.secret_base64),
             format!("server.log={}", self.options.log),
         ];
         match role {
@@ -567,6 +584,8 @@ exec sleep 600
             assert!(w.contains(&format!("store.redis_url={}", cluster.store_url())), "{w:?}");
             assert!(w.contains(&"store.backend=redis".to_owned()), "{w:?}");
             assert!(w.contains(&key), "{w:?}");
+            let secret = format!("cluster.secret={}", cluster.secret_base64());
+            assert!(w.contains(&secret) && g.contains(&secret), "{w:?} {g:?}");
             assert_eq!(cluster.worker(i).id(), Some(format!("W{i}").as_str()));
         }
         // The key is 32 random bytes.

@@ -25,6 +25,9 @@ use thiserror::Error;
 
 use crate::resp::{self, Reply};
 
+mod security;
+pub use security::{RedisSecurity, RedisTls};
+
 /// How often a bounded wait looks again (readiness, exit after SIGTERM).
 pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(10);
 /// How many fresh ports a first start tries when the picked one was taken meanwhile.
@@ -142,6 +145,8 @@ fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> TestkitError {
 #[derive(Debug)]
 pub struct RedisServer {
     pub(crate) options: RedisOptions,
+    /// Access control and TLS ([`RedisServer::start_secured`]); default: none.
+    security: RedisSecurity,
     port: u16,
     pub(crate) child: Option<Child>,
     // Last field: dropped after `Drop::drop` has killed the child.
@@ -164,14 +169,25 @@ impl RedisServer {
     /// Starts a server with `options` on a free loopback port, in a new temporary directory,
     /// and waits until it answers PING.
     pub fn start_with(options: RedisOptions) -> Result<Self, TestkitError> {
+        Self::start_secured(options, RedisSecurity::default())
+    }
+
+    /// [`start_with`](Self::start_with), with a password, ACL users and/or TLS. Readiness is
+    /// then the server's "Ready to accept connections" log line (PING needs AUTH or TLS).
+    pub fn start_secured(
+        options: RedisOptions,
+        security: RedisSecurity,
+    ) -> Result<Self, TestkitError> {
         let dir = tempfile::Builder::new()
             .prefix("tern-redis-")
             .tempdir()
             .map_err(io_error("create temporary directory"))?;
         for _ in 0..PORT_ATTEMPTS {
             let port = free_port()?;
-            match launch(&options, dir.path(), port) {
-                Ok(child) => return Ok(Self { options, port, child: Some(child), dir }),
+            match launch(&options, &security, dir.path(), port) {
+                Ok(child) => {
+                    return Ok(Self { options, security, port, child: Some(child), dir });
+                }
                 Err(StartFailure::AddressInUse) => continue,
                 Err(StartFailure::Other(e)) => return Err(e),
             }
@@ -179,9 +195,15 @@ impl RedisServer {
         Err(TestkitError::NoFreePort { attempts: PORT_ATTEMPTS })
     }
 
-    /// `redis://127.0.0.1:PORT/`
+    /// `redis://127.0.0.1:PORT/` (`rediss://` for a TLS server), without credentials.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        let scheme = if self.security.tls.is_some() { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}/", self.port)
+    }
+
+    /// [`url`](Self::url) with `user:password@` (user "" = the default user, `requirepass`).
+    pub fn url_with_auth(&self, user: &str, password: &str) -> String {
+        self.url().replacen("://", &format!("://{user}:{password}@"), 1)
     }
 
     /// The loopback port, the same across restarts.
@@ -284,7 +306,7 @@ impl RedisServer {
         if self.is_running() {
             return Err(TestkitError::AlreadyRunning { port: self.port });
         }
-        match launch(&self.options, self.dir.path(), self.port) {
+        match launch(&self.options, &self.security, self.dir.path(), self.port) {
             Ok(child) => {
                 self.child = Some(child);
                 Ok(())
@@ -335,14 +357,19 @@ fn free_port() -> Result<u16, TestkitError> {
     crate::ports::reserve_port().map_err(io_error("reserve a free port"))
 }
 
-/// Spawns redis-server on `port` in `dir` and waits until it answers +PONG.
-fn launch(options: &RedisOptions, dir: &Path, port: u16) -> Result<Child, StartFailure> {
+/// Spawns redis-server on `port` in `dir` and waits until it answers +PONG (or, when
+/// secured, logs that it is ready).
+fn launch(
+    options: &RedisOptions,
+    security: &RedisSecurity,
+    dir: &Path,
+    port: u16,
+) -> Result<Child, StartFailure> {
     let log = dir.join(LOG_FILE_NAME);
     let log_start = std::fs::metadata(&log).map_or(0, |m| m.len());
     let mut child = Command::new(&options.binary)
         .current_dir(dir)
-        .arg("--port")
-        .arg(port.to_string())
+        .args(security.args(port))
         .args(["--bind", "127.0.0.1"])
         .arg("--dir")
         .arg(dir)
@@ -370,7 +397,8 @@ fn launch(options: &RedisOptions, dir: &Path, port: u16) -> Result<Child, StartF
                 source,
             })
         })?;
-    match wait_ready(&mut child, options.ready_timeout, dir, log_start, port) {
+    let secured = *security != RedisSecurity::default();
+    match wait_ready(&mut child, options.ready_timeout, dir, log_start, port, secured) {
         Ok(()) => Ok(child),
         Err(failure) => {
             let _ = child.kill();
@@ -386,6 +414,7 @@ fn wait_ready(
     dir: &Path,
     log_start: u64,
     port: u16,
+    secured: bool,
 ) -> Result<(), StartFailure> {
     let addr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port));
     let started = Instant::now();
@@ -402,6 +431,10 @@ fn wait_ready(
             Err(e) => return Err(StartFailure::Other(io_error("wait for redis-server")(e))),
         }
         let last = match resp::ping(addr, Duration::from_secs(1)) {
+            _ if secured && log_since(dir, log_start).contains("Ready to accept connections") => {
+                return Ok(());
+            }
+            _ if secured => "not ready (log)".to_owned(),
             Ok(line) if line == "+PONG" => return Ok(()),
             Ok(line) => line,
             Err(e) => e.to_string(),
@@ -416,6 +449,18 @@ fn wait_ready(
         }
         std::thread::sleep(POLL_INTERVAL);
     }
+}
+
+/// Everything the log got since byte `from` ("" when unreadable).
+fn log_since(dir: &Path, from: u64) -> String {
+    let read = || -> io::Result<String> {
+        let mut file = File::open(dir.join(LOG_FILE_NAME))?;
+        file.seek(SeekFrom::Start(from))?;
+        let mut text = String::new();
+        file.read_to_string(&mut text)?;
+        Ok(text)
+    };
+    read().unwrap_or_default()
 }
 
 /// The last few KiB of the log written since byte `from` (for error messages).

@@ -6,4 +6,5 @@
 //!   unacknowledged sends, dedupe and gap detection of incoming messages, reconnect backoff).
 
 pub mod client;
+pub mod link;
 pub mod server;

@@ -8,9 +8,12 @@ use std::time::Duration;
 /// file, environment and flags into it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RedisStoreConfig {
-    /// `redis://[user:password@]host:port[/db]` of the store Redis (a single primary; see the
-    /// crate doc). Never the presence Redis: that one may be flushed.
+    /// `redis://[user:password@]host:port[/db]` (or `rediss://` for TLS) of the store Redis (a
+    /// single primary; see the crate doc). Never the presence Redis: that one may be flushed.
     pub url: String,
+    /// PEM file of the CA(s) that sign the server's certificate, for a `rediss://` (TLS)
+    /// `url`; `None` trusts the system's roots. Default `None`.
+    pub ca_file: Option<std::path::PathBuf>,
     /// Prepended to every key, so that several deployments (or tests) can share one Redis.
     /// Must not contain `{` or `}` (they would change the keys' hash tags). Default `"tern:"`.
     pub key_prefix: String,
@@ -43,6 +46,7 @@ impl RedisStoreConfig {
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
+            ca_file: None,
             key_prefix: "tern:".to_owned(),
             command_timeout: Duration::from_secs(5),
             require_durable: true,
@@ -56,6 +60,7 @@ impl fmt::Debug for RedisStoreConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisStoreConfig")
             .field("url", &redact_url(&self.url))
+            .field("ca_file", &self.ca_file)
             .field("key_prefix", &self.key_prefix)
             .field("command_timeout", &self.command_timeout)
             .field("require_durable", &self.require_durable)

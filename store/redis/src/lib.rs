@@ -142,6 +142,7 @@
 //! availability), not Redis Cluster. Scaling out means sharding conversations across primaries
 //! above this crate (or the Scylla backend).
 
+mod client;
 pub mod config;
 pub mod error;
 mod failover;

@@ -60,9 +60,29 @@ impl RedisStore {
         if cfg.command_timeout.is_zero() {
             return Err(RedisStoreError::Config("command_timeout must be above zero".into()));
         }
-        let client = redis::Client::open(cfg.url.as_str())
-            .map_err(|e| RedisStoreError::Config(format!("url {}: {e}", redact_url(&cfg.url))))?;
+        let client = crate::client::client(&cfg)?;
         let addr = client.get_connection_info().addr().to_string();
+        // One plain connection first: the manager below retries a refused password or an
+        // untrusted certificate until the timeout; this reports them as they are.
+        let probe = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(cfg.command_timeout))
+            .set_response_timeout(Some(cfg.command_timeout));
+        with_timeout(
+            cfg.command_timeout,
+            client.get_multiplexed_async_connection_with_config(&probe),
+        )
+        .await
+        .map_err(|e| match e {
+            RedisStoreError::Unavailable(e) | RedisStoreError::Redis(e)
+                if crate::client::is_auth_error(&e) =>
+            {
+                RedisStoreError::Config(format!(
+                    "url {}: {e} (check the user and password in the URL)",
+                    redact_url(&cfg.url)
+                ))
+            }
+            other => other,
+        })?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(cfg.command_timeout))
             .set_response_timeout(Some(cfg.command_timeout));
