@@ -51,6 +51,24 @@ async fn wait_metric(cluster: &Cluster, scrape: impl Fn() -> Metrics, name: &str
     }
 }
 
+/// Waits until `logs()` (ANSI codes stripped) holds every needle: a log line is written after
+/// the metric it comes with moves, and the testkit reads child output on a thread of its own.
+async fn wait_logs(cluster: &Cluster, logs: impl Fn() -> String, needles: &[&str]) -> String {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let text = plain(logs());
+        if needles.iter().all(|n| text.contains(n)) {
+            return text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{needles:?} not logged\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Log text without ANSI colour codes.
 fn plain(logs: String) -> String {
     let mut out = String::with_capacity(logs.len());
@@ -241,9 +259,8 @@ async fn a_peer_without_the_secret_cannot_act_as_a_gateway() {
     let m = block_in_place(|| cluster.worker_metrics(0)).unwrap();
     assert_eq!(metric(m.clone(), "tern_dispatch_link_auth_failures_total"), 4.0);
     assert_eq!(metric(m, "tern_dispatch_accepted_total"), 0.0, "a forged Send was accepted");
-    let logs = plain(cluster.worker(0).logs());
-    assert!(logs.contains("refused a gateway link"), "{logs}");
-    assert!(logs.contains("claimed_gateway=G0") && logs.contains("peer=127.0.0.1:"), "{logs}");
+    let needles = ["refused a gateway link", "claimed_gateway=G0", "peer=127.0.0.1:"];
+    wait_logs(&cluster, || cluster.worker(0).logs(), &needles).await;
 
     // The real gateway G0's link was never replaced by the impostors: a message between two
     // of its users is accepted and pushed to the recipient over that link.
@@ -425,13 +442,14 @@ async fn a_gateway_never_links_a_rogue_worker_announced_in_presence_or_configure
     for c in &seen_bogus.lock().unwrap().connections {
         assert!(c.iter().all(|k| matches!(*k, "Hello" | "Refused")), "{c:?}");
     }
-    assert!(plain(g9.logs()).contains(&format!("worker={bogus_addr}")), "{}", g9.logs());
+    let bogus = format!("worker={bogus_addr}");
+    wait_logs(&cluster, || g9.logs(), &[&bogus]).await;
     block_in_place(|| drop(g9));
 
-    let logs = plain(cluster.gateway(0).logs());
-    assert!(logs.contains("refused a dispatch worker link"), "{logs}");
-    assert!(logs.contains(&format!("worker={bogus_addr}")) && logs.contains("bad proof"), "{logs}");
-    assert!(logs.contains(&format!("worker={relay_addr}")) && logs.contains("proves the address"));
+    let relay = format!("worker={relay_addr}");
+    let needles =
+        ["refused a dispatch worker link", &bogus, "bad proof", &relay, "proves the address"];
+    wait_logs(&cluster, || cluster.gateway(0).logs(), &needles).await;
     assert!(
         block_in_place(|| cluster.gateway_metrics(0)).unwrap().get("tern_gateway_links_up_total")
             >= Some(1.0)
@@ -451,9 +469,9 @@ async fn nodes_with_different_secrets_refuse_each_other_both_ways() {
     let wk = || cluster.worker_metrics(0).unwrap();
     wait_metric(&cluster, gw, "tern_gateway_link_auth_failures_total", 1.0).await;
     wait_metric(&cluster, wk, "tern_dispatch_link_auth_failures_total", 1.0).await;
-    let gw_logs = plain(cluster.gateway(0).logs());
-    assert!(gw_logs.contains("refused a dispatch worker link") && gw_logs.contains("bad proof"));
-    assert!(plain(cluster.worker(0).logs()).contains("refused by the peer"), "{}", cluster.logs());
+    let gw_logs = || cluster.gateway(0).logs();
+    wait_logs(&cluster, gw_logs, &["refused a dispatch worker link", "bad proof"]).await;
+    wait_logs(&cluster, || cluster.worker(0).logs(), &["refused by the peer"]).await;
     // No link: a client's send is answered UNAVAILABLE (a raw client: the SDK would keep
     // resending), and the worker never sees it.
     let (mut raw, _) = common::Raw::login(cluster.gateway_addr(0), &mint(&key, "alice")).await;
@@ -488,13 +506,9 @@ async fn nodes_with_different_secrets_refuse_each_other_both_ways() {
     let wk = || cluster.worker_metrics(0).unwrap();
     wait_metric(&cluster, wk, "tern_dispatch_link_auth_failures_total", 1.0).await;
     wait_metric(&cluster, gw, "tern_gateway_link_auth_failures_total", 1.0).await;
-    let wk_logs = plain(cluster.worker(0).logs());
-    assert!(
-        wk_logs.contains("refused a gateway link") && wk_logs.contains("bad proof"),
-        "{wk_logs}"
-    );
-    assert!(wk_logs.contains("claimed_gateway=G0"), "{wk_logs}");
-    assert!(plain(cluster.gateway(0).logs()).contains("refused by the peer"), "{}", cluster.logs());
+    let needles = ["refused a gateway link", "bad proof", "claimed_gateway=G0"];
+    wait_logs(&cluster, || cluster.worker(0).logs(), &needles).await;
+    wait_logs(&cluster, || cluster.gateway(0).logs(), &["refused by the peer"]).await;
     assert_eq!(metric(block_in_place(gw), "tern_gateway_links_up_total"), 0.0);
 }
 

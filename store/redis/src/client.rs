@@ -1,35 +1,14 @@
-//! The Redis client for a [`RedisStoreConfig`]: plain or TLS (`rediss://`, rustls with the ring
-//! provider, an optional CA file), and which connect errors are a refused password.
+//! The Redis client for a [`RedisStoreConfig`] (plain or `rediss://`, through presence's shared
+//! [`tern_presence::redis_url`] helpers), with errors in this crate's terms.
 
-use crate::config::{RedisStoreConfig, redact_url};
+use crate::config::RedisStoreConfig;
 use crate::error::RedisStoreError;
-
-/// A refused AUTH (wrong or missing password): configuration, not an outage.
-pub(crate) fn is_auth_error(e: &redis::RedisError) -> bool {
-    let text = e.to_string();
-    e.kind() == redis::ErrorKind::AuthenticationFailed
-        || text.contains("WRONGPASS")
-        || text.contains("NOAUTH")
-}
+pub(crate) use tern_presence::redis_url::is_auth_error;
+use tern_presence::redis_url::redact_url;
 
 /// The Redis client for `cfg.url`: plain, or TLS (`rediss://`, rustls with the ring provider)
 /// trusting `cfg.ca_file` when given, else the system's roots.
 pub(crate) fn client(cfg: &RedisStoreConfig) -> Result<redis::Client, RedisStoreError> {
-    let url = cfg.url.as_str();
-    let bad = |what: String| RedisStoreError::Config(format!("url {}: {what}", redact_url(url)));
-    let tls = url.starts_with("rediss://");
-    if tls {
-        // The one provider compiled in; harmless when the process already installed one.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    }
-    match &cfg.ca_file {
-        None => redis::Client::open(url).map_err(|e| bad(e.to_string())),
-        Some(_) if !tls => Err(bad("a CA file needs a rediss:// URL".into())),
-        Some(path) => {
-            let pem = std::fs::read(path)
-                .map_err(|e| bad(format!("reading CA file {}: {e}", path.display())))?;
-            let certs = redis::TlsCertificates { client_tls: None, root_cert: Some(pem) };
-            redis::Client::build_with_tls(url, certs).map_err(|e| bad(e.to_string()))
-        }
-    }
+    tern_presence::redis_url::client(&cfg.url, cfg.ca_file.as_deref())
+        .map_err(|what| RedisStoreError::Config(format!("url {}: {what}", redact_url(&cfg.url))))
 }

@@ -4,6 +4,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use tern_presence::redact_url;
+
 /// Configuration of a [`RedisStore`](crate::RedisStore). A plain struct: the binary layers
 /// file, environment and flags into it.
 #[derive(Clone, PartialEq, Eq)]
@@ -70,19 +72,6 @@ impl fmt::Debug for RedisStoreConfig {
     }
 }
 
-/// `url` with any credentials (`user:password@`) replaced by `***@`, for logs and errors.
-pub fn redact_url(url: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => {
-            let sep = if scheme.is_empty() { "" } else { "://" };
-            format!("{scheme}{sep}***@{}", &rest[at + 1..])
-        }
-        None => url.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,10 +87,6 @@ mod tests {
 
     #[test]
     fn credentials_never_reach_debug_output() {
-        assert_eq!(redact_url("redis://u:secret@h:1/0"), "redis://***@h:1/0");
-        assert_eq!(redact_url("redis://:secret@h:1"), "redis://***@h:1");
-        assert_eq!(redact_url("redis://h:1/0"), "redis://h:1/0");
-        assert_eq!(redact_url("rediss://a@b@h:1/x@y"), "rediss://***@h:1/x@y");
         let cfg = RedisStoreConfig::new("redis://u:secret@h:1/");
         assert!(!format!("{cfg:?}").contains("secret"));
     }

@@ -16,11 +16,12 @@ use tern_store::{
 };
 use tracing::{info, warn};
 
-use crate::config::{RedisStoreConfig, redact_url};
+use crate::config::RedisStoreConfig;
 use crate::error::RedisStoreError;
 use crate::failover::Failover;
 use crate::keys::{BUCKET_SIZE, Keys, bucket_of, bucket_spans, message_fields};
 use crate::scripts;
+use tern_presence::redact_url;
 
 /// The Redis-backed [`Store`]. Cheap to clone (a shared multiplexed connection); every clone
 /// and every [`RedisStore::connect`] in any process sees the same data.
