@@ -1,11 +1,10 @@
 //! One I/O thread: a mio event loop over its listener and its slab of connections. It accepts,
 //! reads into the thread's scratch buffer, decodes frames, feeds them to each connection's
-//! sans-IO [`ServerSession`], carries out the resulting actions, writes, and fires deadlines
-//! from the timer wheel. Nothing here blocks: requests for dispatch run as tasks on the async
-//! runtime and answer through the mailbox.
+//! sans-IO [`ServerSession`], carries out the resulting actions, writes (submodule `write`),
+//! and fires deadlines from the timer wheel. Nothing here blocks: requests for dispatch run as
+//! tasks on the async runtime and answer through the mailbox.
 
-use std::io::{self, Read, Write};
-use std::net::Shutdown;
+use std::io::{self, Read};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::task::Context;
@@ -28,6 +27,8 @@ use crate::registry;
 use crate::server::Gateway;
 use crate::sources::{Refusal, SourceKey};
 use crate::upstream::{RequestCtx, Upstream};
+
+mod write;
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX);
@@ -558,125 +559,6 @@ impl<U: Upstream> IoThread<U> {
         self.again.push(key);
     }
 
-    // ----- writing -----
-
-    /// Sends `frame` on an open connection: straight to the socket when nothing waits, else
-    /// into the outbound queue under its caps (past a cap: SLOW_CONSUMER kick and close).
-    fn send(&mut self, i: u32, frame: Option<Bytes>) {
-        let Some(frame) = frame else { return };
-        let gw = self.gw.clone();
-        let Some(c) = self.conn(i) else { return };
-        if c.phase == Phase::Closing {
-            return;
-        }
-        gw.metrics.frames_out.fetch_add(1, Relaxed);
-        let (max_bytes, max_frames) = (gw.cfg.max_outbound_bytes, gw.cfg.max_outbound_frames);
-        match c.out.as_mut() {
-            None => {
-                if write_or_queue(c, frame, &gw).is_err() {
-                    self.drop_conn(i);
-                }
-            }
-            Some(q) => {
-                let before = q.queued_bytes();
-                let overflow = q.push(frame, max_bytes, max_frames).is_err();
-                if overflow {
-                    gw.metrics.slow_consumer_kicks.fetch_add(1, Relaxed);
-                    q.replace_with(slow_consumer_kick(gw.cfg.session.max_frame_bytes));
-                }
-                account(&gw, before, q.queued_bytes());
-                if overflow {
-                    self.begin_close(i, None);
-                }
-            }
-        }
-    }
-
-    fn on_writable(&mut self, i: u32) {
-        let gw = self.gw.clone();
-        let Some(c) = self.conn(i) else { return };
-        let Some(q) = c.out.as_mut() else { return };
-        let before = q.queued_bytes();
-        let r = q.flush(&mut c.stream);
-        account(&gw, before, q.queued_bytes());
-        match r {
-            Ok(true) => {
-                c.out = None;
-                if c.phase == Phase::Closing {
-                    // The last frame is out: linger briefly, then close.
-                    let _ = c.stream.shutdown(Shutdown::Write);
-                    if let Some(t) = c.closing.as_mut() {
-                        t.on_written(Instant::now());
-                        let at = t.deadline();
-                        let key = self.key(i);
-                        self.wheel.schedule(at, key);
-                    }
-                }
-            }
-            Ok(false) => {}
-            Err(_) => self.drop_conn(i),
-        }
-    }
-
-    // ----- closing -----
-
-    /// Starts closing: leaves the registry, writes `last` after what is queued, shuts down
-    /// writing once all is out, and drains input until EOF or the deadline of
-    /// [`CloseTimer`] (the close timeout while the last frame waits, then the linger).
-    fn begin_close(&mut self, i: u32, last: Option<Bytes>) {
-        let gw = self.gw.clone();
-        let Some(c) = self.conn(i) else { return };
-        if c.phase == Phase::Closing {
-            return;
-        }
-        leave(c, &gw);
-        c.phase = Phase::Closing;
-        c.session.close_now();
-        c.partial = Vec::new();
-        if let Some(frame) = last {
-            gw.metrics.frames_out.fetch_add(1, Relaxed);
-            let r = match c.out.as_mut() {
-                Some(q) => {
-                    q.push_uncapped(frame.clone());
-                    account(&gw, 0, frame.len());
-                    Ok(())
-                }
-                None => write_or_queue(c, frame, &gw),
-            };
-            if r.is_err() {
-                return self.drop_conn(i);
-            }
-        }
-        let written = c.out.is_none();
-        if written {
-            let _ = c.stream.shutdown(Shutdown::Write);
-        }
-        let timer = CloseTimer::start(Instant::now(), written, gw.cfg.close_timeout);
-        c.closing = Some(timer);
-        let key = self.key(i);
-        self.wheel.schedule(timer.deadline(), key);
-    }
-
-    /// Frees a connection's slot and closes its socket.
-    fn drop_conn(&mut self, i: u32) {
-        let gw = self.gw.clone();
-        let Some(slot) = self.slots.get_mut(i as usize) else { return };
-        let Some(mut c) = slot.conn.take() else { return };
-        slot.generation = slot.generation.wrapping_add(1);
-        if c.phase != Phase::Closing {
-            leave(&mut c, &gw);
-        }
-        if let Some(q) = &c.out {
-            account(&gw, q.queued_bytes(), 0);
-        }
-        gw.sources.release(c.source);
-        gw.metrics.sources.store(gw.sources.tracked(), Relaxed);
-        let _ = self.poll.registry().deregister(&mut c.stream);
-        self.free.push(i);
-        self.live -= 1;
-        gw.metrics.connections_open.fetch_sub(1, Relaxed);
-    }
-
     // ----- commands, resumptions and timers -----
 
     fn run_commands(&mut self) {
@@ -789,38 +671,6 @@ impl<U: Upstream> IoThread<U> {
     }
 }
 
-/// Writes `frame` to a connection with nothing queued; what the socket does not take goes
-/// into a new outbound queue. Err when the socket failed.
-fn write_or_queue<U: Upstream>(c: &mut Conn, frame: Bytes, gw: &Gateway<U>) -> io::Result<()> {
-    let mut written = 0;
-    while written < frame.len() {
-        match c.stream.write(&frame[written..]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => written += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    if written < frame.len() {
-        account(gw, 0, frame.len() - written);
-        c.out = Some(Box::new(OutQueue::with_rest(frame, written)));
-    }
-    Ok(())
-}
-
-/// Leaves the registry and the upstream's view, and the pending-login count.
-fn leave<U: Upstream>(c: &mut Conn, gw: &Gateway<U>) {
-    if std::mem::take(&mut c.pending) {
-        gw.metrics.logins_pending.fetch_sub(1, Relaxed);
-        gw.sources.not_pending(c.source);
-    }
-    if let Some(ctx) = c.ctx.take() {
-        gw.registry.unregister(&ctx.user_id, c.id);
-        gw.upstream.disconnected(&ctx);
-    }
-}
-
 /// Counts RefreshToken outcomes: the session answers them TokenRefreshed or with a non-fatal
 /// BAD_TOKEN / TOKEN_EXPIRED (codes no other logged-in request is answered with).
 fn count_token_reply<U: Upstream>(gw: &Gateway<U>, env: &Envelope) {
@@ -835,19 +685,4 @@ fn count_token_reply<U: Upstream>(gw: &Gateway<U>, env: &Envelope) {
         }
         _ => {}
     }
-}
-
-/// Keeps the queued-bytes gauge in step with a queue that went from `before` to `after` bytes.
-fn account<U: Upstream>(gw: &Gateway<U>, before: usize, after: usize) {
-    let g = &gw.metrics.outbound_queued_bytes;
-    if after > before {
-        g.fetch_add((after - before) as u64, Relaxed);
-    } else if before > after {
-        g.fetch_sub((before - after) as u64, Relaxed);
-    }
-}
-
-fn slow_consumer_kick(max_frame_len: usize) -> Bytes {
-    let env = kick(KickReason::SlowConsumer, "outbound queue full: reconnect and sync");
-    tern_proto::encode_to_bytes(&env, max_frame_len).unwrap_or_default()
 }
