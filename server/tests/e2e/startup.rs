@@ -5,7 +5,7 @@ use crate::common;
 
 use std::io::{BufRead, Read};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use common::*;
 use tern_sdk::Target;
@@ -13,13 +13,7 @@ use tern_sdk::Target;
 /// Runs `tern serve` that must fail at start, and returns its stderr. Panics if it printed its
 /// "listening" line (it was up) instead of exiting.
 fn expect_startup_failure(data_dir: &Path, listen: &str, extra: &[&str]) -> String {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
-        .args(["serve", "--listen", listen, "--http-listen", ""])
-        .args(extra)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .env("TERN_SERVER_LOG", "warn")
-        .stdout(Stdio::piped())
+    let mut child = serve_command(data_dir, listen, extra)
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn tern serve");

@@ -315,13 +315,7 @@ impl ChildServer {
     /// `tern serve` on `listen` with extra arguments (e.g. `--set k=v`).
     pub fn start_with(data_dir: &Path, listen: &str, extra: &[&str]) -> Self {
         use std::io::BufRead;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
-            .args(["serve", "--listen", listen, "--http-listen", ""])
-            .args(extra)
-            .arg("--data-dir")
-            .arg(data_dir)
-            .env("TERN_SERVER_LOG", "warn")
-            .stdout(Stdio::piped())
+        let mut child = serve_command(data_dir, listen, extra)
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn tern serve");
@@ -357,4 +351,17 @@ impl Drop for ChildServer {
 
 pub fn data_path(dir: &tempfile::TempDir) -> PathBuf {
     dir.path().to_path_buf()
+}
+
+/// A `tern serve` command on `listen` with `data_dir` and extra arguments, logging warnings,
+/// stdout piped (its first line is the "listening" line).
+pub fn serve_command(data_dir: &Path, listen: &str, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tern"));
+    cmd.args(["serve", "--listen", listen, "--http-listen", ""])
+        .args(extra)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("TERN_SERVER_LOG", "warn")
+        .stdout(Stdio::piped());
+    cmd
 }
