@@ -2,6 +2,8 @@
 //!
 //! - [`Store`], [`NewMessage`], [`Appended`], [`Watermarks`], [`WatermarkUpdate`],
 //!   [`ConversationEntry`]: the contract.
+//! - [`Write`], [`Committed`]: one group commit of appends and receipt watermarks
+//!   ([`Store::commit`]).
 //! - [`embedded`]: the single-node backend on redb (pure Rust, one file, fsync per commit).
 //! - The conformance suite every backend must pass lives beside this crate, in
 //!   `store/conformance/` (crate `tern-store-conformance`).
@@ -84,6 +86,46 @@ pub struct WatermarkUpdate {
     pub moved: bool,
 }
 
+/// A receipt watermark move inside a group commit ([`Write::Watermark`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatermarkWrite {
+    /// The conversation.
+    pub conversation_id: String,
+    /// Whose watermark.
+    pub user_id: String,
+    /// DELIVERED or READ (READ also moves delivered).
+    pub kind: v1::ReceiptKind,
+    /// Move up to this seq. Refused when above the conversation's last seq.
+    pub seq: u64,
+}
+
+/// One write of a group commit ([`Store::commit`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    /// Append a message (as [`Store::append`]).
+    Append(NewMessage),
+    /// Move a receipt watermark forward (as [`Store::set_watermark`], bounded by the
+    /// conversation's last seq).
+    Watermark(WatermarkWrite),
+}
+
+/// The outcome of one [`Write`], in batch order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Committed {
+    /// The append's outcome.
+    Appended(Appended),
+    /// The watermark write's outcome. Several writes for the same (conversation, user) in one
+    /// batch are coalesced: each of their outcomes carries the watermarks after the whole
+    /// batch, and `moved` says whether those differ from the watermarks before it.
+    Watermark(WatermarkUpdate),
+    /// The watermark write was refused: its seq is above the conversation's last seq (counting
+    /// appends earlier in the same batch). Nothing of it was written.
+    AboveLastSeq {
+        /// The conversation's last seq at that point of the batch.
+        last_seq: u64,
+    },
+}
+
 /// One entry of a user's conversation index.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConversationEntry {
@@ -124,6 +166,19 @@ pub trait Store: Send + Sync + 'static {
     /// Appends a batch of messages in one durable write (group commit: the whole batch shares
     /// one fsync). Outcomes are in batch order. Seqs are assigned in batch order.
     fn append(&self, batch: Vec<NewMessage>) -> BoxFuture<'_, Result<Vec<Appended>, StoreError>>;
+
+    /// Commits a group of appends and watermark moves, in batch order, as one durable write
+    /// where the backend can (the embedded store: one log append and one fsync). Outcomes are
+    /// in batch order (see [`Committed`] for watermark coalescing and the last-seq bound).
+    /// When it returns `Ok`, every write is durable; on `Err` any of them may or may not have
+    /// been written (appends are deduplicated on retry, watermarks are monotonic).
+    ///
+    /// The default runs consecutive appends as one [`Store::append`] and each watermark move
+    /// as [`Store::last_seq`] + [`Store::set_watermark`]; backends override it to do the whole
+    /// group in one round trip.
+    fn commit(&self, batch: Vec<Write>) -> BoxFuture<'_, Result<Vec<Committed>, StoreError>> {
+        Box::pin(commit_in_steps(self, batch))
+    }
 
     /// Reads stored messages of `conversation_id` with `from_seq <= seq < from_seq + window`,
     /// in seq order, and the conversation's latest seq.
@@ -193,3 +248,54 @@ pub trait Store: Send + Sync + 'static {
 /// An id no client can use (ids never contain a space): the default [`Store::health`] reads
 /// it, and backends may key their probe record with it.
 pub const HEALTH_PROBE_ID: &str = "tern health probe";
+
+/// [`Store::commit`] out of the single-purpose calls: runs of appends as one `append`, each
+/// watermark move bounded by `last_seq`, then coalesced per (conversation, user).
+async fn commit_in_steps<S: Store + ?Sized>(
+    store: &S,
+    batch: Vec<Write>,
+) -> Result<Vec<Committed>, StoreError> {
+    let mut out: Vec<Committed> = Vec::with_capacity(batch.len());
+    let mut appends = Vec::new();
+    let mut iter = batch.into_iter().peekable();
+    // (conversation, user) -> index of the latest outcome of that key, and whether any moved.
+    let mut groups: std::collections::HashMap<(String, String), (Vec<usize>, bool)> =
+        std::collections::HashMap::new();
+    while let Some(write) = iter.next() {
+        match write {
+            Write::Append(m) => {
+                appends.push(m);
+                if !matches!(iter.peek(), Some(Write::Append(_))) {
+                    let run = std::mem::take(&mut appends);
+                    let n = run.len();
+                    let done = store.append(run).await?;
+                    if done.len() != n {
+                        return Err(StoreError::Corrupt("wrong number of append outcomes".into()));
+                    }
+                    out.extend(done.into_iter().map(Committed::Appended));
+                }
+            }
+            Write::Watermark(w) => {
+                let last_seq = store.last_seq(&w.conversation_id).await?;
+                if w.seq > last_seq {
+                    out.push(Committed::AboveLastSeq { last_seq });
+                    continue;
+                }
+                let up = store.set_watermark(&w.conversation_id, &w.user_id, w.kind, w.seq).await?;
+                let group = groups.entry((w.conversation_id, w.user_id)).or_default();
+                group.0.push(out.len());
+                group.1 |= up.moved;
+                out.push(Committed::Watermark(up));
+            }
+        }
+    }
+    // Coalesce: every outcome of a key carries the final watermarks and the group's `moved`.
+    for (indexes, moved) in groups.into_values() {
+        let Some(&last) = indexes.last() else { continue };
+        let Committed::Watermark(fin) = out[last] else { continue };
+        for i in indexes {
+            out[i] = Committed::Watermark(WatermarkUpdate { watermarks: fin.watermarks, moved });
+        }
+    }
+    Ok(out)
+}

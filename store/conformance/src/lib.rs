@@ -34,7 +34,9 @@ use tern_proto::v1;
 
 use tern_store::{Appended, NewMessage, Store, WatermarkUpdate, Watermarks};
 
+mod commit;
 mod reuse;
+pub use commit::{commit_coalesces_watermarks, commit_mixes_appends_and_watermarks};
 pub use reuse::{
     one_client_msg_id_across_conversations_and_kinds, recall_resend_is_answered_by_dedupe,
 };
@@ -66,6 +68,8 @@ macro_rules! conformance_tests {
             list_conversations_pages_in_id_order,
             conversations_are_independent,
             health_probe_round_trips,
+            commit_mixes_appends_and_watermarks,
+            commit_coalesces_watermarks,
         );
     };
     (@cases $setup:path; $($case:ident),* $(,)?) => {
@@ -96,10 +100,12 @@ pub async fn run_all(store: &dyn Store) {
     list_conversations_pages_in_id_order(store).await;
     conversations_are_independent(store).await;
     health_probe_round_trips(store).await;
+    commit_mixes_appends_and_watermarks(store).await;
+    commit_coalesces_watermarks(store).await;
 }
 
 /// An id no other case, test process or earlier run uses.
-fn unique(prefix: &str) -> String {
+pub(crate) fn unique(prefix: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -107,7 +113,12 @@ fn unique(prefix: &str) -> String {
 }
 
 /// A normal text message from `sender` (who is the only member unless changed).
-fn message(conversation_id: &str, sender: &str, client_msg_id: &str, body: &str) -> NewMessage {
+pub(crate) fn message(
+    conversation_id: &str,
+    sender: &str,
+    client_msg_id: &str,
+    body: &str,
+) -> NewMessage {
     NewMessage {
         conversation_id: conversation_id.to_owned(),
         members: vec![sender.to_owned()],

@@ -22,6 +22,8 @@ const CASES: &[&str] = &[
     "list_conversations_pages_in_id_order",
     "conversations_are_independent",
     "health_probe_round_trips",
+    "commit_mixes_appends_and_watermarks",
+    "commit_coalesces_watermarks",
 ];
 
 /// A store on the configured node(s); the keyspace defaults to `tern_conformance`.
@@ -68,6 +70,8 @@ live_cases!(
     list_conversations_pages_in_id_order,
     conversations_are_independent,
     health_probe_round_trips,
+    commit_mixes_appends_and_watermarks,
+    commit_coalesces_watermarks,
 );
 
 /// The whole suite in turn on one store, as `run_all` does.
