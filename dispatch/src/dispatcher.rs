@@ -1,5 +1,6 @@
-//! The request router: one entry point, [`Dispatcher::handle`], that sends each request kind to
-//! its handler module and turns the result into a reply frame.
+//! The request router: one entry point, [`Dispatcher::submit`] (or [`Dispatcher::handle`] for
+//! a future), that sends each request kind to its handler module and turns the result into a
+//! reply frame.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -9,11 +10,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tern_proto::session::server::error as error_frame;
 use tern_proto::v1::{Envelope, ErrorCode, envelope::Body};
 use tern_store::Store;
+use tokio::runtime::Handle;
+use tokio::sync::oneshot;
 
 use crate::config::DispatchConfig;
 use crate::error::DispatchError;
 use crate::metrics::DispatchMetrics;
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Pipeline, Reply};
 use crate::push::Pusher;
 
 /// A boxed future.
@@ -54,25 +57,85 @@ pub struct Dispatcher {
     pub pipeline: Pipeline,
     /// Counters.
     pub metrics: Arc<DispatchMetrics>,
+    /// The runtime that runs request tasks and the store's futures.
+    rt: Handle,
 }
 
 impl Dispatcher {
-    /// A dispatcher over `store` and `pusher`; starts the commit task on the current runtime.
+    /// A dispatcher over `store` and `pusher`; starts the commit thread, which drives the
+    /// store's futures on the current tokio runtime.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
     pub fn new(cfg: DispatchConfig, store: Arc<dyn Store>, pusher: Arc<dyn Pusher>) -> Arc<Self> {
         let metrics = Arc::new(DispatchMetrics::default());
+        let rt = Handle::current();
         let pipeline = Pipeline::start(
             store.clone(),
             pusher.clone(),
             metrics.clone(),
             cfg.pipeline_queue,
             cfg.max_commit_batch,
+            rt.clone(),
         );
-        Arc::new(Self { cfg, store, pusher, pipeline, metrics })
+        Arc::new(Self { cfg, store, pusher, pipeline, metrics, rt })
     }
 
-    /// Handles one request and resolves to its answer. Sends enter the commit pipeline before
-    /// this returns, so one connection's sends are sequenced in the order it sent them.
+    /// Handles one request and calls `reply` with its answer, on whichever thread has it.
+    /// Sends and receipts enter the commit queue before this returns (so one connection's
+    /// sends are sequenced in the order it sent them) and are answered by the commit thread
+    /// with no task in between; every other request runs as a task on the runtime.
+    pub fn submit(self: &Arc<Self>, origin: &Origin, env: Envelope, reply: Reply) {
+        let request_id = env.request_id;
+        match env.body {
+            Some(Body::Send(req)) => {
+                let metrics = self.metrics.clone();
+                crate::send::submit(self, origin, request_id, req, counted(metrics, reply));
+            }
+            Some(Body::Receipt(req)) => {
+                let metrics = self.metrics.clone();
+                crate::receipt::submit(self, origin, request_id, req, counted(metrics, reply));
+            }
+            body => {
+                let answer = self.handle_async(origin, Envelope { request_id, body });
+                self.rt.spawn(async move { reply(answer.await) });
+            }
+        }
+    }
+
+    /// Handles one request and resolves to its answer (as [`Dispatcher::submit`]).
     pub fn handle(
+        self: &Arc<Self>,
+        origin: &Origin,
+        env: Envelope,
+    ) -> BoxFuture<'static, Envelope> {
+        if !matches!(env.body, Some(Body::Send(_) | Body::Receipt(_))) {
+            return self.handle_async(origin, env);
+        }
+        let request_id = env.request_id;
+        let (tx, rx) = oneshot::channel();
+        self.submit(
+            origin,
+            env,
+            Box::new(move |answer| {
+                let _ = tx.send(answer);
+            }),
+        );
+        Box::pin(async move {
+            rx.await.unwrap_or_else(|_| {
+                DispatchError::Unavailable("commit thread stopped").to_frame(request_id)
+            })
+        })
+    }
+
+    /// Commits what waits, answers it, and stops the commit thread (at shutdown, after the
+    /// gateway stopped taking requests).
+    pub fn shutdown(&self) {
+        self.pipeline.shutdown();
+    }
+
+    /// The requests that are tasks: reads, recalls, and what dispatch does not serve.
+    fn handle_async(
         self: &Arc<Self>,
         origin: &Origin,
         env: Envelope,
@@ -81,15 +144,8 @@ impl Dispatcher {
         let this = self.clone();
         let origin = origin.clone();
         let result: BoxFuture<'static, Result<Body, DispatchError>> = match env.body {
-            Some(Body::Send(req)) => match crate::send::submit(&this, &origin, req) {
-                Ok((pending, id)) => Box::pin(crate::send::answer(pending, id)),
-                Err(e) => Box::pin(std::future::ready(Err(e))),
-            },
             Some(Body::Recall(req)) => {
                 Box::pin(async move { crate::recall::handle(&this, &origin, req).await })
-            }
-            Some(Body::Receipt(req)) => {
-                Box::pin(async move { crate::receipt::update(&this, &origin, req).await })
             }
             Some(Body::GetReceipts(req)) => {
                 Box::pin(async move { crate::receipt::get(&this, &origin, req).await })
@@ -121,15 +177,32 @@ impl Dispatcher {
             match result.await {
                 Ok(body) => Envelope { request_id, body: Some(body) },
                 Err(e) => {
-                    metrics.request_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if matches!(e, DispatchError::Store(_)) {
-                        tracing::warn!(error = %e, "request failed");
-                    }
+                    count_error(&metrics, &e);
                     e.to_frame(request_id)
                 }
             }
         })
     }
+}
+
+fn count_error(metrics: &DispatchMetrics, e: &DispatchError) {
+    metrics.request_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if matches!(e, DispatchError::Store(_)) {
+        tracing::warn!(error = %e, "request failed");
+    }
+}
+
+/// `reply`, counting the Error frames it carries.
+fn counted(metrics: Arc<DispatchMetrics>, reply: Reply) -> Reply {
+    Box::new(move |env: Envelope| {
+        if let Some(Body::Error(e)) = &env.body {
+            metrics.request_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if e.code == ErrorCode::Internal as i32 || e.code == ErrorCode::Unavailable as i32 {
+                tracing::warn!(message = %e.message, "request failed");
+            }
+        }
+        reply(env)
+    })
 }
 
 /// Wall clock in Unix milliseconds.

@@ -32,4 +32,5 @@ pub mod sync;
 pub use config::DispatchConfig;
 pub use dispatcher::{BoxFuture, Dispatcher, Origin};
 pub use error::DispatchError;
+pub use pipeline::Reply;
 pub use push::{ConnRef, Pusher};

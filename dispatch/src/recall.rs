@@ -59,7 +59,7 @@ pub async fn handle(
         recalled_seq: req.seq,
         server_time_ms: now,
     };
-    let out = outcome(d.pipeline.submit(event, Some(origin.conn_ref()))?).await?;
+    let out = outcome(d.pipeline.submit(event, Some(origin.conn_ref()))).await?;
     Ok(Body::SendAck(v1::SendAck {
         conversation_id: out.conversation_id,
         seq: out.seq,

@@ -4,49 +4,39 @@
 
 use tern_proto::v1::{self, ReceiptKind, envelope::Body};
 
+use tern_store::{WatermarkWrite, Write};
+
 use crate::dispatcher::{Dispatcher, Origin};
 use crate::error::DispatchError;
 use crate::membership;
-use crate::push::fan_out;
+use crate::pipeline::{Job, Reply, Then};
 
-/// Moves the caller's watermark forward.
-pub async fn update(
-    d: &Dispatcher,
-    origin: &Origin,
-    req: v1::Receipt,
-) -> Result<Body, DispatchError> {
-    let kind = ReceiptKind::try_from(req.kind)
-        .ok()
-        .filter(|k| *k != ReceiptKind::Unspecified)
-        .ok_or_else(|| DispatchError::Invalid("receipt kind must be DELIVERED or READ".into()))?;
-    let members = membership::resolve(&req.conversation_id, &origin.user_id)?;
-    // A watermark cannot pass the conversation's end: a client only ever sees seqs up to the
-    // conversation's last seq, so a higher one is a client bug, refused with nothing moved.
-    let last = d.store.last_seq(&req.conversation_id).await?;
-    if req.seq > last {
-        return Err(DispatchError::Invalid(format!(
-            "receipt seq {} is above the conversation's last seq {last}",
-            req.seq
-        )));
-    }
-    let up = d.store.set_watermark(&req.conversation_id, &origin.user_id, kind, req.seq).await?;
-    d.metrics.receipts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let update = v1::ReceiptUpdate {
-        conversation_id: req.conversation_id,
-        user_id: origin.user_id.clone(),
-        delivered_seq: up.watermarks.delivered,
-        read_seq: up.watermarks.read,
+/// Validates a receipt and queues its watermark move for the next group commit, where it is
+/// bounded by the conversation's last seq (a higher seq is a client bug, refused with nothing
+/// moved) and coalesced with other moves of the same user; `reply` gets the user's resulting
+/// watermarks. The pipeline pushes a move to the other members and the user's other devices
+/// once per group, and only when it moved a watermark.
+pub fn submit(d: &Dispatcher, origin: &Origin, request_id: u64, req: v1::Receipt, reply: Reply) {
+    let kind = ReceiptKind::try_from(req.kind).ok().filter(|k| *k != ReceiptKind::Unspecified);
+    let Some(kind) = kind else {
+        let e = DispatchError::Invalid("receipt kind must be DELIVERED or READ".into());
+        return reply(e.to_frame(request_id));
     };
-    // Only a move is news to the other devices; the caller gets its watermarks either way.
-    if up.moved {
-        fan_out(
-            &*d.pusher,
-            &members.users,
-            Body::ReceiptUpdate(update.clone()),
-            Some(&origin.conn_ref()),
-        );
-    }
-    Ok(Body::ReceiptUpdate(update))
+    let members = match membership::resolve(&req.conversation_id, &origin.user_id) {
+        Ok(m) => m,
+        Err(e) => return reply(e.to_frame(request_id)),
+    };
+    d.pipeline.push(Job {
+        write: Write::Watermark(WatermarkWrite {
+            conversation_id: req.conversation_id,
+            user_id: origin.user_id.clone(),
+            kind,
+            seq: req.seq,
+        }),
+        members: members.users,
+        skip: Some(origin.conn_ref()),
+        then: Then::Receipt { request_id, reply },
+    });
 }
 
 /// Every member's watermarks in a conversation.

@@ -1,21 +1,33 @@
-//! Send: validate, resolve the conversation, enter the commit pipeline, answer with SendAck.
+//! Send: validate, resolve the conversation, enter the commit pipeline (which answers with the
+//! SendAck once the message is durable).
 
 use tern_proto::ids::is_valid_client_msg_id;
-use tern_proto::v1::{self, MessageKind, envelope::Body};
+use tern_proto::v1::{self, MessageKind};
 use tern_store::NewMessage;
+
+use tern_store::Write;
 
 use crate::dispatcher::{Dispatcher, Origin, unix_ms};
 use crate::error::DispatchError;
 use crate::membership;
-use crate::pipeline::{Pending, outcome};
+use crate::pipeline::{Job, Reply, Then};
 
-/// Validates a Send and submits it to the pipeline (synchronously, to keep order).
-/// Returns the pending outcome and the client_msg_id to echo in the ack.
-pub fn submit(
-    d: &Dispatcher,
-    origin: &Origin,
-    req: v1::Send,
-) -> Result<(Pending, String), DispatchError> {
+/// Validates a Send and queues it for the next group commit (synchronously, to keep order);
+/// `reply` gets the SendAck once it is durable, or the error.
+pub fn submit(d: &Dispatcher, origin: &Origin, request_id: u64, req: v1::Send, reply: Reply) {
+    match prepare(d, origin, req) {
+        Ok(msg) => d.pipeline.push(Job {
+            write: Write::Append(msg),
+            members: Vec::new(),
+            skip: Some(origin.conn_ref()),
+            then: Then::Ack { request_id, reply },
+        }),
+        Err(e) => reply(e.to_frame(request_id)),
+    }
+}
+
+/// The message a valid Send appends.
+fn prepare(d: &Dispatcher, origin: &Origin, req: v1::Send) -> Result<NewMessage, DispatchError> {
     if !is_valid_client_msg_id(&req.client_msg_id) {
         return Err(DispatchError::Invalid("client_msg_id must be 1 to 64 bytes".into()));
     }
@@ -38,29 +50,16 @@ pub fn submit(
             ));
         }
     };
-    let msg = NewMessage {
+    Ok(NewMessage {
         conversation_id: members.conversation_id,
         members: members.users,
         sender_user_id: origin.user_id.clone(),
         sender_device_id: origin.device_id.clone(),
-        client_msg_id: req.client_msg_id.clone(),
+        client_msg_id: req.client_msg_id,
         kind: MessageKind::Normal,
         content_type: req.content_type,
         body: req.body,
         recalled_seq: 0,
         server_time_ms: unix_ms(),
-    };
-    Ok((d.pipeline.submit(msg, Some(origin.conn_ref()))?, req.client_msg_id))
-}
-
-/// Waits for the commit and builds the SendAck.
-pub async fn answer(pending: Pending, client_msg_id: String) -> Result<Body, DispatchError> {
-    let out = outcome(pending).await?;
-    Ok(Body::SendAck(v1::SendAck {
-        conversation_id: out.conversation_id,
-        seq: out.seq,
-        server_time_ms: out.server_time_ms,
-        client_msg_id,
-        duplicate: out.duplicate,
-    }))
+    })
 }

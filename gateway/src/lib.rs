@@ -35,4 +35,4 @@ pub use config::GatewayConfig;
 pub use core::{Listeners, listen, serve};
 pub use registry::Registry;
 pub use server::Gateway;
-pub use upstream::{BoxFuture, RequestCtx, Upstream};
+pub use upstream::{BoxFuture, Reply, RequestCtx, Upstream};

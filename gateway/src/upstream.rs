@@ -21,6 +21,10 @@ pub struct RequestCtx {
     pub connection_id: u64,
 }
 
+/// Takes a request's answer: called once, on any thread (an Error frame carries the request's
+/// id too).
+pub type Reply = Box<dyn FnOnce(Envelope) + Send>;
+
 /// Where logged-in requests go.
 pub trait Upstream: Send + Sync + 'static {
     /// Handles one request and resolves to its answer (a response frame or an Error frame
@@ -28,6 +32,15 @@ pub trait Upstream: Send + Sync + 'static {
     /// pipeline) happens before this returns, so requests of one connection keep their order
     /// even though their answers are awaited concurrently.
     fn request(&self, ctx: &Arc<RequestCtx>, env: Envelope) -> BoxFuture<'static, Envelope>;
+
+    /// As [`Upstream::request`], handing the answer to `reply` instead of a future. The
+    /// gateway calls this; an upstream that can answer without a task in between (embedded
+    /// mode: the commit thread answers sends and receipts) overrides it. The default runs
+    /// `request` as a task on the current tokio runtime.
+    fn submit(&self, ctx: &Arc<RequestCtx>, env: Envelope, reply: Reply) {
+        let answer = self.request(ctx, env);
+        tokio::spawn(async move { reply(answer.await) });
+    }
 
     /// A connection logged in (the registry already holds it); LoginOk is sent when the
     /// returned future resolves. Distributed mode publishes the device's presence here first,

@@ -173,7 +173,11 @@ pub async fn run_dispatch(
         address: advertise.clone(),
         handshake_timeout: cfg.cluster.link_handshake_timeout,
     };
+    let d = dispatcher.clone();
     tern_dispatch::link::serve(dispatcher, links, id.clone(), auth, link_listener, shutdown).await;
+    // Commit and answer what still waits, then stop the commit thread (off the runtime's
+    // threads: it may wait for a store round trip).
+    let _ = tokio::task::spawn_blocking(move || d.shutdown()).await;
     announcer.abort();
     let _ = presence.withdraw_worker(&id).await;
     let _ = stop_tx.send(true);

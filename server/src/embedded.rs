@@ -8,7 +8,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use tern_dispatch::{ConnRef, Dispatcher, Origin, Pusher};
 use tern_gateway::metrics::GatewayMetrics;
-use tern_gateway::{BoxFuture, Gateway, Registry, RequestCtx, Upstream};
+use tern_gateway::{BoxFuture, Gateway, Registry, Reply, RequestCtx, Upstream};
 use tern_proto::v1::Envelope;
 use tern_store::embedded::{Durability, EmbeddedConfig, EmbeddedStore};
 use tokio::net::TcpListener;
@@ -29,15 +29,22 @@ impl Pusher for LocalPusher {
 /// The gateway's upstream in embedded mode: a direct call into dispatch.
 struct InProcess(Arc<Dispatcher>);
 
+fn origin(ctx: &RequestCtx) -> Origin {
+    Origin {
+        user_id: ctx.user_id.clone(),
+        device_id: ctx.device_id.clone(),
+        gateway_id: String::new(),
+        connection_id: ctx.connection_id,
+    }
+}
+
 impl Upstream for InProcess {
     fn request(&self, ctx: &Arc<RequestCtx>, env: Envelope) -> BoxFuture<'static, Envelope> {
-        let origin = Origin {
-            user_id: ctx.user_id.clone(),
-            device_id: ctx.device_id.clone(),
-            gateway_id: String::new(),
-            connection_id: ctx.connection_id,
-        };
-        self.0.handle(&origin, env)
+        self.0.handle(&origin(ctx), env)
+    }
+
+    fn submit(&self, ctx: &Arc<RequestCtx>, env: Envelope, reply: Reply) {
+        self.0.submit(&origin(ctx), env, reply);
     }
 }
 
@@ -92,6 +99,10 @@ pub async fn run_with_ready(
     let shutdown = health.lifecycle(shutdown, cfg.server.drain_delay);
     ready();
     tern_gateway::serve(gateway, listener, shutdown).await;
+    // Connections are closed: commit and answer what still waits, then stop the commit thread
+    // (off the runtime's threads: it may wait for one fsync).
+    let d = dispatcher.clone();
+    let _ = tokio::task::spawn_blocking(move || d.shutdown()).await;
     let _ = stop_tx.send(true);
     if let Some(t) = http_task {
         let _ = t.await;

@@ -525,11 +525,8 @@ impl<U: Upstream> IoThread<U> {
                 let Some(c) = self.conn(i) else { return };
                 let Some(ctx) = c.ctx.clone() else { return };
                 c.inflight += 1;
-                let answer = gw.upstream.request(&ctx, env);
-                self.rt.spawn(async move {
-                    let reply = answer.await;
-                    handle.answer(registry::encode(reply));
-                });
+                let reply = Box::new(move |reply| handle.answer(registry::encode(reply)));
+                gw.upstream.submit(&ctx, env, reply);
             }
             Action::Close { reply, reason } => {
                 let m = &gw.metrics;
