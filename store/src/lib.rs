@@ -12,6 +12,7 @@
 
 pub mod embedded;
 mod error;
+pub mod wal;
 
 use std::future::Future;
 use std::pin::Pin;
