@@ -4,7 +4,8 @@
 //!   [`ConversationEntry`]: the contract.
 //! - [`Write`], [`Committed`]: one group commit of appends and receipt watermarks
 //!   ([`Store::commit`]).
-//! - [`embedded`]: the single-node backend on redb (pure Rust, one file, fsync per commit).
+//! - [`embedded`]: the single-node backend: a write-ahead log ([`wal`]) as the durability point
+//!   and a redb index applied from it (pure Rust).
 //! - The conformance suite every backend must pass lives beside this crate, in
 //!   `store/conformance/` (crate `tern-store-conformance`).
 //!

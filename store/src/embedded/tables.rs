@@ -1,0 +1,302 @@
+//! The index: redb tables the log is applied to, the reads served from them, and how one
+//! log record is applied.
+//!
+//! | table | key | value |
+//! |---|---|---|
+//! | `messages` | (conversation_id, seq) | protobuf-encoded [`v1::Message`] |
+//! | `conversation_meta` | conversation_id | (last_seq, last_time_ms) |
+//! | `dedupe` | (sender_user_id, client_msg_id) | (conversation_id, seq, server_time_ms) |
+//! | `user_conversations` | (user_id, conversation_id) | (last_seq, last_time_ms) |
+//! | `receipts` | (conversation_id, user_id) | (delivered, read) |
+//! | `index_meta` | `"applied_lsn"` | the last log record applied (written in every index commit) |
+//!
+//! Every read is a point lookup or a range scan bounded by its key prefix and the caller's
+//! window or limit.
+
+use prost::Message as _;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use tern_proto::v1;
+use thiserror::Error;
+use tracing::warn;
+
+use super::entry::IndexOp;
+use crate::{ConversationEntry, Range, StoreError, Watermarks};
+
+/// (conversation_id, seq) -> protobuf-encoded `v1::Message`.
+pub(super) const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
+/// conversation_id -> (last_seq, last_time_ms).
+pub(super) const CONV_META: TableDefinition<&str, (u64, i64)> =
+    TableDefinition::new("conversation_meta");
+/// (sender_user_id, client_msg_id) -> (conversation_id, seq, server_time_ms).
+pub(super) const DEDUPE: TableDefinition<(&str, &str), (&str, u64, i64)> =
+    TableDefinition::new("dedupe");
+/// (user_id, conversation_id) -> (last_seq, last_time_ms).
+pub(super) const USER_CONVS: TableDefinition<(&str, &str), (u64, i64)> =
+    TableDefinition::new("user_conversations");
+/// (conversation_id, user_id) -> (delivered, read).
+pub(super) const RECEIPTS: TableDefinition<(&str, &str), (u64, u64)> =
+    TableDefinition::new("receipts");
+/// "applied_lsn" -> the last log record the index holds.
+pub(super) const INDEX_META: TableDefinition<&str, u64> = TableDefinition::new("index_meta");
+/// The key of [`INDEX_META`]'s one row.
+pub(super) const APPLIED_LSN: &str = "applied_lsn";
+
+/// Failures inside the embedded backend, folded into [`StoreError`] at the trait boundary.
+#[derive(Debug, Error)]
+pub(super) enum EmbeddedError {
+    #[error(transparent)]
+    Database(#[from] redb::DatabaseError),
+    #[error(transparent)]
+    Transaction(#[from] redb::TransactionError),
+    #[error(transparent)]
+    Table(#[from] redb::TableError),
+    #[error(transparent)]
+    Storage(#[from] redb::StorageError),
+    #[error(transparent)]
+    Commit(#[from] redb::CommitError),
+    #[error(transparent)]
+    Durability(#[from] redb::SetDurabilityError),
+    #[error("message {conversation_id}/{seq}: {source}")]
+    Decode { conversation_id: String, seq: u64, source: prost::DecodeError },
+    #[error("conversation {0}: seq space exhausted")]
+    SeqOverflow(String),
+    #[error("{0}")]
+    Probe(String),
+    #[error(transparent)]
+    Wal(#[from] crate::wal::WalError),
+    #[error("log record {lsn}: {reason}")]
+    Record { lsn: u64, reason: String },
+    #[error("the index stopped: {0}")]
+    IndexStopped(String),
+}
+
+impl From<EmbeddedError> for StoreError {
+    fn from(e: EmbeddedError) -> Self {
+        match e {
+            EmbeddedError::Decode { .. }
+            | EmbeddedError::SeqOverflow(_)
+            | EmbeddedError::Record { .. }
+            | EmbeddedError::Wal(crate::wal::WalError::Corrupt { .. }) => {
+                StoreError::Corrupt(e.to_string())
+            }
+            EmbeddedError::Wal(crate::wal::WalError::Poisoned { .. })
+            | EmbeddedError::IndexStopped(_) => StoreError::Unavailable(e.to_string()),
+            other => StoreError::Io(other.to_string()),
+        }
+    }
+}
+
+/// Creates every table so that read transactions never meet a missing one.
+/// Returns the last log record the index holds.
+pub(super) fn create_tables(db: &Database) -> Result<u64, EmbeddedError> {
+    let txn = db.begin_write()?;
+    txn.open_table(MESSAGES)?;
+    txn.open_table(CONV_META)?;
+    txn.open_table(DEDUPE)?;
+    txn.open_table(USER_CONVS)?;
+    txn.open_table(RECEIPTS)?;
+    let applied = txn.open_table(INDEX_META)?.get(APPLIED_LSN)?.map_or(0, |g| g.value());
+    txn.commit()?;
+    Ok(applied)
+}
+
+/// Applies log records (in lsn order) and the new applied lsn in one write transaction,
+/// committed with `durability` (quick repair on durable commits: a crash after them needs no
+/// full repair scan).
+pub(super) fn apply(
+    db: &Database,
+    ops: Vec<IndexOp>,
+    applied_lsn: u64,
+    durability: redb::Durability,
+) -> Result<(), EmbeddedError> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(durability)?;
+    if matches!(durability, redb::Durability::Immediate) {
+        txn.set_quick_repair(true);
+    }
+    apply_in(&txn, ops)?;
+    txn.open_table(INDEX_META)?.insert(APPLIED_LSN, applied_lsn)?;
+    txn.commit()?;
+    Ok(())
+}
+
+fn apply_in(txn: &WriteTransaction, ops: Vec<IndexOp>) -> Result<(), EmbeddedError> {
+    let mut messages = txn.open_table(MESSAGES)?;
+    let mut meta = txn.open_table(CONV_META)?;
+    let mut dedupe = txn.open_table(DEDUPE)?;
+    let mut index = txn.open_table(USER_CONVS)?;
+    let mut receipts = txn.open_table(RECEIPTS)?;
+    for op in ops {
+        match op {
+            IndexOp::Append(a) => {
+                let conv = a.conversation_id.as_str();
+                if a.recalled_seq > 0 {
+                    recall_target(&mut messages, conv, a.recalled_seq)?;
+                }
+                messages.insert((conv, a.seq), a.encoded.as_slice())?;
+                meta.insert(conv, (a.seq, a.server_time_ms))?;
+                dedupe.insert(
+                    (a.sender_user_id.as_str(), a.client_msg_id.as_str()),
+                    (conv, a.seq, a.server_time_ms),
+                )?;
+                for member in &a.members {
+                    index.insert((member.as_str(), conv), (a.seq, a.server_time_ms))?;
+                }
+            }
+            IndexOp::Watermark(w) => {
+                receipts.insert(
+                    (w.conversation_id.as_str(), w.user_id.as_str()),
+                    (w.watermarks.delivered, w.watermarks.read),
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn decode(
+    conversation_id: &str,
+    seq: u64,
+    bytes: &[u8],
+) -> Result<v1::Message, EmbeddedError> {
+    v1::Message::decode(bytes).map_err(|source| EmbeddedError::Decode {
+        conversation_id: conversation_id.to_owned(),
+        seq,
+        source,
+    })
+}
+
+/// Marks the message at `seq` recalled and clears its body (dispatch checked that it exists;
+/// a missing one is logged and skipped so the recall event itself is still stored).
+fn recall_target(
+    messages: &mut redb::Table<'_, (&'static str, u64), &'static [u8]>,
+    conversation_id: &str,
+    seq: u64,
+) -> Result<(), EmbeddedError> {
+    let Some(bytes) = messages.get((conversation_id, seq))?.map(|g| g.value().to_vec()) else {
+        warn!(conversation_id, seq, "recall of a message that is not stored");
+        return Ok(());
+    };
+    let mut target = decode(conversation_id, seq, &bytes)?;
+    target.recalled = true;
+    target.body.clear();
+    messages.insert((conversation_id, seq), target.encode_to_vec().as_slice())?;
+    Ok(())
+}
+
+pub(super) fn read_range_blocking(
+    db: &Database,
+    conversation_id: &str,
+    from_seq: u64,
+    window: u32,
+) -> Result<Range, EmbeddedError> {
+    let txn = db.begin_read()?;
+    let last_seq = txn.open_table(CONV_META)?.get(conversation_id)?.map_or(0, |g| g.value().0);
+    let mut messages = Vec::new();
+    if window > 0 {
+        let last = from_seq.saturating_add(u64::from(window) - 1);
+        let table = txn.open_table(MESSAGES)?;
+        for entry in table.range((conversation_id, from_seq)..=(conversation_id, last))? {
+            let (key, value) = entry?;
+            messages.push(decode(conversation_id, key.value().1, value.value())?);
+        }
+    }
+    Ok(Range { messages, last_seq })
+}
+
+pub(super) fn get_message_blocking(
+    db: &Database,
+    conversation_id: &str,
+    seq: u64,
+) -> Result<Option<v1::Message>, EmbeddedError> {
+    let txn = db.begin_read()?;
+    let table = txn.open_table(MESSAGES)?;
+    let Some(guard) = table.get((conversation_id, seq))? else {
+        return Ok(None);
+    };
+    decode(conversation_id, seq, guard.value()).map(Some)
+}
+
+pub(super) fn last_seq_blocking(
+    db: &Database,
+    conversation_id: &str,
+) -> Result<u64, EmbeddedError> {
+    let txn = db.begin_read()?;
+    let table = txn.open_table(CONV_META)?;
+    Ok(table.get(conversation_id)?.map_or(0, |g| g.value().0))
+}
+
+pub(super) fn read_watermarks(
+    table: &impl ReadableTable<(&'static str, &'static str), (u64, u64)>,
+    conversation_id: &str,
+    user_id: &str,
+) -> Result<Watermarks, EmbeddedError> {
+    Ok(table.get((conversation_id, user_id))?.map_or_else(Watermarks::default, |g| {
+        let (delivered, read) = g.value();
+        Watermarks { delivered, read }
+    }))
+}
+
+pub(super) fn client_msg_id_known_blocking(
+    db: &Database,
+    sender_user_id: &str,
+    client_msg_id: &str,
+) -> Result<bool, EmbeddedError> {
+    let txn = db.begin_read()?;
+    let table = txn.open_table(DEDUPE)?;
+    Ok(table.get((sender_user_id, client_msg_id))?.is_some())
+}
+
+pub(super) fn watermarks_blocking(
+    db: &Database,
+    conversation_id: &str,
+) -> Result<Vec<(String, Watermarks)>, EmbeddedError> {
+    let txn = db.begin_read()?;
+    let table = txn.open_table(RECEIPTS)?;
+    let mut out = Vec::new();
+    for entry in table.range((conversation_id, "")..)? {
+        let (key, value) = entry?;
+        let (conv, user) = key.value();
+        if conv != conversation_id {
+            break;
+        }
+        let (delivered, read) = value.value();
+        out.push((user.to_owned(), Watermarks { delivered, read }));
+    }
+    Ok(out)
+}
+
+pub(super) fn list_conversations_blocking(
+    db: &Database,
+    user_id: &str,
+    after: &str,
+    limit: u32,
+) -> Result<Vec<ConversationEntry>, EmbeddedError> {
+    use std::ops::Bound;
+    let txn = db.begin_read()?;
+    let index = txn.open_table(USER_CONVS)?;
+    let receipts = txn.open_table(RECEIPTS)?;
+    let mut out = Vec::new();
+    if limit == 0 {
+        return Ok(out);
+    }
+    let after_key = (Bound::Excluded((user_id, after)), Bound::Unbounded);
+    for entry in index.range::<(&str, &str)>(after_key)? {
+        let (key, value) = entry?;
+        let (user, conv) = key.value();
+        if user != user_id {
+            break;
+        }
+        let (last_seq, last_time_ms) = value.value();
+        out.push(ConversationEntry {
+            conversation_id: conv.to_owned(),
+            last_seq,
+            last_time_ms,
+            watermarks: read_watermarks(&receipts, conv, user_id)?,
+        });
+        if out.len() >= limit as usize {
+            break;
+        }
+    }
+    Ok(out)
+}

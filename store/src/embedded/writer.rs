@@ -1,0 +1,377 @@
+//! The commit path: one group of writes becomes log records, one log write and one
+//! `fdatasync`, with no redb transaction on the way.
+//!
+//! The writer owns the log and the state a commit needs to decide seqs, dedupe and watermark
+//! moves without the index: each conversation's last seq, the dedupe keys and the watermarks
+//! written since the index last caught up (plus recently used ones as a cache). What it does
+//! not hold it reads from the index, which is exact for every key the writer does not hold:
+//! a key leaves the writer's maps only once the index has applied its last change
+//! ([`Writer::housekeeping`]). A group's changes are staged and enter the maps only after the
+//! log commit succeeds, so a failed commit changes nothing (and poisons the log: the store
+//! then refuses writes until a restart recovers from what the disk holds).
+
+use std::collections::HashMap;
+use std::collections::hash_map::{Entry, RandomState};
+use std::hash::BuildHasher;
+
+use prost::Message as _;
+use redb::{Database, ReadTransaction, ReadableDatabase};
+use tern_proto::v1;
+
+use super::entry::{self, AppendOp, IndexOp, WatermarkOp};
+use super::tables::{self, CONV_META, DEDUPE, EmbeddedError, RECEIPTS};
+use crate::wal::Wal;
+use crate::{Appended, Committed, WatermarkUpdate, Watermarks, Write};
+
+/// Entries the caches keep once the index holds them (beyond that, clean entries are dropped).
+const CACHE_ENTRIES: usize = 100_000;
+
+/// A map keyed by a pair of strings, looked up by `(&str, &str)` without allocating. Hashed
+/// with a random key: the strings come from clients.
+struct PairMap<V> {
+    buckets: HashMap<u64, Vec<(String, String, V)>>,
+    hasher: RandomState,
+    len: usize,
+}
+
+impl<V> PairMap<V> {
+    fn new() -> Self {
+        Self { buckets: HashMap::new(), hasher: RandomState::new(), len: 0 }
+    }
+
+    fn hash(&self, a: &str, b: &str) -> u64 {
+        self.hasher.hash_one((a, b))
+    }
+
+    fn get(&self, a: &str, b: &str) -> Option<&V> {
+        let bucket = self.buckets.get(&self.hash(a, b))?;
+        bucket.iter().find(|(x, y, _)| x == a && y == b).map(|(_, _, v)| v)
+    }
+
+    fn insert(&mut self, a: &str, b: &str, v: V) {
+        let bucket = self.buckets.entry(self.hash(a, b)).or_default();
+        match bucket.iter_mut().find(|(x, y, _)| x == a && y == b) {
+            Some(slot) => slot.2 = v,
+            None => {
+                bucket.push((a.to_owned(), b.to_owned(), v));
+                self.len += 1;
+            }
+        }
+    }
+
+    fn retain(&mut self, keep: impl Fn(&V) -> bool) {
+        let mut len = 0;
+        self.buckets.retain(|_, bucket| {
+            bucket.retain(|(_, _, v)| keep(v));
+            len += bucket.len();
+            !bucket.is_empty()
+        });
+        self.len = len;
+    }
+}
+
+/// A conversation's latest seq, and the lsn of its last change.
+#[derive(Clone, Copy)]
+struct Conv {
+    last_seq: u64,
+    lsn: u64,
+}
+
+/// Where a (sender, client_msg_id) went.
+struct Dup {
+    conversation_id: String,
+    seq: u64,
+    time: i64,
+    lsn: u64,
+}
+
+/// A member's watermarks and the lsn of their last change (0: read from the index).
+#[derive(Clone, Copy)]
+struct Mark {
+    watermarks: Watermarks,
+    lsn: u64,
+}
+
+/// The writer's state, behind the store's commit mutex.
+pub(crate) struct Writer {
+    pub(crate) wal: Wal,
+    convs: HashMap<String, Conv>,
+    dedupe: PairMap<Dup>,
+    receipts: PairMap<Mark>,
+    /// The index's applied lsn at the last housekeeping.
+    pruned_at: u64,
+    /// Log records up to here were released.
+    released: u64,
+}
+
+/// Several watermark writes of one (conversation, user) in a group.
+struct MarkGroup {
+    before: Watermarks,
+    now: Watermarks,
+    outcomes: Vec<usize>,
+}
+
+impl Writer {
+    pub(crate) fn new(wal: Wal) -> Self {
+        Self {
+            wal,
+            convs: HashMap::new(),
+            dedupe: PairMap::new(),
+            receipts: PairMap::new(),
+            pruned_at: 0,
+            released: 0,
+        }
+    }
+
+    /// Drops what the index now holds from the writer's maps, and the log segments the index
+    /// holds durably.
+    pub(crate) fn housekeeping(&mut self, applied: u64, checkpointed: u64) {
+        if applied > self.pruned_at {
+            self.pruned_at = applied;
+            if self.dedupe.len > 0 {
+                self.dedupe.retain(|d| d.lsn > applied);
+            }
+            if self.convs.len() > CACHE_ENTRIES {
+                self.convs.retain(|_, c| c.lsn > applied);
+            }
+            if self.receipts.len > CACHE_ENTRIES {
+                self.receipts.retain(|m| m.lsn > applied);
+            }
+        }
+        if checkpointed > self.released {
+            match self.wal.release(checkpointed) {
+                Ok(()) => self.released = checkpointed,
+                Err(e) => tracing::warn!(error = %e, "releasing log segments failed"),
+            }
+        }
+    }
+
+    /// Commits `batch` to the log (see [`crate::Store::commit`]); `bounded`: refuse watermarks
+    /// above the conversation's last seq. Returns the outcomes, the records for the index and
+    /// the log's durable lsn.
+    pub(crate) fn commit(
+        &mut self,
+        db: &Database,
+        batch: &[Write],
+        bounded: bool,
+    ) -> Result<(Vec<Committed>, Vec<IndexOp>, u64), EmbeddedError> {
+        let mut g = Group { db, reader: None, convs: HashMap::new(), dedupe: HashMap::new() };
+        let mut marks: HashMap<(&str, &str), MarkGroup> = HashMap::new();
+        let mut mark_order: Vec<(&str, &str)> = Vec::new();
+        let mut out = Vec::with_capacity(batch.len());
+        let mut ops = Vec::with_capacity(batch.len());
+        for write in batch {
+            match write {
+                Write::Append(m) => {
+                    let key = (m.sender_user_id.as_str(), m.client_msg_id.as_str());
+                    if let Some(original) = self.original(&mut g, key, &out)? {
+                        out.push(Committed::Appended(original));
+                        continue;
+                    }
+                    let conv = m.conversation_id.as_str();
+                    let last = self.conv(&mut g, conv)?.last_seq;
+                    let seq = last
+                        .checked_add(1)
+                        .ok_or_else(|| EmbeddedError::SeqOverflow(conv.to_owned()))?;
+                    let encoded = v1::Message {
+                        conversation_id: m.conversation_id.clone(),
+                        seq,
+                        sender_user_id: m.sender_user_id.clone(),
+                        sender_device_id: m.sender_device_id.clone(),
+                        client_msg_id: m.client_msg_id.clone(),
+                        server_time_ms: m.server_time_ms,
+                        kind: m.kind as i32,
+                        content_type: m.content_type.clone(),
+                        body: m.body.clone(),
+                        recalled_seq: m.recalled_seq,
+                        recalled: false,
+                    }
+                    .encode_to_vec();
+                    let lsn =
+                        self.wal.append_with(|buf| entry::encode_append(&encoded, &m.members, buf));
+                    let time = m.server_time_ms;
+                    g.convs.insert(conv, Conv { last_seq: seq, lsn });
+                    g.dedupe.insert(key, (out.len(), lsn));
+                    let recall = m.kind == v1::MessageKind::Recall;
+                    ops.push(IndexOp::Append(AppendOp {
+                        conversation_id: m.conversation_id.clone(),
+                        seq,
+                        server_time_ms: time,
+                        sender_user_id: m.sender_user_id.clone(),
+                        client_msg_id: m.client_msg_id.clone(),
+                        recalled_seq: if recall { m.recalled_seq } else { 0 },
+                        members: m.members.clone(),
+                        encoded,
+                    }));
+                    out.push(Committed::Appended(Appended {
+                        conversation_id: m.conversation_id.clone(),
+                        seq,
+                        server_time_ms: time,
+                        duplicate: false,
+                    }));
+                }
+                Write::Watermark(w) => {
+                    let conv = w.conversation_id.as_str();
+                    if bounded {
+                        let last_seq = self.conv(&mut g, conv)?.last_seq;
+                        if w.seq > last_seq {
+                            out.push(Committed::AboveLastSeq { last_seq });
+                            continue;
+                        }
+                    }
+                    let key = (conv, w.user_id.as_str());
+                    if !marks.contains_key(&key) {
+                        let before = self.watermarks(&mut g, key)?;
+                        marks.insert(key, MarkGroup { before, now: before, outcomes: Vec::new() });
+                        mark_order.push(key);
+                    }
+                    if let Some(group) = marks.get_mut(&key) {
+                        group.now = advance(group.now, w.kind, w.seq);
+                        group.outcomes.push(out.len());
+                    }
+                    out.push(Committed::Watermark(WatermarkUpdate::default()));
+                }
+            }
+        }
+        // One record per moved watermark, with the group's final value.
+        let mut moved_marks = Vec::new();
+        for key in mark_order {
+            let Some(group) = marks.get(&key) else { continue };
+            let moved = group.now != group.before;
+            if moved {
+                let now = group.now;
+                let lsn =
+                    self.wal.append_with(|buf| entry::encode_watermark(key.0, key.1, now, buf));
+                ops.push(IndexOp::Watermark(WatermarkOp {
+                    conversation_id: key.0.to_owned(),
+                    user_id: key.1.to_owned(),
+                    watermarks: now,
+                }));
+                moved_marks.push((key, Mark { watermarks: now, lsn }));
+            }
+            for &i in &group.outcomes {
+                out[i] = Committed::Watermark(WatermarkUpdate { watermarks: group.now, moved });
+            }
+        }
+        let durable = self.wal.commit()?;
+        // Durable: publish the group's changes to the writer's maps.
+        for (conv, c) in g.convs {
+            match self.convs.get_mut(conv) {
+                Some(slot) => *slot = c,
+                None => {
+                    self.convs.insert(conv.to_owned(), c);
+                }
+            }
+        }
+        for ((sender, id), (i, lsn)) in g.dedupe {
+            if let Some(Committed::Appended(a)) = out.get(i) {
+                let dup = Dup {
+                    conversation_id: a.conversation_id.clone(),
+                    seq: a.seq,
+                    time: a.server_time_ms,
+                    lsn,
+                };
+                self.dedupe.insert(sender, id, dup);
+            }
+        }
+        for ((conv, user), mark) in moved_marks {
+            self.receipts.insert(conv, user, mark);
+        }
+        Ok((out, ops, durable))
+    }
+
+    /// The original of a resend: earlier in this group, in the writer's map, or in the index.
+    fn original(
+        &self,
+        g: &mut Group<'_, '_>,
+        key: (&str, &str),
+        out: &[Committed],
+    ) -> Result<Option<Appended>, EmbeddedError> {
+        if let Some(&(i, _)) = g.dedupe.get(&key) {
+            if let Some(Committed::Appended(a)) = out.get(i) {
+                return Ok(Some(Appended { duplicate: true, ..a.clone() }));
+            }
+        }
+        if let Some(d) = self.dedupe.get(key.0, key.1) {
+            return Ok(Some(Appended {
+                conversation_id: d.conversation_id.clone(),
+                seq: d.seq,
+                server_time_ms: d.time,
+                duplicate: true,
+            }));
+        }
+        let table = g.reader()?.open_table(DEDUPE)?;
+        Ok(table.get(key)?.map(|v| {
+            let (conversation_id, seq, server_time_ms) = v.value();
+            Appended {
+                conversation_id: conversation_id.to_owned(),
+                seq,
+                server_time_ms,
+                duplicate: true,
+            }
+        }))
+    }
+
+    /// A conversation's latest seq: from this group, the writer's map, or the index.
+    fn conv<'b>(&mut self, g: &mut Group<'_, 'b>, conv: &'b str) -> Result<Conv, EmbeddedError> {
+        if let Some(c) = g.convs.get(conv) {
+            return Ok(*c);
+        }
+        if let Some(c) = self.convs.get(conv) {
+            return Ok(*c);
+        }
+        let table = g.reader()?.open_table(CONV_META)?;
+        let last_seq = table.get(conv)?.map_or(0, |v| v.value().0);
+        let c = Conv { last_seq, lsn: 0 };
+        // Cached: the index holds it, so lsn 0 lets housekeeping drop it when needed.
+        match self.convs.entry(conv.to_owned()) {
+            Entry::Occupied(e) => Ok(*e.get()),
+            Entry::Vacant(e) => Ok(*e.insert(c)),
+        }
+    }
+
+    /// A member's watermarks before this group: the writer's map or the index.
+    fn watermarks(
+        &mut self,
+        g: &mut Group<'_, '_>,
+        key: (&str, &str),
+    ) -> Result<Watermarks, EmbeddedError> {
+        if let Some(m) = self.receipts.get(key.0, key.1) {
+            return Ok(m.watermarks);
+        }
+        let table = g.reader()?.open_table(RECEIPTS)?;
+        let w = tables::read_watermarks(&table, key.0, key.1)?;
+        self.receipts.insert(key.0, key.1, Mark { watermarks: w, lsn: 0 });
+        Ok(w)
+    }
+}
+
+/// What one group stages before its log commit, and its lazily opened index snapshot.
+struct Group<'d, 'b> {
+    db: &'d Database,
+    reader: Option<ReadTransaction>,
+    convs: HashMap<&'b str, Conv>,
+    /// (sender, client_msg_id) -> index of its outcome, and its lsn.
+    dedupe: HashMap<(&'b str, &'b str), (usize, u64)>,
+}
+
+impl Group<'_, '_> {
+    fn reader(&mut self) -> Result<&ReadTransaction, EmbeddedError> {
+        if self.reader.is_none() {
+            self.reader = Some(self.db.begin_read()?);
+        }
+        self.reader.as_ref().ok_or_else(|| EmbeddedError::Probe("no read transaction".into()))
+    }
+}
+
+/// `w` moved by a receipt of `kind` up to `seq` (never back; read also moves delivered).
+fn advance(w: Watermarks, kind: v1::ReceiptKind, seq: u64) -> Watermarks {
+    match kind {
+        v1::ReceiptKind::Read => {
+            let read = w.read.max(seq);
+            Watermarks { delivered: w.delivered.max(read), read }
+        }
+        v1::ReceiptKind::Delivered => Watermarks { delivered: w.delivered.max(seq), read: w.read },
+        v1::ReceiptKind::Unspecified => w,
+    }
+}
