@@ -220,15 +220,16 @@ impl Writer {
                         }
                     }
                     let key = (conv, w.user_id.as_str());
-                    if !marks.contains_key(&key) {
-                        let before = self.watermarks(&mut g, key)?;
-                        marks.insert(key, MarkGroup { before, now: before, outcomes: Vec::new() });
-                        mark_order.push(key);
-                    }
-                    if let Some(group) = marks.get_mut(&key) {
-                        group.now = advance(group.now, w.kind, w.seq);
-                        group.outcomes.push(out.len());
-                    }
+                    let group = match marks.entry(key) {
+                        Entry::Occupied(e) => e.into_mut(),
+                        Entry::Vacant(e) => {
+                            let before = self.watermarks(&mut g, key)?;
+                            mark_order.push(key);
+                            e.insert(MarkGroup { before, now: before, outcomes: Vec::new() })
+                        }
+                    };
+                    group.now = advance(group.now, w.kind, w.seq);
+                    group.outcomes.push(out.len());
                     out.push(Committed::Watermark(WatermarkUpdate::default()));
                 }
             }
@@ -287,10 +288,10 @@ impl Writer {
         key: (&str, &str),
         out: &[Committed],
     ) -> Result<Option<Appended>, EmbeddedError> {
-        if let Some(&(i, _)) = g.dedupe.get(&key) {
-            if let Some(Committed::Appended(a)) = out.get(i) {
-                return Ok(Some(Appended { duplicate: true, ..a.clone() }));
-            }
+        if let Some(&(i, _)) = g.dedupe.get(&key)
+            && let Some(Committed::Appended(a)) = out.get(i)
+        {
+            return Ok(Some(Appended { duplicate: true, ..a.clone() }));
         }
         if let Some(d) = self.dedupe.get(key.0, key.1) {
             return Ok(Some(Appended {
