@@ -160,6 +160,14 @@ impl Index {
         }
     }
 
+    /// Stops the thread without applying what waits (tests: the index then holds only its
+    /// last checkpoint, as after a crash).
+    pub(crate) fn abandon(&self) {
+        self.lock().failed = Some("abandoned".into());
+        self.work.notify_one();
+        self.progress.notify_all();
+    }
+
     /// Applies what waits, checkpoints, and lets the thread end.
     pub(crate) fn close(&self) {
         self.lock().closed = true;
@@ -171,6 +179,9 @@ impl Index {
         loop {
             let mut s = self.lock();
             let (ops, upto, durable) = loop {
+                if s.failed.is_some() {
+                    return;
+                }
                 let pending = s.durable > self.applied();
                 let dirty = self.applied() > self.checkpointed();
                 let full = s.ops.len() >= self.cfg.batch;

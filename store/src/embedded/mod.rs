@@ -188,6 +188,13 @@ impl EmbeddedStore {
         })
     }
 
+    /// Closes the store as a crash would leave it: the index keeps only its last durable
+    /// checkpoint and the next open replays the log. For recovery tests and benchmarks.
+    #[doc(hidden)]
+    pub fn close_as_if_crashed(self) {
+        self.inner.index.abandon();
+    }
+
     /// Path of the index database file.
     pub fn path(&self) -> &Path {
         &self.inner.path
