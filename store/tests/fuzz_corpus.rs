@@ -1,5 +1,5 @@
-//! Replays the committed fuzz corpus of this crate's target (`fuzz/corpus/wal_record/`) through
-//! its fuzz body on stable, and keeps the generated seed files in that corpus up to date.
+//! Replays the committed fuzz corpora of this crate's targets (`fuzz/corpus/wal_record/`,
+//! `fuzz/corpus/store_record/`) through their fuzz bodies on stable, and keeps the generated seed files in that corpus up to date.
 //!
 //! To (re)write the seeds after changing them here: `TERN_WRITE_CORPUS=1 cargo test -p
 //! tern-store --test fuzz_corpus`.
@@ -80,4 +80,20 @@ fn seed_corpus_is_committed_and_up_to_date() {
 #[test]
 fn replay_wal_record_corpus() {
     tern_testkit::corpus::replay(&corpus_dir(), TARGET, fuzzing::wal_record);
+}
+
+const STORE_TARGET: &str = "store_record";
+
+#[test]
+fn store_record_seeds_are_committed_and_up_to_date() {
+    let dir = tern_testkit::corpus::corpus_dir(env!("CARGO_MANIFEST_DIR"), STORE_TARGET);
+    tern_testkit::corpus::check_seeds(
+        tern_store::embedded::fuzzing::seeds().into_iter().map(|(name, b)| (dir.join(name), b)),
+    );
+}
+
+#[test]
+fn replay_store_record_corpus() {
+    let dir = tern_testkit::corpus::corpus_dir(env!("CARGO_MANIFEST_DIR"), STORE_TARGET);
+    tern_testkit::corpus::replay(&dir, STORE_TARGET, tern_store::embedded::fuzzing::store_record);
 }

@@ -46,6 +46,7 @@
 //! dedupe. The database file is locked by the process that opens it: one process per store.
 
 mod entry;
+pub mod fuzzing;
 mod index;
 mod tables;
 mod writer;
