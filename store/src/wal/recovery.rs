@@ -207,14 +207,14 @@ where
         segment::sync_dir(dir)?;
     }
 
-    // Continue in the last segment only if it ended cleanly, has room and the lsns follow on.
+    // Continue in the last segment only if nothing was cut, it has room and the lsns follow on.
     let mut closed: VecDeque<Closed> = valid
         .iter()
         .map(|&i| Closed { first_lsn: header_lsn(&segs[i].header), path: segs[i].path.clone() })
         .collect();
     let mut active = None;
     if let Some(t) = &tail
-        && t.torn.is_none()
+        && recovery.truncated.is_none()
         && next_lsn == last_valid + 1
         && t.end < segs[t.index].len
         && let Some(last) = closed.pop_back()
