@@ -47,10 +47,8 @@ fn commit(bencher: Bencher, size: usize) {
 /// Replay of a 1 GiB log (or `TERN_WAL_BENCH_BYTES`).
 #[divan::bench(sample_count = 3, sample_size = 1)]
 fn replay(bencher: Bencher) {
-    let total: u64 = std::env::var("TERN_WAL_BENCH_BYTES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1 << 30);
+    let total: u64 =
+        std::env::var("TERN_WAL_BENCH_BYTES").ok().and_then(|v| v.parse().ok()).unwrap_or(1 << 30);
     let dir = tempfile::tempdir().unwrap();
     let cfg = WalConfig { fsync: false, ..WalConfig::default() };
     let mut wal = open(dir.path(), &cfg);

@@ -335,6 +335,16 @@ impl Wal {
         self.durable_lsn
     }
 
+    /// Bytes appended and not committed yet (frame headers included), for sizing batches.
+    pub fn pending_bytes(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Whether an earlier failure poisoned the log (every commit fails until a restart).
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.is_some()
+    }
+
     /// The log's directory.
     pub fn dir(&self) -> &Path {
         &self.dir
