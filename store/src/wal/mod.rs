@@ -221,6 +221,7 @@ impl Wal {
             return Err(err);
         }
         if let Some(cause) = &self.poisoned {
+            self.buf.clear(); // never written: do not let it grow
             return Err(WalError::Poisoned { cause: cause.clone() });
         }
         if self.buf.is_empty() {

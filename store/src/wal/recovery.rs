@@ -233,7 +233,12 @@ where
             dirty: false,
         });
     }
-    let mut next_seq = segs.last().map_or(1, |s| s.seq + 1);
+    let mut next_seq = match segs.last() {
+        None => 1,
+        Some(last) => last.seq.checked_add(2).map(|n| n - 1).ok_or_else(|| {
+            corrupt(&last.path, 0, "segment number at the top of the range".into())
+        })?,
+    };
     let mut preparer = Preparer::start(dir.to_owned(), cfg.segment_bytes, cfg.fsync)?;
     preparer.request(next_seq);
     next_seq += 1;
