@@ -361,3 +361,17 @@ fn a_failing_replay_callback_stops_the_open() {
     .err();
     assert!(matches!(err, Some(WalError::Replay { lsn: 3, .. })), "{err:?}");
 }
+
+#[test]
+fn the_log_stays_free_of_async_runtimes() {
+    // It runs on a dedicated commit thread; blocking calls are its job.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/wal");
+    let banned = [concat!("tok", "io::"), concat!("async", " fn"), concat!(".aw", "ait")];
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for word in banned {
+            assert!(!text.contains(word), "{} mentions {word}", path.display());
+        }
+    }
+}
