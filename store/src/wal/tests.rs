@@ -375,3 +375,10 @@ fn the_log_stays_free_of_async_runtimes() {
         }
     }
 }
+
+#[test]
+fn the_log_can_move_to_a_commit_thread() {
+    fn send<T: Send>() {}
+    send::<Wal>();
+    send::<WalError>();
+}
