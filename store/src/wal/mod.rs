@@ -221,6 +221,7 @@ impl Wal {
             return Err(err);
         }
         if let Some(cause) = &self.poisoned {
+            self.buf.clear(); // never written: do not let it grow
             return Err(WalError::Poisoned { cause: cause.clone() });
         }
         if self.buf.is_empty() {
@@ -333,6 +334,16 @@ impl Wal {
     /// The lsn of the last durable record.
     pub fn durable_lsn(&self) -> u64 {
         self.durable_lsn
+    }
+
+    /// Bytes appended and not committed yet (frame headers included), for sizing batches.
+    pub fn pending_bytes(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Whether an earlier failure poisoned the log (every commit fails until a restart).
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.is_some()
     }
 
     /// The log's directory.

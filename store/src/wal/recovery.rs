@@ -207,14 +207,14 @@ where
         segment::sync_dir(dir)?;
     }
 
-    // Continue in the last segment only if it ended cleanly, has room and the lsns follow on.
+    // Continue in the last segment only if nothing was cut, it has room and the lsns follow on.
     let mut closed: VecDeque<Closed> = valid
         .iter()
         .map(|&i| Closed { first_lsn: header_lsn(&segs[i].header), path: segs[i].path.clone() })
         .collect();
     let mut active = None;
     if let Some(t) = &tail
-        && t.torn.is_none()
+        && recovery.truncated.is_none()
         && next_lsn == last_valid + 1
         && t.end < segs[t.index].len
         && let Some(last) = closed.pop_back()
@@ -233,7 +233,12 @@ where
             dirty: false,
         });
     }
-    let mut next_seq = segs.last().map_or(1, |s| s.seq + 1);
+    let mut next_seq = match segs.last() {
+        None => 1,
+        Some(last) => last.seq.checked_add(2).map(|n| n - 1).ok_or_else(|| {
+            corrupt(&last.path, 0, "segment number at the top of the range".into())
+        })?,
+    };
     let mut preparer = Preparer::start(dir.to_owned(), cfg.segment_bytes, cfg.fsync)?;
     preparer.request(next_seq);
     next_seq += 1;
