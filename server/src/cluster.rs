@@ -94,8 +94,9 @@ pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
         }
         _ => {
             let dir = cfg.server.data_dir.join("store");
-            let store = tern_store::embedded::EmbeddedStore::open(&dir)
-                .with_context(|| format!("opening the embedded store in {}", dir.display()))?;
+            let store =
+                tern_store::embedded::EmbeddedStore::open_with(&dir, &cfg.embedded_store_config())
+                    .with_context(|| format!("opening the embedded store in {}", dir.display()))?;
             tracing::warn!(
                 "dispatch on the embedded store: only one worker can use it; use store.backend = redis or scylla for several"
             );

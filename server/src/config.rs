@@ -175,6 +175,16 @@ pub struct StoreSection {
     /// fsync every commit of the embedded store. Only turn off for throwaway benchmarks: an
     /// ack would no longer mean durable.
     pub fsync: bool,
+    /// Embedded store: size of each preallocated log segment, in bytes.
+    pub wal_segment_bytes: u64,
+    /// Embedded store: longest a committed message waits before the index applies it (reads
+    /// never wait for this).
+    #[serde(with = "duration")]
+    pub index_interval: Duration,
+    /// Embedded store: time between durable index checkpoints; bounds the log a restart
+    /// replays.
+    #[serde(with = "duration")]
+    pub index_checkpoint: Duration,
     /// Redis store URL (backend `redis`): `redis://[user:password@]host:port[/db]`, or
     /// `rediss://` for TLS. The server must run with appendonly yes and appendfsync always
     /// (checked at start).
@@ -297,6 +307,9 @@ impl Default for StoreSection {
         Self {
             backend: "embedded".into(),
             fsync: true,
+            wal_segment_bytes: 64 << 20,
+            index_interval: Duration::from_millis(50),
+            index_checkpoint: Duration::from_secs(5),
             redis_url: "redis://127.0.0.1:6380/".into(),
             redis_min_replicas_acked: 0,
             redis_failover_seq_gap: 0,
@@ -419,6 +432,25 @@ impl Config {
             max_pending_logins_per_source: g.max_pending_logins_per_source,
             // Checked by `validate`.
             duplicate_login: self.duplicate_login().unwrap_or_default(),
+        }
+    }
+
+    /// The embedded store's settings (`[store]`).
+    pub fn embedded_store_config(&self) -> tern_store::EmbeddedConfig {
+        let s = &self.store;
+        tern_store::EmbeddedConfig {
+            durability: if s.fsync {
+                tern_store::embedded::Durability::Fsync
+            } else {
+                tern_store::embedded::Durability::NoSync
+            },
+            wal_segment_bytes: s.wal_segment_bytes,
+            index: tern_store::embedded::IndexConfig {
+                interval: s.index_interval,
+                checkpoint: s.index_checkpoint,
+                ..Default::default()
+            },
+            ..Default::default()
         }
     }
 

@@ -10,7 +10,7 @@ use tern_dispatch::{ConnRef, Dispatcher, Origin, Pusher};
 use tern_gateway::metrics::GatewayMetrics;
 use tern_gateway::{BoxFuture, Gateway, Registry, Reply, RequestCtx, Upstream};
 use tern_proto::v1::Envelope;
-use tern_store::embedded::{Durability, EmbeddedConfig, EmbeddedStore};
+use tern_store::embedded::EmbeddedStore;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
@@ -69,10 +69,9 @@ pub async fn run_with_ready(
 ) -> anyhow::Result<()> {
     let key = cfg.verifier()?;
     let store_dir = cfg.server.data_dir.join("store");
-    let durability = if cfg.store.fsync { Durability::Fsync } else { Durability::NoSync };
-    let store =
-        EmbeddedStore::open_with(&store_dir, &EmbeddedConfig { durability, ..Default::default() })
-            .with_context(|| format!("opening the store in {}", store_dir.display()))?;
+    let store_cfg = cfg.embedded_store_config();
+    let store = EmbeddedStore::open_with(&store_dir, &store_cfg)
+        .with_context(|| format!("opening the store in {}", store_dir.display()))?;
     let store: Arc<dyn tern_store::Store> = Arc::new(store);
     let health = Arc::new(Health::new().with_check("store", store_check(store.clone())));
     let gw_cfg = cfg.gateway_config();
