@@ -108,6 +108,10 @@ pub struct Stats {
     pub unsynced_files: usize,
     /// The cut made, if the power was cut.
     pub cut: Option<Cut>,
+    /// Bytes written and not synced when the power was cut (what the [`Cut`] chose from).
+    pub cut_unsynced_bytes: u64,
+    /// Files with unsynced data when the power was cut.
+    pub cut_unsynced_files: usize,
 }
 
 /// What went wrong with a [`LazyFs`].
@@ -210,11 +214,20 @@ impl LazyFs {
         state.cut_error.clone().map_or(Ok(()), |e| Err(LazyFsError::Restore(e)))
     }
 
-    /// Arms a power cut that happens at the next fsync of any file, instead of that fsync
-    /// (which fails with EIO): the cut falls inside a commit, and what is lost is exactly what
-    /// that commit was making durable. Wait for it with [`wait_for_cut`](Self::wait_for_cut).
+    /// Arms a power cut that happens at the next fsync of a file with unsynced writes, instead
+    /// of that fsync (which fails with EIO): the cut falls inside a commit, and what is lost is
+    /// exactly what that commit was making durable. An fsync with no written data to sync (of
+    /// a size change alone, of an unchanged file, of a directory) passes and does not count.
+    /// Wait for the cut with [`wait_for_cut`](Self::wait_for_cut).
     pub fn power_cut_at_next_fsync(&self, cut: Cut) {
-        self.shared.lock().arm(cut);
+        self.power_cut_at_fsync(1, cut);
+    }
+
+    /// Like [`power_cut_at_next_fsync`](Self::power_cut_at_next_fsync), at the `nth` fsync
+    /// from now (1: the next): the fsyncs of one commit of a store that makes several (data,
+    /// then header) can each be the one the power fails at.
+    pub fn power_cut_at_fsync(&self, nth: u64, cut: Cut) {
+        self.shared.lock().arm(nth, cut);
     }
 
     /// Waits (at most `timeout`, a failure guard) until the power was cut.

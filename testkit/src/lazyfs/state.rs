@@ -35,8 +35,9 @@ pub struct State {
     pending_bytes: u64,
     /// Set by the power cut; from then on every operation fails with EIO.
     pub cut: Option<Cut>,
-    /// A cut to make at the next fsync instead of syncing.
-    armed: Option<Cut>,
+    /// A cut to make instead of an fsync: at the fsync (of a file with unsynced writes) when
+    /// the count is 1.
+    armed: Option<(u64, Cut)>,
     /// What went wrong while restoring the backing files at the cut, if anything.
     pub cut_error: Option<String>,
     pub stats: Stats,
@@ -108,9 +109,15 @@ impl State {
     /// and an armed cut say, ignores it or cuts the power). `Err` is the answer to give.
     pub fn fsync(&mut self, options: &LazyFsOptions, ino: u64) -> io::Result<()> {
         self.stats.fsyncs += 1;
-        if let Some(cut) = self.armed.take() {
-            self.power_cut(cut);
-            return Err(io::Error::from_raw_os_error(nix::libc::EIO));
+        // Only an fsync with written data to make durable counts for an armed cut.
+        let has_data = self.pending.get(&ino).is_some_and(|p| p.written() > 0);
+        match self.armed {
+            Some((1, cut)) if has_data => {
+                self.power_cut(cut);
+                return Err(io::Error::from_raw_os_error(nix::libc::EIO));
+            }
+            Some((n, cut)) if has_data => self.armed = Some((n - 1, cut)),
+            _ => {}
         }
         if options.fsync == FsyncMode::Honest {
             self.commit(ino);
@@ -130,9 +137,9 @@ impl State {
         self.commit(ino);
     }
 
-    /// Arms a cut at the next fsync.
-    pub fn arm(&mut self, cut: Cut) {
-        self.armed = Some(cut);
+    /// Arms a cut at the `nth` fsync from now (1: the next one) of a file with unsynced writes.
+    pub fn arm(&mut self, nth: u64, cut: Cut) {
+        self.armed = Some((nth.max(1), cut));
     }
 
     /// The power cut: every file back to its last fsync (plus what `cut` keeps); from now on
@@ -144,6 +151,8 @@ impl State {
         self.cut = Some(cut);
         self.armed = None;
         let files = self.pending.len();
+        self.stats.cut_unsynced_files = files;
+        self.stats.cut_unsynced_bytes = self.pending.values().map(Pending::written).sum();
         let mut errors = Vec::new();
         for (ino, pending) in self.pending.drain() {
             let path = self.inodes.path(ino).map(|p| p.display().to_string()).unwrap_or_default();
@@ -151,7 +160,8 @@ impl State {
                 errors.push(format!("{path}: {e}"));
             }
         }
-        tracing::info!(?cut, files, unsynced = self.pending_bytes, "lazyfs: power cut");
+        let unsynced = self.stats.cut_unsynced_bytes;
+        tracing::info!(?cut, files, unsynced, "lazyfs: power cut");
         self.pending_bytes = 0;
         if !errors.is_empty() {
             self.cut_error = Some(errors.join("; "));

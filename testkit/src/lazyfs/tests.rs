@@ -200,6 +200,8 @@ fn a_cut_armed_at_the_next_fsync_loses_what_that_fsync_was_for() {
     assert_eq!(m.fs.stats().cut, None, "armed, not yet cut");
     assert!(is_eio(&f.sync_data().unwrap_err()), "the fsync the cut replaced must fail");
     assert_eq!(m.fs.wait_for_cut(WAIT).unwrap(), Cut::KeepPercent(50));
+    let stats = m.fs.stats();
+    assert_eq!((stats.cut_unsynced_bytes, stats.cut_unsynced_files), (8, 1));
     drop(f);
     assert_eq!(m.after("wal").as_deref(), Some(&b"group-1;grou"[..]));
 }
@@ -262,4 +264,27 @@ fn directories_list_and_unlink_through_the_mount() {
     File::open(m.mnt.path()).unwrap().sync_all().unwrap();
     m.fs.power_cut(Cut::DropAll).unwrap();
     assert_eq!(m.after("b"), None);
+}
+
+#[test]
+fn a_cut_armed_at_the_nth_fsync_lets_the_ones_before_it_through() {
+    let Some(m) = mount() else { return };
+    let mut f = rw(&m.path("db"));
+    m.fs.power_cut_at_fsync(3, Cut::DropAll);
+    for part in [&b"data;"[..], b"header;"] {
+        f.write_all(part).unwrap();
+        f.sync_data().unwrap();
+        // Nothing written to sync: does not count.
+        f.sync_data().unwrap();
+    }
+    // A size change alone does not count either.
+    f.set_len(100).unwrap();
+    f.sync_data().unwrap();
+    f.write_all_at(b"next data;", 12).unwrap();
+    assert!(is_eio(&f.sync_data().unwrap_err()));
+    assert_eq!(m.fs.stats().fsyncs, 6);
+    drop(f);
+    let mut want = b"data;header;".to_vec();
+    want.resize(100, 0);
+    assert_eq!(m.after("db"), Some(want));
 }
