@@ -37,14 +37,14 @@ impl Inodes {
 
     /// The backing path of `ino`.
     pub fn path(&self, ino: u64) -> io::Result<PathBuf> {
-        self.paths.get(&ino).cloned().ok_or_else(|| io::Error::from_raw_os_error(116)) // ESTALE
+        self.paths.get(&ino).cloned().ok_or_else(|| io::Error::from_raw_os_error(nix::libc::ESTALE))
     }
 
     /// The backing path of `name` in directory `parent`.
     pub fn child_path(&self, parent: u64, name: &OsStr) -> io::Result<PathBuf> {
         if name.is_empty() || name == "." || name == ".." || name.as_encoded_bytes().contains(&b'/')
         {
-            return Err(io::Error::from_raw_os_error(22)); // EINVAL
+            return Err(io::Error::from_raw_os_error(nix::libc::EINVAL));
         }
         Ok(self.path(parent)?.join(name))
     }

@@ -196,7 +196,7 @@ fn keeps(seed: u64, page: u64) -> bool {
 }
 
 fn too_far() -> io::Error {
-    io::Error::from_raw_os_error(27) // EFBIG
+    io::Error::from_raw_os_error(nix::libc::EFBIG)
 }
 
 #[cfg(test)]
