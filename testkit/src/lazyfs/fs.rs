@@ -100,29 +100,46 @@ fn when(t: TimeOrNow) -> SystemTime {
     }
 }
 
+fn answer_empty(reply: ReplyEmpty, result: Result<(), Errno>) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e),
+    }
+}
+
+fn answer_entry(reply: ReplyEntry, result: Result<FileAttr, Errno>) {
+    match result {
+        Ok(a) => reply.entry(&TTL, &a, Generation(0)),
+        Err(e) => reply.error(e),
+    }
+}
+
+fn answer_attr(reply: ReplyAttr, result: Result<FileAttr, Errno>) {
+    match result {
+        Ok(a) => reply.attr(&TTL, &a),
+        Err(e) => reply.error(e),
+    }
+}
+
 impl Filesystem for LazyFsCore {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.with(|s| {
+        let result = self.with(|s| {
             let path = s.inodes.child_path(parent.0, name)?;
             let md = std::fs::symlink_metadata(&path)?;
             Ok(attr(s.inodes.intern(path, &md), &md))
-        }) {
-            Ok(a) => reply.entry(&TTL, &a, Generation(0)),
-            Err(e) => reply.error(e),
-        }
+        });
+        answer_entry(reply, result)
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.with(|s| {
+        let result = self.with(|s| {
             let md = match fh.and_then(|fh| s.handle(ino.0, fh.0).ok()) {
                 Some((file, _)) => file.metadata()?,
                 None => std::fs::symlink_metadata(s.inodes.path(ino.0)?)?,
             };
             Ok(attr(ino.0, &md))
-        }) {
-            Ok(a) => reply.attr(&TTL, &a),
-            Err(e) => reply.error(e),
-        }
+        });
+        answer_attr(reply, result)
     }
 
     fn setattr(
@@ -143,7 +160,7 @@ impl Filesystem for LazyFsCore {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        match self.with(|s| {
+        let result = self.with(|s| {
             let path = s.inodes.path(ino.0)?;
             if let Some(mode) = mode {
                 std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & 0o7777))?;
@@ -169,10 +186,8 @@ impl Filesystem for LazyFsCore {
                 File::open(&path)?.set_times(times)?;
             }
             Ok(attr(ino.0, &std::fs::symlink_metadata(&path)?))
-        }) {
-            Ok(a) => reply.attr(&TTL, &a),
-            Err(e) => reply.error(e),
-        }
+        });
+        answer_attr(reply, result)
     }
 
     fn mkdir(
@@ -184,19 +199,17 @@ impl Filesystem for LazyFsCore {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        match self.with(|s| {
+        let result = self.with(|s| {
             let path = s.inodes.child_path(parent.0, name)?;
             std::fs::DirBuilder::new().mode(mode & !umask & 0o7777).create(&path)?;
             let md = std::fs::symlink_metadata(&path)?;
             Ok(attr(s.inodes.intern(path, &md), &md))
-        }) {
-            Ok(a) => reply.entry(&TTL, &a, Generation(0)),
-            Err(e) => reply.error(e),
-        }
+        });
+        answer_entry(reply, result)
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.with(|s| {
+        let result = self.with(|s| {
             let path = s.inodes.child_path(parent.0, name)?;
             let md = std::fs::symlink_metadata(&path)?;
             std::fs::remove_file(&path)?;
@@ -205,23 +218,19 @@ impl Filesystem for LazyFsCore {
             }
             s.inodes.unlinked(&md);
             Ok(())
-        }) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        });
+        answer_empty(reply, result)
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.with(|s| {
+        let result = self.with(|s| {
             let path = s.inodes.child_path(parent.0, name)?;
             let md = std::fs::symlink_metadata(&path)?;
             std::fs::remove_dir(&path)?;
             s.inodes.unlinked(&md);
             Ok(())
-        }) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        });
+        answer_empty(reply, result)
     }
 
     fn rename(
@@ -234,7 +243,7 @@ impl Filesystem for LazyFsCore {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        match self.with(|s| {
+        let result = self.with(|s| {
             let from = s.inodes.child_path(parent.0, name)?;
             let to = s.inodes.child_path(newparent.0, newname)?;
             let replaced = std::fs::symlink_metadata(&to).ok();
@@ -254,10 +263,8 @@ impl Filesystem for LazyFsCore {
             }
             s.inodes.renamed(&from, &to);
             Ok(())
-        }) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        });
+        answer_empty(reply, result)
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -377,10 +384,8 @@ impl Filesystem for LazyFsCore {
         reply: ReplyEmpty,
     ) {
         // close() does not sync.
-        match self.with(|_| Ok(())) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        let result = self.with(|_| Ok(()));
+        answer_empty(reply, result)
     }
 
     fn release(
@@ -475,13 +480,11 @@ impl Filesystem for LazyFsCore {
         reply: ReplyEmpty,
     ) {
         // Directory operations are durable at once (see the module doc of `lazyfs`).
-        match self.with(|s| {
+        let result = self.with(|s| {
             s.stats.fsyncs += 1;
             Ok(())
-        }) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        });
+        answer_empty(reply, result)
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -503,10 +506,8 @@ impl Filesystem for LazyFsCore {
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
-        match self.with(|_| Ok(())) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        let result = self.with(|_| Ok(()));
+        answer_empty(reply, result)
     }
 
     fn fallocate(
@@ -520,7 +521,7 @@ impl Filesystem for LazyFsCore {
         reply: ReplyEmpty,
     ) {
         use nix::fcntl::{FallocateFlags, fallocate};
-        match self.with(|s| {
+        let result = self.with(|s| {
             let (file, _) = s.handle(ino.0, fh.0)?;
             let flags = FallocateFlags::from_bits(mode).ok_or_else(|| errno(libc::EOPNOTSUPP))?;
             if !(flags - FallocateFlags::FALLOC_FL_KEEP_SIZE).is_empty() {
@@ -537,9 +538,7 @@ impl Filesystem for LazyFsCore {
             let offset = i64::try_from(offset).map_err(|_| too_far())?;
             let length = i64::try_from(length).map_err(|_| too_far())?;
             fallocate(&*file, flags, offset, length).map_err(io::Error::from)
-        }) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        });
+        answer_empty(reply, result)
     }
 }
