@@ -14,6 +14,9 @@ need_apt=()
 command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
 # Tests start real redis-server processes on free loopback ports (never a system service).
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+# The power-loss tests mount testkit's LazyFs (FUSE): fusermount3 for mounting as non-root.
+# They need /dev/fuse (a container needs --device /dev/fuse) and skip, saying so, without it.
+command -v fusermount3 >/dev/null 2>&1 || need_apt+=(fuse3)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> installing ${need_apt[*]}"
   if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi

@@ -1,5 +1,6 @@
 //! Test harness: real `redis-server` and `tern` child processes on loopback ports, whole
-//! distributed-mode clusters of them, and a chaos proxy to put between them.
+//! distributed-mode clusters of them, a chaos proxy to put between them, and a filesystem
+//! that can lose power.
 //!
 //! - [`redis_server`]: [`RedisServer`], a throwaway `redis-server` in its own temporary directory that
 //!   a test can restart, kill -9 and flush, and [`RedisOptions`] for its persistence settings.
@@ -13,6 +14,8 @@
 //!   sharing one random token key, with kill and restart controls for each part.
 //! - [`chaos`]: [`ChaosProxy`], a TCP proxy that can stall, delay, reset, drop and redirect the
 //!   connections through it.
+//! - [`lazyfs`]: [`LazyFs`], a FUSE passthrough that keeps unsynced writes in memory and drops
+//!   them at a simulated power cut (torn tails on request): the proof that a program fsyncs.
 //! - [`metrics`]: `GET /metrics` and `/healthz` over a raw socket, and the Prometheus text
 //!   parsed ([`Metrics`]).
 //! - [`corpus`]: fuzz-corpus replay and seed checks for the stable test runs.
@@ -35,6 +38,7 @@
 pub mod chaos;
 pub mod cluster;
 pub mod corpus;
+pub mod lazyfs;
 pub mod metrics;
 pub mod ports;
 pub mod process;
@@ -44,6 +48,7 @@ pub mod resp;
 
 pub use chaos::{ChaosError, ChaosOptions, ChaosProxy, ChaosStats};
 pub use cluster::{Cluster, ClusterError, ClusterOptions, Discovery};
+pub use lazyfs::{Cut, FsyncMode, LazyFs, LazyFsError, LazyFsOptions};
 pub use metrics::{HttpError, HttpResponse, Metrics, http_get};
 pub use process::{Announcement, ProcessError, ProcessOptions, TernProcess};
 pub use redis_server::{AppendFsync, RedisOptions, RedisServer, TestkitError};

@@ -17,6 +17,7 @@ mod offline_sync;
 mod ops;
 mod ordering;
 mod per_source;
+mod power_loss;
 mod recall;
 mod receipts;
 mod reconnect;

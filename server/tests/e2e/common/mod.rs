@@ -5,6 +5,7 @@
 
 pub mod chat;
 pub mod ledger;
+pub mod power;
 pub mod swarm;
 
 use std::net::SocketAddr;
