@@ -69,7 +69,7 @@ fn assert_all_settled(r: &Value, messages: u64) {
     ] {
         assert_eq!(r[key], 0, "{key} in {r:#}");
     }
-    for key in ["send_errors", "receipt_errors", "failures"] {
+    for key in ["send_errors", "receipt_errors", "failures", "other_frames"] {
         assert_eq!(r[key].as_object().map(|m| m.len()), Some(0), "{key} in {r:#}");
     }
     assert_eq!(r["ack_latency_us"]["n"], messages, "{r:#}");

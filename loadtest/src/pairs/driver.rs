@@ -93,6 +93,10 @@ pub struct Driver {
     dirty: Vec<usize>,
     /// Connections whose last read stopped at the per-event bound.
     again: Vec<usize>,
+    /// The events of one wake-up (token, readable, writable), reused.
+    ready: Vec<(usize, bool, bool)>,
+    /// The deadline the timer is set to and has not reached yet.
+    armed: Option<Instant>,
 }
 
 impl Driver {
@@ -123,6 +127,8 @@ impl Driver {
             sending: false,
             dirty: Vec::new(),
             again: Vec::new(),
+            ready: Vec::new(),
+            armed: None,
         })
     }
 
@@ -166,7 +172,10 @@ impl Driver {
         let timeout = if wait.is_zero() || !self.again.is_empty() {
             Some(Duration::ZERO)
         } else {
-            self.arm(wait)?;
+            if self.armed != Some(deadline) {
+                self.arm(wait)?;
+                self.armed = Some(deadline);
+            }
             // Safety net only: the timer fires first (epoll's timeout is in whole ms).
             Some(wait + Duration::from_millis(50))
         };
@@ -175,19 +184,23 @@ impl Driver {
             Err(e) if e.kind() == ErrorKind::Interrupted => return Ok(()),
             Err(e) => return Err(e),
         }
-        let ready: Vec<(usize, bool, bool)> = self
-            .events
-            .iter()
-            .map(|e| (e.token().0, e.is_readable() || e.is_read_closed(), e.is_writable()))
-            .collect();
-        for (token, readable, writable) in ready {
+        let mut ready = std::mem::take(&mut self.ready);
+        ready.extend(
+            self.events
+                .iter()
+                .map(|e| (e.token().0, e.is_readable() || e.is_read_closed(), e.is_writable())),
+        );
+        for &(token, readable, writable) in &ready {
             if token == TIMER.0 {
                 let mut b = [0u8; 8];
                 let _ = rustix::io::read(&self.timer, &mut b);
+                self.armed = None;
                 continue;
             }
             self.on_ready(token, readable, writable);
         }
+        ready.clear();
+        self.ready = ready;
         for token in std::mem::take(&mut self.again) {
             if let Some(c) = self.conns.get_mut(token) {
                 c.queued = false;
@@ -253,6 +266,11 @@ impl Driver {
             }
             if fed.answered > 0 {
                 self.try_send(token / 2, now_ns);
+            }
+            // A short read emptied the socket: no second read just to see WouldBlock (bytes
+            // arriving from now on raise a new edge-triggered event).
+            if n < self.buf.len() {
+                return Ok(());
             }
         }
         if let Some(c) = self.conns.get_mut(token)

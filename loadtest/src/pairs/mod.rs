@@ -297,7 +297,7 @@ fn report(
         receipt_pushes: t.receipt_pushes,
         pings: t.pings,
         pongs: t.pongs,
-        other_frames: t.other_frames,
+        other_frames: t.other_frames.clone(),
         failures: t.failures.clone(),
         window_sent: t.in_window.sent,
         window_acked: t.in_window.acked,

@@ -112,8 +112,8 @@ pub struct PairsReport {
     pub pings: u64,
     /// Pongs received.
     pub pongs: u64,
-    /// Unexpected frames.
-    pub other_frames: u64,
+    /// Frames nobody asked for, by kind.
+    pub other_frames: BTreeMap<String, u64>,
     /// Failed connections, by kind.
     pub failures: BTreeMap<String, u64>,
     /// Sends in the window.
@@ -230,12 +230,15 @@ impl PairsReport {
         );
         row("send errors", map_cell(&self.send_errors));
         row("connection failures", map_cell(&self.failures));
-        if self.foreign_deliveries + self.misrouted_deliveries + self.other_frames > 0 {
+        if self.foreign_deliveries + self.misrouted_deliveries > 0 || !self.other_frames.is_empty()
+        {
             row(
                 "odd frames",
                 format!(
                     "foreign {} misrouted {} other {}",
-                    self.foreign_deliveries, self.misrouted_deliveries, self.other_frames
+                    self.foreign_deliveries,
+                    self.misrouted_deliveries,
+                    map_cell(&self.other_frames)
                 ),
             );
         }

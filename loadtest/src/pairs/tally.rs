@@ -69,8 +69,8 @@ pub struct Tally {
     pub pings: u64,
     /// Pongs received.
     pub pongs: u64,
-    /// Frames nobody asked for (sync hints, non-fatal errors without a request...).
-    pub other_frames: u64,
+    /// Frames nobody asked for (sync hints, non-fatal errors without a request...), by kind.
+    pub other_frames: BTreeMap<String, u64>,
     /// Connections that failed, by kind.
     pub failures: BTreeMap<String, u64>,
     /// Send→ack latency of messages sent in the window, microseconds.
@@ -102,7 +102,7 @@ impl Tally {
             receipt_pushes: 0,
             pings: 0,
             pongs: 0,
-            other_frames: 0,
+            other_frames: BTreeMap::new(),
             failures: BTreeMap::new(),
             ack_us: Vec::new(),
             deliver_us: Vec::new(),
