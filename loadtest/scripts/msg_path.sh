@@ -16,9 +16,11 @@
 # (server.share_port); the CPU figure then sums gateways + workers + both Redis.
 #
 # Settings (environment): MODE (embedded | distributed) PAIRS RATE WINDOW BODY WARMUP DURATION
-# GATEWAYS WORKERS (distributed) FRAME_LIMIT (gateway.max_frames_per_sec; default 0 = off: at
-# 100k msg/s each of 100 senders sends 1000 frames/s, the default limit) OUT (result directory)
-# TERN_BIN LOADTEST_BIN (skip the build). Everything stops by itself (`--max-duration` and
+# RECEIPTS (1; 0 = receivers send none: the issue's "no receipts" rows) GATEWAYS WORKERS
+# (distributed) FRAME_LIMIT (gateway.max_frames_per_sec; default 0 = off: at 100k msg/s each of
+# 100 senders sends 1000 frames/s, the default limit) OUT (result directory) TERN_BIN
+# LOADTEST_BIN (skip the build). Results: OUT/<mode>[-noreceipts]-{rate,saturation}.{txt,json}
+# and OUT/<mode>[-noreceipts]-summary.txt. Everything stops by itself (`--max-duration` and
 # `timeout` on each run) and every process started here is stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -33,6 +35,7 @@ DURATION=${DURATION:-10s}
 GATEWAYS=${GATEWAYS:-2}
 WORKERS=${WORKERS:-2}
 FRAME_LIMIT=${FRAME_LIMIT:-0}
+RECEIPTS=${RECEIPTS:-1}
 OUT=${OUT:-target/msg_path}
 
 if [ -z "${TERN_BIN:-}" ] || [ -z "${LOADTEST_BIN:-}" ]; then
@@ -137,6 +140,8 @@ esac
 wait_port "$CLIENT" "the client port"
 
 pid_args=(); for p in "${SERVER_PIDS[@]}"; do pid_args+=(--server-pid "$p"); done
+tag=$MODE
+if [ "$RECEIPTS" = 0 ]; then pid_args+=(--no-receipts); tag+=-noreceipts; fi
 hard=$(( $(secs "$WARMUP") + $(secs "$DURATION") + 90 ))
 run_pairs() { # name, user prefix, extra args...
   local name=$1 prefix=$2; shift 2
@@ -144,7 +149,7 @@ run_pairs() { # name, user prefix, extra args...
   timeout $(( hard + 30 )) "$LOADTEST_BIN" pairs --addr "127.0.0.1:$CLIENT" --key "$KEY" \
     --pairs "$PAIRS" --body-bytes "$BODY" --warmup "$WARMUP" --duration "$DURATION" \
     --user-prefix "$prefix" --max-duration "${hard}s" --quiet "${pid_args[@]}" "$@" \
-    --json "$OUT/$MODE-$name.json" >"$OUT/$MODE-$name.txt" \
+    --json "$OUT/$tag-$name.json" >"$OUT/$tag-$name.txt" \
     || echo "msg_path: the $name run failed" >&2
 }
 run_pairs rate ra --rate "$RATE"
@@ -152,11 +157,12 @@ run_pairs saturation sa --rate 0 --window "$WINDOW"
 
 {
   echo "machine: $(nproc) cores, $(uname -r), load average $(cut -d' ' -f1-3 /proc/loadavg)"
-  echo "setup: $setup; server pids ${SERVER_PIDS[*]}; gateway.max_frames_per_sec=$FRAME_LIMIT"
-  echo "--- $RATE msg/s, $PAIRS pairs ---"; head -n -1 "$OUT/$MODE-rate.txt" 2>/dev/null || true
+  echo "setup: $setup; server pids ${SERVER_PIDS[*]}; gateway.max_frames_per_sec=$FRAME_LIMIT;" \
+       "receipts $([ "$RECEIPTS" = 0 ] && echo off || echo on)"
+  echo "--- $RATE msg/s, $PAIRS pairs ---"; head -n -1 "$OUT/$tag-rate.txt" 2>/dev/null || true
   echo "--- saturation, $WINDOW in flight per pair ---"
-  head -n -1 "$OUT/$MODE-saturation.txt" 2>/dev/null || true
-  python3 - "$OUT/$MODE-rate.json" "$OUT/$MODE-saturation.json" <<'EOF' || true
+  head -n -1 "$OUT/$tag-saturation.txt" 2>/dev/null || true
+  python3 - "$OUT/$tag-rate.json" "$OUT/$tag-saturation.json" <<'EOF' || true
 import json, sys
 r, s = (json.load(open(p)) for p in sys.argv[1:3])
 ms = lambda us: us / 1000
@@ -172,4 +178,4 @@ print(f"saturation ({s['window']} in flight per pair): persisted {s['persisted_p
       f" server CPU-s per 100k {s['cpu']['server_cpu_secs_per_100k'] or 0:.1f},"
       f" load generator {s['cpu']['loadgen_cpu_secs_per_100k'] or 0:.1f}")
 EOF
-} | tee "$OUT/$MODE-summary.txt"
+} | tee "$OUT/$tag-summary.txt"

@@ -179,6 +179,10 @@ pub struct PairsArgs {
     /// its send time). 0: saturation, `--window` sends in flight per pair.
     #[arg(long, default_value_t = 2000.0)]
     pub rate: f64,
+    /// Receivers send no DELIVERED receipts (by default they send one per received batch, at
+    /// most one in flight, like a real client).
+    #[arg(long)]
+    pub no_receipts: bool,
     /// Sends in flight per pair at most (default: 16 with `--rate 0`, 256 with a rate, the
     /// server's default `gateway.max_inflight_requests`).
     #[arg(long)]

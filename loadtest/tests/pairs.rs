@@ -1,7 +1,8 @@
 //! End to end: `tern-loadtest pairs` against a real `tern serve` child (testkit's
 //! [`TernProcess`]), in saturation and at a fixed rate. The JSON report must show every send
 //! acked, every message delivered exactly once to its receiver, every receipt answered, no
-//! failure, and a CPU reading of the server. No timing is asserted.
+//! failure, and a CPU reading of the server (and with `--no-receipts`, no receipt at all). No
+//! timing is asserted.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -56,7 +57,7 @@ fn pairs(server: &TernProcess, args: &[&str], out: &Path) -> Value {
     serde_json::from_slice(&text).unwrap_or_else(|e| panic!("parse report: {e}"))
 }
 
-fn assert_all_settled(r: &Value, messages: u64) {
+fn assert_all_settled(r: &Value, messages: u64, receipts_on: bool) {
     for key in ["sent", "acked", "delivered", "window_sent", "window_acked", "window_delivered"] {
         assert_eq!(r[key], messages, "{key} in {r:#}");
     }
@@ -79,10 +80,15 @@ fn assert_all_settled(r: &Value, messages: u64) {
     // on their way when the run ends.
     let receipts = r["receipts_sent"].as_u64().unwrap_or(0);
     let pairs = r["pairs"].as_u64().unwrap_or(u64::MAX);
-    assert!(receipts >= pairs && receipts <= messages, "{r:#}");
-    assert_eq!(r["receipt_answers"], receipts, "{r:#}");
     let pushes = r["receipt_pushes"].as_u64().unwrap_or(u64::MAX);
-    assert!(pushes > 0 && pushes <= receipts, "{r:#}");
+    assert_eq!(r["receipt_answers"], receipts, "{r:#}");
+    assert_eq!(r["receipts"], receipts_on, "{r:#}");
+    if receipts_on {
+        assert!(receipts >= pairs && receipts <= messages, "{r:#}");
+        assert!(pushes > 0 && pushes <= receipts, "{r:#}");
+    } else {
+        assert_eq!((receipts, pushes), (0, 0), "{r:#}");
+    }
     assert_eq!(r["drained"], true, "{r:#}");
     assert_eq!(r["hit_max_duration"], false, "{r:#}");
     let server = &r["cpu"]["servers"][0];
@@ -100,10 +106,13 @@ fn saturation_pairs_get_every_message_acked_delivered_once_and_receipted() {
         &["--pairs", "10", "--messages", "400", "--rate", "0", "--window", "4"],
         out.path(),
     );
-    assert_all_settled(&r, 400);
+    assert_all_settled(&r, 400, true);
     assert_eq!(r["mode"], "window");
     assert_eq!(r["window"], 4);
     assert!(r["schedule_lag_us"].is_null(), "{r:#}");
+    // The same without receipts.
+    let quiet = &["--pairs", "10", "--messages", "200", "--rate", "0", "--no-receipts"];
+    assert_all_settled(&pairs(&server, quiet, out.path()), 200, false);
 }
 
 #[test]
@@ -112,11 +121,11 @@ fn open_loop_pairs_get_every_message_acked_delivered_once_and_receipted() {
     let server = serve(dir.path());
     let out = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     let r = pairs(&server, &["--pairs", "5", "--messages", "300", "--rate", "300"], out.path());
-    assert_all_settled(&r, 300);
+    assert_all_settled(&r, 300, true);
     assert_eq!(r["mode"], "rate");
     assert_eq!(r["schedule_lag_us"]["n"], 300, "{r:#}");
     // A second run on the same users: new client ids, so nothing is a duplicate, and the first
     // run's messages are not delivered again.
     let again = pairs(&server, &["--pairs", "5", "--messages", "100", "--rate", "300"], out.path());
-    assert_all_settled(&again, 100);
+    assert_all_settled(&again, 100, true);
 }

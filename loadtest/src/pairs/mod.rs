@@ -124,7 +124,7 @@ pub fn run(args: &PairsArgs) -> Result<PairsReport, PairsError> {
     let tally = Tally::new(Window { start_ns: warmup_ns, end_ns });
     let mut d = Driver::new(tally, pace, window, args.messages)?;
 
-    let run = RunIds { nonce: fastrand::u32(..) };
+    let run = RunIds { nonce: fastrand::u32(..), receipts: !args.no_receipts };
     let now_secs = i64::try_from(unix_nanos_now() / 1_000_000_000).unwrap_or(i64::MAX / 2);
     let ttl = i64::try_from(args.max_duration.as_secs()).unwrap_or(i64::MAX / 4) + 3600;
     for i in 0..args.pairs {
@@ -276,6 +276,7 @@ fn report(
         d.conns.iter().filter_map(|c| c.peer.as_sender()).map(|s| s.acked).sum();
     PairsReport {
         mode: if rate_mode { "rate" } else { "window" }.into(),
+        receipts: !args.no_receipts,
         pairs: args.pairs as u64,
         body_bytes: args.body_bytes as u64,
         target_rate: args.rate,

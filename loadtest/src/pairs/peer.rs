@@ -99,6 +99,8 @@ pub enum Role {
 pub struct RunIds {
     /// This run's random nonce (in every body and client message id).
     pub nonce: u32,
+    /// Whether receivers send DELIVERED receipts (`--no-receipts` turns them off).
+    pub receipts: bool,
 }
 
 /// What a fed batch changed that the driver acts on.
@@ -208,7 +210,10 @@ impl Peer {
     /// A receiver with no receipt in flight or owed (always true for a sender).
     pub fn receipts_settled(&self) -> bool {
         match &self.role {
-            Role::Receiver(r) => r.receipt_in_flight.is_none() && r.receipt_seq >= r.highest_seq,
+            Role::Receiver(r) => {
+                !self.run.receipts
+                    || r.receipt_in_flight.is_none() && r.receipt_seq >= r.highest_seq
+            }
             Role::Sender(_) => true,
         }
     }
@@ -394,7 +399,7 @@ impl Peer {
         out: &mut Vec<u8>,
     ) -> Result<(), PeerError> {
         let Role::Receiver(r) = &mut self.role else { return Ok(()) };
-        if r.receipt_in_flight.is_some() || r.highest_seq <= r.receipt_seq {
+        if !self.run.receipts || r.receipt_in_flight.is_some() || r.highest_seq <= r.receipt_seq {
             return Ok(());
         }
         let id = r.next_request_id;
@@ -449,7 +454,7 @@ mod tests {
     use tern_proto::v1::{Deliver, Kick, LoginOk, Message, ReceiptUpdate, SendAck};
     use tern_proto::{DEFAULT_MAX_FRAME_BYTES, encode_to_bytes};
 
-    const RUN: RunIds = RunIds { nonce: 9 };
+    const RUN: RunIds = RunIds { nonce: 9, receipts: true };
 
     fn frame(request_id: u64, body: Body) -> Vec<u8> {
         let env = Envelope { request_id, body: Some(body) };

@@ -70,6 +70,8 @@ pub struct CpuReport {
 pub struct PairsReport {
     /// `rate` (open loop) or `window` (saturation).
     pub mode: String,
+    /// Whether receivers sent DELIVERED receipts.
+    pub receipts: bool,
     /// Sender→receiver pairs.
     pub pairs: u64,
     /// Body bytes per message.
@@ -168,7 +170,11 @@ impl PairsReport {
         } else {
             format!("saturation, {} in flight per pair", self.window)
         };
-        row("load", format!("{load}, {} pairs, {} B bodies", self.pairs, self.body_bytes));
+        let receipts = if self.receipts { "with receipts" } else { "no receipts" };
+        row(
+            "load",
+            format!("{load}, {} pairs, {} B bodies, {receipts}", self.pairs, self.body_bytes),
+        );
         row("window", format!("{:.2} s after {:.2} s warm-up", self.window_secs, self.warmup_secs));
         row("send -> ack", us_cell(&self.ack_latency_us));
         row("send -> deliver", us_cell(&self.deliver_latency_us));
