@@ -1,4 +1,5 @@
-//! Command-line arguments (`bots`, `swarm`, `probe`) and the plain configuration a run uses.
+//! Command-line arguments (`bots`, `swarm`, `probe`, `pairs`) and the plain configuration a run
+//! uses.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -28,6 +29,10 @@ pub enum Command {
     /// Send timed messages to random bots (run during a `bots` or `swarm` hold): measures
     /// send→ack here, and the bots' report shows delivery latency.
     Probe(ProbeArgs),
+    /// Drive N sender→receiver pairs over raw connections (receivers send DELIVERED receipts
+    /// like a real client) at a fixed rate or at saturation, and measure the server's message
+    /// path: send→ack and send→deliver latency, throughput, server CPU per 100k messages.
+    Pairs(PairsArgs),
 }
 
 /// Options shared by `bots` and `swarm`.
@@ -147,6 +152,67 @@ pub struct ProbeArgs {
     /// Hard stop for the whole run (connect, sends, waiting for acks).
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub max_duration: Duration,
+    /// No progress line on stderr.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// `tern-loadtest pairs`.
+#[derive(Debug, Clone, Args)]
+pub struct PairsArgs {
+    /// Gateway client address.
+    #[arg(long)]
+    pub addr: SocketAddr,
+    /// Token signing key (base64), the server's `auth.hs256_key`.
+    #[arg(long, env = "TERN_LOADTEST_KEY", hide_env_values = true)]
+    pub key: String,
+    /// Number of sender→receiver pairs (pair i: `{prefix}s{i}` sends to `{prefix}r{i}`).
+    #[arg(long, default_value_t = 100)]
+    pub pairs: usize,
+    /// User ids are `{prefix}s{i}` and `{prefix}r{i}`.
+    #[arg(long, default_value = "pp")]
+    pub user_prefix: String,
+    /// Message body size in bytes (at least 28: the stamp the receivers time).
+    #[arg(long, default_value_t = 64)]
+    pub body_bytes: usize,
+    /// Messages per second in all, spread evenly over the pairs (open loop: every message has
+    /// its send time). 0: saturation, `--window` sends in flight per pair.
+    #[arg(long, default_value_t = 2000.0)]
+    pub rate: f64,
+    /// Receivers send no DELIVERED receipts (by default they send one per received batch, at
+    /// most one in flight, like a real client).
+    #[arg(long)]
+    pub no_receipts: bool,
+    /// Sends in flight per pair at most (default: 16 with `--rate 0`, 256 with a rate, the
+    /// server's default `gateway.max_inflight_requests`).
+    #[arg(long)]
+    pub window: Option<usize>,
+    /// Sending before the measured window (not measured).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// The measured window.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Stop sending after this many messages in all (warm-up included); the window then ends
+    /// when every one is acked, delivered and receipted (or at `--duration`).
+    #[arg(long)]
+    pub messages: Option<u64>,
+    /// After sending stops: how long to wait for the last acks, deliveries and receipt answers.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub drain: Duration,
+    /// Server process ids whose CPU time (utime + stime, all threads) to read at the start and
+    /// end of the window; repeat for several processes (gateways, workers, Redis).
+    #[arg(long)]
+    pub server_pid: Vec<u32>,
+    /// Give up when the connections are not all logged in after this long.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub login_timeout: Duration,
+    /// Hard stop for the whole run, whatever the other settings say.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub max_duration: Duration,
+    /// Write the JSON report here (besides the table and the JSON line on stdout).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
     /// No progress line on stderr.
     #[arg(long)]
     pub quiet: bool,

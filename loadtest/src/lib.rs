@@ -9,10 +9,13 @@
 //! - [`coordinator`]: `swarm`, which spawns `bots` child processes and merges their reports.
 //! - [`probe`]: `probe`, one SDK client sending timed messages to random bots (send→ack here,
 //!   delivery latency in the bots' report).
+//! - [`pairs`]: `pairs`, N sender→receiver pairs on one thread measuring the server's message
+//!   path (latency, throughput, server CPU per 100k messages).
 
 pub mod bot;
 pub mod config;
 pub mod coordinator;
+pub mod pairs;
 pub mod probe;
 pub mod ramp;
 pub mod report;

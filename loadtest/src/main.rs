@@ -1,5 +1,5 @@
-//! `tern-loadtest`: parses arguments, builds the runtime, runs `bots`, `swarm` or `probe`,
-//! writes the report.
+//! `tern-loadtest`: parses arguments, builds the runtime, runs `bots`, `swarm`, `probe` or
+//! `pairs`, writes the report.
 
 use std::io::Write;
 
@@ -8,7 +8,7 @@ use clap::Parser;
 use serde::Serialize;
 use tern_loadtest::config::{Cli, Command};
 use tern_loadtest::stats::write_samples;
-use tern_loadtest::{coordinator, probe, ramp};
+use tern_loadtest::{coordinator, pairs, probe, ramp};
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -45,6 +45,15 @@ fn main() -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             let report = rt.block_on(probe::run(&args))?;
             finish(&report, args.json.as_deref(), Some(report.table()))
+        }
+        Command::Pairs(args) => {
+            // One thread, its own event loop: no runtime.
+            let report = pairs::run(&args)?;
+            finish(&report, args.json.as_deref(), Some(report.table()))?;
+            // One JSON line after the table, for scripts.
+            let line = serde_json::to_string(&report)?;
+            writeln!(std::io::stdout().lock(), "{line}")?;
+            Ok(())
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Readings from `/proc`: a process's resident memory and the kernel's TCP socket memory.
+//! Readings from `/proc`: a process's resident memory and CPU time, the machine's busy time, and
+//! the kernel's TCP socket memory.
 
 use serde::{Deserialize, Serialize};
 
@@ -75,6 +76,61 @@ fn page_size() -> u64 {
         .map_or(4096, |kb| kb * 1024)
 }
 
+/// CPU time of process `pid` so far (utime + stime of all its threads, children not included),
+/// in clock ticks, or `None` when it cannot be read (e.g. the process is gone).
+pub fn process_cpu_ticks(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_process_cpu_ticks(&text)
+}
+
+/// The utime + stime fields (14 and 15) of a `/proc/PID/stat` text. The command name (field 2)
+/// may hold spaces and parentheses, so fields are counted after its last `)`.
+pub fn parse_process_cpu_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// The machine's CPU time so far, from the `cpu` line of `/proc/stat` (clock ticks, all cores).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineCpu {
+    /// user + nice + system + irq + softirq + steal.
+    pub busy: u64,
+    /// busy + idle + iowait.
+    pub total: u64,
+}
+
+/// Reads `/proc/stat`, or `None` when it cannot be read.
+pub fn machine_cpu() -> Option<MachineCpu> {
+    parse_proc_stat(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+/// Parses the `cpu  user nice system idle iowait irq softirq steal ...` line (guest time is
+/// already inside user and nice, so it is not added again).
+pub fn parse_proc_stat(text: &str) -> Option<MachineCpu> {
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line.split_whitespace().skip(1).map_while(|w| w.parse().ok()).collect();
+    let at = |i: usize| v.get(i).copied().unwrap_or(0);
+    if v.len() < 4 {
+        return None;
+    }
+    let busy = at(0) + at(1) + at(2) + at(5) + at(6) + at(7);
+    Some(MachineCpu { busy, total: busy + at(3) + at(4) })
+}
+
+/// Clock ticks per second of `/proc` CPU times (`sysconf(_SC_CLK_TCK)`, from the auxiliary
+/// vector).
+pub fn clock_ticks_per_sec() -> u64 {
+    rustix::param::clock_ticks_per_second().max(1)
+}
+
+/// Cores online (what `/proc/stat` times add up over).
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,6 +145,19 @@ mod tests {
             parse_sockstat(sock, 4096),
             Some(TcpMem { inuse: 5, alloc: 7, mem_pages: 3, mem_bytes: 3 * 4096 })
         );
+    }
+
+    #[test]
+    fn parses_cpu_times() {
+        let stat = "42 (tern serve) (x) S 1 42 42 0 -1 4194560 900 0 0 0 170 30 0 0 20 0 9 0";
+        assert_eq!(parse_process_cpu_ticks(stat), Some(200));
+        assert_eq!(parse_process_cpu_ticks("42 (x) S 1"), None);
+        let proc_stat = "cpu  10 1 5 100 4 2 3 1 7 0\ncpu0 5 0 2 50 2 1 1 0 0 0\n";
+        assert_eq!(parse_proc_stat(proc_stat), Some(MachineCpu { busy: 22, total: 126 }));
+        assert_eq!(parse_proc_stat("intr 1 2\n"), None);
+        assert!(process_cpu_ticks(std::process::id()).is_some());
+        assert!(machine_cpu().is_some_and(|m| m.total >= m.busy));
+        assert!(clock_ticks_per_sec() >= 1);
     }
 
     #[test]
