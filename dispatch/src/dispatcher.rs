@@ -70,14 +70,8 @@ impl Dispatcher {
     pub fn new(cfg: DispatchConfig, store: Arc<dyn Store>, pusher: Arc<dyn Pusher>) -> Arc<Self> {
         let metrics = Arc::new(DispatchMetrics::default());
         let rt = Handle::current();
-        let pipeline = Pipeline::start(
-            store.clone(),
-            pusher.clone(),
-            metrics.clone(),
-            cfg.pipeline_queue,
-            cfg.max_commit_batch,
-            rt.clone(),
-        );
+        let pipeline =
+            Pipeline::start(store.clone(), pusher.clone(), metrics.clone(), &cfg, rt.clone());
         Arc::new(Self { cfg, store, pusher, pipeline, metrics, rt })
     }
 

@@ -9,10 +9,12 @@
 //! - [`push`]: the [`Pusher`] trait through which deliveries reach connections.
 //! - [`link`]: the worker's side of gateway links (distributed mode).
 //! - [`route`]: the distributed-mode [`Pusher`]: Redis presence lookup, one Push per gateway.
+//! - [`batching`]: when a group commit waits for company (never at low load).
 //! - [`config`], [`error`], [`metrics`].
 //!
 //! Dispatch is stateless apart from the store: any worker can serve any request.
 
+pub mod batching;
 pub mod config;
 pub mod conversations;
 pub mod dispatcher;

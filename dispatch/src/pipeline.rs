@@ -16,12 +16,14 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use tern_proto::v1::{self, Envelope, envelope::Body};
 use tern_store::{Appended, Committed, NewMessage, Store, StoreError, Write};
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
+use crate::batching::Batching;
 use crate::error::DispatchError;
 use crate::metrics::DispatchMetrics;
 use crate::push::{ConnRef, Pusher, fan_out};
@@ -81,6 +83,8 @@ struct QueueState {
     jobs: Vec<Job>,
     closed: bool,
     idle: bool,
+    /// When the oldest waiting job arrived (set when the queue was empty).
+    first_at: Option<Instant>,
 }
 
 impl Queue {
@@ -99,6 +103,9 @@ impl Queue {
         if s.jobs.len() >= self.cap {
             return Some((Refused::Full, job));
         }
+        if s.jobs.is_empty() {
+            s.first_at = Some(Instant::now());
+        }
         s.jobs.push(job);
         if std::mem::take(&mut s.idle) {
             self.ready.notify_one();
@@ -106,9 +113,10 @@ impl Queue {
         None
     }
 
-    /// Waits for work and moves up to `max` jobs into `into` (empty). False once closed and
-    /// drained.
-    fn take(&self, into: &mut Vec<Job>, max: usize) -> bool {
+    /// Waits for work and moves up to `max` jobs into `into` (empty): at once, or when
+    /// `batching` says so, up to its delay after the oldest job arrived (without being woken by
+    /// each arrival meanwhile). False once closed and drained.
+    fn take(&self, into: &mut Vec<Job>, max: usize, batching: &mut Batching) -> bool {
         let mut s = self.lock();
         while s.jobs.is_empty() {
             if s.closed {
@@ -117,11 +125,24 @@ impl Queue {
             s.idle = true;
             s = self.ready.wait(s).unwrap_or_else(|p| p.into_inner());
         }
+        if let (Some(delay), Some(first)) = (batching.wait(s.jobs.len(), max), s.first_at) {
+            let deadline = first + delay;
+            loop {
+                let now = Instant::now();
+                if now >= deadline || s.jobs.len() >= max || s.closed {
+                    break;
+                }
+                s = self.ready.wait_timeout(s, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
+            }
+        }
         if s.jobs.len() <= max {
             std::mem::swap(&mut s.jobs, into);
+            s.first_at = None;
         } else {
             into.extend(s.jobs.drain(..max));
+            s.first_at = Some(Instant::now());
         }
+        batching.taken(into.len(), Instant::now());
         true
     }
 
@@ -148,17 +169,18 @@ impl Pipeline {
         store: Arc<dyn Store>,
         pusher: Arc<dyn Pusher>,
         metrics: Arc<DispatchMetrics>,
-        queue: usize,
-        max_batch: usize,
+        cfg: &crate::DispatchConfig,
         rt: Handle,
     ) -> Self {
+        let (queue, max_batch, delay) =
+            (cfg.pipeline_queue, cfg.max_commit_batch, cfg.commit_delay);
         let q =
             Arc::new(Queue { state: Mutex::default(), ready: Condvar::new(), cap: queue.max(1) });
         let worker = Committer { store, pusher, metrics: metrics.clone(), rt };
         let (qc, max) = (q.clone(), max_batch.max(1));
         let thread = std::thread::Builder::new()
             .name("tern-commit".into())
-            .spawn(move || worker.run(&qc, max))
+            .spawn(move || worker.run(&qc, max, delay))
             .map_err(|e| tracing::error!(error = %e, "starting the commit thread failed"))
             .ok();
         if thread.is_none() {
@@ -227,11 +249,12 @@ struct Committer {
 }
 
 impl Committer {
-    fn run(self, queue: &Queue, max_batch: usize) {
+    fn run(self, queue: &Queue, max_batch: usize, delay: Duration) {
+        let mut batching = Batching::new(delay, Instant::now());
         let mut jobs = Vec::with_capacity(max_batch);
         let mut writes = Vec::with_capacity(max_batch);
         let mut rest = Vec::with_capacity(max_batch);
-        while queue.take(&mut jobs, max_batch) {
+        while queue.take(&mut jobs, max_batch, &mut batching) {
             for job in jobs.drain(..) {
                 writes.push(job.write);
                 rest.push((job.members, job.skip, job.then));

@@ -161,6 +161,9 @@ pub struct DispatchSection {
     pub recall_window: Duration,
     /// Most messages per durable write.
     pub max_commit_batch: usize,
+    /// Longest a group commit waits for company, only under load (see tern_dispatch::batching).
+    #[serde(with = "duration")]
+    pub commit_delay: Duration,
     /// Sends waiting for commit before new ones are refused (UNAVAILABLE).
     pub pipeline_queue: usize,
 }
@@ -297,6 +300,7 @@ impl Default for DispatchSection {
         Self {
             recall_window: d.recall_window,
             max_commit_batch: d.max_commit_batch,
+            commit_delay: d.commit_delay,
             pipeline_queue: d.pipeline_queue,
         }
     }
@@ -459,6 +463,7 @@ impl Config {
         tern_dispatch::DispatchConfig {
             recall_window: self.dispatch.recall_window,
             max_commit_batch: self.dispatch.max_commit_batch,
+            commit_delay: self.dispatch.commit_delay,
             pipeline_queue: self.dispatch.pipeline_queue,
             ..Default::default()
         }
@@ -556,34 +561,42 @@ fn set(table: &mut toml::Table, section: &str, key: &str, text: &str) -> anyhow:
     Ok(())
 }
 
-/// Parses a duration like `500ms`, `10s`, `2m`, `24h` or `7d`.
+/// Parses a duration like `250us`, `500ms`, `10s`, `2m`, `24h` or `7d`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let n: u64 = num.parse().map_err(|_| format!("invalid duration {text:?}"))?;
-    let ms = match unit {
-        "ms" => 1,
-        "s" | "" => 1000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => return Err(format!("invalid duration unit in {text:?} (use ms, s, m, h or d)")),
+    let us = match unit {
+        "us" | "µs" => 1,
+        "ms" => 1000,
+        "s" | "" => 1_000_000,
+        "m" => 60_000_000,
+        "h" => 3_600_000_000,
+        "d" => 86_400_000_000,
+        _ => return Err(format!("invalid duration unit in {text:?} (use us, ms, s, m, h or d)")),
     };
-    n.checked_mul(ms)
-        .map(Duration::from_millis)
+    n.checked_mul(us)
+        .map(Duration::from_micros)
         .ok_or_else(|| format!("duration {text:?} too large"))
 }
 
 /// Formats a duration in the largest exact unit.
 pub fn format_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)] {
-        if ms > 0 && ms.is_multiple_of(size) {
-            return format!("{}{unit}", ms / size);
+    let us = d.as_micros();
+    let units = [
+        ("d", 86_400_000_000),
+        ("h", 3_600_000_000),
+        ("m", 60_000_000),
+        ("s", 1_000_000),
+        ("ms", 1000),
+    ];
+    for (unit, size) in units {
+        if us > 0 && us.is_multiple_of(size) {
+            return format!("{}{unit}", us / size);
         }
     }
-    format!("{ms}ms")
+    if us == 0 { "0ms".into() } else { format!("{us}us") }
 }
 
 mod duration {
