@@ -143,6 +143,7 @@
 //! above this crate (or the Scylla backend).
 
 mod client;
+mod commit;
 pub mod config;
 pub mod error;
 mod failover;
