@@ -176,8 +176,18 @@ pub trait Store: Send + Sync + 'static {
     /// The default runs consecutive appends as one [`Store::append`] and each watermark move
     /// as [`Store::last_seq`] + [`Store::set_watermark`]; backends override it to do the whole
     /// group in one round trip.
-    fn commit(&self, batch: Vec<Write>) -> BoxFuture<'_, Result<Vec<Committed>, StoreError>> {
+    fn commit<'a>(
+        &'a self,
+        batch: &'a [Write],
+    ) -> BoxFuture<'a, Result<Vec<Committed>, StoreError>> {
         Box::pin(commit_in_steps(self, batch))
+    }
+
+    /// For a backend whose writes are local blocking I/O (the embedded store): the same group
+    /// commit run on the calling thread. The dispatch commit thread uses it when offered,
+    /// which saves a hand-off to another thread per group. Default: `None` (use `commit`).
+    fn blocking_commit(&self) -> Option<&dyn BlockingCommit> {
+        None
     }
 
     /// Reads stored messages of `conversation_id` with `from_seq <= seq < from_seq + window`,
@@ -245,6 +255,12 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
+/// A group commit on the calling thread ([`Store::blocking_commit`]).
+pub trait BlockingCommit: Send + Sync {
+    /// As [`Store::commit`], blocking the calling thread until the group is durable.
+    fn commit_now(&self, batch: &[Write]) -> Result<Vec<Committed>, StoreError>;
+}
+
 /// An id no client can use (ids never contain a space): the default [`Store::health`] reads
 /// it, and backends may key their probe record with it.
 pub const HEALTH_PROBE_ID: &str = "tern health probe";
@@ -253,18 +269,18 @@ pub const HEALTH_PROBE_ID: &str = "tern health probe";
 /// watermark move bounded by `last_seq`, then coalesced per (conversation, user).
 async fn commit_in_steps<S: Store + ?Sized>(
     store: &S,
-    batch: Vec<Write>,
+    batch: &[Write],
 ) -> Result<Vec<Committed>, StoreError> {
     let mut out: Vec<Committed> = Vec::with_capacity(batch.len());
     let mut appends = Vec::new();
-    let mut iter = batch.into_iter().peekable();
+    let mut iter = batch.iter().peekable();
     // (conversation, user) -> index of the latest outcome of that key, and whether any moved.
     let mut groups: std::collections::HashMap<(String, String), (Vec<usize>, bool)> =
         std::collections::HashMap::new();
     while let Some(write) = iter.next() {
         match write {
             Write::Append(m) => {
-                appends.push(m);
+                appends.push(m.clone());
                 if !matches!(iter.peek(), Some(Write::Append(_))) {
                     let run = std::mem::take(&mut appends);
                     let n = run.len();
@@ -282,7 +298,8 @@ async fn commit_in_steps<S: Store + ?Sized>(
                     continue;
                 }
                 let up = store.set_watermark(&w.conversation_id, &w.user_id, w.kind, w.seq).await?;
-                let group = groups.entry((w.conversation_id, w.user_id)).or_default();
+                let key = (w.conversation_id.clone(), w.user_id.clone());
+                let group = groups.entry(key).or_default();
                 group.0.push(out.len());
                 group.1 |= up.moved;
                 out.push(Committed::Watermark(up));

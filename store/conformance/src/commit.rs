@@ -36,7 +36,7 @@ pub async fn commit_mixes_appends_and_watermarks(store: &dyn Store) {
         Write::Append(message(&conv, &alice, "m1", "one again")),
         mark(&conv, &alice, Read, 2),
     ];
-    let out = store.commit(batch).await.expect("commit");
+    let out = store.commit(&batch).await.expect("commit");
     assert_eq!(out.len(), 6);
     assert_eq!(out[0], Committed::AboveLastSeq { last_seq: 0 });
     assert_eq!(appended_seq(&out[1]), (1, false));
@@ -60,10 +60,10 @@ pub async fn commit_coalesces_watermarks(store: &dyn Store) {
     let (alice, bob) = (unique("u-coalesce-a"), unique("u-coalesce-b"));
     let appends: Vec<Write> =
         (0..5).map(|i| Write::Append(message(&conv, &alice, &format!("m{i}"), "x"))).collect();
-    store.commit(appends).await.expect("commit appends");
+    store.commit(&appends).await.expect("commit appends");
     let wm = |delivered, read| Watermarks { delivered, read };
     let out = store
-        .commit(vec![
+        .commit(&[
             mark(&conv, &bob, Delivered, 2),
             mark(&conv, &bob, Delivered, 4),
             mark(&conv, &bob, Read, 3),
@@ -75,14 +75,14 @@ pub async fn commit_coalesces_watermarks(store: &dyn Store) {
     assert_eq!(out, vec![moved.clone(), moved.clone(), moved.clone(), moved]);
     assert_eq!(store.watermarks(&conv).await.expect("watermarks"), vec![(bob.clone(), wm(4, 3))]);
     let out = store
-        .commit(vec![mark(&conv, &bob, Delivered, 4), mark(&conv, &bob, Read, 2)])
+        .commit(&[mark(&conv, &bob, Delivered, 4), mark(&conv, &bob, Read, 2)])
         .await
         .expect("commit again");
     let still = Committed::Watermark(WatermarkUpdate { watermarks: wm(4, 3), moved: false });
     assert_eq!(out, vec![still.clone(), still]);
     // Another user's move in the same batch as an unmoved one is its own group.
     let out = store
-        .commit(vec![mark(&conv, &bob, Read, 1), mark(&conv, &alice, Delivered, 5)])
+        .commit(&[mark(&conv, &bob, Read, 1), mark(&conv, &alice, Delivered, 5)])
         .await
         .expect("commit two users");
     assert_eq!(
