@@ -504,8 +504,11 @@ impl Store for RedisStore {
         Box::pin(async move { Ok(self.append_batch(batch).await?) })
     }
 
-    fn commit(&self, batch: Vec<Write>) -> BoxFuture<'_, Result<Vec<Committed>, StoreError>> {
-        Box::pin(async move { Ok(self.commit_batch(&batch).await?) })
+    fn commit<'a>(
+        &'a self,
+        batch: &'a [Write],
+    ) -> BoxFuture<'a, Result<Vec<Committed>, StoreError>> {
+        Box::pin(async move { Ok(self.commit_batch(batch).await?) })
     }
 
     fn read_range<'a>(

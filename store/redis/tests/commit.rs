@@ -60,7 +60,7 @@ fn calls(server: &RedisServer, command: &str) -> u64 {
 async fn a_group_is_one_script_call_with_one_receipt_write_per_pair() {
     let server = start().await;
     let store = RedisStore::connect(RedisStoreConfig::new(server.url())).await.unwrap();
-    store.commit(vec![append("c", "m0"), mark("c", "b", Read, 1)]).await.unwrap();
+    store.commit(&[append("c", "m0"), mark("c", "b", Read, 1)]).await.unwrap();
     let (evalsha, hset) = (calls(&server, "evalsha"), calls(&server, "hset"));
     let mut batch = vec![append("c", "m1"), append("c", "m2")];
     for seq in [1, 2, 3, 2, 3] {
@@ -68,7 +68,7 @@ async fn a_group_is_one_script_call_with_one_receipt_write_per_pair() {
         batch.push(mark("c", "a", Read, seq));
         batch.push(mark("c", "b", Read, 1)); // never moves b's read
     }
-    let out = store.commit(batch).await.unwrap();
+    let out = store.commit(&batch).await.unwrap();
     assert_eq!(calls(&server, "evalsha"), evalsha + 1, "one script call");
     // 2 appends x (bucket + meta + 2 member `last`) + b's and a's receipt fields, once each.
     assert_eq!(calls(&server, "hset"), hset + 2 * 4 + 2);
@@ -84,7 +84,7 @@ async fn a_group_is_one_script_call_with_one_receipt_write_per_pair() {
     }
     // Moves that move nothing write nothing.
     let hset = calls(&server, "hset");
-    let out = store.commit(vec![mark("c", "b", Delivered, 2), mark("c", "a", Read, 3)]).await;
+    let out = store.commit(&[mark("c", "b", Delivered, 2), mark("c", "a", Read, 3)]).await;
     assert!(out.unwrap().iter().all(|c| matches!(c, Committed::Watermark(u) if !u.moved)));
     assert_eq!(calls(&server, "hset"), hset);
 }
@@ -97,7 +97,7 @@ async fn bound_is_exact_and_the_script_is_reloaded() {
     let store = RedisStore::connect(RedisStoreConfig::new(server.url())).await.unwrap();
     server.command(&[b"SCRIPT", b"FLUSH"]).unwrap();
     let out = store
-        .commit(vec![
+        .commit(&[
             append("x", "m1"),
             mark("x", "b", Delivered, u64::MAX),
             mark("x", "b", v1::ReceiptKind::Unspecified, 1),
@@ -123,7 +123,7 @@ async fn a_group_writes_under_the_key_prefix_only() {
     let server = start().await;
     let cfg = RedisStoreConfig { key_prefix: "pfx:".into(), ..RedisStoreConfig::new(server.url()) };
     let store = RedisStore::connect(cfg).await.unwrap();
-    store.commit(vec![append("k", "m1"), mark("k", "b", Read, 1)]).await.unwrap();
+    store.commit(&[append("k", "m1"), mark("k", "b", Read, 1)]).await.unwrap();
     let Reply::Array(Some(keys)) = server.command(&[b"KEYS", b"*"]).unwrap() else {
         panic!("KEYS")
     };
@@ -150,12 +150,12 @@ async fn only_groups_with_appends_wait_for_replicas() {
         ..RedisStoreConfig::new(server.url())
     };
     let store = RedisStore::connect(cfg).await.unwrap();
-    let held = store.commit(vec![append("r", "m1"), mark("r", "b", Read, 1)]).await;
+    let held = store.commit(&[append("r", "m1"), mark("r", "b", Read, 1)]).await;
     assert!(
         matches!(&held, Err(StoreError::Unavailable(t)) if t.contains("replicas acknowledged")),
         "{held:?}"
     );
     // (The held group is on the primary all the same: its append bounds this move.)
-    let out = store.commit(vec![mark("r", "c", Read, 1)]).await.unwrap();
+    let out = store.commit(&[mark("r", "c", Read, 1)]).await.unwrap();
     assert!(matches!(&out[0], Committed::Watermark(u) if u.moved));
 }
