@@ -69,10 +69,17 @@ impl Links {
     /// Queues a frame for `gateway_id`'s link without waiting. False when the gateway has no
     /// link here or its queue is full (the push is dropped; clients recover by sync).
     pub fn try_send(&self, gateway_id: &str, frame: Bytes) -> bool {
+        self.try_send_frames(gateway_id, frame, 1)
+    }
+
+    /// Queues `frames`, `count` encoded link frames back to back, for `gateway_id`'s link as
+    /// one item (written with one write). False when the gateway has no link here or its queue
+    /// is full: all `count` are dropped and counted.
+    pub fn try_send_frames(&self, gateway_id: &str, frames: Bytes, count: usize) -> bool {
         let tx = self.lock().get(gateway_id).map(|(_, tx)| tx.clone());
-        let ok = tx.is_some_and(|tx| tx.try_send(frame).is_ok());
+        let ok = tx.is_some_and(|tx| tx.try_send(frames).is_ok());
         if !ok {
-            self.pushes_dropped.fetch_add(1, Relaxed);
+            self.pushes_dropped.fetch_add(count as u64, Relaxed);
         }
         ok
     }
@@ -105,6 +112,34 @@ impl Links {
              # TYPE {name} counter\n{name} {}",
             self.auth_failures.load(Relaxed)
         );
+    }
+}
+
+/// Most queue items written with one write.
+const WRITE_BATCH: usize = 1024;
+
+/// Writes what is queued for one link, as few writes as it can: after the first item wakes it,
+/// it lets every task already runnable go first (`yield_now`: the answers of one commit group
+/// are produced by one task each, and each wake of this one would otherwise be a write of its
+/// own), then writes everything queued by then at once.
+async fn write_link(mut rx: mpsc::Receiver<Bytes>, mut wr: OwnedWriteHalf) {
+    let mut batch = Vec::new();
+    let mut buf = Vec::new();
+    while rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+        tokio::task::yield_now().await;
+        while batch.len() < WRITE_BATCH {
+            match rx.try_recv() {
+                Ok(f) => batch.push(f),
+                Err(_) => break,
+            }
+        }
+        buf.clear();
+        for f in batch.drain(..) {
+            buf.extend_from_slice(&f);
+        }
+        if wr.write_all(&buf).await.is_err() {
+            return;
+        }
     }
 }
 
@@ -277,20 +312,8 @@ async fn run_link(
         authenticate(&links, &worker_id, &auth, &mut rd, &mut wr, &mut buf, peer).await;
     pending.fetch_sub(1, Relaxed);
     let gateway_id = authenticated.map_err(LinkError::Refused)?;
-    let (tx, mut rx) = mpsc::channel::<Bytes>(LINK_QUEUE);
-    let writer = tokio::spawn(async move {
-        let mut batch = Vec::new();
-        let mut buf = Vec::new();
-        while rx.recv_many(&mut batch, 1024).await > 0 {
-            buf.clear();
-            for f in batch.drain(..) {
-                buf.extend_from_slice(&f);
-            }
-            if wr.write_all(&buf).await.is_err() {
-                return;
-            }
-        }
-    });
+    let (tx, rx) = mpsc::channel::<Bytes>(LINK_QUEUE);
+    let writer = tokio::spawn(write_link(rx, wr));
     // Authenticated: pushes to this gateway may use the link from now on.
     let link_id = links.register(&gateway_id, tx.clone());
     tracing::info!(gateway = %gateway_id, %peer, "gateway linked");

@@ -204,3 +204,80 @@ async fn duplicate_login_on_another_gateway_kicks_the_older_connection() {
     let kicks = block_in_place(|| cluster.gateway_metrics(0)).unwrap();
     assert_eq!(kicks.get("tern_gateway_duplicate_login_kicks_total"), Some(1.0));
 }
+
+/// Pushes routed in batches (one buffer per gateway per routing round): senders on both
+/// gateways send at once to one user with a device on each gateway; each device gets every
+/// message exactly once, each conversation in seq order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_pushes_reach_every_device_on_every_gateway_once_in_order() {
+    use common::Raw;
+    use std::collections::BTreeMap;
+    use tern_proto::v1::envelope::Body;
+    const SENDERS: usize = 4;
+    const EACH: u64 = 25;
+    let (cluster, key) = start(ClusterOptions { gateways: 2, workers: 2, ..Default::default() });
+    let (mut phone, _) = Raw::login(cluster.gateway_addr(0), &mint(&key, "carol", "phone")).await;
+    let (mut laptop, _) = Raw::login(cluster.gateway_addr(1), &mint(&key, "carol", "laptop")).await;
+    let mut senders = Vec::new();
+    for s in 0..SENDERS {
+        let user = format!("sender{s}");
+        let (client, _events) = connect(cluster.gateway_addr(s % 2), &mint(&key, &user, "d")).await;
+        // The first send also waits until the gateway is linked to the workers.
+        send(&client, "carol", text("0"), &cluster).await;
+        senders.push((client, _events));
+    }
+    let cluster = std::sync::Arc::new(cluster);
+    let mut tasks = tokio::task::JoinSet::new();
+    for (client, _) in &senders {
+        let (client, cluster) = (client.clone(), cluster.clone());
+        tasks.spawn(async move {
+            // All of them in flight at once, so routing rounds carry many pushes.
+            let sends: Vec<_> = (1..=EACH)
+                .map(|i| {
+                    let client = client.clone();
+                    let body = text(&i.to_string());
+                    tokio::spawn(async move {
+                        client
+                            .send_with_id(
+                                Target::Peer("carol".into()),
+                                new_client_msg_id(),
+                                "text/plain",
+                                body,
+                            )
+                            .await
+                    })
+                })
+                .collect();
+            for s in sends {
+                if let Err(e) = s.await.unwrap() {
+                    fail(&cluster, "send", e);
+                }
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+    let total = SENDERS as u64 * (EACH + 1);
+    for (device, raw) in [("phone", &mut phone), ("laptop", &mut laptop)] {
+        let mut seqs: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        let mut got = 0;
+        while got < total {
+            let env = tokio::time::timeout(WAIT, raw.recv())
+                .await
+                .unwrap_or_else(|_| panic!("{device}: {got} of {total} pushes\n{}", cluster.logs()))
+                .expect("connection open");
+            if let Some(Body::Deliver(d)) = env.body {
+                let m = d.message.unwrap();
+                seqs.entry(m.conversation_id).or_default().push(m.seq);
+                got += 1;
+            }
+        }
+        assert_eq!(seqs.len(), SENDERS, "{device}: {seqs:?}");
+        for (conv, seqs) in &seqs {
+            assert_eq!(*seqs, (1..=EACH + 1).collect::<Vec<_>>(), "{device} in {conv}");
+        }
+    }
+    drop(senders);
+    block_in_place(|| drop(cluster));
+}

@@ -63,10 +63,10 @@ impl RedisStore {
         }
     }
 
-    /// The append script and `WAIT min_replicas_acked` in one pipeline, so both run on the same
-    /// connection (WAIT waits for that connection's last write; the script always writes, so
+    /// The commit script and `WAIT min_replicas_acked` in one pipeline, so both run on the same
+    /// connection (WAIT waits for that connection's last write; the script always writes when the batch has an append, so
     /// the answer of a duplicate waits for the original too). NOSCRIPT: load, run once more.
-    pub(crate) async fn append_and_wait(
+    pub(crate) async fn commit_and_wait(
         &self,
         conn: ConnectionManager,
         invocation: &redis::ScriptInvocation<'_>,
@@ -81,7 +81,7 @@ impl RedisStore {
                 Err(e)
                     if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
                 {
-                    scripts::APPEND.load_async(&mut conn).await?;
+                    scripts::COMMIT.load_async(&mut conn).await?;
                     pipe.query_async(&mut conn).await
                 }
                 other => other,

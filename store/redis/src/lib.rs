@@ -117,12 +117,15 @@
 //!
 //! # Scripts and atomicity
 //!
-//! Every append batch is one EVALSHA of [`scripts::APPEND_LUA`]: dedupe check, seq allocation,
-//! message, recall, meta, dedupe key and member indexes for every message of the batch, in
-//! batch order, with no other client's command in between. That is what makes seqs unique and
+//! Every append batch and every group commit ([`Store::commit`](tern_store::Store::commit):
+//! appends and receipt watermark moves together) is one EVALSHA of [`scripts::COMMIT_LUA`]:
+//! the last-seq bound of each watermark move and the coalescing of moves per (conversation,
+//! user) happen inside it (one `HSET` per pair whose final value moved); dedupe check, seq
+//! allocation, message, recall, meta, dedupe key and member indexes for every message of the
+//! batch, in batch order, with no other client's command in between. That is what makes seqs unique and
 //! gap-free and dedupe exact with any number of dispatch workers at once (and a duplicate later
-//! in the same batch sees the earlier one's dedupe key). Watermarks move with
-//! [`scripts::SET_WATERMARK_LUA`] (monotonic; read raises delivered). The script text and its
+//! in the same batch sees the earlier one's dedupe key). A single watermark move outside a group
+//! uses [`scripts::SET_WATERMARK_LUA`] (monotonic; read raises delivered). The script text and its
 //! arguments are documented in [`scripts`]. A script runs to completion while every other
 //! client waits: a batch of B messages with M members each costs O(B·M) Redis operations.
 //!
@@ -143,6 +146,7 @@
 //! above this crate (or the Scylla backend).
 
 mod client;
+mod commit;
 pub mod config;
 pub mod error;
 mod failover;

@@ -11,7 +11,7 @@
 //! `%d` (exact below 2^53, far beyond any real conversation). Watermarks are compared as
 //! decimal strings (length first, then bytes), so any `u64` a client sends is exact.
 //!
-//! # The history fence (first in APPEND and HISTORY)
+//! # The history fence (in COMMIT, when the batch has an append, and HISTORY)
 //!
 //! `KEYS = [Phistory, Pnode]`, the configured `failover_seq_gap` (ARGV's last element). Before
 //! any write: `INFO replication`; not `role:master` → error `READONLY …`. If `master_replid`
@@ -28,12 +28,20 @@
 //! `redis.set_repl(REPL_AOF)`: to this node's AOF only, so a replica never holds the value its
 //! primary wrote last (it holds at most the one of its last full sync).
 //!
-//! # APPEND
+//! # COMMIT (every append batch and every group commit)
 //!
-//! `ARGV = [bucket_size, n, then n records of 9 + m fields, failover_seq_gap]`, each record:
-//! `conv_base, conversation_id, dedupe_key, server_time_ms, header, body, recall_seq,
+//! `ARGV = [bucket_size, n, then n records, failover_seq_gap]`. A record is either an append,
+//! `"a", conv_base, conversation_id, dedupe_key, server_time_ms, header, body, recall_seq,
 //! recall_bucket_key, m, user_base x m` (`recall_seq` "0" and `recall_bucket_key` "" when the
-//! message is not a recall). For each record in order:
+//! message is not a recall), or a watermark move, `"w", conv_base, user_id, "d" | "r" | "u",
+//! seq` (`u`: unspecified kind, moves nothing).
+//!
+//! 0. Reads only: every watermark record's current `<conv>:rcpt` field is read and validated
+//!    (`delivered:read`, decimals; the seq a decimal), else an error before any write. Then the
+//!    history fence, only when the batch has an append (a watermark allocates no seq; it never
+//!    ran the fence nor `WAIT`ed before group commits either).
+//!
+//! For each record in order, an append:
 //! 1. `GET dedupe_key`: if set, answer `["1", record, ""]` (the stored
 //!    `seq:time:conversation_id`) and write nothing.
 //! 2. Fence (only once the recorded `gap` is above 0): if `<conv>:meta gap` is below the
@@ -48,8 +56,15 @@
 //! 5. For every member: `ZADD <user>:convs 0 conv`, `HSET <user>:last conv seq:time`.
 //! 6. Answer `["0", seq, recall_target_missing]`.
 //!
+//! A watermark move: if `seq` is above `<conv>:meta last_seq` (as it stands at that point of
+//! the batch, so counting earlier appends), answer `["x", last_seq, ""]`; else move the
+//! (conversation, user)'s value **in the script's memory** (delivered, or read and delivered up
+//! to read; never back). After the last record, each (conversation, user) whose final value
+//! differs from the one read in step 0 is written once (`HSET <conv>:rcpt user d:r`), and every
+//! accepted move of it answers `["w", "final_delivered:final_read", moved "1" | "0"]`.
+//!
 //! After the last record the reply has one more element: the fence's event (`""`, `new`,
-//! `restart` or `failover`), for the log.
+//! `restart` or `failover`; `""` when the fence did not run), for the log.
 //!
 //! Keys are built inside the script from the bases passed in ARGV (the bucket key depends on
 //! the seq the script allocates), so they are not declared in KEYS: fine on a single primary,
@@ -124,14 +139,52 @@ return {string.format('%d', gap), event}
 "#
 );
 
-/// Source of the append script (see the module doc).
-pub const APPEND_LUA: &str = concat!(
+/// Source of the commit script (see the module doc).
+pub const COMMIT_LUA: &str = concat!(
     history_fence_lua!(),
     r#"
+local function greater(a, b)
+  if #a ~= #b then return #a > #b end
+  return a > b
+end
 local bucket_size = tonumber(ARGV[1])
 local n = tonumber(ARGV[2])
-local gap, event = history_fence(KEYS[1], KEYS[2], tonumber(ARGV[#ARGV]))
-if not gap then return redis.error_reply(event) end
+-- Pass 1, reads only: every watermark record's current value, validated before any write.
+local marks, order = {}, {}
+local appends = 0
+local i = 3
+for _ = 1, n do
+  if ARGV[i] == 'a' then
+    appends = appends + 1
+    i = i + 10 + tonumber(ARGV[i + 9])
+  elseif ARGV[i] == 'w' then
+    if not string.match(ARGV[i + 4], '^%d+$') then
+      return redis.error_reply('watermark seq is not a decimal: ' .. ARGV[i + 4])
+    end
+    local rkey, user = ARGV[i + 1] .. ':rcpt', ARGV[i + 2]
+    local id = rkey .. '\0' .. user
+    if not marks[id] then
+      local d, r = '0', '0'
+      local current = redis.call('HGET', rkey, user)
+      if current then
+        d, r = string.match(current, '^(%d+):(%d+)$')
+        if not d then
+          return redis.error_reply('corrupt receipt record of ' .. user .. ': ' .. current)
+        end
+      end
+      marks[id] = {rkey = rkey, user = user, d0 = d, r0 = r, d = d, r = r, slots = {}}
+      order[#order + 1] = id
+    end
+    i = i + 5
+  else
+    return redis.error_reply('unknown commit record ' .. tostring(ARGV[i]))
+  end
+end
+local gap, event = 0, ''
+if appends > 0 then
+  gap, event = history_fence(KEYS[1], KEYS[2], tonumber(ARGV[#ARGV]))
+  if not gap then return redis.error_reply(event) end
+end
 -- A conversation not yet fenced for every history change: its counter continues above the
 -- highest seq it may have handed out on the lost branch (see the crate doc, "Failover").
 local function fence(base)
@@ -151,46 +204,82 @@ local function fence(base)
     'gap', string.format('%d', gap))
 end
 local out = {}
-local i = 3
+i = 3
 for _ = 1, n do
-  local base, conv, dkey, time = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local header, body, rseq, rkey = ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7]
-  local members = tonumber(ARGV[i + 8])
-  local first_member = i + 9
-  i = first_member + members
-  local original = redis.call('GET', dkey)
-  if original then
-    out[#out + 1] = '1'
-    out[#out + 1] = original
-    out[#out + 1] = ''
-  else
-    if gap > 0 then fence(base) end
-    local seq = string.format('%d', redis.call('HINCRBY', base .. ':meta', 'last_seq', 1))
-    local missing = '0'
-    if rkey ~= '' then
-      if redis.call('HEXISTS', rkey, rseq) == 1 then
-        redis.call('HDEL', rkey, 'b' .. rseq)
-        redis.call('HSET', rkey, 'r' .. rseq, '1')
-      else
-        missing = '1'
-      end
-    end
-    local bucket = base .. ':m:' .. string.format('%d', math.floor(tonumber(seq) / bucket_size))
-    if body == '' then
-      redis.call('HSET', bucket, seq, header)
+  if ARGV[i] == 'w' then
+    local base, user, kind, seq = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+    i = i + 5
+    local last = redis.call('HGET', base .. ':meta', 'last_seq') or '0'
+    if greater(seq, last) then
+      out[#out + 1] = 'x'
+      out[#out + 1] = last
+      out[#out + 1] = ''
     else
-      redis.call('HSET', bucket, seq, header, 'b' .. seq, body)
+      local m = marks[base .. ':rcpt' .. '\0' .. user]
+      if kind == 'r' then
+        if greater(seq, m.r) then m.r = seq end
+        if greater(m.r, m.d) then m.d = m.r end
+      elseif kind == 'd' then
+        if greater(seq, m.d) then m.d = seq end
+      end
+      out[#out + 1] = 'w'
+      out[#out + 1] = ''
+      out[#out + 1] = ''
+      m.slots[#m.slots + 1] = #out - 1
     end
-    redis.call('HSET', base .. ':meta', 'last_time_ms', time)
-    redis.call('SET', dkey, seq .. ':' .. time .. ':' .. conv)
-    local entry = seq .. ':' .. time
-    for m = first_member, first_member + members - 1 do
-      redis.call('ZADD', ARGV[m] .. ':convs', 0, conv)
-      redis.call('HSET', ARGV[m] .. ':last', conv, entry)
+  else
+    local base, conv, dkey, time = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+    local header, body, rseq, rkey = ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], ARGV[i + 8]
+    local members = tonumber(ARGV[i + 9])
+    local first_member = i + 10
+    i = first_member + members
+    local original = redis.call('GET', dkey)
+    if original then
+      out[#out + 1] = '1'
+      out[#out + 1] = original
+      out[#out + 1] = ''
+    else
+      if gap > 0 then fence(base) end
+      local seq = string.format('%d', redis.call('HINCRBY', base .. ':meta', 'last_seq', 1))
+      local missing = '0'
+      if rkey ~= '' then
+        if redis.call('HEXISTS', rkey, rseq) == 1 then
+          redis.call('HDEL', rkey, 'b' .. rseq)
+          redis.call('HSET', rkey, 'r' .. rseq, '1')
+        else
+          missing = '1'
+        end
+      end
+      local bucket = base .. ':m:' .. string.format('%d', math.floor(tonumber(seq) / bucket_size))
+      if body == '' then
+        redis.call('HSET', bucket, seq, header)
+      else
+        redis.call('HSET', bucket, seq, header, 'b' .. seq, body)
+      end
+      redis.call('HSET', base .. ':meta', 'last_time_ms', time)
+      redis.call('SET', dkey, seq .. ':' .. time .. ':' .. conv)
+      local entry = seq .. ':' .. time
+      for k = first_member, first_member + members - 1 do
+        redis.call('ZADD', ARGV[k] .. ':convs', 0, conv)
+        redis.call('HSET', ARGV[k] .. ':last', conv, entry)
+      end
+      out[#out + 1] = '0'
+      out[#out + 1] = seq
+      out[#out + 1] = missing
     end
-    out[#out + 1] = '0'
-    out[#out + 1] = seq
-    out[#out + 1] = missing
+  end
+end
+-- Coalesced: one write per (conversation, user), only when its final value moved.
+for _, id in ipairs(order) do
+  local m = marks[id]
+  local moved = '0'
+  if m.d ~= m.d0 or m.r ~= m.r0 then
+    moved = '1'
+    redis.call('HSET', m.rkey, m.user, m.d .. ':' .. m.r)
+  end
+  for _, slot in ipairs(m.slots) do
+    out[slot] = m.d .. ':' .. m.r
+    out[slot + 1] = moved
   end
 end
 out[#out + 1] = event
@@ -230,8 +319,8 @@ end
 return {new_delivered, new_read, '0'}
 "#;
 
-/// The append script (SHA1 computed once).
-pub static APPEND: LazyLock<Script> = LazyLock::new(|| Script::new(APPEND_LUA));
+/// The commit script (SHA1 computed once).
+pub static COMMIT: LazyLock<Script> = LazyLock::new(|| Script::new(COMMIT_LUA));
 
 /// The history check script (SHA1 computed once).
 pub static HISTORY: LazyLock<Script> = LazyLock::new(|| Script::new(HISTORY_LUA));

@@ -11,15 +11,15 @@ use prost::Message as _;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tern_proto::v1;
 use tern_store::{
-    Appended, BoxFuture, ConversationEntry, NewMessage, Range, Store, StoreError, WatermarkUpdate,
-    Watermarks,
+    Appended, BoxFuture, Committed, ConversationEntry, NewMessage, Range, Store, StoreError,
+    WatermarkUpdate, Watermarks, Write,
 };
 use tracing::{info, warn};
 
 use crate::config::RedisStoreConfig;
 use crate::error::RedisStoreError;
 use crate::failover::Failover;
-use crate::keys::{BUCKET_SIZE, Keys, bucket_of, bucket_spans, message_fields};
+use crate::keys::{Keys, bucket_of, bucket_spans, message_fields};
 use crate::scripts;
 use tern_presence::redact_url;
 
@@ -164,11 +164,11 @@ impl RedisStore {
     /// first send. (Later NOSCRIPT answers are handled by `redis::Script` itself.)
     async fn load_scripts(&self) -> Result<(), RedisStoreError> {
         let mut conn = self.conn.clone();
-        for script in [&*scripts::APPEND, &*scripts::SET_WATERMARK, &*scripts::HISTORY] {
+        for script in [&*scripts::COMMIT, &*scripts::SET_WATERMARK, &*scripts::HISTORY] {
             with_timeout(self.timeout, script.load_async(&mut conn)).await?;
         }
         if let Some(mut conn) = self.failover.append_conn.clone() {
-            with_timeout(self.timeout, scripts::APPEND.load_async(&mut conn)).await?;
+            with_timeout(self.timeout, scripts::COMMIT.load_async(&mut conn)).await?;
         }
         Ok(())
     }
@@ -183,91 +183,6 @@ impl RedisStore {
             Ok(result) => result,
             Err(_) => Err(RedisStoreError::Timeout(self.timeout)),
         }
-    }
-
-    async fn append_batch(&self, batch: Vec<NewMessage>) -> Result<Vec<Appended>, RedisStoreError> {
-        if batch.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut invocation = scripts::APPEND.prepare_invoke();
-        invocation.key(self.keys.history()).key(self.keys.node());
-        invocation.arg(BUCKET_SIZE).arg(batch.len());
-        for m in &batch {
-            let (recall_seq, recall_bucket) = if m.kind == v1::MessageKind::Recall {
-                (m.recalled_seq, self.keys.bucket(&m.conversation_id, bucket_of(m.recalled_seq)))
-            } else {
-                (0, String::new())
-            };
-            invocation
-                .arg(self.keys.conversation(&m.conversation_id))
-                .arg(&m.conversation_id)
-                .arg(self.keys.dedupe(&m.sender_user_id, &m.client_msg_id))
-                .arg(m.server_time_ms)
-                .arg(encode_header(m))
-                .arg(m.body.as_ref())
-                .arg(recall_seq)
-                .arg(recall_bucket)
-                .arg(m.members.len());
-            for member in &m.members {
-                invocation.arg(self.keys.user(member));
-            }
-        }
-        invocation.arg(self.failover.seq_gap);
-        let mut reply: Vec<String> = match self.failover.append_conn.clone() {
-            None => {
-                self.run(|mut conn| async move { Ok(invocation.invoke_async(&mut conn).await?) })
-                    .await?
-            }
-            Some(conn) => self.append_and_wait(conn, &invocation).await?,
-        };
-        // The history fence's event comes last.
-        if let Some(event) = reply.pop() {
-            self.history_event(&event, "");
-        }
-        if reply.len() != batch.len() * 3 {
-            return Err(RedisStoreError::Corrupt {
-                key: "(append script reply)".into(),
-                what: format!("{} fields for {} messages", reply.len(), batch.len()),
-            });
-        }
-        batch
-            .iter()
-            .zip(reply.chunks_exact(3))
-            .map(|(m, out)| self.outcome(m, &out[0], &out[1], &out[2]))
-            .collect()
-    }
-
-    /// One message's outcome from the append script's `[flag, value, recall_missing]`.
-    fn outcome(
-        &self,
-        m: &NewMessage,
-        flag: &str,
-        value: &str,
-        recall_missing: &str,
-    ) -> Result<Appended, RedisStoreError> {
-        if flag == "1" {
-            return parse_dedupe_record(value).ok_or_else(|| RedisStoreError::Corrupt {
-                key: self.keys.dedupe(&m.sender_user_id, &m.client_msg_id),
-                what: format!("dedupe record {value:?}"),
-            });
-        }
-        let seq = value.parse().map_err(|_| RedisStoreError::Corrupt {
-            key: self.keys.meta(&m.conversation_id),
-            what: format!("allocated seq {value:?}"),
-        })?;
-        if recall_missing == "1" {
-            warn!(
-                conversation_id = %m.conversation_id,
-                seq = m.recalled_seq,
-                "recall of a message that is not stored"
-            );
-        }
-        Ok(Appended {
-            conversation_id: m.conversation_id.clone(),
-            seq,
-            server_time_ms: m.server_time_ms,
-            duplicate: false,
-        })
     }
 
     async fn last_seq_of(&self, conversation_id: &str) -> Result<u64, RedisStoreError> {
@@ -420,7 +335,7 @@ impl RedisStore {
         }
     }
 
-    fn corrupt_receipt(
+    pub(crate) fn corrupt_receipt(
         &self,
         conversation_id: &str,
         user_id: &str,
@@ -587,6 +502,13 @@ pub(crate) fn parse_last(record: &str) -> Option<(u64, i64)> {
 impl Store for RedisStore {
     fn append(&self, batch: Vec<NewMessage>) -> BoxFuture<'_, Result<Vec<Appended>, StoreError>> {
         Box::pin(async move { Ok(self.append_batch(batch).await?) })
+    }
+
+    fn commit<'a>(
+        &'a self,
+        batch: &'a [Write],
+    ) -> BoxFuture<'a, Result<Vec<Committed>, StoreError>> {
+        Box::pin(async move { Ok(self.commit_batch(batch).await?) })
     }
 
     fn read_range<'a>(
