@@ -313,6 +313,7 @@ async fn run_link(
     pending.fetch_sub(1, Relaxed);
     let gateway_id = authenticated.map_err(LinkError::Refused)?;
     let (tx, rx) = mpsc::channel::<Bytes>(LINK_QUEUE);
+    let rt = tokio::runtime::Handle::current();
     let writer = tokio::spawn(write_link(rx, wr));
     // Authenticated: pushes to this gateway may use the link from now on.
     let link_id = links.register(&gateway_id, tx.clone());
@@ -344,17 +345,24 @@ async fn run_link(
                     gateway_id: gateway_id.clone(),
                     connection_id: req.connection_id,
                 };
-                // Enter the pipeline now, in link order; await the answer concurrently.
-                let answer = dispatcher.handle(&origin, env);
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    let envelope = answer.await;
-                    let frame = encode_link(
-                        frame.id,
-                        LinkBody::Response(link::Response { envelope: Some(envelope) }),
-                    );
-                    let _ = tx.send(frame).await;
-                });
+                // Enter the pipeline now, in link order. Sends and receipts are answered by
+                // the commit thread itself (a whole group's answers in one pass, so the link
+                // writer wakes once for them); other requests by a task.
+                let (tx, rt, id) = (tx.clone(), rt.clone(), frame.id);
+                dispatcher.submit(
+                    &origin,
+                    env,
+                    Box::new(move |envelope| {
+                        let response = link::Response { envelope: Some(envelope) };
+                        let frame = encode_link(id, LinkBody::Response(response));
+                        if let Err(mpsc::error::TrySendError::Full(frame)) = tx.try_send(frame) {
+                            // A full link queue: wait for room off this thread.
+                            rt.spawn(async move {
+                                let _ = tx.send(frame).await;
+                            });
+                        }
+                    }),
+                );
             }
             Some(LinkBody::KickConnection(k)) => {
                 // A device logged in again elsewhere: forward to the gateway holding the old one.
