@@ -172,7 +172,7 @@ pub struct DispatchSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreSection {
-    /// `embedded` (redb in the data directory; `tern serve`), `redis` or `scylla` (shared by
+    /// `embedded` (a write-ahead log and a redb index in the data directory; `tern serve`), `redis` or `scylla` (shared by
     /// many dispatch workers).
     pub backend: String,
     /// fsync every commit of the embedded store. Only turn off for throwaway benchmarks: an
