@@ -19,7 +19,7 @@ pub const CONVERSATIONS: usize = 100;
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
-/// One commit-path design: commit a group, durable on return; returns messages newly stored.
+/// One commit-path design: `commit` stores a group and returns once it is durable.
 pub trait Design {
     fn name(&self) -> &'static str;
     fn commit(&mut self, batch: &[Write]) -> Result<()>;
