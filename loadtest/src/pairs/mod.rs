@@ -161,7 +161,9 @@ pub fn run(args: &PairsArgs) -> Result<PairsReport, PairsError> {
     let epoch = d.epoch;
     let (window_start, window_end) =
         (epoch + Duration::from_nanos(warmup_ns), epoch + Duration::from_nanos(end_ns));
-    let mut snaps: (Option<(Instant, CpuSnap)>, Option<(Instant, CpuSnap)>) = (None, None);
+    // CPU readings when the window opened and when it closed.
+    let mut opened: Option<(Instant, CpuSnap)> = None;
+    let mut closed: Option<(Instant, CpuSnap)> = None;
     let mut drain_until: Option<Instant> = None;
     let mut next_tick = Instant::now() + TICK;
     let mut hit_max_duration = false;
@@ -175,8 +177,8 @@ pub fn run(args: &PairsArgs) -> Result<PairsReport, PairsError> {
         }
         let now_ns = d.now_ns();
         let all_sent = args.messages.is_some_and(|m| d.tally.sent >= m);
-        if snaps.0.is_none() && now >= window_start {
-            snaps.0 = Some((now, CpuSnap::take(&args.server_pid)));
+        if opened.is_none() && now >= window_start {
+            opened = Some((now, CpuSnap::take(&args.server_pid)));
             d.tally.measuring = true;
         }
         if !primed {
@@ -188,12 +190,12 @@ pub fn run(args: &PairsArgs) -> Result<PairsReport, PairsError> {
         }
         d.release_due(now_ns);
         let finished_early = all_sent && d.settled();
-        if snaps.0.is_some() && snaps.1.is_none() && (now >= window_end || finished_early) {
-            snaps.1 = Some((now, CpuSnap::take(&args.server_pid)));
+        if opened.is_some() && closed.is_none() && (now >= window_end || finished_early) {
+            closed = Some((now, CpuSnap::take(&args.server_pid)));
             d.tally.measuring = false;
             d.tally.window.end_ns = d.tally.window.end_ns.min(now_ns);
         }
-        if drain_until.is_none() && (snaps.1.is_some() || all_sent && now >= window_end) {
+        if drain_until.is_none() && (closed.is_some() || all_sent && now >= window_end) {
             d.sending = false;
             drain_until = Some(now + args.drain);
         }
@@ -214,15 +216,15 @@ pub fn run(args: &PairsArgs) -> Result<PairsReport, PairsError> {
             }
         }
         let mut deadline = next_tick.min(hard_stop);
-        for t in [d.next_due(), snaps.0.is_none().then_some(window_start), drain_until] {
+        for t in [d.next_due(), opened.is_none().then_some(window_start), drain_until] {
             deadline = t.map_or(deadline, |t| deadline.min(t));
         }
-        if snaps.1.is_none() {
+        if closed.is_none() {
             deadline = deadline.min(window_end);
         }
         d.turn(deadline)?;
     }
-    Ok(report(args, window, &d, snaps, started, drained, hit_max_duration))
+    Ok(report(args, window, &d, (opened, closed), started, drained, hit_max_duration))
 }
 
 fn progress(d: &Driver, t: Duration) {
