@@ -71,6 +71,11 @@ impl OutQueue {
         self.bytes
     }
 
+    /// Frames waiting (the first may be partly written).
+    pub fn frames(&self) -> usize {
+        self.frames.len()
+    }
+
     /// Whether everything was written.
     pub fn is_empty(&self) -> bool {
         self.frames.is_empty()

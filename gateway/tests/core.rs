@@ -1,6 +1,6 @@
 //! The connection core over real loopback sockets, with an in-process upstream: frames split at
 //! every byte offset, thousands of connections on one I/O thread, the slow-reader cap with its
-//! memory gauge, back-pressure from a slow upstream, and shutdown.
+//! memory gauge, batched pushes keeping their order, back-pressure from a slow upstream, and shutdown.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -297,6 +297,47 @@ async fn slow_reader_is_kicked_at_its_cap_and_its_memory_is_returned() {
     }
     assert_eq!(m.connections_open.load(SeqCst), 0);
     assert_eq!(m.outbound_queued_bytes.load(SeqCst), 0);
+    server.stop().await;
+}
+
+/// Pushes queued faster than the I/O thread drains them are written per connection in batches
+/// (one `writev` per connection per drain): each connection still gets every frame once, in
+/// order, and a close queued after them comes after them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_pushes_keeps_each_connections_order_and_a_later_kick_comes_last() {
+    let server = Server::start(GatewayConfig::default(), 1, false);
+    let mut a = Raw::connect(server.addr);
+    a.send(&server.login_bytes("burst-a", "d"));
+    assert!(is_login_ok(&a.expect("LoginOk")));
+    let mut b = Raw::connect(server.addr);
+    b.send(&server.login_bytes("burst-b", "d"));
+    assert!(is_login_ok(&b.expect("LoginOk")));
+    let id_a = server.gw.registry.snapshot().into_iter().find(|c| c.0 == "burst-a").unwrap().2;
+    const N: u64 = 2000;
+    // One tight loop from this thread: many commands wait in the mailbox per drain.
+    for n in 0..N {
+        assert_eq!(server.gw.registry.push("burst-a", &ping(n), None), 1);
+        assert_eq!(server.gw.registry.push("burst-b", &ping(100_000 + n), None), 1);
+    }
+    assert!(server.gw.registry.kick_connection("burst-a", "d", id_a));
+    let (got_a, got_b) = tokio::task::spawn_blocking(move || {
+        let mut got_a = Vec::new();
+        while let Some(env) = a.next() {
+            got_a.push(env);
+        }
+        let got_b: Vec<u64> = (0..N).map(|_| b.expect("push").request_id).collect();
+        (got_a, got_b)
+    })
+    .await
+    .unwrap();
+    let ids: Vec<u64> = got_a.iter().take(N as usize).map(|e| e.request_id).collect();
+    assert_eq!(ids, (0..N).collect::<Vec<_>>(), "a: every push once, in order");
+    assert_eq!(got_a.len(), N as usize + 1, "then the kick, then EOF");
+    match &got_a[N as usize].body {
+        Some(Body::Kick(k)) => assert_eq!(k.reason(), KickReason::DuplicateLogin),
+        other => panic!("expected the kick last, got {other:?}"),
+    }
+    assert_eq!(got_b, (100_000..100_000 + N).collect::<Vec<_>>(), "b: every push, in order");
     server.stop().await;
 }
 

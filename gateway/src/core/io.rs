@@ -116,6 +116,8 @@ pub(super) struct IoThread<U: Upstream> {
     decoder: FrameDecoder,
     mailbox: Arc<Mailbox>,
     cmds: Vec<Cmd>,
+    /// Frames of one mailbox drain, by connection slot, written per connection at its end.
+    staged: Vec<(u32, Bytes)>,
     /// Connections to read again without waiting for an event: their turn ran out, or they
     /// were paused and may read again.
     again: Vec<Key>,
@@ -149,6 +151,7 @@ impl<U: Upstream> IoThread<U> {
             decoder: FrameDecoder::new(max_frame),
             mailbox: Arc::new(Mailbox::new(waker)),
             cmds: Vec::new(),
+            staged: Vec::new(),
             again: Vec::new(),
             rt,
             accept_retry_at: None,
@@ -565,10 +568,11 @@ impl<U: Upstream> IoThread<U> {
             match cmd {
                 Cmd::Push { slot, generation, frame } => {
                     if self.is_live(Key { slot, generation }) {
-                        self.send(slot, Some(frame));
+                        self.staged.push((slot, frame));
                     }
                 }
                 Cmd::Close { slot, generation, last } => {
+                    self.flush_staged();
                     if self.is_live(Key { slot, generation }) {
                         self.begin_close(slot, last);
                     }
@@ -585,16 +589,23 @@ impl<U: Upstream> IoThread<U> {
                             self.again.push(Key { slot, generation });
                         }
                     }
-                    self.send(slot, frame);
+                    if let Some(frame) = frame {
+                        self.staged.push((slot, frame));
+                    }
                 }
                 Cmd::LoginReady { slot, generation, frame } => {
+                    self.flush_staged();
                     if self.is_live(Key { slot, generation }) {
                         self.login_ready(slot, frame);
                     }
                 }
-                Cmd::Shutdown => self.shut_down(),
+                Cmd::Shutdown => {
+                    self.flush_staged();
+                    self.shut_down();
+                }
             }
         }
+        self.flush_staged();
         self.cmds = cmds;
     }
 

@@ -52,6 +52,73 @@ impl<U: Upstream> IoThread<U> {
         }
     }
 
+    /// Writes the frames staged by a mailbox drain: each connection's frames, in order, with
+    /// one `writev` (a group commit answers and pushes many frames to one connection at once).
+    pub(super) fn flush_staged(&mut self) {
+        if self.staged.is_empty() {
+            return;
+        }
+        let mut staged = std::mem::take(&mut self.staged);
+        // Stable: a connection's frames keep their order.
+        staged.sort_by_key(|&(slot, _)| slot);
+        let mut frames = Vec::new();
+        let mut it = staged.drain(..).peekable();
+        while let Some((slot, frame)) = it.next() {
+            frames.push(frame);
+            while let Some((_, f)) = it.next_if(|&(s, _)| s == slot) {
+                frames.push(f);
+            }
+            if frames.len() == 1 {
+                self.send(slot, frames.pop());
+            } else {
+                self.send_all(slot, &mut frames);
+            }
+            frames.clear();
+        }
+        drop(it);
+        self.staged = staged;
+    }
+
+    /// [`send`](Self::send) for several frames: one `writev` when nothing waits; what the
+    /// socket does not take is queued under the same caps.
+    fn send_all(&mut self, i: u32, frames: &mut Vec<Bytes>) {
+        let gw = self.gw.clone();
+        let Some(c) = self.conn(i) else { return };
+        if c.phase == Phase::Closing {
+            return;
+        }
+        if c.out.is_some() {
+            for frame in frames.drain(..) {
+                self.send(i, Some(frame));
+            }
+            return;
+        }
+        gw.metrics.frames_out.fetch_add(frames.len() as u64, Relaxed);
+        let mut q = OutQueue::default();
+        for frame in frames.drain(..) {
+            q.push_uncapped(frame);
+        }
+        match q.flush(&mut c.stream) {
+            Ok(true) => {}
+            Ok(false) => {
+                let (max_bytes, max_frames) =
+                    (gw.cfg.max_outbound_bytes, gw.cfg.max_outbound_frames);
+                // As if pushed one by one after the first, partly written frame.
+                let overflow = q.queued_bytes() > max_bytes || q.frames() > max_frames;
+                if overflow {
+                    gw.metrics.slow_consumer_kicks.fetch_add(1, Relaxed);
+                    q.replace_with(slow_consumer_kick(gw.cfg.session.max_frame_bytes));
+                }
+                account(&gw, 0, q.queued_bytes());
+                c.out = Some(Box::new(q));
+                if overflow {
+                    self.begin_close(i, None);
+                }
+            }
+            Err(_) => self.drop_conn(i),
+        }
+    }
+
     pub(super) fn on_writable(&mut self, i: u32) {
         let gw = self.gw.clone();
         let Some(c) = self.conn(i) else { return };
