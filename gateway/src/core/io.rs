@@ -186,10 +186,14 @@ impl<U: Upstream> IoThread<U> {
             if self.stopping_since.is_some() {
                 timeout = Some(timeout.map_or(WHEEL_TICK, |t| t.min(WHEEL_TICK)));
             }
-            if !self.again.is_empty() {
+            if !self.again.is_empty()
+                || (timeout != Some(Duration::ZERO) && !self.mailbox.going_to_sleep())
+            {
                 timeout = Some(Duration::ZERO);
             }
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
+            let polled = self.poll.poll(&mut events, timeout);
+            self.mailbox.awake();
+            if let Err(e) = polled {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }

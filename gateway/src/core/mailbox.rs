@@ -1,5 +1,6 @@
-//! Cross-thread hand-off into one I/O thread: a command queue plus a mio [`Waker`], woken once
-//! per batch. Pushes from dispatch, kicks, and the answers of requests that ran on the async
+//! Cross-thread hand-off into one I/O thread: a command queue plus a mio [`Waker`], written only
+//! when the thread sleeps in `poll` (at most once per sleep): a busy thread drains its queue
+//! before it sleeps again, so senders to it make no syscall. Pushes from dispatch, kicks, and the answers of requests that ran on the async
 //! runtime all reach a connection this way; only its I/O thread touches the connection.
 
 use std::sync::{Arc, Mutex};
@@ -25,32 +26,57 @@ pub(crate) enum Cmd {
 /// One I/O thread's inbox.
 #[derive(Debug)]
 pub struct Mailbox {
-    queue: Mutex<Vec<Cmd>>,
+    state: Mutex<State>,
     waker: Waker,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    cmds: Vec<Cmd>,
+    /// The thread is (about to be) blocked in `poll` and nobody has woken it yet.
+    asleep: bool,
 }
 
 impl Mailbox {
     pub(crate) fn new(waker: Waker) -> Self {
-        Self { queue: Mutex::new(Vec::new()), waker }
+        Self { state: Mutex::default(), waker }
     }
 
-    /// Queues `cmd`; wakes the thread when the queue was empty (it drains all at once).
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // Critical sections are a push, a swap or a flag: a poisoned lock is still consistent.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues `cmd`; wakes the thread only if it sleeps (the first sender after it fell asleep
+    /// does; the thread then drains everything queued at once).
     pub(crate) fn send(&self, cmd: Cmd) {
-        let first = {
-            // Critical sections are a push or a swap: a poisoned lock is still consistent.
-            let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-            q.push(cmd);
-            q.len() == 1
+        let wake = {
+            let mut s = self.lock();
+            s.cmds.push(cmd);
+            std::mem::take(&mut s.asleep)
         };
-        if first && let Err(e) = self.waker.wake() {
+        if wake && let Err(e) = self.waker.wake() {
             tracing::error!(error = %e, "waking an I/O thread failed");
         }
     }
 
     /// Takes every queued command into `into` (which must be empty; its buffer is reused).
     pub(crate) fn drain(&self, into: &mut Vec<Cmd>) {
-        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        std::mem::swap(&mut *q, into);
+        std::mem::swap(&mut self.lock().cmds, into);
+    }
+
+    /// The owning thread is about to block in `poll`: false (do not block) when commands
+    /// wait, else later senders wake it.
+    pub(crate) fn going_to_sleep(&self) -> bool {
+        let mut s = self.lock();
+        s.asleep = s.cmds.is_empty();
+        s.asleep
+    }
+
+    /// The owning thread returned from `poll`: it drains before it sleeps again, so senders
+    /// need not wake it.
+    pub(crate) fn awake(&self) {
+        self.lock().asleep = false;
     }
 }
 
@@ -83,5 +109,51 @@ impl ConnHandle {
 
     pub(crate) fn login_ready(&self, frame: Option<Bytes>) {
         self.mailbox.send(Cmd::LoginReady { slot: self.slot, generation: self.generation, frame });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mio::{Events, Poll, Token};
+
+    use super::*;
+
+    const WAKER: Token = Token(7);
+
+    fn wakes(poll: &mut Poll) -> usize {
+        let mut events = Events::with_capacity(8);
+        poll.poll(&mut events, Some(std::time::Duration::ZERO)).unwrap();
+        events.iter().filter(|e| e.token() == WAKER).count()
+    }
+
+    fn shutdowns(m: &Mailbox) -> usize {
+        let mut cmds = Vec::new();
+        m.drain(&mut cmds);
+        cmds.len()
+    }
+
+    #[test]
+    fn only_a_sleeping_thread_is_woken_and_only_once() {
+        let mut poll = Poll::new().unwrap();
+        let m = Mailbox::new(Waker::new(poll.registry(), WAKER).unwrap());
+        // Awake (never slept): senders make no syscall; the thread finds the commands itself.
+        m.send(Cmd::Shutdown);
+        assert_eq!(wakes(&mut poll), 0);
+        assert!(!m.going_to_sleep(), "commands wait: the thread must not block");
+        assert_eq!(shutdowns(&m), 1);
+        // Asleep: the first sender wakes it, the next ones do not.
+        assert!(m.going_to_sleep());
+        m.send(Cmd::Shutdown);
+        m.send(Cmd::Shutdown);
+        assert_eq!(wakes(&mut poll), 1);
+        m.awake();
+        m.send(Cmd::Shutdown);
+        assert_eq!(wakes(&mut poll), 0, "awake again: no wake-up");
+        assert_eq!(shutdowns(&m), 3);
+        assert!(m.going_to_sleep());
+        m.awake();
+        m.send(Cmd::Shutdown);
+        assert_eq!(wakes(&mut poll), 0);
+        assert_eq!(shutdowns(&m), 1);
     }
 }
