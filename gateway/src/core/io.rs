@@ -210,7 +210,9 @@ impl<U: Upstream> IoThread<U> {
                             self.on_writable(i);
                         }
                         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                            self.on_readable(i);
+                            // A peer's FIN or an error that came with this event raises no
+                            // new edge: read on to EOF then.
+                            self.on_readable(i, ev.is_read_closed() || ev.is_error());
                         }
                     }
                 }
@@ -337,7 +339,11 @@ impl<U: Upstream> IoThread<U> {
 
     // ----- reading -----
 
-    fn on_readable(&mut self, i: u32) {
+    /// Reads what a connection has, within its turn. A read that returns less than the buffer
+    /// holds drained the socket (a stream socket's short read), so the next data raises a new
+    /// edge and no read to `WouldBlock` is needed, unless `until_block` (after a pause, or when
+    /// the event also said the peer closed).
+    fn on_readable(&mut self, i: u32, until_block: bool) {
         let max_inflight = self.gw.cfg.max_inflight_requests as u32;
         for _ in 0..READS_PER_TURN {
             let Some(c) = self.slots.get_mut(i as usize).and_then(|s| s.conn.as_mut()) else {
@@ -352,10 +358,13 @@ impl<U: Upstream> IoThread<U> {
             match c.stream.read(&mut self.scratch) {
                 Ok(0) => return self.on_eof(i),
                 Ok(n) => {
-                    if c.phase == Phase::Closing {
-                        continue; // draining: input after closing is dropped
+                    let drained = n < self.scratch.len() && !until_block;
+                    if c.phase != Phase::Closing {
+                        self.on_bytes(i, n);
+                    } // else draining: input after closing is dropped
+                    if drained {
+                        return;
                     }
-                    self.on_bytes(i, n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -637,7 +646,7 @@ impl<U: Upstream> IoThread<U> {
         for key in &again {
             if self.is_live(*key) {
                 self.process_partial(key.slot);
-                self.on_readable(key.slot);
+                self.on_readable(key.slot, true);
             }
         }
         if self.again.is_empty() {
