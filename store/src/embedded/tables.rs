@@ -125,27 +125,28 @@ pub(super) fn apply(
 /// the rest halves the B-tree writes per message under load.
 fn apply_in(txn: &WriteTransaction, ops: Vec<IndexOp>) -> Result<(), EmbeddedError> {
     use std::collections::HashMap;
+    type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
     let mut messages = txn.open_table(MESSAGES)?;
     let mut dedupe = txn.open_table(DEDUPE)?;
     let mut receipts = txn.open_table(RECEIPTS)?;
     // Last (seq, time) per conversation, and per (member, conversation).
-    let mut latest: HashMap<&str, (u64, i64)> = HashMap::new();
-    let mut members: HashMap<(&str, &str), (u64, i64)> = HashMap::new();
+    let mut latest: Map<&str, (u64, i64)> = Map::default();
+    let mut members: Map<(&str, &str), (u64, i64)> = Map::default();
     for op in &ops {
         match op {
             IndexOp::Append(a) => {
-                let conv = a.conversation_id.as_str();
+                let conv = a.conversation_id();
                 if a.recalled_seq > 0 {
                     recall_target(&mut messages, conv, a.recalled_seq)?;
                 }
-                messages.insert((conv, a.seq), a.encoded.as_slice())?;
+                messages.insert((conv, a.seq), a.encoded())?;
                 dedupe.insert(
-                    (a.sender_user_id.as_str(), a.client_msg_id.as_str()),
+                    (a.sender_user_id(), a.client_msg_id()),
                     (conv, a.seq, a.server_time_ms),
                 )?;
                 latest.insert(conv, (a.seq, a.server_time_ms));
-                for member in &a.members {
-                    members.insert((member.as_str(), conv), (a.seq, a.server_time_ms));
+                for member in a.members() {
+                    members.insert((member, conv), (a.seq, a.server_time_ms));
                 }
             }
             IndexOp::Watermark(w) => {
