@@ -20,6 +20,7 @@ use thiserror::Error;
 use tracing::warn;
 
 use super::entry::IndexOp;
+use super::filter::KeyFilter;
 use crate::{ConversationEntry, Range, StoreError, Watermarks};
 
 /// (conversation_id, seq) -> protobuf-encoded `v1::Message`.
@@ -98,6 +99,20 @@ pub(super) fn create_tables(db: &Database) -> Result<u64, EmbeddedError> {
     let applied = txn.open_table(INDEX_META)?.get(APPLIED_LSN)?.map_or(0, |g| g.value());
     txn.commit()?;
     Ok(applied)
+}
+
+/// The writer's filter of dedupe keys, holding every key of the `dedupe` table.
+pub(super) fn dedupe_filter(db: &Database, bytes: usize) -> Result<KeyFilter, EmbeddedError> {
+    let mut filter = KeyFilter::new(bytes);
+    if bytes > 0 {
+        let txn = db.begin_read()?;
+        for entry in txn.open_table(DEDUPE)?.iter()? {
+            let (key, _) = entry?;
+            let (sender, id) = key.value();
+            filter.insert(sender, id);
+        }
+    }
+    Ok(filter)
 }
 
 /// Applies log records (in lsn order) and the new applied lsn in one write transaction,

@@ -6,9 +6,11 @@
 //! written since the index last caught up (plus recently used ones as a cache). What it does
 //! not hold it reads from the index, which is exact for every key the writer does not hold:
 //! a key leaves the writer's maps only once the index has applied its last change
-//! ([`Writer::housekeeping`]). A group's changes are staged and enter the maps only after the
-//! log commit succeeds, so a failed commit changes nothing (and poisons the log: the store
-//! then refuses writes until a restart recovers from what the disk holds).
+//! ([`Writer::housekeeping`]). A dedupe key the writer does not hold is looked up only if the
+//! key filter ([`super::filter`]) says the index may hold it. A group's changes are staged and
+//! enter the maps only after the log commit succeeds, so a failed commit changes nothing (and
+//! poisons the log: the store then refuses writes until a restart recovers from what the disk
+//! holds).
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -17,6 +19,7 @@ use redb::{Database, ReadOnlyTable, ReadTransaction, ReadableDatabase, TableDefi
 use tern_proto::v1;
 
 use super::entry::{self, IndexOp, MessageRef, WatermarkOp};
+use super::filter::KeyFilter;
 use super::tables::{self, CONV_META, DEDUPE, EmbeddedError, RECEIPTS};
 use crate::wal::Wal;
 use crate::{Appended, Committed, WatermarkUpdate, Watermarks, Write};
@@ -104,6 +107,8 @@ pub(crate) struct Writer {
     pub(crate) wal: Wal,
     convs: Map<String, Conv>,
     dedupe: PairMap<Dup>,
+    /// Every dedupe key the index may hold (and more): a key outside it is new.
+    known: KeyFilter,
     receipts: PairMap<Mark>,
     /// The index's applied lsn at the last housekeeping.
     pruned_at: u64,
@@ -119,11 +124,12 @@ struct MarkGroup {
 }
 
 impl Writer {
-    pub(crate) fn new(wal: Wal) -> Self {
+    pub(crate) fn new(wal: Wal, known: KeyFilter) -> Self {
         Self {
             wal,
             convs: map(),
             dedupe: PairMap::new(),
+            known,
             receipts: PairMap::new(),
             pruned_at: 0,
             released: 0,
@@ -270,6 +276,8 @@ impl Writer {
                     lsn,
                 };
                 self.dedupe.insert(sender, id, dup);
+                // Before the key can leave the map (housekeeping, once the index holds it).
+                self.known.insert(sender, id);
             }
         }
         for ((conv, user), mark) in moved_marks {
@@ -297,6 +305,9 @@ impl Writer {
                 server_time_ms: d.time,
                 duplicate: true,
             }));
+        }
+        if !self.known.may_contain(key.0, key.1) {
+            return Ok(None);
         }
         Ok(g.dedupe_table()?.get(key)?.map(|v| {
             let (conversation_id, seq, server_time_ms) = v.value();
