@@ -207,3 +207,32 @@ async fn torn_log_tail_is_truncated_never_served() {
     let store = EmbeddedStore::open(dir.path()).unwrap();
     assert_eq!(store.last_seq("c").await.unwrap(), 11);
 }
+
+/// A resend whose original only the index holds (the writer dropped it from its map once the
+/// index applied it, or a reopen emptied the map) is still answered by dedupe, with the
+/// writer's key filter at its default size, tiny (mostly "maybe") and off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resend_of_an_original_only_in_the_index_is_a_duplicate() {
+    for filter in [EmbeddedConfig::default().dedupe_filter_bytes, 8, 0] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = EmbeddedConfig { dedupe_filter_bytes: filter, ..EmbeddedConfig::default() };
+        {
+            let store = EmbeddedStore::open_with(dir.path(), &config).unwrap();
+            let first: Vec<_> = (0..50).map(|i| message("c", "u", &format!("m{i}"), i)).collect();
+            store.append(first).await.unwrap();
+            // The read barrier: the index holds them; the next commit prunes the writer's map.
+            assert_eq!(store.last_seq("c").await.unwrap(), 50);
+            store.append(vec![message("c", "u", "n1", 100)]).await.unwrap();
+            let again = store.append(vec![message("c2", "u", "m7", 999)]).await.unwrap();
+            assert_eq!((again[0].conversation_id.as_str(), again[0].seq), ("c", 8), "{filter}");
+            assert_eq!((again[0].server_time_ms, again[0].duplicate), (7, true), "{filter}");
+            let new = store.append(vec![message("c", "u", "m50", 50)]).await.unwrap();
+            assert_eq!((new[0].seq, new[0].duplicate), (52, false), "{filter}");
+        }
+        let store = EmbeddedStore::open_with(dir.path(), &config).unwrap();
+        let again = store.append(vec![message("c", "u", "m3", 999)]).await.unwrap();
+        assert_eq!((again[0].seq, again[0].duplicate), (4, true), "{filter}");
+        let again = store.append(vec![message("c", "u", "n1", 999)]).await.unwrap();
+        assert_eq!((again[0].seq, again[0].duplicate), (51, true), "{filter}");
+    }
+}

@@ -14,20 +14,118 @@ use tern_proto::v1;
 use super::tables::EmbeddedError;
 use crate::Watermarks;
 
-/// A new message for the index.
+/// A new message for the index: the log record's payload as written, with where the index's
+/// fields sit in it (one allocation per message, shared by the log copy and the index).
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct AppendOp {
-    pub conversation_id: String,
     pub seq: u64,
     pub server_time_ms: i64,
-    pub sender_user_id: String,
-    pub client_msg_id: String,
     /// For a recall event: the seq it recalls (else 0).
     pub recalled_seq: u64,
-    pub members: Vec<String>,
-    /// The protobuf-encoded `v1::Message`.
-    pub encoded: Vec<u8>,
+    /// The record payload ([`encode_append`]).
+    payload: Vec<u8>,
+    message: Span,
+    conversation_id: Span,
+    sender_user_id: Span,
+    client_msg_id: Span,
+    /// Where the members' fields begin (they run to the end).
+    members: usize,
 }
+
+/// A byte range of [`AppendOp::payload`].
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+struct Span {
+    start: usize,
+    end: usize,
+}
+
+impl AppendOp {
+    /// The log record's payload.
+    pub fn payload(&self) -> &[u8] {
+        &self.payload
+    }
+
+    /// The protobuf-encoded `v1::Message`, as the `messages` table holds it.
+    pub fn encoded(&self) -> &[u8] {
+        self.bytes(self.message)
+    }
+
+    pub fn conversation_id(&self) -> &str {
+        self.str(self.conversation_id)
+    }
+
+    pub fn sender_user_id(&self) -> &str {
+        self.str(self.sender_user_id)
+    }
+
+    pub fn client_msg_id(&self) -> &str {
+        self.str(self.client_msg_id)
+    }
+
+    /// The members, in record order.
+    pub fn members(&self) -> impl Iterator<Item = &str> {
+        let mut rest = self.payload.get(self.members..).unwrap_or_default();
+        std::iter::from_fn(move || {
+            // Written by `encode_append` from `&str`s: each is key 2, a varint length, bytes.
+            let (&key, tail) = rest.split_first()?;
+            if key != MEMBER_KEY {
+                return None;
+            }
+            let mut tail = tail;
+            let len = prost::encoding::decode_varint(&mut tail).ok()?;
+            let len = usize::try_from(len).ok()?;
+            let (member, after) = (tail.get(..len)?, tail.get(len..)?);
+            rest = after;
+            std::str::from_utf8(member).ok()
+        })
+    }
+
+    fn bytes(&self, span: Span) -> &[u8] {
+        self.payload.get(span.start..span.end).unwrap_or_default()
+    }
+
+    /// Spans of strings are copied from `&str`s by [`encode_append`]: always UTF-8.
+    fn str(&self, span: Span) -> &str {
+        std::str::from_utf8(self.bytes(span)).unwrap_or_default()
+    }
+}
+
+/// The fields of a message to store, borrowed from the request (or a decoded record).
+pub(crate) struct MessageRef<'a> {
+    pub conversation_id: &'a str,
+    pub seq: u64,
+    pub sender_user_id: &'a str,
+    pub sender_device_id: &'a str,
+    pub client_msg_id: &'a str,
+    pub server_time_ms: i64,
+    pub kind: i32,
+    pub content_type: &'a str,
+    pub body: &'a [u8],
+    pub recalled_seq: u64,
+    pub recalled: bool,
+}
+
+impl<'a> MessageRef<'a> {
+    /// Every field of `m`.
+    pub fn of(m: &'a v1::Message) -> Self {
+        MessageRef {
+            conversation_id: &m.conversation_id,
+            seq: m.seq,
+            sender_user_id: &m.sender_user_id,
+            sender_device_id: &m.sender_device_id,
+            client_msg_id: &m.client_msg_id,
+            server_time_ms: m.server_time_ms,
+            kind: m.kind,
+            content_type: &m.content_type,
+            body: m.body.as_ref(),
+            recalled_seq: m.recalled_seq,
+            recalled: m.recalled,
+        }
+    }
+}
+
+/// The first byte of a member field of an append record (tag 2, length-delimited).
+const MEMBER_KEY: u8 = 0x12;
 
 /// A member's watermarks after a group.
 #[derive(Debug, Clone, PartialEq)]
@@ -97,20 +195,95 @@ fn put_bytes(tag: u32, bytes: &[u8], buf: &mut Vec<u8>) {
     buf.extend_from_slice(bytes);
 }
 
+/// As [`put_bytes`], returning where the bytes went.
+fn put_span(tag: u32, bytes: &[u8], buf: &mut Vec<u8>) -> Span {
+    put_bytes(tag, bytes, buf);
+    Span { start: buf.len() - bytes.len(), end: buf.len() }
+}
+
 fn put_u64(tag: u32, value: u64, buf: &mut Vec<u8>) {
     encode_key(tag, WireType::Varint, buf);
     encode_varint(value, buf);
 }
 
-/// Writes an append record: `message` is the encoded `v1::Message`.
-pub(crate) fn encode_append(message: &[u8], members: &[String], buf: &mut Vec<u8>) {
-    let inner =
-        len_field(1, message.len()) + members.iter().map(|m| len_field(2, m.len())).sum::<usize>();
-    encode_key(1, WireType::LengthDelimited, buf);
-    encode_varint(inner as u64, buf);
-    put_bytes(1, message, buf);
-    for m in members {
-        put_bytes(2, m.as_bytes(), buf);
+fn u64_field(tag: u32, value: u64) -> usize {
+    if value == 0 { 0 } else { key_len(tag) + encoded_len_varint(value) }
+}
+
+fn str_field(tag: u32, s: &[u8]) -> usize {
+    if s.is_empty() { 0 } else { len_field(tag, s.len()) }
+}
+
+/// The bytes prost's `v1::Message::encode` writes for `m` (proto3: default values omitted;
+/// int64 and enum values as sign-extended varints; fields in tag order).
+fn message_len(m: &MessageRef<'_>) -> usize {
+    str_field(1, m.conversation_id.as_bytes())
+        + u64_field(2, m.seq)
+        + str_field(3, m.sender_user_id.as_bytes())
+        + str_field(4, m.sender_device_id.as_bytes())
+        + str_field(5, m.client_msg_id.as_bytes())
+        + u64_field(6, m.server_time_ms as u64)
+        + u64_field(7, i64::from(m.kind) as u64)
+        + str_field(8, m.content_type.as_bytes())
+        + str_field(9, m.body)
+        + u64_field(10, m.recalled_seq)
+        + u64_field(11, u64::from(m.recalled))
+}
+
+/// Writes the append record of `m` and `members` (the message encoded as prost would, once)
+/// and returns it as the index's [`AppendOp`].
+pub(crate) fn encode_append<S: AsRef<str>>(m: &MessageRef<'_>, members: &[S]) -> AppendOp {
+    let message = message_len(m);
+    let inner = len_field(1, message)
+        + members.iter().map(|s| len_field(2, s.as_ref().len())).sum::<usize>();
+    let mut buf = Vec::with_capacity(len_field(1, inner));
+    encode_key(1, WireType::LengthDelimited, &mut buf);
+    encode_varint(inner as u64, &mut buf);
+    encode_key(1, WireType::LengthDelimited, &mut buf);
+    encode_varint(message as u64, &mut buf);
+    let start = buf.len();
+    let string = |tag: u32, s: &str, buf: &mut Vec<u8>| {
+        if s.is_empty() {
+            Span { start: buf.len(), end: buf.len() }
+        } else {
+            put_span(tag, s.as_bytes(), buf)
+        }
+    };
+    let varint = |tag: u32, v: u64, buf: &mut Vec<u8>| {
+        if v != 0 {
+            put_u64(tag, v, buf);
+        }
+    };
+    let conversation_id = string(1, m.conversation_id, &mut buf);
+    varint(2, m.seq, &mut buf);
+    let sender_user_id = string(3, m.sender_user_id, &mut buf);
+    string(4, m.sender_device_id, &mut buf);
+    let client_msg_id = string(5, m.client_msg_id, &mut buf);
+    varint(6, m.server_time_ms as u64, &mut buf);
+    varint(7, i64::from(m.kind) as u64, &mut buf);
+    string(8, m.content_type, &mut buf);
+    if !m.body.is_empty() {
+        put_bytes(9, m.body, &mut buf);
+    }
+    varint(10, m.recalled_seq, &mut buf);
+    varint(11, u64::from(m.recalled), &mut buf);
+    let span = Span { start, end: buf.len() };
+    debug_assert_eq!(span.end - span.start, message);
+    let members_at = buf.len();
+    for s in members {
+        put_bytes(2, s.as_ref().as_bytes(), &mut buf);
+    }
+    let recall = m.kind == v1::MessageKind::Recall as i32;
+    AppendOp {
+        seq: m.seq,
+        server_time_ms: m.server_time_ms,
+        recalled_seq: if recall { m.recalled_seq } else { 0 },
+        payload: buf,
+        message: span,
+        conversation_id,
+        sender_user_id,
+        client_msg_id,
+        members: members_at,
     }
 }
 
@@ -145,18 +318,8 @@ pub(crate) fn decode(lsn: u64, payload: &[u8]) -> Result<Option<IndexOp>, Embedd
             if m.seq == 0 || m.conversation_id.is_empty() {
                 return Err(bad("append without conversation or seq".into()));
             }
-            let recalled_seq =
-                if m.kind == v1::MessageKind::Recall as i32 { m.recalled_seq } else { 0 };
-            Ok(Some(IndexOp::Append(AppendOp {
-                conversation_id: m.conversation_id,
-                seq: m.seq,
-                server_time_ms: m.server_time_ms,
-                sender_user_id: m.sender_user_id,
-                client_msg_id: m.client_msg_id,
-                recalled_seq,
-                members: a.members,
-                encoded: a.message,
-            })))
+            // Re-encoded canonically: the same message for every reader of the index.
+            Ok(Some(IndexOp::Append(encode_append(&MessageRef::of(&m), &a.members))))
         }
         (None, Some(w)) => Ok(Some(IndexOp::Watermark(WatermarkOp {
             conversation_id: w.conversation_id,
@@ -172,6 +335,42 @@ pub(crate) fn decode(lsn: u64, payload: &[u8]) -> Result<Option<IndexOp>, Embedd
 mod tests {
     use super::*;
 
+    /// The hand-written encoder writes what prost writes, for every field at and off its
+    /// default, and the prost-built record decodes to the same op.
+    #[test]
+    fn append_encoding_matches_prost() {
+        let full = v1::Message {
+            conversation_id: "dm:a:b".into(),
+            seq: u64::MAX,
+            sender_user_id: "a".into(),
+            sender_device_id: "d".into(),
+            client_msg_id: "m1".into(),
+            server_time_ms: -5,
+            kind: v1::MessageKind::Recall as i32,
+            content_type: "text/plain".into(),
+            body: bytes::Bytes::from(vec![0xab; 200]),
+            recalled_seq: 3,
+            recalled: true,
+        };
+        let sparse =
+            v1::Message { conversation_id: "c".into(), seq: 1, kind: -2, ..Default::default() };
+        let members = [vec![], vec!["a".to_owned(), "é".repeat(100)]];
+        for (m, members) in [(&full, &members[1]), (&sparse, &members[0]), (&sparse, &members[1])] {
+            let op = encode_append(&MessageRef::of(m), members);
+            let record = Record {
+                append: Some(AppendRecord { message: m.encode_to_vec(), members: members.clone() }),
+                ..Default::default()
+            };
+            assert_eq!(op.payload(), record.encode_to_vec().as_slice());
+            assert_eq!(op.encoded(), m.encode_to_vec().as_slice());
+            assert_eq!(op.conversation_id(), m.conversation_id);
+            assert_eq!(op.sender_user_id(), m.sender_user_id);
+            assert_eq!(op.client_msg_id(), m.client_msg_id);
+            assert_eq!(op.members().collect::<Vec<_>>(), *members);
+            assert_eq!(decode(1, op.payload()).expect("append"), Some(IndexOp::Append(op)));
+        }
+    }
+
     #[test]
     fn records_round_trip() {
         let message = v1::Message {
@@ -183,19 +382,18 @@ mod tests {
             kind: v1::MessageKind::Recall as i32,
             recalled_seq: 3,
             ..Default::default()
-        }
-        .encode_to_vec();
+        };
         let members = vec!["a".to_owned(), "b".to_owned()];
-        let mut buf = Vec::new();
-        encode_append(&message, &members, &mut buf);
+        let buf = encode_append(&MessageRef::of(&message), &members).payload().to_vec();
         let Some(IndexOp::Append(a)) = decode(1, &buf).expect("append") else {
             panic!("not an append")
         };
-        assert_eq!((a.conversation_id.as_str(), a.seq, a.recalled_seq), ("dm:a:b", 7, 3));
-        assert_eq!((a.sender_user_id.as_str(), a.client_msg_id.as_str()), ("a", "m1"));
-        assert_eq!((a.members, a.encoded), (members, message));
+        assert_eq!((a.conversation_id(), a.seq, a.recalled_seq), ("dm:a:b", 7, 3));
+        assert_eq!((a.sender_user_id(), a.client_msg_id()), ("a", "m1"));
+        assert_eq!(a.members().collect::<Vec<_>>(), members);
+        assert_eq!(a.encoded(), message.encode_to_vec().as_slice());
 
-        buf.clear();
+        let mut buf = Vec::new();
         let w = Watermarks { delivered: u64::MAX, read: 0 };
         encode_watermark("c", "u", w, &mut buf);
         let expected =

@@ -9,7 +9,7 @@ pub fn store_record(data: &[u8]) {
     if let Ok(Some(op)) = entry::decode(1, data) {
         let mut again = Vec::new();
         match &op {
-            IndexOp::Append(a) => entry::encode_append(&a.encoded, &a.members, &mut again),
+            IndexOp::Append(a) => again.extend_from_slice(a.payload()),
             IndexOp::Watermark(w) => {
                 entry::encode_watermark(&w.conversation_id, &w.user_id, w.watermarks, &mut again)
             }
@@ -20,7 +20,6 @@ pub fn store_record(data: &[u8]) {
 
 /// Seed payloads for the corpus: an append, a watermark, a probe.
 pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
-    use prost::Message as _;
     let message = tern_proto::v1::Message {
         conversation_id: "dm:alice:bob".into(),
         seq: 42,
@@ -29,10 +28,10 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         server_time_ms: 1_700_000_000_000,
         body: bytes::Bytes::from_static(b"hello"),
         ..Default::default()
-    }
-    .encode_to_vec();
-    let mut append = Vec::new();
-    entry::encode_append(&message, &["alice".into(), "bob".into()], &mut append);
+    };
+    let append = entry::encode_append(&entry::MessageRef::of(&message), &["alice", "bob"])
+        .payload()
+        .to_vec();
     let mut mark = Vec::new();
     let w = crate::Watermarks { delivered: 42, read: 40 };
     entry::encode_watermark("dm:alice:bob", "bob", w, &mut mark);

@@ -46,6 +46,7 @@
 //! dedupe. The database file is locked by the process that opens it: one process per store.
 
 mod entry;
+mod filter;
 pub mod fuzzing;
 mod index;
 mod tables;
@@ -101,6 +102,12 @@ pub struct EmbeddedConfig {
     pub wal_segment_bytes: u64,
     /// When the index applies and checkpoints.
     pub index: IndexConfig,
+    /// Size of the writer's filter of stored dedupe keys (a Bloom filter, filled at open by
+    /// a scan of the whole dedupe table), which lets a new client_msg_id skip an index
+    /// lookup. Cost: this much RAM, and the scan at open; once it holds more than about one
+    /// key per 4 bytes most lookups happen again (never a wrong answer). 0 disables it.
+    /// Default 16 MiB.
+    pub dedupe_filter_bytes: usize,
 }
 
 impl Default for EmbeddedConfig {
@@ -110,6 +117,7 @@ impl Default for EmbeddedConfig {
             cache_size_bytes: 64 * 1024 * 1024,
             wal_segment_bytes: WalConfig::default().segment_bytes,
             index: IndexConfig::default(),
+            dedupe_filter_bytes: 16 << 20,
         }
     }
 }
@@ -172,6 +180,8 @@ impl EmbeddedStore {
             .create(&path)
             .map_err(|e| StoreError::Io(format!("open {}: {e}", path.display())))?;
         let (db, wal) = recover(db, dir, config).map_err(StoreError::from)?;
+        let known =
+            tables::dedupe_filter(&db, config.dedupe_filter_bytes).map_err(StoreError::from)?;
         let db = Arc::new(db);
         let applied = wal.durable_lsn();
         let (index, thread) = index::Index::start(db.clone(), applied, config.index.clone())
@@ -180,7 +190,7 @@ impl EmbeddedStore {
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
-                writer: Mutex::new(writer::Writer::new(wal)),
+                writer: Mutex::new(writer::Writer::new(wal, known)),
                 index,
                 index_thread: Mutex::new(Some(thread)),
                 durable: AtomicU64::new(applied),

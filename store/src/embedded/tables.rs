@@ -20,6 +20,7 @@ use thiserror::Error;
 use tracing::warn;
 
 use super::entry::IndexOp;
+use super::filter::KeyFilter;
 use crate::{ConversationEntry, Range, StoreError, Watermarks};
 
 /// (conversation_id, seq) -> protobuf-encoded `v1::Message`.
@@ -100,6 +101,20 @@ pub(super) fn create_tables(db: &Database) -> Result<u64, EmbeddedError> {
     Ok(applied)
 }
 
+/// The writer's filter of dedupe keys, holding every key of the `dedupe` table.
+pub(super) fn dedupe_filter(db: &Database, bytes: usize) -> Result<KeyFilter, EmbeddedError> {
+    let mut filter = KeyFilter::new(bytes);
+    if bytes > 0 {
+        let txn = db.begin_read()?;
+        for entry in txn.open_table(DEDUPE)?.iter()? {
+            let (key, _) = entry?;
+            let (sender, id) = key.value();
+            filter.insert(sender, id);
+        }
+    }
+    Ok(filter)
+}
+
 /// Applies log records (in lsn order) and the new applied lsn in one write transaction,
 /// committed with `durability` (quick repair on durable commits: a crash after them needs no
 /// full repair scan).
@@ -125,27 +140,28 @@ pub(super) fn apply(
 /// the rest halves the B-tree writes per message under load.
 fn apply_in(txn: &WriteTransaction, ops: Vec<IndexOp>) -> Result<(), EmbeddedError> {
     use std::collections::HashMap;
+    type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
     let mut messages = txn.open_table(MESSAGES)?;
     let mut dedupe = txn.open_table(DEDUPE)?;
     let mut receipts = txn.open_table(RECEIPTS)?;
     // Last (seq, time) per conversation, and per (member, conversation).
-    let mut latest: HashMap<&str, (u64, i64)> = HashMap::new();
-    let mut members: HashMap<(&str, &str), (u64, i64)> = HashMap::new();
+    let mut latest: Map<&str, (u64, i64)> = Map::default();
+    let mut members: Map<(&str, &str), (u64, i64)> = Map::default();
     for op in &ops {
         match op {
             IndexOp::Append(a) => {
-                let conv = a.conversation_id.as_str();
+                let conv = a.conversation_id();
                 if a.recalled_seq > 0 {
                     recall_target(&mut messages, conv, a.recalled_seq)?;
                 }
-                messages.insert((conv, a.seq), a.encoded.as_slice())?;
+                messages.insert((conv, a.seq), a.encoded())?;
                 dedupe.insert(
-                    (a.sender_user_id.as_str(), a.client_msg_id.as_str()),
+                    (a.sender_user_id(), a.client_msg_id()),
                     (conv, a.seq, a.server_time_ms),
                 )?;
                 latest.insert(conv, (a.seq, a.server_time_ms));
-                for member in &a.members {
-                    members.insert((member.as_str(), conv), (a.seq, a.server_time_ms));
+                for member in a.members() {
+                    members.insert((member, conv), (a.seq, a.server_time_ms));
                 }
             }
             IndexOp::Watermark(w) => {

@@ -6,19 +6,20 @@
 //! written since the index last caught up (plus recently used ones as a cache). What it does
 //! not hold it reads from the index, which is exact for every key the writer does not hold:
 //! a key leaves the writer's maps only once the index has applied its last change
-//! ([`Writer::housekeeping`]). A group's changes are staged and enter the maps only after the
-//! log commit succeeds, so a failed commit changes nothing (and poisons the log: the store
-//! then refuses writes until a restart recovers from what the disk holds).
+//! ([`Writer::housekeeping`]). A dedupe key the writer does not hold is looked up only if the
+//! key filter ([`super::filter`]) says the index may hold it. A group's changes are staged and
+//! enter the maps only after the log commit succeeds, so a failed commit changes nothing (and
+//! poisons the log: the store then refuses writes until a restart recovers from what the disk
+//! holds).
 
 use std::collections::HashMap;
-use std::collections::hash_map::{Entry, RandomState};
-use std::hash::BuildHasher;
+use std::collections::hash_map::Entry;
 
-use prost::Message as _;
-use redb::{Database, ReadTransaction, ReadableDatabase};
+use redb::{Database, ReadOnlyTable, ReadTransaction, ReadableDatabase, TableDefinition};
 use tern_proto::v1;
 
-use super::entry::{self, AppendOp, IndexOp, WatermarkOp};
+use super::entry::{self, IndexOp, MessageRef, WatermarkOp};
+use super::filter::KeyFilter;
 use super::tables::{self, CONV_META, DEDUPE, EmbeddedError, RECEIPTS};
 use crate::wal::Wal;
 use crate::{Appended, Committed, WatermarkUpdate, Watermarks, Write};
@@ -26,47 +27,56 @@ use crate::{Appended, Committed, WatermarkUpdate, Watermarks, Write};
 /// Entries the caches keep once the index holds them (beyond that, clean entries are dropped).
 const CACHE_ENTRIES: usize = 100_000;
 
-/// A map keyed by a pair of strings, looked up by `(&str, &str)` without allocating. Hashed
-/// with a random key: the strings come from clients.
+/// The writer's hash maps: foldhash with a random per-map seed (the keys come from clients,
+/// so the seed keeps collisions unpredictable; SipHash cost more than the rest of a lookup).
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+fn map<K, V>() -> Map<K, V> {
+    Map::with_hasher(foldhash::fast::RandomState::default())
+}
+
+/// A map keyed by a pair of strings, stored as one byte string (the first one's length, then
+/// both), looked up by `(&str, &str)` through a scratch buffer: no allocation per lookup, one
+/// per entry.
 struct PairMap<V> {
-    buckets: HashMap<u64, Vec<(String, String, V)>>,
-    hasher: RandomState,
-    len: usize,
+    map: Map<Box<[u8]>, V>,
+    scratch: Vec<u8>,
 }
 
 impl<V> PairMap<V> {
     fn new() -> Self {
-        Self { buckets: HashMap::new(), hasher: RandomState::new(), len: 0 }
+        Self { map: map(), scratch: Vec::new() }
     }
 
-    fn hash(&self, a: &str, b: &str) -> u64 {
-        self.hasher.hash_one((a, b))
+    fn key(&mut self, a: &str, b: &str) -> &[u8] {
+        self.scratch.clear();
+        self.scratch.extend_from_slice(&(a.len() as u64).to_le_bytes());
+        self.scratch.extend_from_slice(a.as_bytes());
+        self.scratch.extend_from_slice(b.as_bytes());
+        &self.scratch
     }
 
-    fn get(&self, a: &str, b: &str) -> Option<&V> {
-        let bucket = self.buckets.get(&self.hash(a, b))?;
-        bucket.iter().find(|(x, y, _)| x == a && y == b).map(|(_, _, v)| v)
+    fn get(&mut self, a: &str, b: &str) -> Option<&V> {
+        self.key(a, b);
+        self.map.get(self.scratch.as_slice())
     }
 
     fn insert(&mut self, a: &str, b: &str, v: V) {
-        let bucket = self.buckets.entry(self.hash(a, b)).or_default();
-        match bucket.iter_mut().find(|(x, y, _)| x == a && y == b) {
-            Some(slot) => slot.2 = v,
+        self.key(a, b);
+        match self.map.get_mut(self.scratch.as_slice()) {
+            Some(slot) => *slot = v,
             None => {
-                bucket.push((a.to_owned(), b.to_owned(), v));
-                self.len += 1;
+                self.map.insert(self.scratch.as_slice().into(), v);
             }
         }
     }
 
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+
     fn retain(&mut self, keep: impl Fn(&V) -> bool) {
-        let mut len = 0;
-        self.buckets.retain(|_, bucket| {
-            bucket.retain(|(_, _, v)| keep(v));
-            len += bucket.len();
-            !bucket.is_empty()
-        });
-        self.len = len;
+        self.map.retain(|_, v| keep(v));
     }
 }
 
@@ -95,8 +105,10 @@ struct Mark {
 /// The writer's state, behind the store's commit mutex.
 pub(crate) struct Writer {
     pub(crate) wal: Wal,
-    convs: HashMap<String, Conv>,
+    convs: Map<String, Conv>,
     dedupe: PairMap<Dup>,
+    /// Every dedupe key the index may hold (and more): a key outside it is new.
+    known: KeyFilter,
     receipts: PairMap<Mark>,
     /// The index's applied lsn at the last housekeeping.
     pruned_at: u64,
@@ -112,11 +124,12 @@ struct MarkGroup {
 }
 
 impl Writer {
-    pub(crate) fn new(wal: Wal) -> Self {
+    pub(crate) fn new(wal: Wal, known: KeyFilter) -> Self {
         Self {
             wal,
-            convs: HashMap::new(),
+            convs: map(),
             dedupe: PairMap::new(),
+            known,
             receipts: PairMap::new(),
             pruned_at: 0,
             released: 0,
@@ -128,13 +141,13 @@ impl Writer {
     pub(crate) fn housekeeping(&mut self, applied: u64, checkpointed: u64) {
         if applied > self.pruned_at {
             self.pruned_at = applied;
-            if self.dedupe.len > 0 {
+            if self.dedupe.len() > 0 {
                 self.dedupe.retain(|d| d.lsn > applied);
             }
             if self.convs.len() > CACHE_ENTRIES {
                 self.convs.retain(|_, c| c.lsn > applied);
             }
-            if self.receipts.len > CACHE_ENTRIES {
+            if self.receipts.len() > CACHE_ENTRIES {
                 self.receipts.retain(|m| m.lsn > applied);
             }
         }
@@ -155,8 +168,8 @@ impl Writer {
         batch: &[Write],
         bounded: bool,
     ) -> Result<(Vec<Committed>, Vec<IndexOp>, u64), EmbeddedError> {
-        let mut g = Group { db, reader: None, convs: HashMap::new(), dedupe: HashMap::new() };
-        let mut marks: HashMap<(&str, &str), MarkGroup> = HashMap::new();
+        let mut g = Group::new(db);
+        let mut marks: Map<(&str, &str), MarkGroup> = map();
         let mut mark_order: Vec<(&str, &str)> = Vec::new();
         let mut out = Vec::with_capacity(batch.len());
         let mut ops = Vec::with_capacity(batch.len());
@@ -173,36 +186,26 @@ impl Writer {
                     let seq = last
                         .checked_add(1)
                         .ok_or_else(|| EmbeddedError::SeqOverflow(conv.to_owned()))?;
-                    let encoded = v1::Message {
-                        conversation_id: m.conversation_id.clone(),
+                    let message = MessageRef {
+                        conversation_id: conv,
                         seq,
-                        sender_user_id: m.sender_user_id.clone(),
-                        sender_device_id: m.sender_device_id.clone(),
-                        client_msg_id: m.client_msg_id.clone(),
+                        sender_user_id: &m.sender_user_id,
+                        sender_device_id: &m.sender_device_id,
+                        client_msg_id: &m.client_msg_id,
                         server_time_ms: m.server_time_ms,
                         kind: m.kind as i32,
-                        content_type: m.content_type.clone(),
-                        body: m.body.clone(),
+                        content_type: &m.content_type,
+                        body: &m.body,
                         recalled_seq: m.recalled_seq,
                         recalled: false,
-                    }
-                    .encode_to_vec();
-                    let lsn =
-                        self.wal.append_with(|buf| entry::encode_append(&encoded, &m.members, buf));
+                    };
+                    // Encoded once: the log copies the payload, the index keeps it.
+                    let op = entry::encode_append(&message, &m.members);
+                    let lsn = self.wal.append_with(|buf| buf.extend_from_slice(op.payload()));
                     let time = m.server_time_ms;
                     g.convs.insert(conv, Conv { last_seq: seq, lsn });
                     g.dedupe.insert(key, (out.len(), lsn));
-                    let recall = m.kind == v1::MessageKind::Recall;
-                    ops.push(IndexOp::Append(AppendOp {
-                        conversation_id: m.conversation_id.clone(),
-                        seq,
-                        server_time_ms: time,
-                        sender_user_id: m.sender_user_id.clone(),
-                        client_msg_id: m.client_msg_id.clone(),
-                        recalled_seq: if recall { m.recalled_seq } else { 0 },
-                        members: m.members.clone(),
-                        encoded,
-                    }));
+                    ops.push(IndexOp::Append(op));
                     out.push(Committed::Appended(Appended {
                         conversation_id: m.conversation_id.clone(),
                         seq,
@@ -273,6 +276,8 @@ impl Writer {
                     lsn,
                 };
                 self.dedupe.insert(sender, id, dup);
+                // Before the key can leave the map (housekeeping, once the index holds it).
+                self.known.insert(sender, id);
             }
         }
         for ((conv, user), mark) in moved_marks {
@@ -283,7 +288,7 @@ impl Writer {
 
     /// The original of a resend: earlier in this group, in the writer's map, or in the index.
     fn original(
-        &self,
+        &mut self,
         g: &mut Group<'_, '_>,
         key: (&str, &str),
         out: &[Committed],
@@ -301,8 +306,10 @@ impl Writer {
                 duplicate: true,
             }));
         }
-        let table = g.reader()?.open_table(DEDUPE)?;
-        Ok(table.get(key)?.map(|v| {
+        if !self.known.may_contain(key.0, key.1) {
+            return Ok(None);
+        }
+        Ok(g.dedupe_table()?.get(key)?.map(|v| {
             let (conversation_id, seq, server_time_ms) = v.value();
             Appended {
                 conversation_id: conversation_id.to_owned(),
@@ -321,8 +328,7 @@ impl Writer {
         if let Some(c) = self.convs.get(conv) {
             return Ok(*c);
         }
-        let table = g.reader()?.open_table(CONV_META)?;
-        let last_seq = table.get(conv)?.map_or(0, |v| v.value().0);
+        let last_seq = g.meta_table()?.get(conv)?.map_or(0, |v| v.value().0);
         let c = Conv { last_seq, lsn: 0 };
         // Cached: the index holds it, so lsn 0 lets housekeeping drop it when needed.
         match self.convs.entry(conv.to_owned()) {
@@ -340,8 +346,7 @@ impl Writer {
         if let Some(m) = self.receipts.get(key.0, key.1) {
             return Ok(m.watermarks);
         }
-        let table = g.reader()?.open_table(RECEIPTS)?;
-        let w = tables::read_watermarks(&table, key.0, key.1)?;
+        let w = tables::read_watermarks(g.receipts_table()?, key.0, key.1)?;
         self.receipts.insert(key.0, key.1, Mark { watermarks: w, lsn: 0 });
         Ok(w)
     }
@@ -350,19 +355,64 @@ impl Writer {
 /// What one group stages before its log commit, and its lazily opened index snapshot.
 struct Group<'d, 'b> {
     db: &'d Database,
-    reader: Option<ReadTransaction>,
-    convs: HashMap<&'b str, Conv>,
+    reader: Option<Reader>,
+    convs: Map<&'b str, Conv>,
     /// (sender, client_msg_id) -> index of its outcome, and its lsn.
-    dedupe: HashMap<(&'b str, &'b str), (usize, u64)>,
+    dedupe: Map<(&'b str, &'b str), (usize, u64)>,
 }
 
-impl Group<'_, '_> {
-    fn reader(&mut self) -> Result<&ReadTransaction, EmbeddedError> {
-        if self.reader.is_none() {
-            self.reader = Some(self.db.begin_read()?);
-        }
-        self.reader.as_ref().ok_or_else(|| EmbeddedError::Probe("no read transaction".into()))
+type DedupeTable = ReadOnlyTable<(&'static str, &'static str), (&'static str, u64, i64)>;
+type MetaTable = ReadOnlyTable<&'static str, (u64, i64)>;
+type ReceiptsTable = ReadOnlyTable<(&'static str, &'static str), (u64, u64)>;
+
+/// An index snapshot and the tables opened in it (each once per group: opening one walks the
+/// table tree).
+struct Reader {
+    txn: ReadTransaction,
+    dedupe: Option<DedupeTable>,
+    meta: Option<MetaTable>,
+    receipts: Option<ReceiptsTable>,
+}
+
+impl<'d> Group<'d, '_> {
+    fn new(db: &'d Database) -> Self {
+        Self { db, reader: None, convs: map(), dedupe: map() }
     }
+
+    fn reader(&mut self) -> Result<&mut Reader, EmbeddedError> {
+        if self.reader.is_none() {
+            let txn = self.db.begin_read()?;
+            self.reader = Some(Reader { txn, dedupe: None, meta: None, receipts: None });
+        }
+        self.reader.as_mut().ok_or_else(|| EmbeddedError::Probe("no read transaction".into()))
+    }
+
+    fn dedupe_table(&mut self) -> Result<&DedupeTable, EmbeddedError> {
+        let r = self.reader()?;
+        open(&r.txn, &mut r.dedupe, DEDUPE)
+    }
+
+    fn meta_table(&mut self) -> Result<&MetaTable, EmbeddedError> {
+        let r = self.reader()?;
+        open(&r.txn, &mut r.meta, CONV_META)
+    }
+
+    fn receipts_table(&mut self) -> Result<&ReceiptsTable, EmbeddedError> {
+        let r = self.reader()?;
+        open(&r.txn, &mut r.receipts, RECEIPTS)
+    }
+}
+
+/// `slot`'s table, opened in `txn` the first time.
+fn open<'s, K: redb::Key + 'static, V: redb::Value + 'static>(
+    txn: &ReadTransaction,
+    slot: &'s mut Option<ReadOnlyTable<K, V>>,
+    def: TableDefinition<K, V>,
+) -> Result<&'s ReadOnlyTable<K, V>, EmbeddedError> {
+    if slot.is_none() {
+        *slot = Some(txn.open_table(def)?);
+    }
+    slot.as_ref().ok_or_else(|| EmbeddedError::Probe("no table".into()))
 }
 
 /// `w` moved by a receipt of `kind` up to `seq` (never back; read also moves delivered).
