@@ -180,6 +180,9 @@ pub struct StoreSection {
     pub fsync: bool,
     /// Embedded store: size of each preallocated log segment, in bytes.
     pub wal_segment_bytes: u64,
+    /// Embedded store: bytes of the in-memory filter of stored (sender, client_msg_id) keys
+    /// that lets a new message skip the index lookup for a resend's original (0: off).
+    pub dedupe_filter_bytes: usize,
     /// Embedded store: longest a committed message waits before the index applies it (reads
     /// never wait for this).
     #[serde(with = "duration")]
@@ -312,6 +315,7 @@ impl Default for StoreSection {
             backend: "embedded".into(),
             fsync: true,
             wal_segment_bytes: 64 << 20,
+            dedupe_filter_bytes: 16 << 20,
             index_interval: Duration::from_millis(50),
             index_checkpoint: Duration::from_secs(5),
             redis_url: "redis://127.0.0.1:6380/".into(),
@@ -449,6 +453,7 @@ impl Config {
                 tern_store::embedded::Durability::NoSync
             },
             wal_segment_bytes: s.wal_segment_bytes,
+            dedupe_filter_bytes: s.dedupe_filter_bytes,
             index: tern_store::embedded::IndexConfig {
                 interval: s.index_interval,
                 checkpoint: s.index_checkpoint,
