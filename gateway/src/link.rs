@@ -16,11 +16,11 @@
 //! (`tern_gateway_link_auth_failures_total`) and dialed again only after a longer backoff.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tern_presence::{Entry, Presence};
@@ -36,7 +36,7 @@ use tokio::sync::{mpsc, oneshot};
 use self::auth::{LinkDown, authenticate};
 use self::presence::publish_presence;
 use crate::registry::Registry;
-use crate::upstream::{BoxFuture, RequestCtx, Upstream};
+use crate::upstream::{BoxFuture, Reply, RequestCtx, Upstream};
 
 mod auth;
 mod presence;
@@ -84,19 +84,54 @@ pub struct LinkMetrics {
     pub auth_failures: AtomicU64,
 }
 
+/// A request waiting for its answer, with what a retry on another link needs.
 struct Pending {
-    reply: oneshot::Sender<Envelope>,
+    reply: Reply,
+    request_id: u64,
+    user: String,
+    /// The encoded Request (its link id is the key it waits under).
+    frame: Bytes,
+    /// Links that failed while this request was on them.
+    tried: Vec<String>,
+    /// Rounds used so far: a wait on a link, or a wait for any link to come up.
+    rounds: usize,
+}
+
+/// The requests waiting on one link: by link id, and their deadlines in insertion order
+/// (every deadline is `request_timeout` after its insertion, so the queue is sorted; answered
+/// entries are dropped from its front as answers come, and skipped when their deadline comes).
+#[derive(Default)]
+struct PendingSet {
+    by_id: HashMap<u64, Pending>,
+    deadlines: VecDeque<(Instant, u64)>,
+    /// Set when the link went down: nothing is added any more.
+    closed: bool,
 }
 
 /// One worker link.
 struct WorkerLink {
     addr: String,
     tx: mpsc::Sender<Bytes>,
-    pending: Mutex<HashMap<u64, Pending>>,
+    pending: Mutex<PendingSet>,
+}
+
+impl PendingSet {
+    /// Takes the request answered under link id `id`, dropping answered deadlines from the
+    /// front so the queue stays as long as the oldest unanswered request makes it.
+    fn answered(&mut self, id: u64) -> Option<Pending> {
+        let p = self.by_id.remove(&id);
+        while let Some(&(_, front)) = self.deadlines.front() {
+            if self.by_id.contains_key(&front) {
+                break;
+            }
+            self.deadlines.pop_front();
+        }
+        p
+    }
 }
 
 impl WorkerLink {
-    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Pending>> {
+    fn pending(&self) -> std::sync::MutexGuard<'_, PendingSet> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -112,6 +147,8 @@ struct Inner {
     managed: Mutex<HashMap<String, Arc<AtomicBool>>>,
     next_id: AtomicU64,
     metrics: Arc<LinkMetrics>,
+    /// The runtime the link tasks (and the rare waits for a link) run on.
+    rt: tokio::runtime::Handle,
 }
 
 /// The distributed-mode [`Upstream`]. Cheap to clone.
@@ -148,6 +185,7 @@ impl LinkUpstream {
             managed: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             metrics,
+            rt: tokio::runtime::Handle::current(),
         });
         if let (Some(p), Some(rx)) = (presence, presence_rx) {
             tokio::spawn(publish_presence(inner.clone(), p, rx));
@@ -202,10 +240,12 @@ impl LinkUpstream {
             }
         });
     }
+}
 
+impl Inner {
     /// Picks the live link for `user` by rendezvous hashing, skipping `tried`.
     fn pick(&self, user: &str, tried: &[String]) -> Option<Arc<WorkerLink>> {
-        let live = self.inner.live.lock().unwrap_or_else(|p| p.into_inner());
+        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         live.values()
             .filter(|l| !tried.contains(&l.addr))
             .max_by_key(|l| {
@@ -216,31 +256,92 @@ impl LinkUpstream {
             .cloned()
     }
 
-    /// Sends `frame` (with link id `id`) on the best link not yet tried; returns the receiver
-    /// of the answer and the link's address.
-    fn dispatch_once(
-        &self,
-        user: &str,
-        id: u64,
-        frame: &Bytes,
-        tried: &[String],
-    ) -> Option<(oneshot::Receiver<Envelope>, String)> {
-        let mut tried = tried.to_vec();
-        while let Some(link) = self.pick(user, &tried) {
-            let (reply, rx) = oneshot::channel();
-            link.pending().insert(id, Pending { reply });
-            if link.tx.try_send(frame.clone()).is_ok() {
-                return Some((rx, link.addr.clone()));
+    /// Sends `p` (link id `id`) on the best live link it has not tried; gives it back when no
+    /// link takes it.
+    fn send_once(&self, id: u64, p: Pending) -> Result<(), Pending> {
+        let mut skip = p.tried.clone();
+        while let Some(link) = self.pick(&p.user, &skip) {
+            {
+                let mut set = link.pending();
+                if !set.closed && link.tx.try_send(p.frame.clone()).is_ok() {
+                    // Under the lock: the reader cannot take the answer before it is waited for.
+                    set.deadlines.push_back((Instant::now() + self.cfg.request_timeout, id));
+                    set.by_id.insert(id, p);
+                    return Ok(());
+                }
             }
-            link.pending().remove(&id);
-            tried.push(link.addr.clone());
+            skip.push(link.addr.clone());
         }
-        None
+        Err(p)
+    }
+
+    /// Sends `p` on a link, or, when none takes it, waits `reconnect_delay` and tries again
+    /// (answering UNAVAILABLE once its rounds are used up).
+    fn send(self: &Arc<Self>, id: u64, p: Pending) {
+        let Err(mut p) = self.send_once(id, p) else { return };
+        p.rounds += 1;
+        if p.rounds >= MAX_ATTEMPTS {
+            return self.unavailable(p);
+        }
+        // No live link right now (workers restarting): wait a little and retry.
+        let inner = self.clone();
+        self.rt.spawn(async move {
+            tokio::time::sleep(inner.cfg.reconnect_delay).await;
+            inner.send(id, p);
+        });
+    }
+
+    /// The link `addr` failed before answering `p`: try another worker.
+    fn retry(self: &Arc<Self>, id: u64, mut p: Pending, addr: &str) {
+        self.metrics.retries.fetch_add(1, Relaxed);
+        p.rounds += 1;
+        if p.rounds >= MAX_ATTEMPTS {
+            return self.unavailable(p);
+        }
+        p.tried.push(addr.to_owned());
+        match self.send_once(id, p) {
+            Ok(()) => {}
+            Err(mut p) => {
+                // Every live link was tried; the failed ones may be back soon.
+                p.tried.clear();
+                self.send(id, p);
+            }
+        }
+    }
+
+    fn unavailable(&self, p: Pending) {
+        self.metrics.unavailable.fetch_add(1, Relaxed);
+        (p.reply)(error_frame(
+            p.request_id,
+            ErrorCode::Unavailable,
+            "no dispatch worker available",
+            false,
+        ));
     }
 }
 
 impl Upstream for LinkUpstream {
     fn request(&self, ctx: &Arc<RequestCtx>, env: Envelope) -> BoxFuture<'static, Envelope> {
+        let (tx, rx) = oneshot::channel();
+        let request_id = env.request_id;
+        self.submit(ctx, env, Box::new(move |answer| drop(tx.send(answer))));
+        Box::pin(async move {
+            rx.await.unwrap_or_else(|_| {
+                error_frame(
+                    request_id,
+                    ErrorCode::Unavailable,
+                    "no dispatch worker available",
+                    false,
+                )
+            })
+        })
+    }
+
+    /// Queues the request on its worker's link now (so a connection's requests keep their
+    /// order) and leaves the answer to the link: its reader calls `reply`, its expiry task
+    /// answers UNAVAILABLE after `request_timeout`, its failure sends the request again on
+    /// another link. No task per request.
+    fn submit(&self, ctx: &Arc<RequestCtx>, env: Envelope, reply: Reply) {
         let request_id = env.request_id;
         let id = self.inner.next_id.fetch_add(1, Relaxed);
         let frame = tern_proto::encode_to_bytes(
@@ -256,49 +357,15 @@ impl Upstream for LinkUpstream {
             usize::MAX,
         )
         .unwrap_or_default();
-        // The first attempt is queued now, so a connection's requests keep their order.
-        let first = self.dispatch_once(&ctx.user_id, id, &frame, &[]);
-        let this = self.clone();
-        let user = ctx.user_id.clone();
-        Box::pin(async move {
-            let unavailable = |m: &LinkMetrics| {
-                m.unavailable.fetch_add(1, Relaxed);
-                error_frame(
-                    request_id,
-                    ErrorCode::Unavailable,
-                    "no dispatch worker available",
-                    false,
-                )
-            };
-            let mut tried = Vec::new();
-            let mut attempt = first;
-            for n in 0..MAX_ATTEMPTS {
-                let Some((rx, addr)) = attempt else {
-                    // No live link right now (workers restarting): wait a little and retry.
-                    if n + 1 == MAX_ATTEMPTS {
-                        break;
-                    }
-                    tokio::time::sleep(this.inner.cfg.reconnect_delay).await;
-                    attempt = this.dispatch_once(&user, id, &frame, &tried);
-                    continue;
-                };
-                match tokio::time::timeout(this.inner.cfg.request_timeout, rx).await {
-                    Ok(Ok(answer)) => return answer,
-                    Ok(Err(_)) => {
-                        // The link failed before answering: try another worker.
-                        this.inner.metrics.retries.fetch_add(1, Relaxed);
-                        tried.push(addr);
-                        attempt = this.dispatch_once(&user, id, &frame, &tried);
-                        if attempt.is_none() {
-                            // Every live link was tried; the failed ones may be back soon.
-                            tried.clear();
-                        }
-                    }
-                    Err(_) => return unavailable(&this.inner.metrics),
-                }
-            }
-            unavailable(&this.inner.metrics)
-        })
+        let p = Pending {
+            reply,
+            request_id,
+            user: ctx.user_id.clone(),
+            frame,
+            tried: Vec::new(),
+            rounds: 0,
+        };
+        self.inner.send(id, p);
     }
 
     fn connected(&self, ctx: &Arc<RequestCtx>) -> BoxFuture<'static, ()> {
@@ -364,9 +431,13 @@ async fn run_link(inner: &Arc<Inner>, addr: &str, stop: &AtomicBool) -> Result<(
     let worker_id = authenticate(inner, addr, &mut rd, &mut wr, &mut buf).await?;
     // Authenticated: start writing, take requests, deliver what the worker pushes.
     let (tx, rx) = mpsc::channel::<Bytes>(LINK_QUEUE);
-    let link =
-        Arc::new(WorkerLink { addr: addr.to_owned(), tx, pending: Mutex::new(HashMap::new()) });
+    let link = Arc::new(WorkerLink {
+        addr: addr.to_owned(),
+        tx,
+        pending: Mutex::new(PendingSet::default()),
+    });
     let mut writer = tokio::spawn(write_link(rx, wr));
+    let expiry = tokio::spawn(expire(inner.clone(), link.clone()));
     inner.live.lock().unwrap_or_else(|p| p.into_inner()).insert(addr.to_owned(), link.clone());
     inner.metrics.links_up.fetch_add(1, Relaxed);
     tracing::info!(worker = %addr, %worker_id, "linked to dispatch worker");
@@ -399,9 +470,11 @@ async fn run_link(inner: &Arc<Inner>, addr: &str, stop: &AtomicBool) -> Result<(
         };
         match frame.body {
             Some(LinkBody::Response(resp)) => {
-                let pending = link.pending().remove(&frame.id);
-                if let (Some(p), Some(env)) = (pending, resp.envelope) {
-                    let _ = p.reply.send(env);
+                let pending = link.pending().answered(frame.id);
+                match (pending, resp.envelope) {
+                    (Some(p), Some(env)) => (p.reply)(env),
+                    (Some(p), None) => inner.retry(frame.id, p, addr),
+                    (None, _) => {}
                 }
             }
             Some(LinkBody::Push(push)) => {
@@ -438,9 +511,50 @@ async fn run_link(inner: &Arc<Inner>, addr: &str, stop: &AtomicBool) -> Result<(
             live.remove(addr);
         }
     }
-    link.pending().clear();
+    expiry.abort();
+    let owed: Vec<(u64, Pending)> = {
+        let mut set = link.pending();
+        set.closed = true;
+        set.deadlines.clear();
+        set.by_id.drain().collect()
+    };
+    // In link id order: a connection's requests keep their order on the next link.
+    let mut owed = owed;
+    owed.sort_unstable_by_key(|(id, _)| *id);
+    for (id, p) in owed {
+        inner.retry(id, p, addr);
+    }
     writer.abort();
     Ok(result?)
+}
+
+/// Answers UNAVAILABLE every request of `link` still unanswered `request_timeout` after it was
+/// sent. Sleeps until the oldest deadline (or one timeout when none waits), so it wakes about
+/// once per timeout whatever the load.
+async fn expire(inner: Arc<Inner>, link: Arc<WorkerLink>) {
+    loop {
+        let now = Instant::now();
+        let (expired, next) = {
+            let mut set = link.pending();
+            let mut expired = Vec::new();
+            while let Some(&(deadline, id)) = set.deadlines.front() {
+                if deadline > now {
+                    break;
+                }
+                set.deadlines.pop_front();
+                if let Some(p) = set.by_id.remove(&id) {
+                    expired.push(p);
+                }
+            }
+            (expired, set.deadlines.front().map(|&(d, _)| d))
+        };
+        for p in expired {
+            inner.unavailable(p);
+        }
+        // A request queued during the sleep has a later deadline than its end.
+        let next = next.unwrap_or(now + inner.cfg.request_timeout);
+        tokio::time::sleep_until(next.into()).await;
+    }
 }
 
 /// Most queue items written with one write.
