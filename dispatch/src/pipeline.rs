@@ -259,10 +259,12 @@ impl Committer {
                 writes.push(job.write);
                 rest.push((job.members, job.skip, job.then));
             }
+            let started = Instant::now();
             let result = match self.store.blocking_commit() {
                 Some(b) => b.commit_now(&writes),
                 None => self.rt.block_on(self.store.commit(&writes)),
             };
+            self.metrics.commit_seconds.observe(started.elapsed());
             self.metrics.commit_batches.fetch_add(1, Relaxed);
             match result {
                 Ok(outcomes) if outcomes.len() == writes.len() => {

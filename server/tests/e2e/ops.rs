@@ -20,7 +20,10 @@ async fn health_and_metrics_endpoints() {
     assert!(text.contains("# TYPE tern_gateway_connections_open gauge"));
     assert_eq!(srv.metric("tern_gateway_connections_open").await, 1);
     assert_eq!(srv.metric("tern_dispatch_accepted_total").await, 1);
-    assert!(srv.metric("tern_dispatch_commit_batches_total").await >= 1);
+    let batches = srv.metric("tern_dispatch_commit_batches_total").await;
+    assert!(batches >= 1);
+    assert!(text.contains("# TYPE tern_dispatch_commit_seconds histogram"));
+    assert_eq!(srv.metric("tern_dispatch_commit_seconds_count").await, batches);
 }
 
 /// Polls `GET path` until it answers `status` (bounded by [`WAIT`]); the answer.
