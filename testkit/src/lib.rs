@@ -14,6 +14,8 @@
 //!   sharing one random token key, with kill and restart controls for each part.
 //! - [`chaos`]: [`ChaosProxy`], a TCP proxy that can stall, delay, reset, drop and redirect the
 //!   connections through it.
+//! - [`udp_chaos`]: [`UdpChaosProxy`], a UDP proxy (for QUIC) that loses, delays, jitters,
+//!   reorders and duplicates datagrams, blackholes, and rebinds its flows like a NAT; seeded.
 //! - [`lazyfs`]: [`LazyFs`], a FUSE passthrough that keeps unsynced writes in memory and drops
 //!   them at a simulated power cut (torn tails on request): the proof that a program fsyncs.
 //! - [`metrics`]: `GET /metrics` and `/healthz` over a raw socket, and the Prometheus text
@@ -45,6 +47,7 @@ pub mod process;
 pub mod redis_server;
 pub mod replica;
 pub mod resp;
+pub mod udp_chaos;
 
 pub use chaos::{ChaosError, ChaosOptions, ChaosProxy, ChaosStats};
 pub use cluster::{Cluster, ClusterError, ClusterOptions, Discovery};
@@ -53,3 +56,4 @@ pub use metrics::{HttpError, HttpResponse, Metrics, http_get};
 pub use process::{Announcement, ProcessError, ProcessOptions, TernProcess};
 pub use redis_server::{AppendFsync, RedisOptions, RedisServer, TestkitError};
 pub use resp::Reply;
+pub use udp_chaos::{Faults, Spikes, UdpChaosError, UdpChaosOptions, UdpChaosProxy, UdpChaosStats};
