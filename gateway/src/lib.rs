@@ -25,6 +25,7 @@ pub mod fuzzing;
 pub mod link;
 pub mod metrics;
 pub mod outbound;
+pub mod quic;
 pub mod registry;
 pub mod server;
 pub mod sources;
