@@ -707,3 +707,16 @@ fn count_token_reply<U: Upstream>(gw: &Gateway<U>, env: &Envelope) {
         _ => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The per-connection record's size (the slab slot holds it inline); figures in
+    /// docs/ARCHITECTURE.md.
+    #[test]
+    fn connection_record_size() {
+        let slot = std::mem::size_of::<super::Slot>();
+        let conn = std::mem::size_of::<super::Conn>();
+        let session = std::mem::size_of::<tern_proto::session::server::ServerSession>();
+        eprintln!("slot {slot} B, conn {conn} B, session {session} B");
+    }
+}
