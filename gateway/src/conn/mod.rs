@@ -47,6 +47,8 @@ use crate::registry::encode;
 use crate::upstream::RequestCtx;
 
 mod output;
+#[doc(hidden)]
+pub mod testing;
 #[cfg(test)]
 mod tests;
 
@@ -202,6 +204,17 @@ impl Connection {
             Phase::Open => self.inflight >= max_inflight(cfg),
             Phase::Closing(_) | Phase::Done => false,
         }
+    }
+
+    /// Whether the connection is closing (its last frame queued or written; input is drained
+    /// and dropped) or done.
+    pub fn is_closing(&self) -> bool {
+        matches!(self.phase, Phase::Closing(_) | Phase::Done)
+    }
+
+    /// Bytes waiting for the sink (counted in the `outbound_queued_bytes` gauge).
+    pub fn queued_bytes(&self) -> usize {
+        self.out.as_ref().map_or(0, |q| q.queued_bytes())
     }
 
     /// Whether bytes wait for the sink (the driver calls [`Connection::on_writable`] only then).
