@@ -28,6 +28,11 @@
 //!
 //! Writing goes straight into the sink when nothing waits (no copy, no allocation); only what
 //! the sink does not take is queued ([`OutQueue`], allocated while something waits).
+//!
+//! - [`admission`]: the caps checked before a connection exists, and its counts in and out.
+//! - `output`: writing, the outbound caps and the SLOW_CONSUMER kick, the closing sequence.
+//! - [`testing`]: an in-memory driver (virtual clock, sink, recording [`Env`], timer wheel) for
+//!   the unit tests and the `gateway_connection` fuzz target.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -46,6 +51,7 @@ use crate::outbound::OutQueue;
 use crate::registry::encode;
 use crate::upstream::RequestCtx;
 
+pub mod admission;
 mod output;
 #[doc(hidden)]
 pub mod testing;

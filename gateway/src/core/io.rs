@@ -9,7 +9,6 @@
 use std::io::{self, Read};
 use std::net::Shutdown;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -21,9 +20,9 @@ use tokio::sync::oneshot;
 
 use super::mailbox::{Cmd, Mailbox};
 use super::wheel::{Key, Wheel};
-use crate::conn::{Connection, Event};
+use crate::conn::{Connection, Event, admission};
 use crate::server::Gateway;
-use crate::sources::{Refusal, SourceKey};
+use crate::sources::SourceKey;
 use crate::upstream::Upstream;
 use env::Env;
 
@@ -240,25 +239,9 @@ impl<U: Upstream> IoThread<U> {
 
     fn admit(&mut self, mut stream: TcpStream, peer: std::net::SocketAddr) {
         let gw = &*self.gw;
-        let m = &gw.metrics;
-        if m.connections_open.load(Relaxed) as usize >= gw.cfg.max_connections {
-            m.connections_rejected.fetch_add(1, Relaxed);
+        let Some(source) = admission::admit(&gw.cfg, &gw.metrics, &gw.sources, peer.ip()) else {
             return;
-        }
-        if m.logins_pending.load(Relaxed) as usize >= gw.cfg.max_pending_logins {
-            m.pending_login_rejections.fetch_add(1, Relaxed);
-            return;
-        }
-        let source = gw.sources.key(peer.ip());
-        if let Err(refusal) = gw.sources.admit(source) {
-            match refusal {
-                Refusal::Connections => m.source_connection_rejections.fetch_add(1, Relaxed),
-                Refusal::PendingLogins => m.source_pending_login_rejections.fetch_add(1, Relaxed),
-            };
-            tracing::debug!(%peer, ?refusal, "connection refused at a per-source cap");
-            return;
-        }
-        m.sources.store(gw.sources.tracked(), Relaxed);
+        };
         let _ = stream.set_nodelay(true);
         let i = match self.free.pop() {
             Some(i) => i,
@@ -271,13 +254,10 @@ impl<U: Upstream> IoThread<U> {
         if let Err(e) = self.poll.registry().register(&mut stream, Token(i as usize), interest) {
             tracing::warn!(error = %e, "registering a connection failed");
             self.free.push(i);
-            gw.sources.not_pending(source);
-            gw.sources.release(source);
+            admission::withdraw(&gw.sources, source);
             return;
         }
-        m.logins_pending.fetch_add(1, Relaxed);
-        m.connections_open.fetch_add(1, Relaxed);
-        m.connections_accepted.fetch_add(1, Relaxed);
+        admission::admitted(&gw.metrics);
         let conn = Connection::new(Instant::now(), gw.next_connection_id(), &gw.cfg);
         self.slots[i as usize].conn = Some(Conn { stream, conn, source });
         self.live += 1;

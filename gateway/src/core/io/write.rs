@@ -3,10 +3,10 @@
 //! connection's slot. The caps, the SLOW_CONSUMER kick and the closing sequence are the
 //! connection's.
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use super::{Env, IoThread};
+use crate::conn::admission;
 use crate::upstream::Upstream;
 
 impl<U: Upstream> IoThread<U> {
@@ -57,11 +57,9 @@ impl<U: Upstream> IoThread<U> {
         let Some(mut c) = slot.conn.take() else { return };
         slot.generation = slot.generation.wrapping_add(1);
         c.conn.release(&Env::new(&gw, &self.mailbox, &self.rt, key, c.source));
-        gw.sources.release(c.source);
-        gw.metrics.sources.store(gw.sources.tracked(), Relaxed);
+        admission::closed(&gw.metrics, &gw.sources, c.source);
         let _ = self.poll.registry().deregister(&mut c.stream);
         self.free.push(i);
         self.live -= 1;
-        gw.metrics.connections_open.fetch_sub(1, Relaxed);
     }
 }
