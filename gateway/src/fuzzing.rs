@@ -4,6 +4,9 @@
 //! Each function takes arbitrary bytes, drives one peer-reachable entry point and panics only
 //! when an invariant breaks (that panic is the finding).
 
+mod connection;
+
+pub use connection::connection;
 use tern_proto::ids::is_valid_id;
 use tern_proto::session::server::{AuthError, Authenticator};
 

@@ -7,9 +7,11 @@
 //! - [`link`]: the distributed-mode upstream: links to dispatch workers, presence publishing.
 //! - [`registry`]: which local connection holds each (user, device); pushes and kicks.
 //! - [`outbound`]: a connection's bounded outbound queue (the slow-reader cap), sans-IO.
-//! - [`core`]: the connection core: mio I/O threads on a shared listener ([`listen`],
-//!   [`serve`]), a slab of compact connection records, a timer wheel, driving the sans-IO
-//!   [`tern_proto::session::server::ServerSession`].
+//! - [`conn`]: one connection's gateway rules as a sans-IO state machine (presence wait before
+//!   LoginOk, in-flight pause, outbound caps and SLOW_CONSUMER, kicks, closing), around the
+//!   protocol's [`tern_proto::session::server::ServerSession`]; every transport drives it.
+//! - [`core`]: the TCP transport: mio I/O threads on a shared listener ([`listen`],
+//!   [`serve`]), a slab of compact connection records, a timer wheel, driving [`conn`].
 //! - [`server`]: [`Gateway`], what every connection shares.
 //! - [`sources`]: per-source-address caps on connections and pending logins.
 //! - [`metrics`]: counters in Prometheus text format.
@@ -19,6 +21,7 @@
 pub mod auth;
 pub mod closing;
 pub mod config;
+pub mod conn;
 pub mod core;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -8,7 +8,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use tern_proto::session::server::kick;
 use tern_proto::v1::KickReason;
 
 use crate::core::ConnHandle;
@@ -69,10 +68,7 @@ impl Registry {
         };
         if let Some(old) = old {
             self.metrics.duplicate_login_kicks.fetch_add(1, Relaxed);
-            old.handle.close_with(encode(kick(
-                KickReason::DuplicateLogin,
-                "another connection logged in as this device",
-            )));
+            old.handle.kick(KickReason::DuplicateLogin);
         }
     }
 
@@ -160,10 +156,7 @@ impl Registry {
         };
         let Some(conn) = found else { return false };
         self.metrics.duplicate_login_kicks.fetch_add(1, Relaxed);
-        conn.handle.close_with(encode(kick(
-            KickReason::DuplicateLogin,
-            "another connection logged in as this device",
-        )));
+        conn.handle.kick(KickReason::DuplicateLogin);
         true
     }
 

@@ -14,7 +14,8 @@ use tern_gateway::fuzzing::{self, FUZZ_NOW_UNIX_SECS, FUZZ_OTHER_KEY_SECRET};
 /// A fuzz target: its name (directory under `fuzz/corpus/`) and its body.
 type Target = (&'static str, fn(&[u8]));
 
-const TARGETS: [Target; 1] = [("token", fuzzing::token)];
+const TARGETS: [Target; 2] =
+    [("token", fuzzing::token), ("gateway_connection", fuzzing::connection)];
 
 fn corpus_dir(target: &str) -> PathBuf {
     tern_testkit::corpus::corpus_dir(env!("CARGO_MANIFEST_DIR"), target)
@@ -226,6 +227,46 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         ("token", "seed-mint-wrong-issuer", part2(10, 2 | (2 << 5) | 0x80, 0, "bob.tablet")),
         ("token", "seed-mint-refused-signers", part2(10, 7, 0, "alice.phone")),
     ]
+    .into_iter()
+    .chain(connection_seeds())
+    .collect()
+}
+
+/// `gateway_connection` scripts: the policy byte, then (op, argument) pairs (see
+/// `tern_gateway::fuzzing::connection`: 0 raw read, 1 Login, 2 Ping, 3 Send, 4 push, 5 batch,
+/// 6 sink room, 7 writable, 8 answer, 9 presence answer, 10 kick, 11 time, 12 switches).
+fn connection_seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
+    let t = "gateway_connection";
+    vec![
+        (
+            t,
+            "seed-login-ping-idle-timeout",
+            vec![
+                0, 1, 0, 2, 0, 11, 255, 11, 255, 11, 255, 11, 255, 11, 255, 11, 255, 11, 255, 11,
+                255,
+            ],
+        ),
+        (t, "seed-presence-wait-answered", vec![0, 12, 1, 1, 0, 2, 0, 9, 0, 2, 0, 11, 60]),
+        (t, "seed-presence-wait-timeout", vec![0, 12, 1, 1, 0, 11, 50, 2, 0, 9, 0]),
+        (
+            t,
+            "seed-inflight-pause",
+            vec![0, 1, 0, 3, 0, 3, 0, 3, 0, 3, 0, 8, 0, 3, 0, 8, 0, 8, 0, 8, 0],
+        ),
+        (
+            t,
+            "seed-slow-consumer",
+            vec![0, 1, 0, 6, 1, 4, 100, 4, 100, 4, 100, 6, 255, 7, 0, 11, 20],
+        ),
+        (t, "seed-batch-past-frame-cap", vec![0, 1, 0, 6, 1, 5, 5, 5, 5, 6, 255, 7, 0]),
+        (t, "seed-duplicate-login-kick", vec![0, 1, 0, 10, 0, 2, 0, 11, 20]),
+        (t, "seed-oldest-wins-refused", vec![1, 12, 2, 1, 0]),
+        (t, "seed-shutdown-unread-then-eof", vec![0, 1, 0, 6, 0, 4, 10, 10, 1, 12, 0, 11, 255]),
+        (t, "seed-login-timeout", vec![0, 11, 255]),
+        (t, "seed-bad-frame", vec![0, 0, 6, 0xff, 0xff, 0xff, 0xff, 0, 1]),
+        (t, "seed-broken-sink", vec![0, 1, 0, 12, 3, 2, 0]),
+        (t, "seed-answer-after-kick", vec![0, 1, 0, 3, 0, 10, 0, 8, 0]),
+    ]
 }
 
 #[test]
@@ -242,6 +283,11 @@ fn replay(target: &str, body: fn(&[u8])) {
 #[test]
 fn replay_token_corpus() {
     replay(TARGETS[0].0, TARGETS[0].1);
+}
+
+#[test]
+fn replay_gateway_connection_corpus() {
+    replay(TARGETS[1].0, TARGETS[1].1);
 }
 
 /// A valid token without iss and aud.

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use mio::Waker;
+use tern_proto::v1::KickReason;
 
 /// Work for an I/O thread.
 #[derive(Debug)]
@@ -15,10 +16,12 @@ pub(crate) enum Cmd {
     Push { slot: u32, generation: u32, frame: Bytes },
     /// Close a connection after writing `last` (a Kick).
     Close { slot: u32, generation: u32, last: Option<Bytes> },
+    /// Kick a connection (the connection writes the Kick, then closes).
+    Kick { slot: u32, generation: u32, reason: KickReason },
     /// A forwarded request finished: write its answer, take one request off the in-flight count.
     Answer { slot: u32, generation: u32, frame: Option<Bytes> },
     /// The upstream made a new login reachable: write LoginOk and resume reading.
-    LoginReady { slot: u32, generation: u32, frame: Option<Bytes> },
+    LoginReady { slot: u32, generation: u32 },
     /// Stop accepting, kick every connection (SERVER_SHUTDOWN), exit once they closed.
     Shutdown,
 }
@@ -103,12 +106,17 @@ impl ConnHandle {
         self.mailbox.send(Cmd::Close { slot: self.slot, generation: self.generation, last });
     }
 
+    /// Kicks the connection: it writes a Kick with `reason`, then closes.
+    pub fn kick(&self, reason: KickReason) {
+        self.mailbox.send(Cmd::Kick { slot: self.slot, generation: self.generation, reason });
+    }
+
     pub(crate) fn answer(&self, frame: Option<Bytes>) {
         self.mailbox.send(Cmd::Answer { slot: self.slot, generation: self.generation, frame });
     }
 
-    pub(crate) fn login_ready(&self, frame: Option<Bytes>) {
-        self.mailbox.send(Cmd::LoginReady { slot: self.slot, generation: self.generation, frame });
+    pub(crate) fn login_ready(&self) {
+        self.mailbox.send(Cmd::LoginReady { slot: self.slot, generation: self.generation });
     }
 }
 

@@ -5,9 +5,11 @@
 //!
 //! - [`listen`]: binds the listeners (other processes may share the port only when asked).
 //! - [`serve`]: runs the I/O threads until a shutdown future resolves.
-//! - `io`: one I/O thread's loop: accept, read, decode, drive the sans-IO
-//!   [`tern_proto::session::server::ServerSession`], write, timers.
-//! - `wheel`: the timer wheel for login, idle and linger deadlines.
+//! - `io`: one I/O thread's loop: accept, read, feed each connection's sans-IO
+//!   [`crate::conn::Connection`] (which decodes and decides), carry out its events, write
+//!   coalesced mailbox frames, fire timers. It holds no protocol rule.
+//! - `wheel`: the timer wheel for the connections' deadlines (login, presence wait, idle,
+//!   token expiry, close and linger), a store of lazy entries.
 //! - `mailbox`: how other threads (pushes, kicks, request answers) reach a connection.
 //!
 //! An idle connection owns no buffer: reads go into the thread's scratch buffer, a partial frame

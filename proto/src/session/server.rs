@@ -209,6 +209,11 @@ impl ServerSession {
         Self { phase: Phase::AwaitingLogin { deadline: now + cfg.login_timeout }, connection_id }
     }
 
+    /// The gateway's id for the connection (given to [`ServerSession::new`]).
+    pub fn connection_id(&self) -> u64 {
+        self.connection_id
+    }
+
     /// The logged-in identity, once login succeeded.
     pub fn identity(&self) -> Option<&Identity> {
         match &self.phase {
