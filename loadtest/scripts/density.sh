@@ -19,9 +19,17 @@
 #
 #   loadtest/scripts/density.sh                       # 100k connections, 7 gateways, 8 bot procs
 #   CONNS=20000 GATEWAYS=2 BOT_PROCS=2 HOLD=20s loadtest/scripts/density.sh   # a quick one
+#   QUIC_PERCENT=100 CONNS=10000 GATEWAYS=1 BOT_PROCS=1 loadtest/scripts/density.sh   # all QUIC
+#   QUIC_PERCENT=50 loadtest/scripts/density.sh      # a mixed swarm: every other bot on QUIC
+#
+# QUIC bots use UDP at the same address and port; the gateways share the certificate the first
+# one generates in the scratch data directory, which the bots trust (--ca). A QUIC connection
+# costs the gateway no file descriptor (all ride each I/O thread's UDP socket), so only the TCP
+# share counts against the file limit.
 #
 # Settings (environment): CONNS GATEWAYS BOT_PROCS RATE (logins/s in all) HOLD HEARTBEAT
-# PROBES (messages) IO_THREADS (per gateway) OUT (result directory) TERN_BIN LOADTEST_BIN.
+# PROBES (messages) IO_THREADS (per gateway) QUIC_PERCENT (0-100, default 0) OUT (result
+# directory) TERN_BIN LOADTEST_BIN.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -33,6 +41,7 @@ HOLD=${HOLD:-60s}
 HEARTBEAT=${HEARTBEAT:-30s}
 PROBES=${PROBES:-200}
 IO_THREADS=${IO_THREADS:-1}
+QUIC_PERCENT=${QUIC_PERCENT:-0}
 OUT=${OUT:-target/density}
 
 if [ -z "${TERN_BIN:-}" ] || [ -z "${LOADTEST_BIN:-}" ]; then
@@ -54,7 +63,7 @@ trap cleanup EXIT
 
 # Each process may hold at most the hard file limit (20000 on the development machine).
 ulimit -n "$(ulimit -Hn)"
-per_gw=$(( CONNS / GATEWAYS ))
+per_gw=$(( CONNS * (100 - QUIC_PERCENT) / 100 / GATEWAYS ))
 per_bot=$(( CONNS / BOT_PROCS ))
 fd_limit=$(ulimit -n)
 if [ $(( per_gw * 105 / 100 + 200 )) -gt "$fd_limit" ] || [ $(( per_bot + 200 )) -gt "$fd_limit" ]; then
@@ -123,15 +132,20 @@ cpu0_gw=$(cpu_ticks "${GW_PIDS[@]}"); cpu0_redis=$(cpu_ticks "${PIDS[0]}")
 sock_before=$(awk '/^TCP:/ {print $NF}' /proc/net/sockstat)
 slab_before=$(awk '/^Slab:/ {print $2}' /proc/meminfo)
 
+quic_args=()
+if [ "$QUIC_PERCENT" -gt 0 ]; then
+  quic_args=(--quic-percent "$QUIC_PERCENT" --ca "$WORK/tls/cert.pem")
+fi
 hold_s=${HOLD%s}
 ramp_s=$(( CONNS / RATE + 1 ))
 pid_args=(); for p in "${GW_PIDS[@]}"; do pid_args+=(--gateway-pid "$p"); done
-echo "density: $CONNS connections, $GATEWAYS gateways x $IO_THREADS I/O thread(s)," \
-     "$BOT_PROCS bot processes, $RATE logins/s, hold $HOLD" >&2
+echo "density: $CONNS connections ($QUIC_PERCENT % QUIC), $GATEWAYS gateways x $IO_THREADS" \
+     "I/O thread(s), $BOT_PROCS bot processes, $RATE logins/s, hold $HOLD" >&2
 "$LOADTEST_BIN" swarm --addr "127.0.0.1:$CLIENT" --key "$KEY" --procs "$BOT_PROCS" \
   --count-per-proc "$per_bot" --rate $(( RATE / BOT_PROCS )) --hold "$HOLD" \
   --heartbeat "$HEARTBEAT" --user-prefix dn --max-duration $(( ramp_s + hold_s + 120 ))s \
-  --json "$OUT/swarm.json" "${pid_args[@]}" >"$OUT/swarm.txt" & SWARM=$!; PIDS+=($SWARM)
+  --json "$OUT/swarm.json" "${pid_args[@]}" "${quic_args[@]}" >"$OUT/swarm.txt" & SWARM=$!
+PIDS+=($SWARM)
 
 # Wait for the ramp: every connection logged in (or the ramp time and then some).
 conns_now() {
@@ -169,6 +183,7 @@ wait "$SWARM" || echo "density: the swarm exited with an error" >&2
 page_kib=$(( $(getconf PAGESIZE) / 1024 ))
 {
   echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r)"
+  echo "transport: $QUIC_PERCENT % of the bots on QUIC, the rest on TCP"
   echo "connections logged in after the ramp: $held (per gateway:$per_gw_line); after the probe: $held_end"
   echo "gateway user-space RSS: before $((rss_before / 1024)) MiB, after $((rss_after / 1024)) MiB," \
        "per connection $(( (rss_after - rss_before) * 1024 / (held > 0 ? held : 1) )) B;" \
