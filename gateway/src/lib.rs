@@ -36,7 +36,7 @@ pub mod upstream;
 
 pub use auth::{TokenKey, Verifier};
 pub use config::GatewayConfig;
-pub use core::{Listeners, listen, serve};
+pub use core::{Listeners, QuicListen, listen, serve};
 pub use registry::Registry;
 pub use server::Gateway;
 pub use upstream::{BoxFuture, Reply, RequestCtx, Upstream};
