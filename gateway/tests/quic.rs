@@ -1,8 +1,9 @@
 //! The gateway over QUIC on real loopback UDP, with quinn clients and an in-process upstream:
 //! login, requests and answers, heartbeats, pushes, a duplicate login across TCP and QUIC, a
 //! bad token, shutdown, and a client whose address keeps changing while several I/O threads
-//! share the port (its datagrams land on other threads' sockets and are handed over). Every
-//! wait is for an event, bounded by a timeout.
+//! share the port (its datagrams land on other threads' sockets and are handed over), a slow
+//! upstream pausing a stream held back by QUIC flow control, and a reader too slow for its
+//! pushes. Every wait is for an event, bounded by a timeout.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -18,22 +19,29 @@ use tern_gateway::quic::{QuicSettings, config};
 use tern_gateway::{BoxFuture, Gateway, GatewayConfig, Registry, RequestCtx, TokenKey, Upstream};
 use tern_proto::v1::{self, Envelope, ErrorCode, KickReason, envelope::Body};
 use tern_proto::{FrameDecoder, encode_to_bytes};
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, Semaphore, oneshot};
 
 /// Longest wait for any one thing a test expects.
 const WAIT: Duration = Duration::from_secs(10);
 /// The upstream's answers carry this in their Pong (the session's own Pongs carry the clock).
 const UPSTREAM_MARK: i64 = -7;
 
-/// Answers every request with a marked Pong carrying the request id.
+/// Answers every request with a marked Pong carrying the request id, once the gate lets it.
 struct Echo {
     requests: Arc<AtomicUsize>,
+    started: Arc<Notify>,
+    gate: Arc<Semaphore>,
 }
 
 impl Upstream for Echo {
     fn request(&self, _ctx: &Arc<RequestCtx>, env: Envelope) -> BoxFuture<'static, Envelope> {
         self.requests.fetch_add(1, SeqCst);
+        self.started.notify_one();
+        let gate = self.gate.clone();
         Box::pin(async move {
+            if let Ok(p) = gate.acquire().await {
+                p.forget();
+            }
             Envelope {
                 request_id: env.request_id,
                 body: Some(Body::Pong(v1::Pong { server_time_ms: UPSTREAM_MARK })),
@@ -49,6 +57,8 @@ struct Server {
     cert: CertificateDer<'static>,
     gw: Arc<Gateway<Echo>>,
     requests: Arc<AtomicUsize>,
+    started: Arc<Notify>,
+    gate: Arc<Semaphore>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -56,6 +66,11 @@ struct Server {
 impl Server {
     /// A gateway with `threads` I/O threads on a free TCP port and a free UDP port.
     fn start(threads: usize) -> Self {
+        Self::start_with(GatewayConfig::default(), threads, false)
+    }
+
+    /// As [`Server::start`] with `cfg`; requests wait for the gate's permits when `gated`.
+    fn start_with(cfg: GatewayConfig, threads: usize, gated: bool) -> Self {
         let c = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
         let cert = c.cert.der().clone();
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(c.signing_key.serialize_der()));
@@ -64,12 +79,14 @@ impl Server {
         let server_config = config::server(tls, &settings).unwrap();
         let token_key = TokenKey::generate().unwrap();
         let requests = Arc::new(AtomicUsize::new(0));
+        let started = Arc::new(Notify::new());
+        let gate = Arc::new(Semaphore::new(if gated { 0 } else { Semaphore::MAX_PERMITS }));
         let registry = Arc::new(Registry::new(Arc::new(GatewayMetrics::default())));
         let gw = Arc::new(Gateway::new(
-            GatewayConfig::default(),
+            cfg,
             TokenKey::from_base64(&token_key.to_base64()).unwrap(),
             registry,
-            Echo { requests: requests.clone() },
+            Echo { requests: requests.clone(), started: started.clone(), gate: gate.clone() },
         ));
         let quic = QuicListen { addr: "127.0.0.1:0".parse().unwrap(), server_config, settings };
         let listeners = tern_gateway::listen("127.0.0.1:0".parse().unwrap(), 1024, threads, false)
@@ -81,7 +98,8 @@ impl Server {
         let task = tokio::spawn(tern_gateway::serve(gw.clone(), listeners, async move {
             let _ = stopped.await;
         }));
-        Self { tcp, quic, key: token_key, cert, gw, requests, stop: Some(stop), task: Some(task) }
+        let (stop, task) = (Some(stop), Some(task));
+        Self { tcp, quic, key: token_key, cert, gw, requests, started, gate, stop, task }
     }
 
     fn login_bytes(&self, user: &str, device: &str) -> Bytes {
@@ -176,25 +194,17 @@ struct Client {
     endpoint: quinn::Endpoint,
     conn: quinn::Connection,
     send: quinn::SendStream,
+    rx: Reader,
+}
+
+/// The receiving side of a client's stream, decoding frames.
+struct Reader {
     recv: quinn::RecvStream,
     buf: BytesMut,
     dec: FrameDecoder,
 }
 
-impl Client {
-    async fn connect(server: SocketAddr, cert: &CertificateDer<'static>) -> Self {
-        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        endpoint.set_default_client_config(client_config(cert));
-        let connecting = endpoint.connect(server, "localhost").unwrap();
-        let conn = tokio::time::timeout(WAIT, connecting).await.expect("handshake").unwrap();
-        let (send, recv) = conn.open_bi().await.unwrap();
-        Self { endpoint, conn, send, recv, buf: BytesMut::new(), dec: FrameDecoder::new(1 << 20) }
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        self.send.write_all(bytes).await.unwrap();
-    }
-
+impl Reader {
     /// The next frame; None once the stream ended or the connection closed.
     async fn next(&mut self) -> Option<Envelope> {
         loop {
@@ -211,6 +221,30 @@ impl Client {
 
     async fn expect(&mut self, what: &str) -> Envelope {
         self.next().await.unwrap_or_else(|| panic!("the stream ended while waiting for {what}"))
+    }
+}
+
+impl Client {
+    async fn connect(server: SocketAddr, cert: &CertificateDer<'static>) -> Self {
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        endpoint.set_default_client_config(client_config(cert));
+        let connecting = endpoint.connect(server, "localhost").unwrap();
+        let conn = tokio::time::timeout(WAIT, connecting).await.expect("handshake").unwrap();
+        let (send, recv) = conn.open_bi().await.unwrap();
+        let rx = Reader { recv, buf: BytesMut::new(), dec: FrameDecoder::new(1 << 20) };
+        Self { endpoint, conn, send, rx }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.send.write_all(bytes).await.unwrap();
+    }
+
+    async fn next(&mut self) -> Option<Envelope> {
+        self.rx.next().await
+    }
+
+    async fn expect(&mut self, what: &str) -> Envelope {
+        self.rx.expect(what).await
     }
 
     /// Waits for the end of the stream, then for the connection to close.
@@ -401,4 +435,82 @@ async fn a_migrating_client_keeps_its_session_across_io_threads() {
     assert_eq!(server.gw.metrics.connections_accepted.load(SeqCst), 1);
     assert_eq!(server.requests.load(SeqCst) as u64, moves);
     server.stop().await;
+}
+
+/// With one request in flight allowed, a pipelined burst larger than the stream's receive
+/// window waits in quinn (its flow control holds the client back) while reading is paused;
+/// the upstream never holds more than the cap, and every request is answered once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_upstream_pauses_a_quic_stream_then_every_request_is_answered() {
+    const N: u64 = 120;
+    const CAP: usize = 1;
+    let cfg = GatewayConfig { max_inflight_requests: CAP, ..GatewayConfig::default() };
+    let server = Server::start_with(cfg, 1, true);
+    let mut c = server.logged_in("q-slow", "d").await;
+    // About 1 MB: several times the 128 KiB the server's stream window takes.
+    let mut burst = Vec::new();
+    for n in 1..=N {
+        burst.extend_from_slice(&padded(n, 8000));
+    }
+    let Client { send, rx, .. } = &mut c;
+    let writer = async {
+        send.write_all(&burst).await.unwrap();
+    };
+    let reader = async {
+        let mut answered = Vec::new();
+        while (answered.len() as u64) < N {
+            // The next request reaches the upstream only once the previous one was answered.
+            while server.requests.load(SeqCst) <= answered.len() {
+                tokio::time::timeout(WAIT, server.started.notified()).await.expect("a request");
+            }
+            assert!(server.requests.load(SeqCst) <= answered.len() + CAP, "past the cap");
+            server.gate.add_permits(1);
+            let env = rx.expect("an answer").await;
+            assert!(is_upstream_answer(&env, env.request_id), "got {env:?}");
+            answered.push(env.request_id);
+        }
+        answered
+    };
+    let ((), answered) = tokio::join!(writer, reader);
+    assert_eq!(answered, (1..=N).collect::<Vec<_>>(), "every request once, in order");
+    server.stop().await;
+}
+
+/// A client that reads nothing while pushes pour in: quinn takes what the client's window
+/// allows, then the outbound queue fills to its cap, and the connection is kicked
+/// (SLOW_CONSUMER). When the client reads again it gets the pushes it was sent, in order, then
+/// the Kick, then the end; the queue's memory is given back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quic_reader_too_slow_for_its_pushes_is_kicked_at_its_cap() {
+    let cfg = GatewayConfig { max_outbound_bytes: 256 * 1024, ..GatewayConfig::default() };
+    let server = Server::start_with(cfg, 1, false);
+    let mut c = server.logged_in("q-sink", "d").await;
+    let mut pushed = 0u64;
+    // Until the kick took the connection out of the registry.
+    while server.gw.registry.push("q-sink", &padded(pushed, 2000), None) == 1 {
+        pushed += 1;
+        assert!(pushed < 20_000, "never kicked");
+        tokio::task::yield_now().await;
+    }
+    let mut got = 0u64;
+    let kick = loop {
+        let env = c.expect("a push or the Kick").await;
+        if kick_reason(&env).is_some() {
+            break env;
+        }
+        assert_eq!(env.request_id, got, "pushes once, in order");
+        got += 1;
+    };
+    assert_eq!(kick_reason(&kick), Some(KickReason::SlowConsumer));
+    assert!(got > 0 && got < pushed, "some pushes went out before the cap: {got} of {pushed}");
+    c.expect_end().await;
+    assert_eq!(server.gw.metrics.slow_consumer_kicks.load(SeqCst), 1);
+    assert_eq!(server.gw.metrics.outbound_queued_bytes.load(SeqCst), 0);
+    server.stop().await;
+}
+
+/// A request (or push) of about `bytes` bytes.
+fn padded(request_id: u64, bytes: usize) -> Bytes {
+    let body = v1::SyncRequest { conversation_id: "p".repeat(bytes), from_seq: 0, limit: 0 };
+    frame(request_id, Body::SyncRequest(body))
 }
