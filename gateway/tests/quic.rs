@@ -514,3 +514,25 @@ fn padded(request_id: u64, bytes: usize) -> Bytes {
     let body = v1::SyncRequest { conversation_id: "p".repeat(bytes), from_seq: 0, limit: 0 };
     frame(request_id, Body::SyncRequest(body))
 }
+
+/// A client that completes its handshake and never opens its stream is a connection like any
+/// other: counted (open, pending login) under the admission caps, and closed at the login
+/// timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quic_client_that_never_opens_its_stream_is_closed_at_the_login_timeout() {
+    let mut cfg = GatewayConfig::default();
+    cfg.session.login_timeout = Duration::from_millis(200);
+    let server = Server::start_with(cfg, 1, false);
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(client_config(&server.cert));
+    let conn = endpoint.connect(server.quic, "localhost").unwrap();
+    let conn = tokio::time::timeout(WAIT, conn).await.expect("handshake").unwrap();
+    let closed = tokio::time::timeout(WAIT, conn.closed()).await.expect("closed at the timeout");
+    assert!(matches!(closed, quinn::ConnectionError::ApplicationClosed(_)), "got {closed:?}");
+    let m = &server.gw.metrics;
+    assert_eq!(m.connections_accepted.load(SeqCst), 1);
+    assert_eq!(m.login_timeouts.load(SeqCst), 1);
+    assert_eq!(m.connections_open.load(SeqCst), 0);
+    assert_eq!(m.logins_pending.load(SeqCst), 0);
+    server.stop().await;
+}

@@ -3,13 +3,14 @@
 //! the same [`crate::conn::Connection`]. Datagrams are read into the thread's own buffer;
 //! one whose destination connection ID names another thread's endpoint (a client whose address
 //! changed, so the kernel now hashes it to this socket) is handed to that thread's mailbox.
-//! Host events map onto the connection's inputs: `Opened` is the accept, `Data` the read,
+//! Host events map onto the connection's inputs: the completed handshake (or a stream opened
+//! in 0-RTT data before it) is the accept, `Data` the read,
 //! `Writable` the socket's writability, `ReadClosed` the EOF; a connection's half-close is the
 //! stream's `finish`, after which `Flushed` (all acknowledged) closes it. After each loop turn
 //! the host's datagrams are sent (one `send_to` each).
 
 use std::io::{self, IoSlice, Write};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
@@ -264,9 +265,16 @@ impl<U: Upstream> IoThread<U> {
         // Early (0-RTT) data is handled like any other for now: a rule for it would look at
         // `early` on Opened and Data here, before the bytes reach the connection.
         let i = match &ev {
-            HostEvent::Opened { conn, remote, .. } => return self.admit_quic(now, *conn, *remote),
+            // The accept is whichever comes first: the handshake completed (the client has not
+            // necessarily opened its stream: the login timeout runs from here), or the stream
+            // opened in 0-RTT data, before the handshake completed.
+            HostEvent::Opened { conn, .. } | HostEvent::Established { conn } => {
+                if self.quic.as_deref().and_then(|q| q.slot(*conn)).is_none() {
+                    self.admit_quic(now, *conn);
+                }
+                return;
+            }
             HostEvent::Data { conn, .. }
-            | HostEvent::Established { conn }
             | HostEvent::Writable { conn }
             | HostEvent::ReadClosed { conn }
             | HostEvent::Flushed { conn }
@@ -295,12 +303,17 @@ impl<U: Upstream> IoThread<U> {
         }
     }
 
-    /// A client opened its stream: the QUIC accept, under the same caps as TCP's.
-    fn admit_quic(&mut self, now: Instant, id: QuicConnId, remote: SocketAddr) {
+    /// A client completed its handshake or opened its stream: the QUIC accept, under the same
+    /// caps as TCP's. Until its stream opens, writes to it fail (a login timeout or a kick
+    /// then just closes it).
+    fn admit_quic(&mut self, now: Instant, id: QuicConnId) {
         let gw = self.gw.clone();
-        let source = match self.stopping_since {
-            None => admission::admit(&gw.cfg, &gw.metrics, &gw.sources, remote.ip()),
-            Some(_) => None,
+        let remote = self.quic.as_deref_mut().and_then(|q| q.host.remote(id));
+        let source = match (self.stopping_since, remote) {
+            (None, Some(remote)) => {
+                admission::admit(&gw.cfg, &gw.metrics, &gw.sources, remote.ip())
+            }
+            _ => None,
         };
         let Some(source) = source else {
             if let Some(q) = self.quic.as_deref_mut() {
