@@ -11,7 +11,8 @@
 //! its allocator); once the count stops changing it prints bytes per connection over its
 //! start. The client (quinn, one UDP socket) opens N connections, 64 at a time, sends 64 bytes
 //! on each, waits for the echo, then holds them all for 20 s and exits. This measures the
-//! transport (quinn-proto + rustls + the host's table), not a logged-in session.
+//! transport (quinn-proto + rustls + the host's table), not a logged-in session. With
+//! `QUIC_DENSITY_EXIT=1` the server exits after printing the figure (for heap profilers).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::{SocketAddr, UdpSocket};
@@ -122,6 +123,9 @@ fn server(addr: SocketAddr, cert_file: &str) {
                     per(r, rss0),
                     per(h as usize, heap0 as usize)
                 );
+                if std::env::var_os("QUIC_DENSITY_EXIT").is_some() {
+                    return;
+                }
             }
         }
     }

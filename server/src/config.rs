@@ -25,6 +25,31 @@ pub struct Config {
     pub store: StoreSection,
     /// Distributed mode: presence Redis, links between gateways and dispatch workers.
     pub cluster: ClusterSection,
+    /// The certificate QUIC (and TLS on TCP) present to clients.
+    pub tls: TlsSection,
+}
+
+/// `[tls]` (loaded by [`Config::tls_identity`] in `tls.rs`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSection {
+    /// PEM certificate chain, leaf first; "" = `<data_dir>/tls/cert.pem`, a self-signed one
+    /// generated at the first start (for `names`).
+    pub cert_file: String,
+    /// PEM private key of the leaf (PKCS#8, PKCS#1 or SEC1); "" = `<data_dir>/tls/key.pem`.
+    pub key_file: String,
+    /// Names (DNS names and IP addresses, comma-separated) of the generated certificate.
+    pub names: String,
+}
+
+impl Default for TlsSection {
+    fn default() -> Self {
+        Self {
+            cert_file: String::new(),
+            key_file: String::new(),
+            names: "localhost,127.0.0.1,::1".into(),
+        }
+    }
 }
 
 /// `[server]`

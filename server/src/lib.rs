@@ -21,3 +21,4 @@ pub mod fuzzing;
 pub mod health;
 pub mod http;
 pub mod keys;
+pub mod tls;

@@ -112,6 +112,8 @@ pub fn tls(
     // QUIC requires 0 or u32::MAX here (RFC 9001 §4.6.1).
     tls.max_early_data_size = if s.zero_rtt { u32::MAX } else { 0 };
     tls.session_storage = rustls::server::ServerSessionMemoryCache::new(s.session_cache.max(1));
+    // One ticket per handshake (rustls sends two by default): each is a cached session.
+    tls.send_tls13_tickets = 1;
     Ok(tls)
 }
 
