@@ -90,16 +90,20 @@ impl Listeners {
         self.quic.as_ref().map(|q| q.addr)
     }
 
-    /// Also serves QUIC as `quic` says (`None`: TCP only): binds one UDP socket per I/O
-    /// thread on `quic.addr`, each with SO_REUSEPORT (the kernel spreads clients over them by
-    /// address; only processes of the same user can bind beside them). Port 0 takes a free
-    /// port. At most 255 I/O threads serve QUIC (one byte of each connection ID names its
-    /// thread).
+    /// Also serves QUIC as `quic` says (`None`: TCP only); see [`Listeners::add_quic`].
     pub fn with_quic(mut self, quic: Option<QuicListen>) -> std::io::Result<Self> {
-        let Some(listen) = quic else {
-            self.quic = None;
-            return Ok(self);
-        };
+        match quic {
+            Some(q) => self.add_quic(q)?,
+            None => self.quic = None,
+        }
+        Ok(self)
+    }
+
+    /// Also serves QUIC: binds one UDP socket per I/O thread on `listen.addr`, each with
+    /// SO_REUSEPORT (the kernel spreads clients over them by address; only processes of the
+    /// same user can bind beside them). Port 0 takes a free port. At most 255 I/O threads
+    /// serve QUIC (one byte of each connection ID names its thread). On error nothing is bound.
+    pub fn add_quic(&mut self, listen: QuicListen) -> std::io::Result<()> {
         if self.sockets.len() > usize::from(u8::MAX) {
             return Err(std::io::Error::other("QUIC serves at most 255 I/O threads"));
         }
@@ -117,7 +121,7 @@ impl Listeners {
             sockets.push(bind_one(addr)?);
         }
         self.quic = Some(QuicSockets { sockets, addr, listen });
-        Ok(self)
+        Ok(())
     }
 }
 
