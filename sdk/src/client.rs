@@ -13,6 +13,7 @@ use crate::error::SdkError;
 use crate::event::{Event, Target};
 use crate::persist::{PendingSend, Persistence};
 use crate::token::TokenState;
+use crate::transport::Dialer;
 use crate::transport::Transport;
 
 /// Capacity of the command channel from handles to the connection task.
@@ -24,6 +25,8 @@ struct Shared {
     user_id: String,
     device_id: String,
     token: Arc<TokenState>,
+    dialer: Arc<Dialer>,
+    first_scheme: crate::Scheme,
 }
 
 /// A connected Tern client. Clones share one connection task; the task stops when
@@ -62,7 +65,8 @@ impl Client {
     ) -> Result<(Client, mpsc::Receiver<Event>), SdkError> {
         let cfg = Arc::new(cfg);
         let token = Arc::new(TokenState::new(cfg.token.clone(), cfg.token_provider.clone()));
-        let (transport, ok) = Transport::connect(&cfg, token.current()).await?;
+        let dialer = Arc::new(Dialer::new(&cfg)?);
+        let (transport, ok) = Transport::connect(&dialer, &cfg, token.current()).await?;
         let (commands, commands_rx) = mpsc::channel(COMMAND_CAPACITY);
         let (events_tx, events) = mpsc::channel(cfg.event_capacity.max(1));
         let driver = Driver::new(
@@ -72,6 +76,7 @@ impl Client {
             events_tx,
             ok.user_id.clone(),
             token.clone(),
+            dialer.clone(),
         )?;
         let shared = Arc::new(Shared {
             cfg,
@@ -79,6 +84,8 @@ impl Client {
             user_id: ok.user_id.clone(),
             device_id: ok.device_id.clone(),
             token,
+            dialer,
+            first_scheme: transport.scheme,
         });
         tokio::spawn(driver.run((transport, ok)));
         Ok((Client { commands, shared }, events))
@@ -255,6 +262,20 @@ impl Client {
             Ok(Err(_)) => Err(SdkError::Closed),
             Err(_) => Err(SdkError::Timeout),
         }
+    }
+
+    /// Tells the client that the device changed networks (Wi-Fi to cellular, say): a QUIC
+    /// connection moves to a new local socket and keeps its session (QUIC connection
+    /// migration: no re-login, nothing resent). TCP and TLS connections cannot move; they
+    /// reconnect by themselves once the old path fails.
+    pub fn network_changed(&self) -> Result<(), SdkError> {
+        self.shared.dialer.rebind()
+    }
+
+    /// Which transport the client connected over at login (the current one after a
+    /// reconnect may differ when several are configured).
+    pub fn first_transport(&self) -> crate::Scheme {
+        self.shared.first_scheme
     }
 
     /// Stops the background task and closes the socket. Unacknowledged sends stay persisted;

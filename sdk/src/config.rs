@@ -6,10 +6,17 @@ use std::time::Duration;
 /// the public fields as needed.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// Server address, `"host:port"`, or several gateways' addresses comma-separated: each
-    /// (re)connect starts at a random one and moves on to the next when one refuses, so clients
-    /// spread over gateways and move to another when theirs dies.
+    /// Server address, `"host:port"` (plain TCP) or with a scheme: `tcp://host:port`,
+    /// `tls://host:port` (TLS 1.3 over TCP), `quic://host:port`; or several gateways'
+    /// addresses comma-separated: each (re)connect starts at a random one and moves on to the
+    /// next when one refuses, so clients spread over gateways and move to another when theirs
+    /// dies. With QUIC and TCP/TLS addresses both listed, QUIC is tried first and the others
+    /// after `happy_eyeballs_delay` (UDP may be blocked).
     pub addr: String,
+    /// Which server certificates `tls://` and `quic://` accept. Default: the system's roots.
+    pub trust: crate::Trust,
+    /// Head start of QUIC over TCP/TLS when both are listed. Default 250 ms (RFC 8305).
+    pub happy_eyeballs_delay: Duration,
     /// Login token (see docs/PROTOCOL.md "Tokens"). [`crate::Client::refresh_token`] swaps it
     /// for a newer one without reconnecting.
     pub token: String,
@@ -63,6 +70,8 @@ impl ClientConfig {
     pub fn new(addr: impl Into<String>, token: impl Into<String>) -> Self {
         Self {
             addr: addr.into(),
+            trust: crate::Trust::default(),
+            happy_eyeballs_delay: Duration::from_millis(250),
             token: token.into(),
             token_provider: None,
             request_timeout: Duration::from_secs(10),

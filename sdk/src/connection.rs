@@ -23,7 +23,7 @@ use crate::error::{SdkError, error_code, is_final_login_code, is_retryable_code}
 use crate::event::Event;
 use crate::persist::Persistence;
 use crate::token::TokenState;
-use crate::transport::{LOGIN_REQUEST_ID, Transport};
+use crate::transport::{Dialer, LOGIN_REQUEST_ID, Transport};
 
 /// How often the task checks timeouts of its own requests and runs delayed retries.
 const SWEEP_EVERY: Duration = Duration::from_millis(500);
@@ -172,6 +172,8 @@ pub(crate) struct Driver {
     token: Arc<TokenState>,
     /// The current token is dead: get a fresh one before the next login.
     need_fresh_token: bool,
+    /// Opens transports (keeps TLS sessions and the QUIC endpoint across reconnects).
+    dialer: Arc<Dialer>,
 }
 
 impl Driver {
@@ -184,6 +186,7 @@ impl Driver {
         events: mpsc::Sender<Event>,
         user_id: String,
         token: Arc<TokenState>,
+        dialer: Arc<Dialer>,
     ) -> Result<Self, SdkError> {
         let mut inbound = InboundOrder::new(cfg.max_buffered_per_conversation);
         for (conv, seq) in persistence.load_cursors().map_err(SdkError::Persistence)? {
@@ -213,6 +216,7 @@ impl Driver {
             closers: Vec::new(),
             token,
             need_fresh_token: false,
+            dialer,
         })
     }
 
@@ -305,8 +309,8 @@ impl Driver {
                 }
                 self.need_fresh_token = false;
             }
-            let cfg = self.cfg.clone();
-            let attempt = Transport::connect(&cfg, self.token.current());
+            let (cfg, dialer) = (self.cfg.clone(), self.dialer.clone());
+            let attempt = Transport::connect(&dialer, &cfg, self.token.current());
             tokio::pin!(attempt);
             let result = loop {
                 tokio::select! {

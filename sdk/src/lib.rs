@@ -70,6 +70,7 @@ pub use file_persistence::{FilePersistence, FilePersistenceError};
 pub use persist::{MemoryPersistence, PendingSend, Persistence};
 pub use tern_proto;
 pub use token::TokenProvider;
+pub use transport::{Scheme, Trust};
 
 #[cfg(test)]
 mod tests {

@@ -40,6 +40,9 @@ pub struct BenchArgs {
     /// User id prefix, so that runs do not share conversations.
     #[arg(long, default_value = "bench")]
     pub prefix: String,
+    /// Certificates accepted over tls:// and quic://.
+    #[command(flatten)]
+    pub trust: crate::tls::TrustArgs,
 }
 
 #[derive(Default)]
@@ -66,12 +69,11 @@ pub async fn run(cfg: &Config, args: BenchArgs) -> anyhow::Result<()> {
         let user = format!("{run_id}-{p}");
         let token = key.mint_for(&user, "bench", now, 3600);
         let target = &addrs[p % addrs.len()];
-        let (c, ev) = Client::connect(
-            ClientConfig::new(target.clone(), token),
-            Arc::new(MemoryPersistence::default()),
-        )
-        .await
-        .with_context(|| format!("connecting client {p} to {target}"))?;
+        let mut client_cfg = ClientConfig::new(target.clone(), token);
+        client_cfg.trust = args.trust.trust(cfg);
+        let (c, ev) = Client::connect(client_cfg, Arc::new(MemoryPersistence::default()))
+            .await
+            .with_context(|| format!("connecting client {p} to {target}"))?;
         clients.push((user, c, ev));
     }
     let users: Vec<String> = clients.iter().map(|(u, _, _)| u.clone()).collect();

@@ -36,6 +36,9 @@ pub struct ChatArgs {
     /// Who to talk to first (change with `/to USER`).
     #[arg(long)]
     pub to: Option<String>,
+    /// Certificates accepted over tls:// and quic://.
+    #[command(flatten)]
+    pub trust: crate::tls::TrustArgs,
 }
 
 const HELP: &str = "commands: /to USER (talk to USER) · /recall SEQ · /list · /history [N] · /quit\n\
@@ -62,12 +65,9 @@ pub async fn run(cfg: &Config, args: ChatArgs) -> anyhow::Result<()> {
     let state = cfg.server.data_dir.join("chat").join(format!("{user}-{device}.json"));
     let persistence = FilePersistence::open(&state)?;
     let addr = args.addr.clone().unwrap_or_else(|| cfg.server.listen.to_string());
-    let (client, mut events) = match Client::connect(
-        ClientConfig::new(addr.clone(), token),
-        Arc::new(persistence),
-    )
-    .await
-    {
+    let mut client_cfg = ClientConfig::new(addr.clone(), token);
+    client_cfg.trust = args.trust.trust(cfg);
+    let (client, mut events) = match Client::connect(client_cfg, Arc::new(persistence)).await {
         Ok(c) => c,
         Err(SdkError::Login { code: ErrorCode::BadToken, message }) => {
             let whose = if args.user.is_none() {

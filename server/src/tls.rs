@@ -31,6 +31,37 @@ pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
     hex.join(":")
 }
 
+/// `--ca` / `--pin` of the client commands (`tern chat`, `tern bench`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TrustArgs {
+    /// For tls:// and quic:// addresses: trust the CA (or self-signed certificate) in this
+    /// PEM file. Default: the server's own certificate when it is in the data directory
+    /// (`tls.cert_file`, or the generated one), else the system's roots.
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// For tls:// and quic:// addresses: accept exactly the certificate with this SHA-256
+    /// fingerprint (as `tern serve` logs it).
+    #[arg(long, value_name = "SHA256", conflicts_with = "ca")]
+    pub pin: Option<String>,
+}
+
+impl TrustArgs {
+    /// What the client trusts (see the flags).
+    pub fn trust(&self, cfg: &Config) -> tern_sdk::Trust {
+        match (&self.pin, &self.ca) {
+            (Some(pin), _) => tern_sdk::Trust::Pinned(pin.clone()),
+            (None, Some(ca)) => tern_sdk::Trust::CaFile(ca.clone()),
+            (None, None) => {
+                let own = cfg.tls_cert_file();
+                match own.try_exists() {
+                    Ok(true) => tern_sdk::Trust::CaFile(own),
+                    _ => tern_sdk::Trust::SystemRoots,
+                }
+            }
+        }
+    }
+}
+
 impl Config {
     /// Where the certificate chain (PEM) is.
     pub fn tls_cert_file(&self) -> PathBuf {

@@ -1,88 +1,111 @@
-//! One TCP connection speaking frames: connect, log in, read frames, write frames.
+//! One connection to a gateway speaking frames, over any transport: connect, log in, read
+//! frames, write frames.
+//!
+//! - `dial`: the addresses (`tcp://`, `tls://`, `quic://`) and how one is reached: QUIC
+//!   first, TCP or TLS raced against it after a short head start (happy eyeballs), QUIC 0-RTT
+//!   on resumption.
+//! - `trust`: which server certificates TLS and QUIC accept (system roots, a CA file, a pinned
+//!   fingerprint).
+
+mod dial;
+mod trust;
 
 use std::io;
 
 use bytes::BytesMut;
 use tern_proto::v1::{self, envelope::Body};
 use tern_proto::{FrameDecoder, encode_frame};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+pub(crate) use dial::Dialer;
+pub use dial::Scheme;
+pub use trust::Trust;
 
 use crate::config::ClientConfig;
 use crate::error::{SdkError, error_code};
+
+/// The read half of a transport (a TCP or TLS stream's, a QUIC stream's receive side).
+pub(crate) type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+/// The write half.
+pub(crate) type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
 
 /// The request id of the Login frame on every connection; other requests count up from it.
 pub(crate) const LOGIN_REQUEST_ID: u64 = 1;
 
 /// A logged-in (or logging-in) connection: a read half with its frame decoder and buffer, and a
 /// write half with an output buffer that batches frames into one write.
-#[derive(Debug)]
 pub(crate) struct Transport {
-    reader: OwnedReadHalf,
-    writer: OwnedWriteHalf,
+    /// Which transport carries it.
+    pub(crate) scheme: Scheme,
+    reader: ReadHalf,
+    writer: WriteHalf,
     decoder: FrameDecoder,
     rbuf: BytesMut,
     wbuf: BytesMut,
     max_out: usize,
+    /// The QUIC connection the stream belongs to (closing it ends the stream).
+    _quic: Option<quinn::Connection>,
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transport").field("scheme", &self.scheme).finish_non_exhaustive()
+    }
 }
 
 impl Transport {
-    /// Connects to `cfg.addr` with TCP_NODELAY, sends Login with `token` and waits for
-    /// LoginOk, all within `cfg.request_timeout`.
+    /// Opens a transport with `dialer` (see [`Dialer::open`]), sends Login with `token` and
+    /// waits for LoginOk, all within `cfg.request_timeout`.
     pub(crate) async fn connect(
+        dialer: &Dialer,
         cfg: &ClientConfig,
         token: String,
     ) -> Result<(Self, v1::LoginOk), SdkError> {
-        match tokio::time::timeout(cfg.request_timeout, Self::connect_inner(cfg, token)).await {
+        let attempt = Self::connect_inner(dialer, cfg, token);
+        match tokio::time::timeout(cfg.request_timeout, attempt).await {
             Ok(result) => result,
             Err(_) => Err(SdkError::Timeout),
         }
     }
 
-    /// Opens TCP to the first address that accepts, trying the configured addresses from a
-    /// random one onwards (so clients spread over gateways, and a dead gateway is skipped).
-    async fn open(cfg: &ClientConfig) -> Result<TcpStream, SdkError> {
-        let addrs: Vec<&str> =
-            cfg.addr.split(',').map(str::trim).filter(|a| !a.is_empty()).collect();
-        if addrs.is_empty() {
-            return Err(SdkError::InvalidArgument("no server address configured".to_owned()));
-        }
-        let start = fastrand::usize(..addrs.len());
-        let mut last = None;
-        for i in 0..addrs.len() {
-            match TcpStream::connect(addrs[(start + i) % addrs.len()]).await {
-                Ok(s) => return Ok(s),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.map_or(SdkError::Closed, SdkError::Io))
-    }
-
     async fn connect_inner(
+        dialer: &Dialer,
         cfg: &ClientConfig,
         token: String,
     ) -> Result<(Self, v1::LoginOk), SdkError> {
-        let stream = Self::open(cfg).await?;
-        stream.set_nodelay(true)?;
-        let (reader, writer) = stream.into_split();
-        let mut t = Transport {
-            reader,
-            writer,
-            decoder: FrameDecoder::new(cfg.max_frame_bytes),
-            rbuf: BytesMut::with_capacity(4096),
-            wbuf: BytesMut::with_capacity(4096),
-            max_out: cfg.max_frame_bytes,
-        };
-        t.queue(&v1::Envelope {
+        let mut opened = dialer.open().await?;
+        let login = v1::Envelope {
             request_id: LOGIN_REQUEST_ID,
             body: Some(Body::Login(v1::Login {
                 token,
                 protocol_version: tern_proto::PROTOCOL_VERSION,
                 client_version: cfg.client_version.clone(),
             })),
-        })?;
+        };
+        let mut t = Transport {
+            scheme: opened.scheme,
+            reader: opened.reader,
+            writer: opened.writer,
+            decoder: FrameDecoder::new(cfg.max_frame_bytes),
+            rbuf: BytesMut::with_capacity(4096),
+            wbuf: BytesMut::with_capacity(4096),
+            max_out: cfg.max_frame_bytes,
+            _quic: opened.quic.take(),
+        };
+        t.queue(&login)?;
         t.flush().await?;
+        // A QUIC Login sent in 0-RTT data: the handshake says whether the server took it. If
+        // not, none of it reached the server, and it goes again on a fresh stream. (Waiting
+        // costs nothing: LoginOk cannot be read before the handshake completes anyway.)
+        if let Some(accepted) = opened.zero_rtt.take()
+            && !accepted.await
+            && let Some(conn) = &t._quic
+        {
+            let (tx, rx) = conn.open_bi().await.map_err(dial::quic_error)?;
+            (t.reader, t.writer) = (Box::new(rx), Box::new(tx));
+            t.queue(&login)?;
+            t.flush().await?;
+        }
         loop {
             let Some(env) = t.read_frame().await? else {
                 return Err(SdkError::Io(io::Error::new(
