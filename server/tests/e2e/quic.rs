@@ -1,6 +1,7 @@
 //! `tern serve` over QUIC as a real process: it announces its QUIC address (by default the
-//! client port), presents the certificate it generated in its data directory, and a quinn
-//! client logs in on one bidirectional stream and gets its heartbeat answered.
+//! client port), presents the certificate it generated in its data directory, a quinn client
+//! logs in on one bidirectional stream and gets its heartbeat answered, and SDK clients on
+//! `quic://` addresses message each other.
 
 use crate::common;
 
@@ -29,10 +30,9 @@ fn quinn_client(cert: CertificateDer<'static>) -> quinn::ClientConfig {
     quinn::ClientConfig::new(Arc::new(crypto))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tern_serve_speaks_quic_on_its_client_port() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = serve_command(dir.path(), "127.0.0.1:0", &[]).spawn().expect("spawn");
+/// `tern serve` in `dir`; returns it with its announced client and QUIC addresses.
+fn serve_quic(dir: &std::path::Path) -> (ChildServer, SocketAddr, SocketAddr) {
+    let mut child = serve_command(dir, "127.0.0.1:0", &[]).spawn().expect("spawn");
     let mut line = String::new();
     std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let field = |k: &str| -> SocketAddr {
@@ -40,6 +40,13 @@ async fn tern_serve_speaks_quic_on_its_client_port() {
         w.unwrap_or_else(|| panic!("no {k} in {line:?}")).parse().unwrap()
     };
     let (client, quic) = (field("client="), field("quic="));
+    (ChildServer { child, addr: client }, client, quic)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tern_serve_speaks_quic_on_its_client_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, client, quic) = serve_quic(dir.path());
     assert_eq!(quic.ip(), client.ip(), "QUIC on the client address by default");
     let cert = CertificateDer::from_pem_file(dir.path().join("tls").join("cert.pem")).unwrap();
     let key = ChildServer::key(dir.path());
@@ -66,6 +73,28 @@ async fn tern_serve_speaks_quic_on_its_client_port() {
     }
     assert!(matches!(got[0].body, Some(Body::LoginOk(_))), "got {:?}", got[0]);
     assert!(got[1].request_id == 2 && matches!(got[1].body, Some(Body::Pong(_))), "{got:?}");
-    let _ = child.kill();
-    let _ = child.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_clients_message_each_other_over_quic() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, _, quic) = serve_quic(dir.path());
+    let key = ChildServer::key(dir.path());
+    let trust = tern_sdk::Trust::CaFile(dir.path().join("tls").join("cert.pem"));
+    let connect = |user: &str| {
+        let token = key.mint_for(user, "d", now_secs(), 3600);
+        let mut cfg = tern_sdk::ClientConfig::new(format!("quic://{quic}"), token);
+        cfg.trust = trust.clone();
+        let persistence = Arc::new(tern_sdk::MemoryPersistence::default());
+        async move {
+            let c = tern_sdk::Client::connect(cfg, persistence);
+            tokio::time::timeout(WAIT, c).await.expect("connect in time").expect("connect")
+        }
+    };
+    let (alice, _alice_events) = connect("alice").await;
+    let (_bob, mut bob_events) = connect("bob").await;
+    let target = tern_sdk::Target::Peer("bob".into());
+    let ack = alice.send(target, "text/plain", text("over quic")).await.unwrap();
+    let m = next_message(&mut bob_events).await;
+    assert_eq!((m.seq, m.body.as_ref()), (ack.seq, &b"over quic"[..]));
 }
