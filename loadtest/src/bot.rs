@@ -12,13 +12,13 @@ use tern_proto::v1::{Envelope, Login, Ping};
 use tern_proto::{
     DEFAULT_MAX_FRAME_BYTES, FrameDecoder, FrameError, PROTOCOL_VERSION, encode_frame,
 };
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::probe::{parse_probe_body, unix_nanos_now};
 use crate::stats::{Counters, FailKind};
+use crate::transport::{BotStream, QuicClients, Readable};
 
 /// Most wake-ups one connection handles before it gives up (a bound on the I/O loop; a bot
 /// with a 10 ms heartbeat for 10 minutes needs 60 000).
@@ -311,6 +311,10 @@ pub struct BotCtx {
     pub token_ttl: Duration,
     /// Counters.
     pub counters: Arc<Counters>,
+    /// QUIC clients, when some bots use QUIC.
+    pub quic: Option<Arc<QuicClients>>,
+    /// Percentage of bots (by index: `index % 100 < quic_percent`) that connect over QUIC.
+    pub quic_percent: u8,
 }
 
 /// A churn schedule spread evenly so that `count / period` bots reconnect per second.
@@ -441,9 +445,11 @@ async fn connection(
         let step = tokio::select! {
             biased;
             _ = stop.changed() => Err(Outcome::Stopped),
-            r = stream.readable() => match r {
+            r = stream.readable(READ_CHUNK) => match r {
                 Err(_) => Err(Outcome::Failed(FailKind::Io)),
-                Ok(()) => read_some(&stream, &mut session, c, &mut logged_in),
+                Ok(Readable::Tcp(tcp)) => read_some(tcp, &mut session, c, &mut logged_in),
+                Ok(Readable::Quic(None)) => Err(Outcome::Failed(FailKind::Closed)),
+                Ok(Readable::Quic(Some(bytes))) => feed(&bytes, &mut session, c, &mut logged_in),
             },
             _ = tokio::time::sleep_until(session.deadline()) => {
                 let mut out = Vec::new();
@@ -480,44 +486,51 @@ fn read_some<'a>(
     let mut buf = [0u8; READ_CHUNK];
     match stream.try_read(&mut buf) {
         Ok(0) => Err(Outcome::Failed(FailKind::Closed)),
-        Ok(n) => session
-            .feed(&buf[..n], Instant::now(), unix_nanos_now(), |ev| match ev {
-                Event::LoggedIn { latency } => {
-                    c.logins.fetch_add(1, Ordering::Relaxed);
-                    c.login_latency_us(latency.as_micros() as u64);
-                    *logged_in = Some(Gauge::up(&c.logged_in));
-                }
-                Event::Pong => {
-                    c.pongs.fetch_add(1, Ordering::Relaxed);
-                }
-                Event::Delivered(d) => {
-                    c.deliveries.fetch_add(1, Ordering::Relaxed);
-                    match d {
-                        Delivery::Probe { latency } => {
-                            c.delivery_latency_us(
-                                u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
-                            );
-                        }
-                        Delivery::ProbeFromFuture => {
-                            c.delivery_clock_skew.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Delivery::Other => {}
-                    }
-                }
-            })
-            .map_err(|e| Outcome::Failed(e.kind())),
+        Ok(n) => feed(&buf[..n], session, c, logged_in),
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
         Err(_) => Err(Outcome::Failed(FailKind::Io)),
     }
 }
 
-async fn connect(ctx: &BotCtx, index: usize) -> std::io::Result<TcpStream> {
-    let socket = if ctx.addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
-    if let Some(ip) = ctx.source_ips.get(index % ctx.source_ips.len().max(1)) {
-        socket.bind(SocketAddr::new(*ip, 0))?;
-    }
-    socket.set_nodelay(true)?;
-    socket.connect(ctx.addr).await
+/// Feeds received bytes to the session, counting what it reports.
+fn feed<'a>(
+    data: &[u8],
+    session: &mut BotSession,
+    c: &'a Counters,
+    logged_in: &mut Option<Gauge<'a>>,
+) -> Result<(), Outcome> {
+    session
+        .feed(data, Instant::now(), unix_nanos_now(), |ev| match ev {
+            Event::LoggedIn { latency } => {
+                c.logins.fetch_add(1, Ordering::Relaxed);
+                c.login_latency_us(latency.as_micros() as u64);
+                *logged_in = Some(Gauge::up(&c.logged_in));
+            }
+            Event::Pong => {
+                c.pongs.fetch_add(1, Ordering::Relaxed);
+            }
+            Event::Delivered(d) => {
+                c.deliveries.fetch_add(1, Ordering::Relaxed);
+                match d {
+                    Delivery::Probe { latency } => {
+                        c.delivery_latency_us(
+                            u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
+                        );
+                    }
+                    Delivery::ProbeFromFuture => {
+                        c.delivery_clock_skew.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Delivery::Other => {}
+                }
+            }
+        })
+        .map_err(|e| Outcome::Failed(e.kind()))
+}
+
+async fn connect(ctx: &BotCtx, index: usize) -> std::io::Result<BotStream> {
+    let source = ctx.source_ips.get(index % ctx.source_ips.len().max(1)).copied();
+    let quic = ctx.quic.as_deref().filter(|_| (index % 100) < usize::from(ctx.quic_percent));
+    BotStream::connect(ctx.addr, source, quic).await
 }
 
 #[cfg(test)]

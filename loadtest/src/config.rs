@@ -77,6 +77,14 @@ pub struct CommonArgs {
     /// No progress line on stderr.
     #[arg(long)]
     pub quiet: bool,
+    /// Percentage of bots that connect over QUIC (UDP, same address) instead of TCP: bot `i`
+    /// does when `i % 100 < quic_percent`. 100 = all QUIC. Needs `--ca`.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub quic_percent: u8,
+    /// The server's certificate (or its CA), PEM, for QUIC bots: `tern serve` writes its
+    /// generated one to `<data_dir>/tls/cert.pem`.
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
 }
 
 /// `tern-loadtest bots`.

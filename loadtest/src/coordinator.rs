@@ -195,6 +195,14 @@ pub fn child_args(args: &SwarmArgs, k: usize, ips: &[IpAddr], dir: &Path) -> Vec
     if c.quiet {
         a.push("--quiet".into());
     }
+    if c.quic_percent > 0 {
+        a.push("--quic-percent".into());
+        a.push(c.quic_percent.to_string());
+    }
+    if let Some(ca) = &c.ca {
+        a.push("--ca".into());
+        a.push(ca.display().to_string());
+    }
     a
 }
 

@@ -21,3 +21,4 @@ pub mod ramp;
 pub mod report;
 pub mod stats;
 pub mod sys;
+pub mod transport;

@@ -34,6 +34,12 @@ pub enum RunError {
     /// `--rate` or `--churn-per-sec` is not a positive finite number.
     #[error("bad {0}: must be a positive number")]
     Rate(&'static str),
+    /// QUIC bots could not be set up.
+    #[error(transparent)]
+    Quic(#[from] crate::transport::QuicSetupError),
+    /// `--quic-percent` without `--ca`.
+    #[error("--quic-percent needs --ca (the server's certificate, PEM)")]
+    NoCa,
 }
 
 /// What one run produced: the report and the raw latency samples (µs).
@@ -68,6 +74,12 @@ pub async fn run(args: &BotsArgs) -> Result<RunOutput, RunError> {
         period: Duration::from_secs_f64(args.count.max(1) as f64 / c.churn_per_sec),
         step: Duration::from_secs_f64(1.0 / c.churn_per_sec),
     });
+    let quic = match (c.quic_percent, &c.ca) {
+        (0, _) => None,
+        // QUIC keep-alives are off: the bots' own heartbeat is the traffic under test.
+        (_, Some(ca)) => Some(Arc::new(crate::transport::QuicClients::new(ca, None)?)),
+        (_, None) => return Err(RunError::NoCa),
+    };
     let ctx = Arc::new(BotCtx {
         addr: c.addr,
         key,
@@ -78,6 +90,8 @@ pub async fn run(args: &BotsArgs) -> Result<RunOutput, RunError> {
         churn,
         token_ttl: c.max_duration + Duration::from_secs(3600),
         counters: counters.clone(),
+        quic,
+        quic_percent: c.quic_percent,
     });
     let progress = (!c.quiet).then(|| {
         tokio::spawn(progress_loop(counters.clone(), c.user_prefix.clone(), c.max_duration))
