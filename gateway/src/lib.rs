@@ -10,8 +10,10 @@
 //! - [`conn`]: one connection's gateway rules as a sans-IO state machine (presence wait before
 //!   LoginOk, in-flight pause, outbound caps and SLOW_CONSUMER, kicks, closing), around the
 //!   protocol's [`tern_proto::session::server::ServerSession`]; every transport drives it.
-//! - [`core`]: the TCP transport: mio I/O threads on a shared listener ([`listen`],
-//!   [`serve`]), a slab of compact connection records, a timer wheel, driving [`conn`].
+//! - [`core`]: the transports: mio I/O threads on a shared TCP listener and, with
+//!   [`Listeners::with_quic`], one UDP socket and QUIC endpoint each ([`listen`], [`serve`]); a
+//!   slab of compact connection records, a timer wheel, driving [`conn`].
+//! - [`quic`]: the QUIC endpoint, sans-IO on quinn-proto, and its configuration.
 //! - [`server`]: [`Gateway`], what every connection shares.
 //! - [`sources`]: per-source-address caps on connections and pending logins.
 //! - [`metrics`]: counters in Prometheus text format.
@@ -36,7 +38,7 @@ pub mod upstream;
 
 pub use auth::{TokenKey, Verifier};
 pub use config::GatewayConfig;
-pub use core::{Listeners, listen, serve};
+pub use core::{Listeners, QuicListen, listen, serve};
 pub use registry::Registry;
 pub use server::Gateway;
 pub use upstream::{BoxFuture, Reply, RequestCtx, Upstream};

@@ -52,6 +52,11 @@ pub struct GatewayMetrics {
     pub token_refresh_failures: AtomicU64,
     /// Logins refused because the device was connected already (`oldest_wins`).
     pub duplicate_login_refusals: AtomicU64,
+    /// QUIC connections open now, a part of `connections_open` (gauge).
+    pub quic_connections_open: AtomicU64,
+    /// Datagrams that reached one I/O thread's UDP socket for a QUIC connection held by
+    /// another (a migrated client) and were handed to that thread.
+    pub quic_datagrams_forwarded: AtomicU64,
 }
 
 impl GatewayMetrics {
@@ -194,7 +199,21 @@ impl GatewayMetrics {
                 &self.duplicate_login_refusals,
             ),
         ];
-        for (name, kind, help, v) in rows.into_iter().chain(token_rows) {
+        let quic_rows: [(&str, &str, &str, &AtomicU64); 2] = [
+            (
+                "tern_gateway_quic_connections_open",
+                "gauge",
+                "Client connections over QUIC open now (counted in connections_open too).",
+                &self.quic_connections_open,
+            ),
+            (
+                "tern_gateway_quic_datagrams_forwarded_total",
+                "counter",
+                "QUIC datagrams handed from the I/O thread that received them to the one holding their connection.",
+                &self.quic_datagrams_forwarded,
+            ),
+        ];
+        for (name, kind, help, v) in rows.into_iter().chain(token_rows).chain(quic_rows) {
             let _ = writeln!(
                 out,
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",

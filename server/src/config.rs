@@ -60,6 +60,8 @@ pub struct ServerSection {
     pub data_dir: PathBuf,
     /// Client TCP address.
     pub listen: SocketAddr,
+    /// Client QUIC (UDP) address: "same" = `listen`'s IP and port, "" = no QUIC.
+    pub quic_listen: String,
     /// HTTP address for /metrics, /healthz and /readyz; empty string disables it.
     pub http_listen: String,
     /// Log filter (tracing EnvFilter syntax); RUST_LOG wins when set.
@@ -291,6 +293,7 @@ impl Default for ServerSection {
         Self {
             data_dir: PathBuf::from("data"),
             listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
+            quic_listen: "same".into(),
             http_listen: "127.0.0.1:7401".into(),
             log: "info".into(),
             listen_backlog: 4096,

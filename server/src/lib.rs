@@ -9,6 +9,7 @@
 //! - [`health`]: what `/healthz` and `/readyz` answer (lifecycle phase, dependency checks).
 //! - [`chat`]: `tern chat`, a terminal chat client on the SDK.
 //! - [`bench`]: `tern bench`, an end-to-end load run through a server.
+//! - [`quic`]: the client listeners' QUIC side (`server.quic_listen`, the `[tls]` identity).
 
 pub mod bench;
 pub mod chat;
@@ -21,4 +22,5 @@ pub mod fuzzing;
 pub mod health;
 pub mod http;
 pub mod keys;
+pub mod quic;
 pub mod tls;

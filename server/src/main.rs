@@ -211,10 +211,12 @@ async fn bind(cfg: &Config, addr: &str, what: &str) -> anyhow::Result<TcpListene
     bind.await.with_context(|| format!("binding {what} address {addr}"))
 }
 
-/// Binds the client listeners (shared with other processes only with `server.share_port`).
+/// Binds the client listeners (shared with other processes only with `server.share_port`)
+/// and, unless `server.quic_listen` is "", their QUIC sockets.
 fn bind_clients(cfg: &Config) -> anyhow::Result<tern_gateway::Listeners> {
     let s = &cfg.server;
-    tern_gateway::listen(s.listen, s.listen_backlog, s.io_threads, s.share_port).map_err(|e| {
+    let tcp = tern_gateway::listen(s.listen, s.listen_backlog, s.io_threads, s.share_port);
+    let tcp = tcp.map_err(|e| {
         let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
             if s.share_port {
                 " (another process holds it without sharing; set server.share_port = true on \
@@ -227,7 +229,12 @@ fn bind_clients(cfg: &Config) -> anyhow::Result<tern_gateway::Listeners> {
             ""
         };
         anyhow::Error::new(e).context(format!("binding client address {}{hint}", s.listen))
-    })
+    })?;
+    tern::quic::bind(cfg, tcp)
+}
+
+fn quic_addr(l: &tern_gateway::Listeners) -> String {
+    l.quic_addr().map_or_else(|| "off".into(), |a| a.to_string())
 }
 
 /// Binds the HTTP listener unless it is turned off ("").
@@ -252,8 +259,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     // One machine-readable line on stdout, once the server is really up (store open): tests
     // and scripts read the bound addresses here.
     let line = format!(
-        "tern listening client={client_addr} http={} data_dir={}",
+        "tern listening client={client_addr} http={} quic={} data_dir={}",
         http_addr(&http),
+        quic_addr(&listener),
         cfg.server.data_dir.display()
     );
     let ready = move || {
@@ -272,9 +280,10 @@ async fn gateway(cfg: Config) -> anyhow::Result<()> {
     let listener = bind_clients(&cfg)?;
     let http = bind_http(&cfg).await?;
     let line = format!(
-        "tern gateway listening client={} http={} id={id}",
+        "tern gateway listening client={} http={} quic={} id={id}",
         listener.local_addr(),
-        http_addr(&http)
+        http_addr(&http),
+        quic_addr(&listener)
     );
     let ready = move || println!("{line}");
     tern::cluster::run_gateway(&cfg, id, listener, http, shutdown_signal(), ready).await?;

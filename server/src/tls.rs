@@ -80,30 +80,45 @@ impl Config {
     }
 
     /// The TLS identity: the configured files, or the generated self-signed pair in the data
-    /// directory (created at the first start when neither file is configured).
+    /// directory (created at the first start when neither file is configured, and again if it
+    /// was damaged).
     pub fn tls_identity(&self) -> anyhow::Result<TlsIdentity> {
         let configured = !self.tls.cert_file.is_empty() || !self.tls.key_file.is_empty();
         if configured && (self.tls.cert_file.is_empty() || self.tls.key_file.is_empty()) {
             bail!("tls.cert_file and tls.key_file go together: set both, or neither");
         }
         let (cert, key) = (self.tls_cert_file(), self.tls_key_file());
-        let mut generated = false;
-        if !configured && !cert.try_exists().unwrap_or(false) {
-            generate(&self.tls.names, &cert, &key)?;
-            generated = true;
+        if configured {
+            return load_pair(&cert, &key, false);
         }
-        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert)
-            .with_context(|| format!("reading TLS certificate {}", cert.display()))?
-            .collect::<Result<_, _>>()
-            .with_context(|| format!("parsing TLS certificate {}", cert.display()))?;
-        let Some(leaf) = chain.first() else {
-            bail!("no certificate in {}", cert.display());
-        };
-        let private = PrivateKeyDer::from_pem_file(&key)
-            .with_context(|| format!("reading TLS key {}", key.display()))?;
-        let fingerprint = fingerprint(leaf);
-        Ok(TlsIdentity { chain, key: private, fingerprint, generated })
+        if cert.try_exists().unwrap_or(false) {
+            match load_pair(&cert, &key, false) {
+                Ok(id) => return Ok(id),
+                // Our own generated pair, damaged (a power cut on a disk that lost its
+                // writes): a new one is as good, and the only way to start.
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "the generated TLS pair is unreadable; generating a new one")
+                }
+            }
+        }
+        generate(&self.tls.names, &cert, &key)?;
+        load_pair(&cert, &key, true)
     }
+}
+
+/// Reads a PEM certificate chain and key.
+fn load_pair(cert: &Path, key: &Path, generated: bool) -> anyhow::Result<TlsIdentity> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("reading TLS certificate {}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("parsing TLS certificate {}", cert.display()))?;
+    let Some(leaf) = chain.first() else {
+        bail!("no certificate in {}", cert.display());
+    };
+    let private = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("reading TLS key {}", key.display()))?;
+    let fingerprint = fingerprint(leaf);
+    Ok(TlsIdentity { chain, key: private, fingerprint, generated })
 }
 
 /// Writes a self-signed certificate for `names` (comma-separated DNS names and IP addresses)
@@ -123,9 +138,10 @@ fn generate(names: &str, cert: &Path, key: &Path) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     write_private(key, pem("PRIVATE KEY", &pair.signing_key.serialize_der()).as_bytes())?;
-    // The certificate last: its presence means the pair is complete.
-    std::fs::write(cert, pem("CERTIFICATE", pair.cert.der()))
-        .with_context(|| format!("writing {}", cert.display()))?;
+    // The certificate last: its presence means the pair is complete. Written aside and renamed
+    // into place, then the directory synced, so that a power cut leaves either no certificate
+    // (the next start generates the pair again) or the whole pair, never a torn file.
+    write_whole(cert, pem("CERTIFICATE", pair.cert.der()).as_bytes())?;
     tracing::info!(
         cert = %cert.display(),
         names = ?names,
@@ -146,6 +162,21 @@ fn pem(label: &str, der: &[u8]) -> String {
     }
     out.push_str(&format!("-----END {label}-----\n"));
     out
+}
+
+/// Writes `bytes` to `path` durably and atomically: a synced temporary file renamed over it,
+/// then the directory synced.
+fn write_whole(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let ctx = || format!("writing {}", path.display());
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).with_context(ctx)?;
+    f.write_all(bytes).and_then(|()| f.sync_all()).with_context(ctx)?;
+    std::fs::rename(&tmp, path).with_context(ctx)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).with_context(ctx)?;
+    }
+    Ok(())
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
@@ -186,6 +217,22 @@ mod tests {
         assert_eq!(again.fingerprint, first.fingerprint, "the same certificate");
         let mode = std::fs::metadata(cfg.tls_key_file()).unwrap().permissions();
         assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
+    }
+
+    /// A power cut on a disk that lost the writes leaves an empty or torn generated
+    /// certificate: the next start generates a new pair instead of refusing to start.
+    #[test]
+    fn a_damaged_generated_pair_is_generated_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = load(dir.path(), &[]);
+        let first = cfg.tls_identity().unwrap();
+        std::fs::write(cfg.tls_cert_file(), "").unwrap();
+        let again = cfg.tls_identity().unwrap();
+        assert!(again.generated);
+        assert_ne!(again.fingerprint, first.fingerprint);
+        std::fs::write(cfg.tls_cert_file(), "-----BEGIN CERTIFICATE-----\nMII").unwrap();
+        assert!(cfg.tls_identity().unwrap().generated);
+        assert!(!cfg.tls_cert_file().with_extension("tmp").exists(), "no temporary file left");
     }
 
     #[test]

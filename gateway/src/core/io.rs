@@ -1,4 +1,5 @@
-//! One I/O thread: a mio event loop over its listener and its slab of connections. It only
+//! One I/O thread: a mio event loop over its listener, its UDP socket (QUIC, submodule
+//! `quic`) and its slab of connections of both transports. It only
 //! moves bytes and timers: it accepts, reads into the thread's scratch buffer, feeds each
 //! connection's sans-IO [`Connection`] (which decodes and decides every protocol rule), carries
 //! out the [`Event`]s it asks for (timers in the wheel, read again, half-close, drop), and
@@ -25,10 +26,14 @@ use crate::server::Gateway;
 use crate::sources::SourceKey;
 use crate::upstream::Upstream;
 use env::Env;
+pub(super) use quic::QuicEndpoint;
+use quic::{QuicSide, Sink};
 
 mod env;
+mod quic;
 mod write;
 
+const UDP: Token = Token(usize::MAX - 2);
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX);
 /// The thread's read buffer: one frame of the default maximum size and its prefix fit.
@@ -52,13 +57,21 @@ pub fn unix_nanos() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
-/// One connection: the socket, the sans-IO [`Connection`], and its source's key.
+/// One connection: its transport, the sans-IO [`Connection`], and its source's key.
 #[derive(Debug)]
 struct Conn {
-    stream: TcpStream,
+    io: Transport,
     conn: Connection,
     /// Its source address's key in the gateway's per-source counters.
     source: SourceKey,
+}
+
+/// How a connection's bytes travel.
+#[derive(Debug)]
+enum Transport {
+    Tcp(TcpStream),
+    /// A connection of the thread's [`crate::quic::QuicHost`].
+    Quic(crate::quic::QuicConnId),
 }
 
 #[derive(Debug)]
@@ -78,6 +91,8 @@ pub(super) struct IoThread<U: Upstream> {
     gw: Arc<Gateway<U>>,
     poll: Poll,
     listener: Option<TcpListener>,
+    /// The UDP socket and QUIC endpoint, when QUIC is served (boxed: most of it is cold).
+    quic: Option<Box<QuicSide>>,
     slots: Vec<Slot>,
     free: Vec<u32>,
     live: usize,
@@ -101,6 +116,7 @@ impl<U: Upstream> IoThread<U> {
     pub(super) fn new(
         gw: Arc<Gateway<U>>,
         listener: std::net::TcpListener,
+        quic: Option<QuicEndpoint>,
         rt: tokio::runtime::Handle,
     ) -> io::Result<Self> {
         let poll = Poll::new()?;
@@ -109,10 +125,15 @@ impl<U: Upstream> IoThread<U> {
         let mut listener = TcpListener::from_std(listener);
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let max_frame = gw.cfg.session.max_frame_bytes;
+        let quic = match quic {
+            Some(e) => Some(Box::new(QuicSide::new(e, gw.cfg.max_connections, &poll, UDP)?)),
+            None => None,
+        };
         Ok(Self {
             gw,
             poll,
             listener: Some(listener),
+            quic,
             slots: Vec::new(),
             free: Vec::new(),
             live: 0,
@@ -128,6 +149,18 @@ impl<U: Upstream> IoThread<U> {
             accept_retry_at: None,
             stopping_since: None,
         })
+    }
+
+    /// This thread's mailbox.
+    pub(super) fn mailbox(&self) -> Arc<Mailbox> {
+        self.mailbox.clone()
+    }
+
+    /// Every thread's mailbox by index, for handing over QUIC datagrams.
+    pub(super) fn set_peers(&mut self, peers: Arc<[Option<Arc<Mailbox>>]>) {
+        if let Some(q) = self.quic.as_deref_mut() {
+            q.set_peers(peers);
+        }
     }
 
     /// Starts the thread.
@@ -157,7 +190,12 @@ impl<U: Upstream> IoThread<U> {
             if self.stopping_since.is_some() {
                 timeout = Some(timeout.map_or(WHEEL_TICK, |t| t.min(WHEEL_TICK)));
             }
+            if let Some(at) = self.quic_timeout() {
+                let until = at.saturating_duration_since(now);
+                timeout = Some(timeout.map_or(until, |t| t.min(until)));
+            }
             if !self.again.is_empty()
+                || self.quic.as_ref().is_some_and(|q| q.more)
                 || (timeout != Some(Duration::ZERO) && !self.mailbox.going_to_sleep())
             {
                 timeout = Some(Duration::ZERO);
@@ -175,6 +213,14 @@ impl<U: Upstream> IoThread<U> {
                 match ev.token() {
                     WAKER => {}
                     LISTENER => self.accept(),
+                    UDP => {
+                        if ev.is_writable() {
+                            self.on_udp_writable();
+                        }
+                        if ev.is_readable() {
+                            self.on_datagrams();
+                        }
+                    }
                     Token(i) => {
                         let i = i as u32;
                         if ev.is_writable() {
@@ -188,6 +234,9 @@ impl<U: Upstream> IoThread<U> {
                     }
                 }
             }
+            if self.quic.as_ref().is_some_and(|q| q.more) {
+                self.on_datagrams();
+            }
             self.run_commands();
             self.run_again();
             if let Some(at) = self.accept_retry_at
@@ -197,6 +246,7 @@ impl<U: Upstream> IoThread<U> {
                 self.accept();
             }
             self.run_timers(Instant::now());
+            self.quic_turn();
             if let Some(since) = self.stopping_since
                 && (self.live == 0 || since.elapsed() >= SHUTDOWN_GRACE)
             {
@@ -206,6 +256,8 @@ impl<U: Upstream> IoThread<U> {
         for i in 0..self.slots.len() as u32 {
             self.drop_conn(i);
         }
+        // The close of each QUIC connection still open goes out.
+        self.quic_turn();
     }
 
     fn is_live(&self, key: Key) -> bool {
@@ -238,18 +290,12 @@ impl<U: Upstream> IoThread<U> {
     }
 
     fn admit(&mut self, mut stream: TcpStream, peer: std::net::SocketAddr) {
-        let gw = &*self.gw;
+        let gw = self.gw.clone();
         let Some(source) = admission::admit(&gw.cfg, &gw.metrics, &gw.sources, peer.ip()) else {
             return;
         };
         let _ = stream.set_nodelay(true);
-        let i = match self.free.pop() {
-            Some(i) => i,
-            None => {
-                self.slots.push(Slot { generation: 0, conn: None });
-                (self.slots.len() - 1) as u32
-            }
-        };
+        let i = self.free_slot();
         let interest = Interest::READABLE | Interest::WRITABLE;
         if let Err(e) = self.poll.registry().register(&mut stream, Token(i as usize), interest) {
             tracing::warn!(error = %e, "registering a connection failed");
@@ -259,10 +305,21 @@ impl<U: Upstream> IoThread<U> {
         }
         admission::admitted(&gw.metrics);
         let conn = Connection::new(Instant::now(), gw.next_connection_id(), &gw.cfg);
-        self.slots[i as usize].conn = Some(Conn { stream, conn, source });
+        self.slots[i as usize].conn = Some(Conn { io: Transport::Tcp(stream), conn, source });
         self.live += 1;
         // The login timeout's timer.
         self.after(i);
+    }
+
+    /// A free slab slot (a new one at the end when none is free).
+    fn free_slot(&mut self) -> u32 {
+        match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(Slot { generation: 0, conn: None });
+                (self.slots.len() - 1) as u32
+            }
+        }
     }
 
     // ----- reading -----
@@ -276,11 +333,15 @@ impl<U: Upstream> IoThread<U> {
             let Some(slot) = self.slots.get_mut(i as usize) else { return };
             let generation = slot.generation;
             let Some(c) = slot.conn.as_mut() else { return };
+            let Transport::Tcp(stream) = &mut c.io else {
+                // QUIC data comes as host events; the stream reads while not paused.
+                return self.sync_reading(i);
+            };
             if c.conn.reading_paused(&self.gw.cfg) {
                 // Input waits in the kernel; reading resumes with Event::Resume.
                 return;
             }
-            match c.stream.read(&mut self.scratch) {
+            match stream.read(&mut self.scratch) {
                 Ok(0) => {
                     c.conn.on_eof();
                     return self.after(i);
@@ -295,7 +356,8 @@ impl<U: Upstream> IoThread<U> {
                         c.source,
                     );
                     let now = Instant::now();
-                    c.conn.on_input(now, &self.scratch[..n], &self.decoder, &mut c.stream, &env);
+                    let mut sink = Sink::Tcp(stream);
+                    c.conn.on_input(now, &self.scratch[..n], &self.decoder, &mut sink, &env);
                     self.after(i);
                     if drained {
                         return;
@@ -313,19 +375,25 @@ impl<U: Upstream> IoThread<U> {
 
     // ----- driving the connection state machine -----
 
-    /// Feeds connection `i` one input (`f` gets the connection, its socket as the byte sink,
-    /// its environment and the thread's decoder), then carries out what it asks.
+    /// Feeds connection `i` one input (`f` gets the connection, its transport as the byte
+    /// sink, its environment and the thread's decoder), then carries out what it asks.
     fn drive(
         &mut self,
         i: u32,
-        f: impl FnOnce(&mut Connection, &mut TcpStream, &Env<'_, U>, &FrameDecoder),
+        f: impl FnOnce(&mut Connection, &mut Sink<'_>, &Env<'_, U>, &FrameDecoder),
     ) {
         let Some(slot) = self.slots.get_mut(i as usize) else { return };
         let generation = slot.generation;
-        let Some(c) = slot.conn.as_mut() else { return };
-        let env =
-            Env::new(&self.gw, &self.mailbox, &self.rt, Key { slot: i, generation }, c.source);
-        f(&mut c.conn, &mut c.stream, &env, &self.decoder);
+        let Some(Conn { io, conn, source }) = slot.conn.as_mut() else { return };
+        let env = Env::new(&self.gw, &self.mailbox, &self.rt, Key { slot: i, generation }, *source);
+        let mut sink = match io {
+            Transport::Tcp(stream) => Sink::Tcp(stream),
+            Transport::Quic(id) => match self.quic.as_deref_mut() {
+                Some(q) => Sink::Quic(&mut q.host, *id),
+                None => return,
+            },
+        };
+        f(conn, &mut sink, &env, &self.decoder);
         self.after(i);
     }
 
@@ -337,11 +405,20 @@ impl<U: Upstream> IoThread<U> {
                 return;
             };
             match c.conn.poll_event() {
-                None => return,
+                None => return self.sync_reading(i),
                 Some(Event::Drop) => return self.drop_conn(i),
-                Some(Event::ShutdownWrite) => {
-                    let _ = c.stream.shutdown(Shutdown::Write);
-                }
+                Some(Event::ShutdownWrite) => match &c.io {
+                    Transport::Tcp(stream) => {
+                        let _ = stream.shutdown(Shutdown::Write);
+                    }
+                    // Flushed (the client has it all) closes the connection; if finishing
+                    // fails, the close timer does.
+                    Transport::Quic(id) => {
+                        if let Some(q) = self.quic.as_deref_mut() {
+                            let _ = q.host.finish(*id);
+                        }
+                    }
+                },
                 Some(Event::Rearm) => {
                     if let Some(at) = c.conn.deadline(&self.gw.cfg) {
                         self.wheel.schedule(at, key);
@@ -396,6 +473,7 @@ impl<U: Upstream> IoThread<U> {
                     self.flush_staged(now);
                     self.shut_down(now);
                 }
+                Cmd::Datagram(d) => self.on_forwarded(*d),
             }
         }
         self.flush_staged(now);
@@ -447,7 +525,8 @@ impl<U: Upstream> IoThread<U> {
 #[cfg(test)]
 mod tests {
     /// The per-connection record the slab holds inline (figures in docs/ARCHITECTURE.md):
-    /// 216 bytes per slot before the connection rules moved into [`super::Connection`].
+    /// 216 bytes per slot before the connection rules moved into [`super::Connection`], and
+    /// still 216 with the transport an enum of a TCP socket or a QUIC connection id.
     #[test]
     fn connection_record_stays_small() {
         let slot = std::mem::size_of::<super::Slot>();

@@ -1,11 +1,13 @@
 //! Cross-thread hand-off into one I/O thread: a command queue plus a mio [`Waker`], written only
 //! when the thread sleeps in `poll` (at most once per sleep): a busy thread drains its queue
 //! before it sleeps again, so senders to it make no syscall. Pushes from dispatch, kicks, and the answers of requests that ran on the async
-//! runtime all reach a connection this way; only its I/O thread touches the connection.
+//! runtime all reach a connection this way, and so do the datagrams of a migrated QUIC client that
+//! reached another thread's socket; only its I/O thread touches the connection.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use mio::Waker;
 use tern_proto::v1::KickReason;
 
@@ -24,6 +26,18 @@ pub(crate) enum Cmd {
     LoginReady { slot: u32, generation: u32 },
     /// Stop accepting, kick every connection (SERVER_SHUTDOWN), exit once they closed.
     Shutdown,
+    /// A QUIC datagram another thread's socket received for this thread's endpoint.
+    Datagram(Box<Forwarded>),
+}
+
+/// A QUIC datagram handed between I/O threads, as received.
+#[derive(Debug)]
+pub(crate) struct Forwarded {
+    /// The client's address.
+    pub from: SocketAddr,
+    /// The local address it was received on, when the socket knows it.
+    pub local: Option<IpAddr>,
+    pub data: BytesMut,
 }
 
 /// One I/O thread's inbox.

@@ -18,6 +18,7 @@ mod ops;
 mod ordering;
 mod per_source;
 mod power_loss;
+mod quic;
 mod recall;
 mod receipts;
 mod reconnect;

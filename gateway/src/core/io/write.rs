@@ -49,7 +49,7 @@ impl<U: Upstream> IoThread<U> {
         }
     }
 
-    /// Frees a connection's slot and closes its socket.
+    /// Frees a connection's slot and closes its socket (or QUIC connection).
     pub(super) fn drop_conn(&mut self, i: u32) {
         let gw = self.gw.clone();
         let Some(slot) = self.slots.get_mut(i as usize) else { return };
@@ -58,7 +58,12 @@ impl<U: Upstream> IoThread<U> {
         slot.generation = slot.generation.wrapping_add(1);
         c.conn.release(&Env::new(&gw, &self.mailbox, &self.rt, key, c.source));
         admission::closed(&gw.metrics, &gw.sources, c.source);
-        let _ = self.poll.registry().deregister(&mut c.stream);
+        match &mut c.io {
+            super::Transport::Tcp(stream) => {
+                let _ = self.poll.registry().deregister(stream);
+            }
+            super::Transport::Quic(id) => self.close_quic(*id),
+        }
         self.free.push(i);
         self.live -= 1;
     }
