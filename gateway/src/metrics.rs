@@ -57,6 +57,8 @@ pub struct GatewayMetrics {
     /// Datagrams that reached one I/O thread's UDP socket for a QUIC connection held by
     /// another (a migrated client) and were handed to that thread.
     pub quic_datagrams_forwarded: AtomicU64,
+    /// QUIC connections whose 0-RTT data the gateway accepted (resumed sessions).
+    pub quic_0rtt_connections: AtomicU64,
 }
 
 impl GatewayMetrics {
@@ -199,7 +201,7 @@ impl GatewayMetrics {
                 &self.duplicate_login_refusals,
             ),
         ];
-        let quic_rows: [(&str, &str, &str, &AtomicU64); 2] = [
+        let quic_rows: [(&str, &str, &str, &AtomicU64); 3] = [
             (
                 "tern_gateway_quic_connections_open",
                 "gauge",
@@ -211,6 +213,12 @@ impl GatewayMetrics {
                 "counter",
                 "QUIC datagrams handed from the I/O thread that received them to the one holding their connection.",
                 &self.quic_datagrams_forwarded,
+            ),
+            (
+                "tern_gateway_quic_0rtt_connections_total",
+                "counter",
+                "QUIC connections whose 0-RTT data was accepted (resumed sessions).",
+                &self.quic_0rtt_connections,
             ),
         ];
         for (name, kind, help, v) in rows.into_iter().chain(token_rows).chain(quic_rows) {

@@ -185,6 +185,7 @@ fn client_config(cert: &CertificateDer<'static>) -> quinn::ClientConfig {
         .with_root_certificates(roots)
         .with_no_client_auth();
     tls.alpn_protocols = vec![config::ALPN.to_vec()];
+    tls.enable_early_data = true;
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
     quinn::ClientConfig::new(Arc::new(crypto))
 }
@@ -534,5 +535,47 @@ async fn a_quic_client_that_never_opens_its_stream_is_closed_at_the_login_timeou
     assert_eq!(m.login_timeouts.load(SeqCst), 1);
     assert_eq!(m.connections_open.load(SeqCst), 0);
     assert_eq!(m.logins_pending.load(SeqCst), 0);
+    server.stop().await;
+}
+
+/// A Send in early data: it must wait for the handshake (the Echo upstream answers it like any
+/// request, so the test sees when it ran).
+fn early_send(request_id: u64) -> Bytes {
+    let body = v1::Send { client_msg_id: "m1".into(), ..Default::default() };
+    frame(request_id, Body::Send(body))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_client_logs_in_in_0rtt_and_its_writes_wait_for_the_handshake() {
+    let server = Server::start(1);
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(client_config(&server.cert));
+    // A first connection leaves a session ticket with the client.
+    let conn = endpoint.connect(server.quic, "localhost").unwrap().await.unwrap();
+    let (mut send, recv) = conn.open_bi().await.unwrap();
+    let mut rx = Reader { recv, buf: BytesMut::new(), dec: FrameDecoder::new(1 << 20) };
+    send.write_all(&server.login_bytes("zed", "phone")).await.unwrap();
+    assert!(matches!(rx.expect("LoginOk").await.body, Some(Body::LoginOk(_))));
+    send.write_all(&ping(2)).await.unwrap();
+    assert!(is_pong(&rx.expect("Pong").await, 2));
+    conn.close(0u32.into(), b"bye");
+    endpoint.wait_idle().await;
+
+    // The second one resumes: Login, a read and a write go out in 0-RTT data at once.
+    let connecting = endpoint.connect(server.quic, "localhost").unwrap();
+    let Ok((conn, accepted)) = connecting.into_0rtt() else { panic!("no 0-RTT keys") };
+    let (mut send, recv) = conn.open_bi().await.unwrap();
+    let mut early = server.login_bytes("zed", "phone").to_vec();
+    early.extend_from_slice(&sync(3));
+    early.extend_from_slice(&early_send(4));
+    send.write_all(&early).await.unwrap();
+    let mut rx = Reader { recv, buf: BytesMut::new(), dec: FrameDecoder::new(1 << 20) };
+    assert!(matches!(rx.expect("LoginOk").await.body, Some(Body::LoginOk(_))));
+    assert!(is_upstream_answer(&rx.expect("the read's answer").await, 3));
+    assert!(is_upstream_answer(&rx.expect("the write's answer").await, 4), "after the read");
+    assert!(tokio::time::timeout(WAIT, accepted).await.unwrap(), "the server took the 0-RTT data");
+    assert_eq!(server.requests.load(SeqCst), 2, "each request once");
+    assert_eq!(server.gw.metrics.quic_0rtt_connections.load(SeqCst), 1);
+    conn.close(0u32.into(), b"bye");
     server.stop().await;
 }

@@ -52,6 +52,7 @@ use crate::registry::encode;
 use crate::upstream::RequestCtx;
 
 pub mod admission;
+pub mod early;
 mod output;
 #[doc(hidden)]
 pub mod testing;
@@ -112,6 +113,11 @@ const RESUME: u8 = 8;
 /// Not an event: the presence wait armed a timer of its own besides the session's one; the
 /// first of them that finds nothing to do is not re-armed, so one timer stays per connection.
 const WAIT_TIMER: u8 = 16;
+/// Not an event: input comes in QUIC 0-RTT data (see [`early`]).
+const EARLY: u8 = 32;
+/// Not an event: a frame that is not replay-safe waits, with the input after it, for the
+/// handshake; reading is paused.
+const HELD: u8 = 64;
 
 /// A connection's phases, each with only what it needs.
 #[derive(Debug)]
@@ -205,6 +211,9 @@ impl Connection {
     /// LoginOk waits for presence, or with `max_inflight_requests` requests in flight. A
     /// closing connection reads (and drops) input until EOF.
     pub fn reading_paused(&self, cfg: &GatewayConfig) -> bool {
+        if self.flags & HELD != 0 {
+            return true;
+        }
         match self.phase {
             Phase::LoginWait { .. } => true,
             Phase::Open => self.inflight >= max_inflight(cfg),
@@ -249,6 +258,18 @@ impl Connection {
             self.partial.extend_from_slice(data);
             self.resume(now, dec, io, env);
         }
+    }
+
+    /// Input from now on arrives in QUIC 0-RTT data: only replay-safe frames are acted on
+    /// ([`early::replay_safe`]); the first other one waits for [`Connection::on_established`].
+    pub fn set_early(&mut self) {
+        self.flags |= EARLY;
+    }
+
+    /// The QUIC handshake completed: held input may run (the driver then calls
+    /// [`Connection::resume`]).
+    pub fn on_established(&mut self) {
+        self.flags &= !(EARLY | HELD);
     }
 
     /// Processes the input kept while paused (after [`Event::Resume`]), before reading more.
@@ -409,6 +430,11 @@ impl Connection {
             }
             match dec.decode_slice(&data[used..]) {
                 Ok(None) => return used,
+                Ok(Some((frame, _))) if self.flags & EARLY != 0 && !early::replay_safe(&frame) => {
+                    // Kept (by the caller, as unprocessed input) until the handshake completes.
+                    self.flags |= HELD;
+                    return used;
+                }
                 Ok(Some((frame, len))) => {
                     used += len;
                     env.metrics().frames_in.fetch_add(1, Relaxed);

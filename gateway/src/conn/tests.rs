@@ -273,3 +273,28 @@ fn an_idle_connection_holds_no_buffer_and_the_record_stays_small() {
     eprintln!("Connection: {size} B");
     assert!(size <= 184, "Connection grew to {size} B");
 }
+
+#[test]
+fn early_data_runs_login_and_reads_and_holds_writes_until_the_handshake() {
+    let mut h = Harness::new(GatewayConfig::default());
+    h.c().set_early();
+    let sync = super::testing::frame(3, Body::SyncRequest(Default::default()));
+    let mut bytes = Vec::new();
+    for f in [login(1), ping(2), sync, send(4), ping(5)] {
+        bytes.extend_from_slice(&f);
+    }
+    h.input(&bytes);
+    let frames = h.frames();
+    assert!(matches!(frames[0].body, Some(Body::LoginOk(_))), "{frames:?}");
+    assert!(matches!(frames[1].body, Some(Body::Pong(_))), "{frames:?}");
+    assert_eq!(*h.env.submitted.borrow(), vec![3], "the read ran; the send waits");
+    assert!(h.paused(), "reading stops at the held frame");
+    h.with(|c, now, io, env| {
+        c.on_established();
+        c.resume(now, &FrameDecoder::new(65536), io, env);
+    });
+    assert_eq!(*h.env.submitted.borrow(), vec![3, 4], "after the handshake, in order");
+    assert!(matches!(h.frames()[..], [Envelope { body: Some(Body::Pong(_)), request_id: 5 }]));
+    assert!(!h.paused());
+    assert_eq!(h.c().partial.capacity(), 0, "nothing kept");
+}

@@ -42,8 +42,9 @@ pub enum HostEvent {
     /// Bytes arrived on the client's stream, in order. `early` while they came in 0-RTT data
     /// (the handshake is not complete: they may be a replay).
     Data { conn: QuicConnId, data: Bytes, early: bool },
-    /// The handshake completed: data from now on is not 0-RTT.
-    Established { conn: QuicConnId },
+    /// The handshake completed: data from now on is not 0-RTT. `zero_rtt` when the client
+    /// resumed a session and the host accepted its 0-RTT data.
+    Established { conn: QuicConnId, zero_rtt: bool },
     /// The stream can take more bytes after a [`QuicHost::write`] came up short.
     Writable { conn: QuicConnId },
     /// The client finished (or reset) its side of the stream: no more bytes will come.
@@ -365,7 +366,11 @@ impl QuicHost {
                 Event::Stream(StreamEvent::Finished { id }) if Some(id) == e.stream => {
                     self.events.push_back(HostEvent::Flushed { conn: e.id });
                 }
-                Event::Connected => self.events.push_back(HostEvent::Established { conn: e.id }),
+                Event::Connected => {
+                    // On a server, 0-RTT keys exist only when the early data was accepted.
+                    let zero_rtt = e.conn.has_0rtt();
+                    self.events.push_back(HostEvent::Established { conn: e.id, zero_rtt });
+                }
                 Event::ConnectionLost { reason } => closed = Some(reason.to_string()),
                 _ => {}
             }

@@ -223,7 +223,7 @@ fn a_client_opens_its_stream_and_bytes_flow_both_ways() {
     w.run_for(Duration::from_millis(10));
     let [(id, remote, early)] = w.opened()[..] else { panic!("{:?}", w.events) };
     assert_eq!((remote, early), (addr(5000), false));
-    assert!(w.events.contains(&HostEvent::Established { conn: id }));
+    assert!(w.events.contains(&HostEvent::Established { conn: id, zero_rtt: false }));
     assert_eq!(w.data(id).0, b"hello server");
     assert_eq!(w.host.write(id, b"hello client").unwrap(), 12);
     w.run_for(Duration::from_millis(10));
@@ -287,7 +287,7 @@ fn a_resumed_client_sends_in_0rtt_and_the_host_says_so() {
     assert!(early, "opened before the handshake completed");
     assert_eq!(w.data(id), (b"early login".to_vec(), true));
     assert!(w.clients[second].conn.accepted_0rtt());
-    assert!(w.events.contains(&HostEvent::Established { conn: id }));
+    assert!(w.events.contains(&HostEvent::Established { conn: id, zero_rtt: true }));
 }
 
 #[test]

@@ -262,15 +262,24 @@ impl<U: Upstream> IoThread<U> {
     }
 
     fn on_host_event(&mut self, now: Instant, ev: HostEvent) {
-        // Early (0-RTT) data is handled like any other for now: a rule for it would look at
-        // `early` on Opened and Data here, before the bytes reach the connection.
+        // 0-RTT data reaches the connection marked early: it acts only on replay-safe frames
+        // and holds the rest until the handshake completes (`conn::early`).
         let i = match &ev {
             // The accept is whichever comes first: the handshake completed (the client has not
             // necessarily opened its stream: the login timeout runs from here), or the stream
             // opened in 0-RTT data, before the handshake completed.
-            HostEvent::Opened { conn, .. } | HostEvent::Established { conn } => {
-                if self.quic.as_deref().and_then(|q| q.slot(*conn)).is_none() {
-                    self.admit_quic(now, *conn);
+            HostEvent::Opened { conn, .. } | HostEvent::Established { conn, .. } => {
+                let established = matches!(ev, HostEvent::Established { .. });
+                if matches!(ev, HostEvent::Established { zero_rtt: true, .. }) {
+                    self.gw.metrics.quic_0rtt_connections.fetch_add(1, Relaxed);
+                }
+                match self.quic.as_deref().and_then(|q| q.slot(*conn)) {
+                    None => self.admit_quic(now, *conn),
+                    Some(i) if established => self.drive(i, |c, io, env, dec| {
+                        c.on_established();
+                        c.resume(now, dec, io, env);
+                    }),
+                    Some(_) => {}
                 }
                 return;
             }
@@ -284,8 +293,13 @@ impl<U: Upstream> IoThread<U> {
             }
         };
         match ev {
-            HostEvent::Data { data, .. } => {
-                self.drive(i, |c, io, env, dec| c.on_input(now, &data, dec, io, env));
+            HostEvent::Data { data, early, .. } => {
+                self.drive(i, |c, io, env, dec| {
+                    if early {
+                        c.set_early();
+                    }
+                    c.on_input(now, &data, dec, io, env)
+                });
             }
             HostEvent::Writable { .. } => self.on_writable(i),
             HostEvent::ReadClosed { .. } => {
