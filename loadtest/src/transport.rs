@@ -53,7 +53,11 @@ impl QuicClients {
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(setup)?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         let mut t = quinn::TransportConfig::default();
+        // quinn's default idle timeout (30 s) would race a 30 s heartbeat: ask for more and let
+        // the server's (90 s by default) apply.
+        let idle = quinn::IdleTimeout::try_from(Duration::from_secs(300)).map_err(setup)?;
         t.keep_alive_interval(keep_alive)
+            .max_idle_timeout(Some(idle))
             .max_concurrent_bidi_streams(0u32.into())
             .max_concurrent_uni_streams(0u32.into())
             .datagram_receive_buffer_size(None);

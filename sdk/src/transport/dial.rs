@@ -113,8 +113,13 @@ impl Dialer {
                     .map_err(|e| SdkError::InvalidArgument(format!("TLS for QUIC: {e}")))?;
                 let mut qc = quinn::ClientConfig::new(Arc::new(crypto));
                 let mut transport = quinn::TransportConfig::default();
+                // quinn's default idle timeout is 30 s; the server's (90 s by default) should
+                // decide, so ask for more.
+                let idle = quinn::IdleTimeout::try_from(Duration::from_secs(300))
+                    .map_err(|e| SdkError::InvalidArgument(format!("QUIC idle timeout: {e}")))?;
                 transport
                     .keep_alive_interval(Some(QUIC_KEEP_ALIVE))
+                    .max_idle_timeout(Some(idle))
                     .max_concurrent_bidi_streams(0u32.into())
                     .max_concurrent_uni_streams(0u32.into())
                     .datagram_receive_buffer_size(None);
