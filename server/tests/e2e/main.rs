@@ -13,6 +13,7 @@ mod kernel_tuning;
 mod kick;
 mod link_auth;
 mod messaging;
+mod net_chaos;
 mod offline_sync;
 mod ops;
 mod ordering;

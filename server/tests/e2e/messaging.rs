@@ -1,6 +1,7 @@
-//! Sending through the SDK over real TCP: acks carry sequence numbers, resends are deduplicated,
-//! pushes reach the other user and the sender's other devices, and the conversation list tells
-//! a returning client what changed.
+//! Sending through the SDK over TCP and QUIC: acks carry sequence numbers, resends are
+//! deduplicated, pushes reach the other user and the sender's other devices, and the
+//! conversation list tells a returning client what changed. The resend-push test reads raw
+//! frames, so it runs over TCP only.
 
 use crate::common;
 
@@ -8,9 +9,8 @@ use common::*;
 use tern_proto::v1::MessageKind;
 use tern_sdk::Target;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ack_carries_sequence_and_peer_gets_push() {
-    let srv = TestServer::start().await;
+async fn ack_carries_sequence_and_peer_gets_push(t: Transport) {
+    let srv = TestServer::start_over(t, &[]).await;
     let (alice, _ae) = srv.client("alice", "phone").await;
     let (_bob, mut be) = srv.client("bob", "phone").await;
 
@@ -33,9 +33,8 @@ async fn ack_carries_sequence_and_peer_gets_push() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resend_returns_original_ack_and_stores_once() {
-    let srv = TestServer::start().await;
+async fn resend_returns_original_ack_and_stores_once(t: Transport) {
+    let srv = TestServer::start_over(t, &[]).await;
     let (phone, _e1) = srv.client("alice", "phone").await;
     let (laptop, _e2) = srv.client("alice", "laptop").await;
     let target = Target::Conversation("dm:alice:bob".into());
@@ -66,9 +65,8 @@ async fn resend_returns_original_ack_and_stores_once() {
     assert_eq!(page.last_seq, 2);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sender_other_devices_get_own_messages() {
-    let srv = TestServer::start().await;
+async fn sender_other_devices_get_own_messages(t: Transport) {
+    let srv = TestServer::start_over(t, &[]).await;
     let (phone, mut phone_events) = srv.client("alice", "phone").await;
     let (_laptop, mut laptop_events) = srv.client("alice", "laptop").await;
     let (_bob, mut bob_events) = srv.client("bob", "tablet").await;
@@ -87,9 +85,8 @@ async fn sender_other_devices_get_own_messages() {
     assert_eq!(next_message(&mut phone_events).await.seq, reply.seq);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn conversation_list_shows_what_changed() {
-    let srv = TestServer::start().await;
+async fn conversation_list_shows_what_changed(t: Transport) {
+    let srv = TestServer::start_over(t, &[]).await;
     let (alice, _ae) = srv.client("alice", "phone").await;
     alice.send(Target::Peer("bob".into()), "text/plain", text("1")).await.unwrap();
     alice.send(Target::Peer("bob".into()), "text/plain", text("2")).await.unwrap();
@@ -148,3 +145,10 @@ async fn resend_pushes_the_original_again_but_never_to_another_conversation() {
     let m = deliver(carol.recv().await.unwrap());
     assert_eq!((m.conversation_id.as_str(), m.client_msg_id.as_str()), ("dm:alice:carol", "c-1"));
 }
+
+crate::over_transports!(
+    ack_carries_sequence_and_peer_gets_push,
+    resend_returns_original_ack_and_stores_once,
+    sender_other_devices_get_own_messages,
+    conversation_list_shows_what_changed,
+);

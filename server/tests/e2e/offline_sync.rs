@@ -6,11 +6,10 @@ use crate::common;
 use common::*;
 use tern_sdk::Target;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn offline_recipient_catches_up_in_order() {
+async fn offline_recipient_catches_up_in_order(t: Transport) {
     const N: u64 = 10_000;
     // One connection sends 10,000 messages as fast as it can: lift the per-connection rate.
-    let srv = TestServer::start_with(&["gateway.max_frames_per_sec=0"]).await;
+    let srv = TestServer::start_over(t, &["gateway.max_frames_per_sec=0"]).await;
     let (alice, _ae) = srv.client("alice", "phone").await;
     // Send with a window of outstanding sends, like a busy chat.
     let mut pending = std::collections::VecDeque::new();
@@ -39,9 +38,8 @@ async fn offline_recipient_catches_up_in_order() {
     assert_eq!(next_message(&mut events).await.seq, N + 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn large_messages_sync_in_pages_that_fit_a_frame() {
-    let srv = TestServer::start().await;
+async fn large_messages_sync_in_pages_that_fit_a_frame(t: Transport) {
+    let srv = TestServer::start_over(t, &[]).await;
     let (alice, _ae) = srv.client("alice", "phone").await;
     let big = bytes::Bytes::from(vec![b'z'; 60 * 1024]);
     for _ in 0..6 {
@@ -68,3 +66,8 @@ async fn large_messages_sync_in_pages_that_fit_a_frame() {
         assert_eq!((m.seq, m.body.len()), (expected, 60 * 1024));
     }
 }
+
+crate::over_transports!(
+    offline_recipient_catches_up_in_order,
+    large_messages_sync_in_pages_that_fit_a_frame,
+);

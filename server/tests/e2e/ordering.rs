@@ -8,9 +8,8 @@ use std::collections::BTreeSet;
 use common::*;
 use tern_sdk::Target;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_senders_get_unique_increasing_sequences() {
-    let srv = TestServer::start().await;
+async fn concurrent_senders_get_unique_increasing_sequences(t: Transport) {
+    let srv = TestServer::start_over(t, &[]).await;
     const PER_SENDER: usize = 200;
     let senders = [("alice", "phone"), ("alice", "laptop"), ("bob", "phone"), ("bob", "tablet")];
     let mut tasks = Vec::new();
@@ -106,3 +105,5 @@ async fn one_connection_keeps_its_send_order() {
         assert_eq!(seq_of[&i], i, "send #{i} got seq {}", seq_of[&i]);
     }
 }
+
+crate::over_transports!(concurrent_senders_get_unique_increasing_sequences,);

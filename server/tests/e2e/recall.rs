@@ -8,9 +8,8 @@ use common::*;
 use tern_proto::v1::{ErrorCode, MessageKind};
 use tern_sdk::{SdkError, Target};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sender_recalls_within_window() {
-    let srv = TestServer::start().await;
+async fn sender_recalls_within_window(t: Transport) {
+    let srv = TestServer::start_over(t, &[]).await;
     let (alice, _ae) = srv.client("alice", "phone").await;
     let (bob, mut be) = srv.client("bob", "phone").await;
     let sent = alice.send(Target::Peer("bob".into()), "text/plain", text("oops")).await.unwrap();
@@ -42,9 +41,8 @@ async fn sender_recalls_within_window() {
     assert_eq!(page.messages[1].kind, MessageKind::Recall as i32);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn recall_after_window_is_refused() {
-    let srv = TestServer::start_with(&["dispatch.recall_window=1ms"]).await;
+async fn recall_after_window_is_refused(t: Transport) {
+    let srv = TestServer::start_over(t, &["dispatch.recall_window=1ms"]).await;
     let (alice, _ae) = srv.client("alice", "phone").await;
     let sent =
         alice.send(Target::Peer("bob".into()), "text/plain", text("too late")).await.unwrap();
@@ -57,3 +55,5 @@ async fn recall_after_window_is_refused() {
     assert_eq!(page.messages.len(), 1);
     assert!(!page.messages[0].recalled);
 }
+
+crate::over_transports!(sender_recalls_within_window, recall_after_window_is_refused,);

@@ -6,9 +6,8 @@ use crate::common;
 use common::*;
 use tern_sdk::{Event, Target};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn watermarks_move_forward_and_are_pushed() {
-    let srv = TestServer::start().await;
+async fn watermarks_move_forward_and_are_pushed(t: Transport) {
+    let srv = TestServer::start_over(t, &[]).await;
     let (alice, mut ae) = srv.client("alice", "phone").await;
     let (bob, mut be) = srv.client("bob", "phone").await;
     let (_bob2, mut be2) = srv.client("bob", "laptop").await;
@@ -65,3 +64,5 @@ async fn watermarks_move_forward_and_are_pushed() {
     assert!(carol.get_receipts(conv).await.is_err());
     assert!(carol.mark_read(conv, 1).await.is_err());
 }
+
+crate::over_transports!(watermarks_move_forward_and_are_pushed,);

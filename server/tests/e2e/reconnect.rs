@@ -1,4 +1,4 @@
-//! The SDK across connection loss: heartbeats keep an idle connection open, and after a server
+//! The SDK across connection loss (over TCP and QUIC): heartbeats keep an idle connection open, and after a server
 //! restart the client reconnects by itself, resends what was not acknowledged (same
 //! client_msg_id, so nothing doubles) and catches up on what it missed.
 
@@ -12,9 +12,8 @@ use tern_sdk::{Event, Target};
 const FAST_HEARTBEAT: [&str; 2] =
     ["gateway.heartbeat_interval=100ms", "gateway.idle_timeout=400ms"];
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn heartbeats_keep_an_idle_client_connected() {
-    let srv = TestServer::start_with(&FAST_HEARTBEAT).await;
+async fn heartbeats_keep_an_idle_client_connected(t: Transport) {
+    let srv = TestServer::start_over(t, &FAST_HEARTBEAT).await;
     let (alice, mut events) = srv.client("alice", "phone").await;
     // Four idle timeouts' worth of silence from the app.
     tokio::time::sleep(Duration::from_millis(1600)).await;
@@ -26,9 +25,8 @@ async fn heartbeats_keep_an_idle_client_connected() {
     assert_eq!(srv.metric("tern_gateway_connections_accepted_total").await, 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_reconnects_resends_and_catches_up_after_restart() {
-    let srv = TestServer::start().await;
+async fn client_reconnects_resends_and_catches_up_after_restart(t: Transport) {
+    let srv = TestServer::start_over(t, &[]).await;
     let (alice, _ae) = srv.client("alice", "phone").await;
     let (bob, mut be) = srv.client("bob", "phone").await;
     let first = alice.send(Target::Peer("bob".into()), "text/plain", text("before")).await.unwrap();
@@ -36,7 +34,7 @@ async fn client_reconnects_resends_and_catches_up_after_restart() {
 
     // The server goes away (SERVER_SHUTDOWN kick); alice keeps sending meanwhile.
     let srv = {
-        let addr = srv.addr;
+        let (addr, quic) = (srv.addr, srv.quic);
         let dir = srv.stop().await;
         let sends: Vec<_> = (0..20)
             .map(|i| {
@@ -53,7 +51,7 @@ async fn client_reconnects_resends_and_catches_up_after_restart() {
             })
             .collect();
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let srv = TestServer::start_at(dir, addr, &[]).await;
+        let srv = TestServer::start_full(dir, addr, quic, t, &[]).await;
         for s in sends {
             let ack = s.await.unwrap().expect("send made while the server was down must complete");
             assert!(ack.seq > first.seq);
@@ -69,3 +67,8 @@ async fn client_reconnects_resends_and_catches_up_after_restart() {
     assert_eq!(page.last_seq, first.seq + 20, "no message stored twice");
     drop(srv);
 }
+
+crate::over_transports!(
+    heartbeats_keep_an_idle_client_connected,
+    client_reconnects_resends_and_catches_up_after_restart,
+);

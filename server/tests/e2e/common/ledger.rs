@@ -32,12 +32,27 @@ struct Inner {
 }
 
 /// Shared record of a chaos run.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Ledger {
     inner: Arc<Mutex<Inner>>,
+    /// The number of distinct acks, for [`Ledger::wait_acks`].
+    acked: Arc<tokio::sync::watch::Sender<usize>>,
+}
+
+impl Default for Ledger {
+    fn default() -> Self {
+        let acked = Arc::new(tokio::sync::watch::Sender::new(0));
+        Self { inner: Arc::default(), acked }
+    }
 }
 
 impl Ledger {
+    /// Waits until at least `n` distinct acks were recorded; false after `within`.
+    pub async fn wait_acks(&self, n: usize, within: std::time::Duration) -> bool {
+        let mut rx = self.acked.subscribe();
+        tokio::time::timeout(within, rx.wait_for(|a| *a >= n)).await.is_ok()
+    }
+
     /// Records an ack returned to `device`.
     pub fn ack(&self, device: &Device, ack: &v1::SendAck) {
         let mut i = self.inner.lock().unwrap();
@@ -71,6 +86,9 @@ impl Ledger {
         } else {
             i.ack_seqs.insert(id, at);
         }
+        let n = i.ack_ids.len();
+        drop(i);
+        self.acked.send_replace(n);
     }
 
     /// Drains `events` of `device` into the ledger until the stream ends (spawn it).

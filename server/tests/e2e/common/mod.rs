@@ -7,6 +7,9 @@ pub mod chat;
 pub mod ledger;
 pub mod power;
 pub mod swarm;
+pub mod transport;
+
+pub use transport::Transport;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -39,6 +42,10 @@ pub fn test_key() -> TokenKey {
 /// An embedded server running inside the test process.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The QUIC address, when started over [`Transport::Quic`].
+    pub quic: Option<SocketAddr>,
+    /// What [`TestServer::client`] connects over.
+    pub transport: Transport,
     pub http: SocketAddr,
     pub key: TokenKey,
     pub dir: tempfile::TempDir,
@@ -61,23 +68,50 @@ impl TestServer {
         Self::start_at(dir, "127.0.0.1:0".parse().unwrap(), overrides).await
     }
 
-    /// Stops the server and starts a new one on the same address and data directory.
+    /// Starts serving `transport` too (QUIC on a UDP port beside the TCP one); its
+    /// [`client`](Self::client)s connect over it.
+    pub async fn start_over(transport: Transport, overrides: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_full(dir, "127.0.0.1:0".parse().unwrap(), None, transport, overrides).await
+    }
+
+    /// Stops the server and starts a new one on the same addresses and data directory.
     pub async fn restart(self, overrides: &[&str]) -> Self {
-        let addr = self.addr;
+        let (addr, quic, transport) = (self.addr, self.quic, self.transport);
         let dir = self.stop().await;
-        Self::start_at(dir, addr, overrides).await
+        Self::start_full(dir, addr, quic, transport, overrides).await
     }
 
     pub async fn start_at(dir: tempfile::TempDir, at: SocketAddr, overrides: &[&str]) -> Self {
+        Self::start_full(dir, at, None, Transport::Tcp, overrides).await
+    }
+
+    /// Starts on `at` (TCP) and, over QUIC, on `quic` (None: the same port as TCP, or a free
+    /// one if that UDP port is taken).
+    pub async fn start_full(
+        dir: tempfile::TempDir,
+        at: SocketAddr,
+        quic: Option<SocketAddr>,
+        transport: Transport,
+        overrides: &[&str],
+    ) -> Self {
         let key = test_key();
         let mut sets = vec![
             format!("server.data_dir={}", dir.path().display()),
             format!("auth.hs256_key={}", key.to_base64()),
         ];
+        match (transport, quic) {
+            (Transport::Tcp, _) => sets.push("server.quic_listen=".into()),
+            (Transport::Quic, Some(q)) => sets.push(format!("server.quic_listen={q}")),
+            // "same" with a requested port 0 falls back to a free UDP port if taken.
+            (Transport::Quic, None) => sets.push(format!("server.listen={at}")),
+        }
         sets.extend(overrides.iter().map(|s| s.to_string()));
         let cfg = Config::load(None, Vec::new(), &sets).unwrap();
         let s = &cfg.server;
         let listener = tern_gateway::listen(at, 1024, s.io_threads, s.share_port).unwrap();
+        let listener = tern::quic::bind(&cfg, listener).unwrap();
+        let quic = listener.quic_addr();
         let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr();
         let http_addr = http.local_addr().unwrap();
@@ -88,15 +122,39 @@ impl TestServer {
             })
             .await
         });
-        Self { addr, http: http_addr, key, dir, stop: Some(stop), task: Some(task) }
+        Self {
+            addr,
+            quic,
+            transport,
+            http: http_addr,
+            key,
+            dir,
+            stop: Some(stop),
+            task: Some(task),
+        }
     }
 
     pub fn token(&self, user: &str, device: &str) -> String {
         self.key.mint_for(user, device, now_secs(), 3600)
     }
 
+    /// The SDK address of this server over its transport.
+    pub fn sdk_addr(&self) -> String {
+        match self.transport {
+            Transport::Tcp => Transport::Tcp.sdk_addr(self.addr),
+            Transport::Quic => Transport::Quic.sdk_addr(self.quic.expect("QUIC is served")),
+        }
+    }
+
+    /// An SDK client configuration for `user`/`device` over this server's transport.
+    pub fn client_config(&self, user: &str, device: &str) -> ClientConfig {
+        let mut cfg = ClientConfig::new(self.sdk_addr(), self.token(user, device));
+        cfg.trust = self.transport.trust(self.dir.path());
+        cfg
+    }
+
     pub async fn client(&self, user: &str, device: &str) -> (Client, Receiver<Event>) {
-        connect(self.addr, &self.token(user, device)).await
+        connect_with(self.client_config(user, device)).await
     }
 
     /// GET a path from the HTTP endpoint; returns the body.
@@ -140,7 +198,11 @@ impl Drop for TestServer {
 }
 
 pub async fn connect(addr: SocketAddr, token: &str) -> (Client, Receiver<Event>) {
-    let cfg = ClientConfig::new(addr.to_string(), token.to_string());
+    connect_with(ClientConfig::new(addr.to_string(), token.to_string())).await
+}
+
+/// Connects an SDK client with `cfg`, within [`WAIT`].
+pub async fn connect_with(cfg: ClientConfig) -> (Client, Receiver<Event>) {
     tokio::time::timeout(WAIT, Client::connect(cfg, Arc::new(MemoryPersistence::default())))
         .await
         .expect("connect timed out")

@@ -43,6 +43,18 @@ impl Swarm {
         users: usize,
         devices: usize,
     ) -> Self {
+        Self::start_trusting(addr, tern_sdk::Trust::default(), key, prefix, users, devices).await
+    }
+
+    /// [`Swarm::start`] with the SDK trusting `trust` (for `quic://` addresses).
+    pub async fn start_trusting(
+        addr: &str,
+        trust: tern_sdk::Trust,
+        key: &TokenKey,
+        prefix: &str,
+        users: usize,
+        devices: usize,
+    ) -> Self {
         let ledger = Ledger::default();
         let names: Vec<String> = (0..users).map(|u| format!("{prefix}{u}")).collect();
         let mut all = Vec::new();
@@ -52,6 +64,7 @@ impl Swarm {
                 let token = key.mint_for(user, &device.1, now_secs(), 3600);
                 let mut cfg = ClientConfig::new(addr.to_owned(), token);
                 cfg.send_timeout = Duration::from_secs(20);
+                cfg.trust = trust.clone();
                 let (client, events) = Client::connect(cfg, Arc::new(MemoryPersistence::default()))
                     .await
                     .expect("bot connect");
