@@ -154,7 +154,7 @@ impl ConnectionIdGenerator for EndpointCids {
     fn generate_cid(&mut self) -> ConnectionId {
         let mut bytes = [0u8; CID_LEN];
         // A failing system RNG cannot be worked around: identifiers must be unpredictable.
-        getrandom::fill(&mut bytes[1..]).expect("system random number generator");
+        getrandom::fill(&mut bytes[1..]).expect("system RNG"); // ok: no peer input
         bytes[0] = self.index;
         ConnectionId::new(&bytes)
     }

@@ -183,6 +183,7 @@ impl QuicHost {
         }
     }
 
+    /// Queues the datagram quinn just wrote into `buf`.
     fn queue_response(&mut self, t: quinn_proto::Transmit) {
         let data = self.buf[..t.size].to_vec();
         self.out.push_back(Transmit {
@@ -381,13 +382,7 @@ impl QuicHost {
         loop {
             self.buf.clear();
             let Some(t) = e.conn.poll_transmit(now, 1, &mut self.buf) else { break };
-            let data = self.buf[..t.size].to_vec();
-            self.out.push_back(Transmit {
-                destination: t.destination,
-                src_ip: t.src_ip,
-                ecn: t.ecn,
-                data,
-            });
+            self.queue_response(t);
         }
         if let Some(reason) = closed {
             e.closed = true;
