@@ -14,6 +14,8 @@
 //!   [`Listeners::with_quic`], one UDP socket and QUIC endpoint each ([`listen`], [`serve`]); a
 //!   slab of compact connection records, a timer wheel, driving [`conn`].
 //! - [`quic`]: the QUIC endpoint, sans-IO on quinn-proto, and its configuration.
+//! - [`tls`]: TLS on TCP (same port as plain TCP, told apart by the first byte): its rustls
+//!   configuration; [`Listeners::with_tls`] turns it on.
 //! - [`server`]: [`Gateway`], what every connection shares.
 //! - [`sources`]: per-source-address caps on connections and pending logins.
 //! - [`metrics`]: counters in Prometheus text format.
@@ -34,6 +36,7 @@ pub mod quic;
 pub mod registry;
 pub mod server;
 pub mod sources;
+pub mod tls;
 pub mod upstream;
 
 pub use auth::{TokenKey, Verifier};

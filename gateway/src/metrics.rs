@@ -59,6 +59,13 @@ pub struct GatewayMetrics {
     pub quic_datagrams_forwarded: AtomicU64,
     /// QUIC connections whose 0-RTT data the gateway accepted (resumed sessions).
     pub quic_0rtt_connections: AtomicU64,
+    /// TLS-on-TCP connections open now, a part of `connections_open` (gauge).
+    pub tls_connections_open: AtomicU64,
+    /// TLS-on-TCP connections whose handshake failed (a bad ClientHello, no common protocol or
+    /// ALPN, a client that refused the certificate).
+    pub tls_handshake_failures: AtomicU64,
+    /// Plain-TCP connections refused because the port requires TLS.
+    pub tls_plaintext_refusals: AtomicU64,
 }
 
 impl GatewayMetrics {
@@ -221,7 +228,28 @@ impl GatewayMetrics {
                 &self.quic_0rtt_connections,
             ),
         ];
-        for (name, kind, help, v) in rows.into_iter().chain(token_rows).chain(quic_rows) {
+        let tls_rows: [(&str, &str, &str, &AtomicU64); 3] = [
+            (
+                "tern_gateway_tls_connections_open",
+                "gauge",
+                "Client connections over TLS on TCP open now (counted in connections_open too).",
+                &self.tls_connections_open,
+            ),
+            (
+                "tern_gateway_tls_handshake_failures_total",
+                "counter",
+                "TLS-on-TCP handshakes that failed.",
+                &self.tls_handshake_failures,
+            ),
+            (
+                "tern_gateway_tls_plaintext_refusals_total",
+                "counter",
+                "Plain-TCP connections refused because the port requires TLS.",
+                &self.tls_plaintext_refusals,
+            ),
+        ];
+        let all = rows.into_iter().chain(token_rows).chain(quic_rows).chain(tls_rows);
+        for (name, kind, help, v) in all {
             let _ = writeln!(
                 out,
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",

@@ -62,6 +62,9 @@ pub struct ServerSection {
     pub listen: SocketAddr,
     /// Client QUIC (UDP) address: "same" = `listen`'s IP and port, "" = no QUIC.
     pub quic_listen: String,
+    /// TLS on the client TCP port (told from plain TCP by the first byte): "optional" = both
+    /// (default), "required" = TLS only (plain clients get a fatal TLS_REQUIRED), "off".
+    pub tls: String,
     /// HTTP address for /metrics, /healthz and /readyz; empty string disables it.
     pub http_listen: String,
     /// Log filter (tracing EnvFilter syntax); RUST_LOG wins when set.
@@ -294,6 +297,7 @@ impl Default for ServerSection {
             data_dir: PathBuf::from("data"),
             listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
             quic_listen: "same".into(),
+            tls: "optional".into(),
             http_listen: "127.0.0.1:7401".into(),
             log: "info".into(),
             listen_backlog: 4096,

@@ -230,7 +230,7 @@ fn bind_clients(cfg: &Config) -> anyhow::Result<tern_gateway::Listeners> {
         };
         anyhow::Error::new(e).context(format!("binding client address {}{hint}", s.listen))
     })?;
-    tern::quic::bind(cfg, tcp)
+    tern::tls::bind(cfg, tern::quic::bind(cfg, tcp)?)
 }
 
 fn quic_addr(l: &tern_gateway::Listeners) -> String {

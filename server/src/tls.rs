@@ -194,6 +194,25 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
+/// Makes the client TCP port speak TLS too, as `server.tls` says ("optional", "required",
+/// "off"), with the `[tls]` identity.
+pub fn bind(
+    cfg: &Config,
+    listeners: tern_gateway::Listeners,
+) -> anyhow::Result<tern_gateway::Listeners> {
+    let plaintext = match cfg.server.tls.as_str() {
+        "off" => return Ok(listeners),
+        "optional" => true,
+        "required" => false,
+        other => bail!("server.tls {other:?} is not \"optional\", \"required\" or \"off\""),
+    };
+    let id = cfg.tls_identity()?;
+    let sessions = tern_gateway::quic::QuicSettings::default().session_cache;
+    let config = tern_gateway::tls::server_config(id.chain, id.key, sessions)
+        .context("TLS configuration")?;
+    Ok(listeners.with_tls(Some(tern_gateway::tls::TlsListen { config, plaintext })))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

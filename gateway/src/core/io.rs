@@ -27,10 +27,15 @@ use crate::sources::SourceKey;
 use crate::upstream::Upstream;
 use env::Env;
 pub(super) use quic::QuicEndpoint;
-use quic::{QuicSide, Sink};
+use quic::QuicSide;
+use sink::Sink;
+pub use tls::TlsListen;
+use tls::TlsStream;
 
 mod env;
 mod quic;
+mod sink;
+mod tls;
 mod write;
 
 const UDP: Token = Token(usize::MAX - 2);
@@ -70,6 +75,12 @@ struct Conn {
 #[derive(Debug)]
 enum Transport {
     Tcp(TcpStream),
+    /// Accepted on a port that also speaks TLS, nothing read yet: its first byte decides
+    /// between [`Transport::Tcp`] and [`Transport::Tls`] (submodule `tls`). Written to as
+    /// plain TCP until then.
+    Fresh(TcpStream),
+    /// TLS on TCP (boxed: the TLS state is large next to the slot).
+    Tls(Box<TlsStream>),
     /// A connection of the thread's [`crate::quic::QuicHost`].
     Quic(crate::quic::QuicConnId),
 }
@@ -93,6 +104,8 @@ pub(super) struct IoThread<U: Upstream> {
     listener: Option<TcpListener>,
     /// The UDP socket and QUIC endpoint, when QUIC is served (boxed: most of it is cold).
     quic: Option<Box<QuicSide>>,
+    /// Whether the TCP port also speaks TLS, and how.
+    tls: Option<TlsListen>,
     slots: Vec<Slot>,
     free: Vec<u32>,
     live: usize,
@@ -117,6 +130,7 @@ impl<U: Upstream> IoThread<U> {
         gw: Arc<Gateway<U>>,
         listener: std::net::TcpListener,
         quic: Option<QuicEndpoint>,
+        tls: Option<TlsListen>,
         rt: tokio::runtime::Handle,
     ) -> io::Result<Self> {
         let poll = Poll::new()?;
@@ -134,6 +148,7 @@ impl<U: Upstream> IoThread<U> {
             poll,
             listener: Some(listener),
             quic,
+            tls,
             slots: Vec::new(),
             free: Vec::new(),
             live: 0,
@@ -305,7 +320,8 @@ impl<U: Upstream> IoThread<U> {
         }
         admission::admitted(&gw.metrics);
         let conn = Connection::new(Instant::now(), gw.next_connection_id(), &gw.cfg);
-        self.slots[i as usize].conn = Some(Conn { io: Transport::Tcp(stream), conn, source });
+        let io = if self.tls.is_some() { Transport::Fresh(stream) } else { Transport::Tcp(stream) };
+        self.slots[i as usize].conn = Some(Conn { io, conn, source });
         self.live += 1;
         // The login timeout's timer.
         self.after(i);
@@ -331,11 +347,13 @@ impl<U: Upstream> IoThread<U> {
     fn on_readable(&mut self, i: u32, until_block: bool) {
         for _ in 0..READS_PER_TURN {
             let Some(slot) = self.slots.get_mut(i as usize) else { return };
-            let generation = slot.generation;
             let Some(c) = slot.conn.as_mut() else { return };
-            let Transport::Tcp(stream) = &mut c.io else {
+            let (stream, fresh) = match &mut c.io {
+                Transport::Tcp(stream) => (stream, false),
+                Transport::Fresh(stream) => (stream, true),
+                Transport::Tls(_) => return self.on_tls_readable(i),
                 // QUIC data comes as host events; the stream reads while not paused.
-                return self.sync_reading(i);
+                Transport::Quic(_) => return self.sync_reading(i),
             };
             if c.conn.reading_paused(&self.gw.cfg) {
                 // Input waits in the kernel; reading resumes with Event::Resume.
@@ -347,18 +365,15 @@ impl<U: Upstream> IoThread<U> {
                     return self.after(i);
                 }
                 Ok(n) => {
+                    // The first bytes on a port that also speaks TLS say which it is.
+                    if fresh && !self.sniff(i, n) {
+                        return;
+                    }
                     let drained = n < self.scratch.len() && !until_block;
-                    let env = Env::new(
-                        &self.gw,
-                        &self.mailbox,
-                        &self.rt,
-                        Key { slot: i, generation },
-                        c.source,
-                    );
                     let now = Instant::now();
-                    let mut sink = Sink::Tcp(stream);
-                    c.conn.on_input(now, &self.scratch[..n], &self.decoder, &mut sink, &env);
-                    self.after(i);
+                    let scratch = std::mem::take(&mut self.scratch);
+                    self.drive(i, |c, io, env, dec| c.on_input(now, &scratch[..n], dec, io, env));
+                    self.scratch = scratch;
                     if drained {
                         return;
                     }
@@ -387,7 +402,8 @@ impl<U: Upstream> IoThread<U> {
         let Some(Conn { io, conn, source }) = slot.conn.as_mut() else { return };
         let env = Env::new(&self.gw, &self.mailbox, &self.rt, Key { slot: i, generation }, *source);
         let mut sink = match io {
-            Transport::Tcp(stream) => Sink::Tcp(stream),
+            Transport::Tcp(stream) | Transport::Fresh(stream) => Sink::Tcp(stream),
+            Transport::Tls(t) => Sink::Tls(t),
             Transport::Quic(id) => match self.quic.as_deref_mut() {
                 Some(q) => Sink::Quic(&mut q.host, *id),
                 None => return,
@@ -407,10 +423,11 @@ impl<U: Upstream> IoThread<U> {
             match c.conn.poll_event() {
                 None => return self.sync_reading(i),
                 Some(Event::Drop) => return self.drop_conn(i),
-                Some(Event::ShutdownWrite) => match &c.io {
-                    Transport::Tcp(stream) => {
+                Some(Event::ShutdownWrite) => match &mut c.io {
+                    Transport::Tcp(stream) | Transport::Fresh(stream) => {
                         let _ = stream.shutdown(Shutdown::Write);
                     }
+                    Transport::Tls(t) => t.shutdown_write(),
                     // Flushed (the client has it all) closes the connection; if finishing
                     // fails, the close timer does.
                     Transport::Quic(id) => {
@@ -526,7 +543,8 @@ impl<U: Upstream> IoThread<U> {
 mod tests {
     /// The per-connection record the slab holds inline (figures in docs/ARCHITECTURE.md):
     /// 216 bytes per slot before the connection rules moved into [`super::Connection`], and
-    /// still 216 with the transport an enum of a TCP socket or a QUIC connection id.
+    /// still 216 with the transport an enum of a TCP socket or a QUIC connection id; 224 since
+    /// the enum also holds a boxed TLS stream (a pointer's alignment: 8 bytes more per slot).
     #[test]
     fn connection_record_stays_small() {
         let slot = std::mem::size_of::<super::Slot>();
@@ -537,6 +555,6 @@ mod tests {
             std::mem::size_of::<super::Conn>(),
             std::mem::size_of::<Option<super::Conn>>()
         );
-        assert!(slot <= 216, "slot grew to {slot} B");
+        assert!(slot <= 224, "slot grew to {slot} B");
     }
 }

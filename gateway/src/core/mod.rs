@@ -4,7 +4,8 @@
 //! SO_REUSEPORT listener).
 //!
 //! - [`listen`]: binds the listeners (other processes may share the port only when asked);
-//!   [`Listeners::with_quic`] adds one SO_REUSEPORT UDP socket per I/O thread for QUIC.
+//!   [`Listeners::with_quic`] adds one SO_REUSEPORT UDP socket per I/O thread for QUIC;
+//!   [`Listeners::with_tls`] makes the TCP port speak TLS too.
 //! - [`serve`]: runs the I/O threads until a shutdown future resolves.
 //! - `io`: one I/O thread's loop: accept, read, feed each connection's sans-IO
 //!   [`crate::conn::Connection`] (which decodes and decides), carry out its events, write
@@ -32,7 +33,7 @@ use std::future::Future;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::sync::Arc;
 
-pub use io::{unix_ms, unix_nanos};
+pub use io::{TlsListen, unix_ms, unix_nanos};
 pub use mailbox::ConnHandle;
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -46,6 +47,7 @@ pub struct Listeners {
     sockets: Vec<TcpListener>,
     addr: SocketAddr,
     quic: Option<QuicSockets>,
+    tls: Option<TlsListen>,
 }
 
 /// Where and how to serve QUIC, besides TCP ([`Listeners::with_quic`]).
@@ -88,6 +90,19 @@ impl Listeners {
     /// The bound QUIC (UDP) address, when QUIC is served.
     pub fn quic_addr(&self) -> Option<SocketAddr> {
         self.quic.as_ref().map(|q| q.addr)
+    }
+
+    /// Also speaks TLS on the TCP port as `tls` says (`None`: plain TCP only). A connection
+    /// whose first byte starts a TLS record (0x16) is TLS; any other is plain TCP, refused
+    /// when `tls.plaintext` is false.
+    pub fn with_tls(mut self, tls: Option<TlsListen>) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// Whether the TCP port speaks TLS.
+    pub fn tls(&self) -> Option<&TlsListen> {
+        self.tls.as_ref()
     }
 
     /// Also serves QUIC as `quic` says (`None`: TCP only); see [`Listeners::add_quic`].
@@ -165,7 +180,7 @@ pub fn listen(
     for _ in 1..threads {
         sockets.push(if share_port { bind_one(addr)? } else { sockets[0].try_clone()? });
     }
-    Ok(Listeners { sockets, addr, quic: None })
+    Ok(Listeners { sockets, addr, quic: None, tls: None })
 }
 
 /// Serves connections on `listeners` until `shutdown` resolves, then kicks every connection
@@ -202,7 +217,8 @@ pub async fn serve<U: Upstream>(
             }),
             _ => None,
         };
-        match io::IoThread::new(gw.clone(), listener, endpoint, rt.clone()) {
+        let tls = listeners.tls.clone();
+        match io::IoThread::new(gw.clone(), listener, endpoint, tls, rt.clone()) {
             Ok(t) => built.push((i, t)),
             Err(e) => tracing::error!(error = %e, "starting an I/O thread failed"),
         }

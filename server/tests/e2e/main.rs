@@ -27,5 +27,6 @@ mod redis_security;
 mod session_rules;
 mod slow_reader;
 mod startup;
+mod tls;
 mod token;
 mod tour;

@@ -9,14 +9,14 @@
 //! stream's `finish`, after which `Flushed` (all acknowledged) closes it. After each loop turn
 //! the host's datagrams are sent (one `send_to` each).
 
-use std::io::{self, IoSlice, Write};
+use std::io;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use bytes::BytesMut;
-use mio::net::{TcpStream, UdpSocket};
+use mio::net::UdpSocket;
 
 use super::super::QuicListen;
 use super::super::mailbox::{Cmd, Forwarded, Mailbox};
@@ -135,55 +135,6 @@ impl QuicSide {
                 Err(e) => tracing::debug!(error = %e, to = %t.destination, "QUIC send failed"),
             }
         }
-    }
-}
-
-/// A connection's byte sink: its TCP socket, or its QUIC stream (a write the stream does not
-/// take at all is `WouldBlock`; [`HostEvent::Writable`] follows).
-pub(super) enum Sink<'a> {
-    Tcp(&'a mut TcpStream),
-    Quic(&'a mut QuicHost, QuicConnId),
-}
-
-impl Write for Sink<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Sink::Tcp(s) => s.write(buf),
-            Sink::Quic(host, id) => match host.write(*id, buf) {
-                Ok(0) if !buf.is_empty() => Err(io::ErrorKind::WouldBlock.into()),
-                Ok(n) => Ok(n),
-                Err(e) => Err(io::Error::new(io::ErrorKind::BrokenPipe, e)),
-            },
-        }
-    }
-
-    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        let (host, id) = match self {
-            Sink::Tcp(s) => return s.write_vectored(bufs),
-            Sink::Quic(host, id) => (host, *id),
-        };
-        // The stream copies into its send buffer: take slices until one is cut short.
-        let mut total = 0;
-        for b in bufs.iter().filter(|b| !b.is_empty()) {
-            match host.write(id, b) {
-                Ok(n) => {
-                    total += n;
-                    if n < b.len() {
-                        break;
-                    }
-                }
-                Err(e) if total == 0 => return Err(io::Error::new(io::ErrorKind::BrokenPipe, e)),
-                Err(_) => break,
-            }
-        }
-        if total == 0 && bufs.iter().any(|b| !b.is_empty()) {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        Ok(total)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 

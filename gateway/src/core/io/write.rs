@@ -39,6 +39,10 @@ impl<U: Upstream> IoThread<U> {
     }
 
     pub(super) fn on_writable(&mut self, i: u32) {
+        // TLS records already encrypted go first.
+        if !self.on_tls_writable(i) {
+            return;
+        }
         let wants = self
             .slots
             .get(i as usize)
@@ -59,8 +63,12 @@ impl<U: Upstream> IoThread<U> {
         c.conn.release(&Env::new(&gw, &self.mailbox, &self.rt, key, c.source));
         admission::closed(&gw.metrics, &gw.sources, c.source);
         match &mut c.io {
-            super::Transport::Tcp(stream) => {
+            super::Transport::Tcp(stream) | super::Transport::Fresh(stream) => {
                 let _ = self.poll.registry().deregister(stream);
+            }
+            super::Transport::Tls(t) => {
+                gw.metrics.tls_connections_open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                let _ = self.poll.registry().deregister(t.sock());
             }
             super::Transport::Quic(id) => self.close_quic(*id),
         }

@@ -101,7 +101,7 @@ impl TestServer {
             format!("auth.hs256_key={}", key.to_base64()),
         ];
         match (transport, quic) {
-            (Transport::Tcp, _) => sets.push("server.quic_listen=".into()),
+            (Transport::Tcp | Transport::Tls, _) => sets.push("server.quic_listen=".into()),
             (Transport::Quic, Some(q)) => sets.push(format!("server.quic_listen={q}")),
             // "same" with a requested port 0 falls back to a free UDP port if taken.
             (Transport::Quic, None) => sets.push(format!("server.listen={at}")),
@@ -111,6 +111,7 @@ impl TestServer {
         let s = &cfg.server;
         let listener = tern_gateway::listen(at, 1024, s.io_threads, s.share_port).unwrap();
         let listener = tern::quic::bind(&cfg, listener).unwrap();
+        let listener = tern::tls::bind(&cfg, listener).unwrap();
         let quic = listener.quic_addr();
         let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr();
@@ -141,7 +142,7 @@ impl TestServer {
     /// The SDK address of this server over its transport.
     pub fn sdk_addr(&self) -> String {
         match self.transport {
-            Transport::Tcp => Transport::Tcp.sdk_addr(self.addr),
+            Transport::Tcp | Transport::Tls => self.transport.sdk_addr(self.addr),
             Transport::Quic => Transport::Quic.sdk_addr(self.quic.expect("QUIC is served")),
         }
     }

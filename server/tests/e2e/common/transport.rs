@@ -1,7 +1,6 @@
 //! The client transports the end-to-end suite runs over: [`Transport`] picks the SDK address
 //! scheme and trust, and [`over_transports!`](crate::over_transports) turns one test body
-//! `async fn name(t: Transport)` into a `name::tcp` and a `name::quic` test. TLS on TCP is one
-//! more variant here (and one more line in the macro) once the server speaks it.
+//! `async fn name(t: Transport)` into a `name::tcp`, a `name::tls` and a `name::quic` test.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -11,6 +10,9 @@ use std::path::Path;
 pub enum Transport {
     /// Plain TCP (`tcp://`), the server's client listener.
     Tcp,
+    /// TLS 1.3 on TCP (`tls://`), on the same port as plain TCP, trusting the certificate the
+    /// server generated in its data directory.
+    Tls,
     /// QUIC (`quic://`), the server's UDP socket beside its TCP listener, trusting the
     /// certificate the server generated in its data directory.
     Quic,
@@ -21,6 +23,7 @@ impl Transport {
     pub fn scheme(self) -> &'static str {
         match self {
             Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
             Transport::Quic => "quic",
         }
     }
@@ -34,13 +37,15 @@ impl Transport {
     pub fn trust(self, data_dir: &Path) -> tern_sdk::Trust {
         match self {
             Transport::Tcp => tern_sdk::Trust::default(),
-            Transport::Quic => tern_sdk::Trust::CaFile(data_dir.join("tls").join("cert.pem")),
+            Transport::Tls | Transport::Quic => {
+                tern_sdk::Trust::CaFile(data_dir.join("tls").join("cert.pem"))
+            }
         }
     }
 }
 
 /// For each `async fn name(t: Transport)` named, a module `name` with one `#[tokio::test]` per
-/// transport (`name::tcp`, `name::quic`), so `cargo nextest run quic` picks one transport.
+/// transport (`name::tcp`, `name::tls`, `name::quic`), so `cargo nextest run quic` picks one transport.
 #[macro_export]
 macro_rules! over_transports {
     ($($name:ident),* $(,)?) => {$(
@@ -50,6 +55,11 @@ macro_rules! over_transports {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn tcp() {
                 super::$name(Transport::Tcp).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn tls() {
+                super::$name(Transport::Tls).await
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

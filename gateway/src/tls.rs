@@ -1,0 +1,30 @@
+//! TLS on TCP: the rustls configuration the client port uses for TLS connections (TLS 1.3,
+//! ALPN `tern/1`, the same certificate as QUIC). The I/O threads tell TLS from plain TCP by a
+//! connection's first byte (`core::io::tls`).
+
+use std::sync::Arc;
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+pub use crate::core::TlsListen;
+use crate::quic::config::ALPN;
+
+/// The server configuration of TLS on TCP: TLS 1.3 only, ALPN `tern/1` (a client that offers
+/// no ALPN is served too; one that offers only other protocols is refused), sessions
+/// resumable from a cache of `session_cache` entries (one ticket per handshake), no early
+/// data (0-RTT is QUIC's).
+pub fn server_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    session_cache: usize,
+) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.session_storage = rustls::server::ServerSessionMemoryCache::new(session_cache.max(1));
+    tls.send_tls13_tickets = 1;
+    Ok(Arc::new(tls))
+}
