@@ -18,6 +18,17 @@ pub fn server_config(
     key: PrivateKeyDer<'static>,
     session_cache: usize,
 ) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+    base(chain, key, session_cache).map(Arc::new)
+}
+
+/// What TLS on TCP and QUIC share: TLS 1.3 with ring, ALPN `tern/1`, a stateful session cache
+/// of `session_cache` entries and one ticket per handshake (rustls sends two by default; each
+/// is a cached session).
+pub(crate) fn base(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    session_cache: usize,
+) -> Result<rustls::ServerConfig, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -26,5 +37,5 @@ pub fn server_config(
     tls.alpn_protocols = vec![ALPN.to_vec()];
     tls.session_storage = rustls::server::ServerSessionMemoryCache::new(session_cache.max(1));
     tls.send_tls13_tickets = 1;
-    Ok(Arc::new(tls))
+    Ok(tls)
 }

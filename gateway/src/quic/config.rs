@@ -103,17 +103,9 @@ pub fn tls(
     key: PrivateKeyDer<'static>,
     s: &QuicSettings,
 ) -> Result<rustls::ServerConfig, QuicConfigError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let mut tls = crate::tls::base(chain, key, s.session_cache)?;
     // QUIC requires 0 or u32::MAX here (RFC 9001 §4.6.1).
     tls.max_early_data_size = if s.zero_rtt { u32::MAX } else { 0 };
-    tls.session_storage = rustls::server::ServerSessionMemoryCache::new(s.session_cache.max(1));
-    // One ticket per handshake (rustls sends two by default): each is a cached session.
-    tls.send_tls13_tickets = 1;
     Ok(tls)
 }
 
