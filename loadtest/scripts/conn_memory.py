@@ -17,6 +17,10 @@ by ALARM_S seconds (SIGALRM). No dependency beyond the Python standard library.
 
     ulimit -n 20000
     python3 loadtest/scripts/conn_memory.py --tern target/release/tern --conns 10000
+    python3 loadtest/scripts/conn_memory.py --tern target/release/tern --conns 10000 --tls
+
+`--tls` connects with TLS 1.3 (ALPN tern/1, the gateway's generated certificate, not verified)
+on the same port: the difference to a plain run is what TLS costs per idle connection.
 
 Frames: 4-byte big-endian length + protobuf tern.v1.Envelope (docs/PROTOCOL.md).
 """
@@ -32,6 +36,7 @@ import resource
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -73,8 +78,9 @@ def login_frame(token, request_id=1):
     return frame(field_varint(1, request_id) + field_bytes(10, login))
 
 
-def ping_frame(now_ms):
-    return frame(field_bytes(12, field_varint(1, now_ms)))
+def ping_frame(now_ms, request_id):
+    # request_id 0 is reserved for server pushes: a Ping carries a non-zero one.
+    return frame(field_varint(1, request_id) + field_bytes(12, field_varint(1, now_ms)))
 
 
 def body_field(payload):
@@ -225,9 +231,23 @@ async def read_frame(reader):
     return await reader.readexactly(int.from_bytes(hdr, "big"))
 
 
-async def open_and_login(host, port, key, i, sem, conns, now):
+def tls_context():
+    """TLS 1.3 with ALPN tern/1; the gateway's self-signed certificate is not verified."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.set_alpn_protocols(["tern/1"])
+    return ctx
+
+
+async def open_and_login(host, port, key, i, sem, conns, now, tls):
     async with sem:
-        reader, writer = await asyncio.open_connection(host, port)
+        if tls is None:
+            reader, writer = await asyncio.open_connection(host, port)
+        else:
+            reader, writer = await asyncio.open_connection(host, port, ssl=tls,
+                                                           server_hostname="localhost")
         writer.write(login_frame(jwt(key, f"u{i}", "phone", now)))
         await writer.drain()
         while True:
@@ -241,10 +261,10 @@ async def open_and_login(host, port, key, i, sem, conns, now):
         conns.append(c)
 
 
-async def ping_round(conns, sem):
+async def ping_round(conns, sem, request_id):
     async def one(c):
         async with sem:
-            c.writer.write(ping_frame(int(time.time() * 1000)))
+            c.writer.write(ping_frame(int(time.time() * 1000), request_id))
             await c.writer.drain()
             while body_field(await read_frame(c.reader)) != 13:  # Pong
                 pass
@@ -257,7 +277,8 @@ async def client_phase(args, gw_host, gw_port, key, gw_pid, pres_port, report):
     now = int(time.time())
     t0 = time.time()
     cpu0 = cpu_s(gw_pid)
-    await asyncio.gather(*(open_and_login(gw_host, gw_port, key, i, sem, conns, now)
+    tls = tls_context() if args.tls else None
+    await asyncio.gather(*(open_and_login(gw_host, gw_port, key, i, sem, conns, now, tls)
                            for i in range(args.conns)))
     report["login_wall_s"] = round(time.time() - t0, 2)
     report["login_gateway_cpu_s"] = round(cpu_s(gw_pid) - cpu0, 2)
@@ -269,8 +290,8 @@ async def client_phase(args, gw_host, gw_port, key, gw_pid, pres_port, report):
     report["after"] = snapshot(gw_pid, pres_port)
     # Heartbeats: every connection pings once per round.
     cpu0, t0 = cpu_s(gw_pid), time.time()
-    for _ in range(args.ping_rounds):
-        await ping_round(conns, sem)
+    for r in range(args.ping_rounds):
+        await ping_round(conns, sem, 2 + r)
     report["pings"] = args.ping_rounds * len(conns)
     report["ping_wall_s"] = round(time.time() - t0, 2)
     report["ping_gateway_cpu_s"] = round(cpu_s(gw_pid) - cpu0, 2)
@@ -300,6 +321,7 @@ def main():
     ap.add_argument("--concurrency", type=int, default=256, help="logins in flight")
     ap.add_argument("--settle", type=float, default=3.0, help="seconds idle before 'after'")
     ap.add_argument("--ping-rounds", type=int, default=3)
+    ap.add_argument("--tls", action="store_true", help="connect with TLS 1.3 (same port)")
     args = ap.parse_args()
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -318,7 +340,7 @@ def main():
     procs = []
     key = os.urandom(32)
     key_b64 = base64.b64encode(key).decode()
-    report = {"conns": args.conns, "tern": os.path.realpath(args.tern)}
+    report = {"conns": args.conns, "tls": args.tls, "tern": os.path.realpath(args.tern)}
     try:
         pres, store = free_port(), free_port()
         procs.append(subprocess.Popen(

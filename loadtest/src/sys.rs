@@ -93,6 +93,22 @@ pub fn parse_process_cpu_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// Time on CPU of process `pid`'s live threads so far, in nanoseconds, from the first field
+/// of every `/proc/PID/task/TID/schedstat` (exact, unlike the 10 ms ticks of `stat`; threads
+/// that have exited are not counted, so measure long-lived servers with it), or `None` when
+/// it cannot be read.
+pub fn process_cpu_ns(pid: u32) -> Option<u64> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let path = task.ok()?.path().join("schedstat");
+        // A thread that exits between the listing and the read is skipped.
+        if let Ok(text) = std::fs::read_to_string(path) {
+            total += text.split_whitespace().next()?.parse::<u64>().ok()?;
+        }
+    }
+    Some(total)
+}
+
 /// The machine's CPU time so far, from the `cpu` line of `/proc/stat` (clock ticks, all cores).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MachineCpu {
@@ -158,6 +174,20 @@ mod tests {
         assert!(process_cpu_ticks(std::process::id()).is_some());
         assert!(machine_cpu().is_some_and(|m| m.total >= m.busy));
         assert!(clock_ticks_per_sec() >= 1);
+    }
+
+    #[test]
+    fn own_cpu_nanoseconds_grow_with_work() {
+        let before = process_cpu_ns(std::process::id()).unwrap();
+        // Spin until this thread has been on the CPU for a while (no wall-clock bound).
+        let mut x = 0u64;
+        while process_cpu_ns(std::process::id()).unwrap() <= before {
+            for i in 0..100_000u64 {
+                x = x.wrapping_mul(31).wrapping_add(std::hint::black_box(i));
+            }
+        }
+        std::hint::black_box(x);
+        assert_eq!(process_cpu_ns(u32::MAX), None);
     }
 
     #[test]

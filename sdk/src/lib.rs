@@ -55,6 +55,7 @@
 pub mod client;
 pub mod config;
 mod connection;
+mod connector;
 pub mod error;
 pub mod event;
 pub mod file_persistence;
@@ -64,6 +65,7 @@ mod transport;
 
 pub use client::{Client, new_client_msg_id};
 pub use config::ClientConfig;
+pub use connector::{Connected, Connector};
 pub use error::SdkError;
 pub use event::{Event, Target};
 pub use file_persistence::{FilePersistence, FilePersistenceError};

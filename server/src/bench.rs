@@ -1,7 +1,9 @@
 //! `tern bench`: an end-to-end load run through a running server. Pairs of SDK clients send 1:1
 //! messages to each other for a fixed time, closed-loop (a window of sends in flight per client)
 //! or at a fixed total rate, and it prints persisted msgs/s and send→ack and send→deliver
-//! latency percentiles (table and one JSON line).
+//! latency percentiles (table and one JSON line). Receivers mark what they got delivered as an
+//! app does: one DELIVERED receipt at a time per conversation, for the newest message seen
+//! (`--no-receipts` turns that off).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,6 +45,9 @@ pub struct BenchArgs {
     /// Certificates accepted over tls:// and quic://.
     #[command(flatten)]
     pub trust: crate::tls::TrustArgs,
+    /// Receivers send no DELIVERED receipts (real apps do; see the module doc).
+    #[arg(long)]
+    pub no_receipts: bool,
 }
 
 #[derive(Default)]
@@ -90,6 +95,7 @@ pub async fn run(cfg: &Config, args: BenchArgs) -> anyhow::Result<()> {
     let mut receivers = Vec::new();
     for (i, (_user, client, mut events)) in clients.into_iter().enumerate() {
         let peer = users[i ^ 1].clone();
+        let receipts = (!args.no_receipts).then(|| receipts(client.clone()));
         // Receiver: deliver latency from the timestamp in the body.
         receivers.push(tokio::spawn(async move {
             let mut lat = Vec::new();
@@ -101,10 +107,17 @@ pub async fn run(cfg: &Config, args: BenchArgs) -> anyhow::Result<()> {
                         let sent = u64::from_be_bytes(m.body[..8].try_into().unwrap_or([0; 8]));
                         let now = epoch.elapsed().as_micros() as u64;
                         lat.push(now.saturating_sub(sent).min(u32::MAX as u64) as u32);
+                        if let Some((newest, _)) = &receipts {
+                            newest.send_replace(Some((m.conversation_id, m.seq)));
+                        }
                     }
                     Ok(Some(_)) => {}
                     Ok(None) | Err(_) => break,
                 }
+            }
+            if let Some((newest, task)) = receipts {
+                drop(newest);
+                let _ = task.await;
             }
             lat
         }));
@@ -163,6 +176,25 @@ pub async fn run(cfg: &Config, args: BenchArgs) -> anyhow::Result<()> {
     }
     report(&args, &addr, elapsed, all);
     Ok(())
+}
+
+/// The receipt sender of one client: the receiver puts the newest (conversation, seq) it got
+/// in the watch; the task sends DELIVERED for it, one receipt in flight at a time, so a burst
+/// of messages costs one receipt. It ends when the watch's sender is dropped.
+fn receipts(
+    client: Client,
+) -> (tokio::sync::watch::Sender<Option<(String, u64)>>, tokio::task::JoinHandle<()>) {
+    let (tx, mut rx) = tokio::sync::watch::channel(None::<(String, u64)>);
+    let task = tokio::spawn(async move {
+        while rx.changed().await.is_ok() {
+            let newest = rx.borrow_and_update().clone();
+            if let Some((conversation, seq)) = newest {
+                // A failed receipt is retried with the next message; the bench counts sends.
+                let _ = client.mark_delivered(&conversation, seq).await;
+            }
+        }
+    });
+    (tx, task)
 }
 
 fn timestamped_body(epoch: Instant, len: usize) -> Bytes {

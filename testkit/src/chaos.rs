@@ -16,8 +16,11 @@
 //!   closing anything, as a stalled path does. A chunk already read is held until resume; the
 //!   kernel buffers fill and the peers' writes block. New connections are still accepted (the
 //!   kernel would accept them into the backlog anyway) but forward nothing while paused.
-//! - [`set_delay`](ChaosProxy::set_delay): every chunk, in both directions, waits this long
-//!   before it is written on.
+//! - [`set_delay`](ChaosProxy::set_delay): a one-way latency: every chunk, in both directions,
+//!   is written on this long after it was read (chunks in flight do not wait for each other).
+//!   A connection accepted while a delay is set also forwards nothing from its client before
+//!   two delays have passed: the TCP handshake's round trip, which the kernel completed at
+//!   once on loopback.
 //! - [`reset_all`](ChaosProxy::reset_all): every proxied connection, on both sides, is closed
 //!   with `SO_LINGER` 0, so both peers see a TCP RST (`ECONNRESET`).
 //! - [`drop_all`](ChaosProxy::drop_all): every proxied connection is closed cleanly (FIN).
@@ -272,7 +275,8 @@ impl ChaosProxy {
         *self.shared.paused.borrow()
     }
 
-    /// Delays every chunk, both ways, by `delay` before writing it on (zero: no delay).
+    /// Sets the one-way latency of every connection, both ways (zero: none). See the module
+    /// doc: chunks are pipelined, and new connections also pay the TCP handshake's round trip.
     pub fn set_delay(&self, delay: Duration) {
         self.shared.delay.send_replace(delay);
     }
@@ -424,6 +428,7 @@ async fn proxy_connection(
     mut kill_rx: oneshot::Receiver<Kill>,
     shared: Arc<Shared>,
 ) {
+    let accepted = tokio::time::Instant::now();
     let _registered = Registered { id, shared: shared.clone() };
     let _ = client.set_nodelay(true);
     let target = shared.target();
@@ -448,8 +453,10 @@ async fn proxy_connection(
     let outcome = {
         let (client_read, client_write) = client.split();
         let (upstream_read, upstream_write) = upstream.split();
-        let up = pump(client_read, upstream_write, &shared, &shared.bytes_to_target);
-        let down = pump(upstream_read, client_write, &shared, &shared.bytes_to_client);
+        let handshake = *shared.delay.borrow() * 2;
+        let not_before = (!handshake.is_zero()).then(|| accepted + handshake);
+        let up = pump(client_read, upstream_write, &shared, &shared.bytes_to_target, not_before);
+        let down = pump(upstream_read, client_write, &shared, &shared.bytes_to_client, None);
         tokio::select! {
             kill = next_kill(&mut kill_rx) => Outcome::Killed(kill),
             forwarded = async { tokio::try_join!(up, down) } => match forwarded {
@@ -514,37 +521,62 @@ impl Drop for Held<'_> {
     }
 }
 
-/// Forwards one direction until EOF (passed on as a half close) or an error.
+/// Most chunks read but not yet written on, per direction (while delayed or paused).
+const IN_FLIGHT_CHUNKS: usize = 64;
+
+/// Forwards one direction until EOF (passed on as a half close) or an error. Every chunk is
+/// written on [`Shared::delay`] after it was read, independently of the chunks before it (a
+/// link's one-way latency, not a queue): chunks in flight wait in a bounded channel, so a
+/// delay slows the first byte, not the throughput. `not_before` holds back the first chunk:
+/// the client-to-target direction passes `accepted + 2 × delay`, when the client's TCP
+/// handshake would have completed over a link with that delay (the kernel completed it at
+/// once on loopback; the proxy cannot delay the SYN/SYN-ACK themselves).
 async fn pump(
     mut from: impl AsyncRead + Unpin,
     mut to: impl AsyncWrite + Unpin,
     shared: &Shared,
     counter: &AtomicU64,
+    not_before: Option<tokio::time::Instant>,
 ) -> io::Result<()> {
-    {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(tokio::time::Instant, Vec<u8>)>(
+        IN_FLIGHT_CHUNKS,
+    );
+    let read = async move {
         let mut paused = shared.paused.subscribe();
-        let mut delay = shared.delay.subscribe();
-        let mut buf = vec![0u8; shared.options.chunk_bytes];
+        let delay = shared.delay.subscribe();
+        let mut not_before = not_before;
         loop {
             resumed(&mut paused).await;
+            let mut buf = vec![0u8; shared.options.chunk_bytes];
             let n = from.read(&mut buf).await?;
             if n == 0 {
-                to.shutdown().await?;
+                return Ok::<(), io::Error>(());
+            }
+            buf.truncate(n);
+            let mut due = tokio::time::Instant::now() + *delay.borrow();
+            if let Some(t) = not_before.take() {
+                due = due.max(t);
+            }
+            if tx.send((due, buf)).await.is_err() {
                 return Ok(());
             }
-            let wait = *delay.borrow_and_update();
-            if !wait.is_zero() {
-                tokio::time::sleep(wait).await;
-            }
+        }
+    };
+    let write = async {
+        let mut paused = shared.paused.subscribe();
+        while let Some((due, buf)) = rx.recv().await {
+            tokio::time::sleep_until(due).await;
             if *paused.borrow_and_update() {
                 let _held = Held::new(&shared.held_chunks);
                 resumed(&mut paused).await;
             }
             // Counted before the write, so a peer that has the bytes sees them counted.
-            counter.fetch_add(n as u64, Ordering::Relaxed);
-            to.write_all(&buf[..n]).await?;
+            counter.fetch_add(buf.len() as u64, Ordering::Relaxed);
+            to.write_all(&buf).await?;
         }
-    }
+        to.shutdown().await
+    };
+    tokio::try_join!(read, write).map(|_| ())
 }
 
 #[cfg(test)]
@@ -720,6 +752,28 @@ mod tests {
         proxy.set_delay(Duration::ZERO);
         stream.write_all(b"fast").unwrap();
         assert_eq!(read_exact(&mut stream, 4), b"fast");
+    }
+
+    /// With a delay set before it connects, the client's first bytes also wait for the TCP
+    /// handshake's round trip: its first echo takes at least three one-way delays (handshake
+    /// round trip, then back), later ones two, and chunks sent together arrive together.
+    #[test]
+    fn a_new_connection_pays_the_handshake_round_trip_and_chunks_are_pipelined() {
+        let echo = Echo::start(b'A');
+        let proxy = ChaosProxy::start(echo.addr).unwrap();
+        let delay = Duration::from_millis(25);
+        proxy.set_delay(delay);
+        let started = Instant::now();
+        let mut stream = connect(&proxy);
+        stream.write_all(b"x").unwrap();
+        // The tag, then the echo: lower bounds only, so no flakiness on a busy machine.
+        assert_eq!(read_exact(&mut stream, 2), b"Ax");
+        assert!(started.elapsed() >= delay * 3, "{:?}", started.elapsed());
+        for _ in 0..3 {
+            stream.write_all(b"yz").unwrap();
+        }
+        assert_eq!(read_exact(&mut stream, 6), b"yzyzyz");
+        assert_eq!(proxy.stats().bytes_to_target, 7);
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub(crate) struct Transport {
     max_out: usize,
     /// The QUIC connection the stream belongs to (closing it ends the stream).
     _quic: Option<quinn::Connection>,
+    /// The Login went in QUIC 0-RTT data and the server accepted it.
+    pub(crate) zero_rtt: bool,
 }
 
 impl std::fmt::Debug for Transport {
@@ -91,20 +93,23 @@ impl Transport {
             wbuf: BytesMut::with_capacity(4096),
             max_out: cfg.max_frame_bytes,
             _quic: opened.quic.take(),
+            zero_rtt: false,
         };
         t.queue(&login)?;
         t.flush().await?;
         // A QUIC Login sent in 0-RTT data: the handshake says whether the server took it. If
         // not, none of it reached the server, and it goes again on a fresh stream. (Waiting
         // costs nothing: LoginOk cannot be read before the handshake completes anyway.)
-        if let Some(accepted) = opened.zero_rtt.take()
-            && !accepted.await
-            && let Some(conn) = &t._quic
-        {
-            let (tx, rx) = conn.open_bi().await.map_err(dial::quic_error)?;
-            (t.reader, t.writer) = (Box::new(rx), Box::new(tx));
-            t.queue(&login)?;
-            t.flush().await?;
+        if let Some(accepted) = opened.zero_rtt.take() {
+            t.zero_rtt = accepted.await;
+            if !t.zero_rtt
+                && let Some(conn) = &t._quic
+            {
+                let (tx, rx) = conn.open_bi().await.map_err(dial::quic_error)?;
+                (t.reader, t.writer) = (Box::new(rx), Box::new(tx));
+                t.queue(&login)?;
+                t.flush().await?;
+            }
         }
         loop {
             let Some(env) = t.read_frame().await? else {
