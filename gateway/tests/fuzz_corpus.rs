@@ -313,6 +313,9 @@ fn quic_seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     short.extend_from_slice(&junk(40, 1));
     let mut short_other = short.clone();
     short_other[1] = 1;
+    // Large: the stateless reset answering it is sized at random below it, often over 1200.
+    let mut short_large = short.clone();
+    short_large.extend_from_slice(&junk(3000, 2));
     let mut unknown_version = vec![0xc0, 0x1a, 0x2a, 0x3a, 0x4a, 8, 1, 2, 3, 4, 5, 6, 7, 8, 8];
     unknown_version.extend_from_slice(&[7; 8]);
     unknown_version.resize(1200, 0);
@@ -353,6 +356,7 @@ fn quic_seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
             "seed-short-header",
             quic_input(roomy, &[record(2, 0, &short), record(3, 1, &short_other)]),
         ),
+        (t, "seed-short-header-large", quic_input(roomy, &[record(2, 0, &short_large)])),
         (t, "seed-unknown-version", quic_input(roomy, &[record(4, 0, &unknown_version)])),
         (t, "seed-junk", junk(700, 42)),
     ]

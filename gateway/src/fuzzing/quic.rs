@@ -59,9 +59,11 @@ const SOURCES: [&str; 8] = [
     "198.51.100.9:0",
 ];
 
-/// The gateway's packets are 1200 bytes at most (no path MTU discovery).
+/// The gateway's packets are 1200 bytes at most (no path MTU discovery); only a stateless
+/// reset may be larger, and then it is smaller than the datagram that incited it.
 pub const MAX_TRANSMIT: usize = 1200;
-/// Largest datagram one record of the input carries (a UDP payload's limit).
+/// Largest UDP payload (IPv6 without jumbograms; IPv4 allows 20 bytes fewer): the most one
+/// record of the input carries, and a bound on every datagram sent.
 const MAX_DATAGRAM: usize = 65_527;
 /// The fuzzed host's idle (and so handshake) timeout: short, so that the final wait is short.
 const IDLE: Duration = Duration::from_secs(10);
@@ -106,8 +108,9 @@ fn sources() -> [SocketAddr; 8] {
 ///
 /// Invariants (a panic is the finding): no panic in the host or quinn; connections stay within
 /// the cap (= `max`), handshakes within `max`, each source's within `per_source`; every
-/// datagram sent is non-empty, at most [`MAX_TRANSMIT`] bytes and goes to an address that sent
-/// something; [`endpoint_of`] of every datagram, for 1 to 8 endpoints, is `None` or an index
+/// datagram sent is non-empty, goes to an address that sent something, and is at most
+/// [`MAX_TRANSMIT`] bytes or else smaller than the largest datagram received (no
+/// amplification), and never over a UDP payload's limit; [`endpoint_of`] of every datagram, for 1 to 8 endpoints, is `None` or an index
 /// below the count; at the end nothing is left: no connection, no handshake, no timer.
 pub fn quic_datagram(data: &[u8]) {
     let Some((&limits_byte, mut rest)) = data.split_first() else { return };
@@ -119,7 +122,7 @@ pub fn quic_datagram(data: &[u8]) {
     let endpoint = config::endpoint(0, 2, &[0x51; 32]);
     let mut host = QuicHost::new(endpoint, server_config(), limits.max, limits);
     let sources = sources();
-    let mut senders = HashSet::new();
+    let mut seen = Seen { senders: HashSet::new(), largest: 0 };
     let start = Instant::now();
     let mut now = start;
     while let Some((&ctrl, tail)) = rest.split_first() {
@@ -136,15 +139,16 @@ pub fn quic_datagram(data: &[u8]) {
         if !datagram.is_empty() {
             check_steering(datagram);
             let from = sources[usize::from(ctrl & 7)];
-            senders.insert(from);
+            seen.senders.insert(from);
+            seen.largest = seen.largest.max(datagram.len());
             host.handle(now, from, None, None, BytesMut::from(datagram));
         }
-        drain(&mut host, now, &senders, limits, &sources);
+        drain(&mut host, now, &seen, limits, &sources);
     }
     for _ in 0..12 {
         now += Duration::from_secs(10);
         host.handle_timeouts(now);
-        drain(&mut host, now, &senders, limits, &sources);
+        drain(&mut host, now, &seen, limits, &sources);
     }
     assert_eq!(host.connections(), 0, "connections left after two idle minutes");
     assert_eq!(host.handshakes(), 0, "handshakes left after two idle minutes");
@@ -159,10 +163,17 @@ fn check_steering(datagram: &[u8]) {
     }
 }
 
+/// What the host received so far.
+struct Seen {
+    senders: HashSet<SocketAddr>,
+    /// The largest datagram.
+    largest: usize,
+}
+
 fn drain(
     host: &mut QuicHost,
     now: Instant,
-    senders: &HashSet<SocketAddr>,
+    seen: &Seen,
     limits: HandshakeLimits,
     sources: &[SocketAddr],
 ) {
@@ -172,8 +183,10 @@ fn drain(
         let transmit = host.poll_transmit(now);
         if let Some(t) = &transmit {
             assert!(!t.data.is_empty(), "an empty datagram");
-            assert!(t.data.len() <= MAX_TRANSMIT, "a {}-byte datagram", t.data.len());
-            assert!(senders.contains(&t.destination), "sent to {} unasked", t.destination);
+            let len = t.data.len();
+            let bound = MAX_TRANSMIT.max(seen.largest.saturating_sub(1)).min(MAX_DATAGRAM);
+            assert!(len <= bound, "a {len}-byte datagram, the largest received {}", seen.largest);
+            assert!(seen.senders.contains(&t.destination), "sent to {} unasked", t.destination);
             check_steering(&t.data);
         }
         if event.is_none() && transmit.is_none() {
