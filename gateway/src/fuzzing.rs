@@ -5,8 +5,13 @@
 //! when an invariant breaks (that panic is the finding).
 
 mod connection;
+mod quic;
 
 pub use connection::connection;
+pub use quic::{
+    FUZZ_QUIC_CERT_PEM, FUZZ_QUIC_KEY_PEM, FUZZ_SERVER_ADDR, MAX_TRANSMIT, client_initial,
+    quic_datagram,
+};
 use tern_proto::ids::is_valid_id;
 use tern_proto::session::server::{AuthError, Authenticator};
 

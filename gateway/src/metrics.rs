@@ -59,6 +59,12 @@ pub struct GatewayMetrics {
     pub quic_datagrams_forwarded: AtomicU64,
     /// QUIC connections whose 0-RTT data the gateway accepted (resumed sessions).
     pub quic_0rtt_connections: AtomicU64,
+    /// QUIC clients refused at their first packet (CONNECTION_REFUSED): at the connection cap,
+    /// at `max_handshakes` handshakes in progress, or at their source's handshake cap.
+    pub quic_handshakes_refused: AtomicU64,
+    /// Stateless Retries sent to QUIC clients whose address was not validated, at
+    /// `retry_handshakes` handshakes in progress.
+    pub quic_retries: AtomicU64,
     /// TLS-on-TCP connections open now, a part of `connections_open` (gauge).
     pub tls_connections_open: AtomicU64,
     /// TLS-on-TCP connections whose handshake failed (a bad ClientHello, no common protocol or
@@ -208,7 +214,7 @@ impl GatewayMetrics {
                 &self.duplicate_login_refusals,
             ),
         ];
-        let quic_rows: [(&str, &str, &str, &AtomicU64); 3] = [
+        let quic_rows: [(&str, &str, &str, &AtomicU64); 5] = [
             (
                 "tern_gateway_quic_connections_open",
                 "gauge",
@@ -226,6 +232,18 @@ impl GatewayMetrics {
                 "counter",
                 "QUIC connections whose 0-RTT data was accepted (resumed sessions).",
                 &self.quic_0rtt_connections,
+            ),
+            (
+                "tern_gateway_quic_handshakes_refused_total",
+                "counter",
+                "QUIC clients refused at their first packet (connection cap, handshakes in progress, or their source's handshake cap).",
+                &self.quic_handshakes_refused,
+            ),
+            (
+                "tern_gateway_quic_retries_total",
+                "counter",
+                "Stateless Retries sent to QUIC clients with an unvalidated address under handshake load.",
+                &self.quic_retries,
             ),
         ];
         let tls_rows: [(&str, &str, &str, &AtomicU64); 3] = [

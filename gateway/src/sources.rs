@@ -32,6 +32,19 @@ struct Counts {
     pending: u32,
 }
 
+/// The source a peer address counts as: the IPv4 address (also when mapped into IPv6), or the
+/// IPv6 /64 prefix (the rest zeroed).
+pub fn source_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            // The /64 prefix.
+            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        },
+        v4 => v4,
+    }
+}
+
 /// The per-source counters of one gateway process.
 #[derive(Debug)]
 pub struct SourceLimits {
@@ -58,15 +71,7 @@ impl SourceLimits {
 
     /// The key of a peer address.
     pub fn key(&self, ip: IpAddr) -> SourceKey {
-        let ip = match ip {
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => IpAddr::V4(v4),
-                // The /64 prefix.
-                None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
-            },
-            v4 => v4,
-        };
-        self.hasher.hash_one(ip)
+        self.hasher.hash_one(source_of(ip))
     }
 
     fn shard(&self, key: SourceKey) -> std::sync::MutexGuard<'_, HashMap<SourceKey, Counts>> {

@@ -71,10 +71,14 @@ impl Server {
 
     /// As [`Server::start`] with `cfg`; requests wait for the gate's permits when `gated`.
     fn start_with(cfg: GatewayConfig, threads: usize, gated: bool) -> Self {
+        Self::start_quic(cfg, QuicSettings::default(), threads, gated)
+    }
+
+    /// As [`Server::start_with`] with QUIC `settings`.
+    fn start_quic(cfg: GatewayConfig, settings: QuicSettings, threads: usize, gated: bool) -> Self {
         let c = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
         let cert = c.cert.der().clone();
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(c.signing_key.serialize_der()));
-        let settings = QuicSettings::default();
         let tls = config::tls(vec![cert.clone()], key, &settings).unwrap();
         let server_config = config::server(tls, &settings).unwrap();
         let token_key = TokenKey::generate().unwrap();
@@ -577,5 +581,23 @@ async fn a_resumed_client_logs_in_in_0rtt_and_its_writes_wait_for_the_handshake(
     assert_eq!(server.requests.load(SeqCst), 2, "each request once");
     assert_eq!(server.gw.metrics.quic_0rtt_connections.load(SeqCst), 1);
     conn.close(0u32.into(), b"bye");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_handshake_load_a_client_gets_a_retry_and_the_metric_counts_it() {
+    let settings = QuicSettings { retry_handshakes: 0, ..QuicSettings::default() };
+    let server = Server::start_quic(GatewayConfig::default(), settings, 1, false);
+    let mut c = server.logged_in("alice", "phone").await;
+    c.send(&ping(2)).await;
+    let pong = c.expect("Pong").await;
+    assert!(is_pong(&pong, 2), "got {pong:?}");
+    let m = &server.gw.metrics;
+    assert_eq!(m.quic_retries.load(SeqCst), 1, "one Retry, then the validated Initial");
+    assert_eq!(m.quic_handshakes_refused.load(SeqCst), 0);
+    let mut text = String::new();
+    m.render(&mut text);
+    assert!(text.contains("tern_gateway_quic_retries_total 1"), "{text}");
+    assert!(text.contains("tern_gateway_quic_handshakes_refused_total 0"), "{text}");
     server.stop().await;
 }

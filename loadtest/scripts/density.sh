@@ -120,6 +120,7 @@ for g in $(seq 1 "$GATEWAYS"); do
     --set server.share_port=true --set "gateway.max_pending_logins=$CONNS" \
     --set "gateway.max_pending_logins_per_source=$CONNS" \
     --set "gateway.max_connections_per_source=$CONNS" --set "gateway.heartbeat_interval=$HEARTBEAT" \
+    --set "gateway.quic_max_handshakes=$CONNS" --set "gateway.quic_max_handshakes_per_source=$CONNS" \
     >"$WORK/gw$g.log" 2>&1 & PIDS+=($!); GW_PIDS+=($!); GW_HTTP+=("$http")
   wait_port "$http" "tern gateway $g"
 done

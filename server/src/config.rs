@@ -180,6 +180,14 @@ pub struct GatewaySection {
     pub max_connections_per_source: usize,
     /// Connections from one source address not logged in yet, at once; 0 = no cap.
     pub max_pending_logins_per_source: usize,
+    /// QUIC handshakes in progress per I/O thread from which clients with an unvalidated
+    /// address get a stateless Retry.
+    pub quic_retry_handshakes: usize,
+    /// QUIC handshakes in progress per I/O thread beyond which new clients are refused.
+    pub quic_max_handshakes: usize,
+    /// QUIC handshakes in progress per I/O thread from one source address (IPv6: /64) beyond
+    /// which its new clients are refused; 0 = no cap.
+    pub quic_max_handshakes_per_source: usize,
 }
 
 /// `[dispatch]`
@@ -311,6 +319,7 @@ impl Default for ServerSection {
 impl Default for GatewaySection {
     fn default() -> Self {
         let g = tern_gateway::GatewayConfig::default();
+        let q = tern_gateway::quic::QuicSettings::default();
         Self {
             login_timeout: g.session.login_timeout,
             heartbeat_interval: g.session.heartbeat_interval,
@@ -325,6 +334,9 @@ impl Default for GatewaySection {
             close_timeout: g.close_timeout,
             max_connections_per_source: g.max_connections_per_source,
             max_pending_logins_per_source: g.max_pending_logins_per_source,
+            quic_retry_handshakes: q.retry_handshakes,
+            quic_max_handshakes: q.max_handshakes,
+            quic_max_handshakes_per_source: q.max_handshakes_per_source,
         }
     }
 }

@@ -27,6 +27,9 @@ pub fn settings(cfg: &Config) -> QuicSettings {
     QuicSettings {
         idle_timeout: cfg.gateway.idle_timeout,
         max_frame_bytes: cfg.gateway.max_frame_bytes,
+        retry_handshakes: cfg.gateway.quic_retry_handshakes,
+        max_handshakes: cfg.gateway.quic_max_handshakes,
+        max_handshakes_per_source: cfg.gateway.quic_max_handshakes_per_source,
         ..QuicSettings::default()
     }
 }
@@ -56,4 +59,27 @@ pub fn bind(cfg: &Config, listeners: Listeners) -> anyhow::Result<Listeners> {
         }
     }
     Ok(listeners)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handshake_limits_come_from_the_gateway_section() {
+        let flags = [
+            "gateway.quic_retry_handshakes=0".to_string(),
+            "gateway.quic_max_handshakes=10".into(),
+            "gateway.quic_max_handshakes_per_source=3".into(),
+        ];
+        let cfg = Config::load(None, Vec::new(), &flags).unwrap();
+        let s = settings(&cfg);
+        assert_eq!((s.retry_handshakes, s.max_handshakes, s.max_handshakes_per_source), (0, 10, 3));
+        let d = settings(&Config::default());
+        assert_eq!(
+            (d.retry_handshakes, d.max_handshakes, d.max_handshakes_per_source),
+            (1024, 4096, 64),
+            "the documented defaults"
+        );
+    }
 }

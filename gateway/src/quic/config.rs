@@ -42,6 +42,20 @@ pub struct QuicSettings {
     /// forgotten first. A client resumes only at the gateway process that served it before.
     /// Each costs a few hundred bytes. Default 65,536.
     pub session_cache: usize,
+    /// Handshakes in progress on one endpoint (I/O thread) from which a new client whose
+    /// address is not validated yet gets a stateless Retry instead of connection state: it
+    /// comes back with a token that proves it receives at its address (one round trip more),
+    /// so a flood of Initials from spoofed addresses costs no memory. 0 = always Retry.
+    /// Default 1024.
+    pub retry_handshakes: usize,
+    /// Handshakes in progress on one endpoint beyond which new clients are refused at their
+    /// first packet (CONNECTION_REFUSED). Each costs a connection's state (a few KiB) and
+    /// handshake CPU until it completes or times out. Default 4096.
+    pub max_handshakes: usize,
+    /// Handshakes in progress on one endpoint from one source address (an IPv4 address or an
+    /// IPv6 /64) beyond which its new clients are refused, so one host cannot take every
+    /// handshake slot. Clients behind one NAT share it. 0 = no cap. Default 64.
+    pub max_handshakes_per_source: usize,
 }
 
 impl Default for QuicSettings {
@@ -52,6 +66,9 @@ impl Default for QuicSettings {
             send_window: 1024 * 1024,
             zero_rtt: true,
             session_cache: 65_536,
+            retry_handshakes: 1024,
+            max_handshakes: 4096,
+            max_handshakes_per_source: 64,
         }
     }
 }
@@ -217,5 +234,48 @@ mod tests {
         assert_eq!(endpoint_of(&long, 4), None);
         assert_eq!(endpoint_of(&[], 4), None);
         assert_eq!(endpoint_of(&[0x40, 2], 4), None, "truncated");
+    }
+
+    /// What `endpoint_of` must answer, spelled out from the header layouts.
+    fn expected(d: &[u8], count: u8) -> Option<u8> {
+        let first = *d.first()?;
+        let cid_start = if first & 0x80 == 0 {
+            1
+        } else if d.len() > 5 && usize::from(d[5]) == CID_LEN {
+            6
+        } else {
+            return None;
+        };
+        (d.len() >= cid_start + CID_LEN && d[cid_start] < count).then(|| d[cid_start])
+    }
+
+    #[test]
+    fn steering_agrees_with_the_header_layouts_on_random_datagrams() {
+        let mut rng = fastrand::Rng::with_seed(0x7e57);
+        let mut ours = [0usize; 2];
+        for _ in 0..20_000 {
+            let len = rng.usize(0..40);
+            let mut d: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
+            // Make real-looking headers common: a long header with our ID length, small
+            // endpoint indexes.
+            if len > 6 && rng.bool() {
+                d[0] |= 0x80;
+                d[5] = CID_LEN as u8;
+            }
+            for i in [1, 6] {
+                if let Some(b) = d.get_mut(i) {
+                    *b %= 10;
+                }
+            }
+            for count in 0..=9 {
+                let got = endpoint_of(&d, count);
+                assert_eq!(got, expected(&d, count), "{d:02x?} count {count}");
+                if let Some(i) = got {
+                    assert!(i < count);
+                    ours[usize::from(d[0] & 0x80 != 0)] += 1;
+                }
+            }
+        }
+        assert!(ours.iter().all(|&n| n > 1000), "both header forms were steered: {ours:?}");
     }
 }

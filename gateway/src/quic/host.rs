@@ -11,9 +11,15 @@
 //! by quinn's connection handle, with a generation so that a stale [`QuicConnId`] never
 //! reaches a newer connection in the same place. Timers are a heap of (deadline, connection)
 //! entries, superseded entries skipped lazily, so an idle connection costs nothing per tick.
+//!
+//! Handshakes in progress (accepted, neither complete nor closed) are counted, in all and per
+//! source address ([`HandshakeLimits`]): past `retry` a client whose address is not validated
+//! gets a stateless Retry, past `max` (or its source's cap) a new client is refused. A
+//! connection leaves the count once, when its handshake completes or it closes.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::hash_map::Entry as MapEntry;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,8 +27,50 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use quinn_proto::{
     Connection, ConnectionHandle, DatagramEvent, Dir, EcnCodepoint, Endpoint, EndpointConfig,
-    Event, ReadError, ReadableError, ServerConfig, StreamEvent, StreamId, VarInt, WriteError,
+    Event, Incoming, ReadError, ReadableError, ServerConfig, StreamEvent, StreamId, VarInt,
+    WriteError,
 };
+
+use super::config::QuicSettings;
+use crate::sources::source_of;
+
+/// Caps on the handshakes in progress on one host (see [`QuicSettings`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HandshakeLimits {
+    /// From this many on, a client whose address is not validated gets a Retry.
+    pub retry: usize,
+    /// From this many on, new clients are refused.
+    pub max: usize,
+    /// From this many from one source on, its new clients are refused; 0 = no cap.
+    pub per_source: usize,
+}
+
+impl HandshakeLimits {
+    /// The limits `s` sets.
+    pub fn of(s: &QuicSettings) -> Self {
+        Self {
+            retry: s.retry_handshakes,
+            max: s.max_handshakes,
+            per_source: s.max_handshakes_per_source,
+        }
+    }
+}
+
+impl Default for HandshakeLimits {
+    fn default() -> Self {
+        Self::of(&QuicSettings::default())
+    }
+}
+
+/// What the host did with new clients since the last [`QuicHost::take_stats`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct HandshakeStats {
+    /// Clients refused at their first packet (CONNECTION_REFUSED): at the connection cap, at
+    /// `max` handshakes, or at their source's cap.
+    pub refused: u64,
+    /// Stateless Retries sent to clients whose address was not validated.
+    pub retries: u64,
+}
 
 /// A connection of one [`QuicHost`]: its slot and the generation of the slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -94,6 +142,8 @@ struct Entry {
     /// Data became readable while paused.
     unread: bool,
     read_closed: bool,
+    /// The source (see [`source_of`]) while the handshake is in progress and counted.
+    handshake: Option<IpAddr>,
     /// `Closed` was reported.
     closed: bool,
     dirty: bool,
@@ -106,6 +156,11 @@ pub struct QuicHost {
     generations: Vec<u32>,
     live: usize,
     max_connections: usize,
+    limits: HandshakeLimits,
+    /// Handshakes in progress, in all and by source.
+    handshakes: usize,
+    per_source: HashMap<IpAddr, usize>,
+    stats: HandshakeStats,
     dirty: Vec<usize>,
     timers: BinaryHeap<Reverse<(Instant, usize, u32)>>,
     events: VecDeque<HostEvent>,
@@ -115,17 +170,21 @@ pub struct QuicHost {
 
 impl std::fmt::Debug for QuicHost {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("QuicHost").field("connections", &self.live).finish_non_exhaustive()
+        f.debug_struct("QuicHost")
+            .field("connections", &self.live)
+            .field("handshakes", &self.handshakes)
+            .finish_non_exhaustive()
     }
 }
 
 impl QuicHost {
     /// A host for `endpoint` serving `server`, holding at most `max_connections` (further
-    /// clients are refused at their first packet).
+    /// clients are refused at their first packet) and handshakes within `limits`.
     pub fn new(
         endpoint: EndpointConfig,
         server: Arc<ServerConfig>,
         max_connections: usize,
+        limits: HandshakeLimits,
     ) -> Self {
         Self {
             endpoint: Endpoint::new(Arc::new(endpoint), Some(server), false, None),
@@ -133,6 +192,10 @@ impl QuicHost {
             generations: Vec::new(),
             live: 0,
             max_connections,
+            limits,
+            handshakes: 0,
+            per_source: HashMap::new(),
+            stats: HandshakeStats::default(),
             dirty: Vec::new(),
             timers: BinaryHeap::new(),
             events: VecDeque::new(),
@@ -144,6 +207,22 @@ impl QuicHost {
     /// Connections held (handshaking, open or closing).
     pub fn connections(&self) -> usize {
         self.live
+    }
+
+    /// Handshakes in progress: connections accepted whose handshake neither completed nor
+    /// ended.
+    pub fn handshakes(&self) -> usize {
+        self.handshakes
+    }
+
+    /// Handshakes in progress from `ip`'s source (see [`source_of`]).
+    pub fn handshakes_from(&self, ip: IpAddr) -> usize {
+        self.per_source.get(&source_of(ip)).copied().unwrap_or(0)
+    }
+
+    /// What the host did with new clients since the last call (for the driver's metrics).
+    pub fn take_stats(&mut self) -> HandshakeStats {
+        std::mem::take(&mut self.stats)
     }
 
     /// Takes one datagram received at `now` from `remote` (on local address `local_ip`).
@@ -163,23 +242,69 @@ impl QuicHost {
                     self.mark(ch.0);
                 }
             }
-            Some(DatagramEvent::NewConnection(incoming)) => {
-                if self.live >= self.max_connections {
-                    let t = self.endpoint.refuse(incoming, &mut self.buf);
+            Some(DatagramEvent::NewConnection(incoming)) => self.incoming(now, incoming),
+            Some(DatagramEvent::Response(t)) => self.queue_response(t),
+            None => {}
+        }
+    }
+
+    /// A new client's first packet: refused at the connection cap, sent a Retry past the
+    /// `retry` handshakes unless its address is validated (by a Retry or a NEW_TOKEN token),
+    /// refused past `max` handshakes or its source's cap, accepted otherwise.
+    fn incoming(&mut self, now: Instant, mut incoming: Incoming) {
+        if self.live < self.max_connections
+            && self.handshakes >= self.limits.retry
+            && !incoming.remote_address_validated()
+        {
+            self.buf.clear();
+            match self.endpoint.retry(incoming, &mut self.buf) {
+                Ok(t) => {
+                    self.stats.retries += 1;
                     self.queue_response(t);
                     return;
                 }
-                match self.endpoint.accept(incoming, now, &mut self.buf, None) {
-                    Ok((ch, conn)) => self.insert(ch, conn),
-                    Err(e) => {
-                        if let Some(t) = e.response {
-                            self.queue_response(t);
-                        }
-                    }
+                // Not when the address is unvalidated (quinn guarantees it): refused below.
+                Err(e) => incoming = e.into_incoming(),
+            }
+        }
+        let source = source_of(incoming.remote_address().ip());
+        let from_source = self.per_source.get(&source).copied().unwrap_or(0);
+        let validated = incoming.remote_address_validated();
+        if self.live >= self.max_connections
+            || self.handshakes >= self.limits.max
+            || (self.limits.per_source > 0 && from_source >= self.limits.per_source)
+            || (!validated && self.handshakes >= self.limits.retry)
+        {
+            self.stats.refused += 1;
+            self.buf.clear();
+            let t = self.endpoint.refuse(incoming, &mut self.buf);
+            self.queue_response(t);
+            return;
+        }
+        self.buf.clear();
+        match self.endpoint.accept(incoming, now, &mut self.buf, None) {
+            Ok((ch, conn)) => {
+                self.handshakes += 1;
+                *self.per_source.entry(source).or_default() += 1;
+                self.insert(ch, conn, source);
+            }
+            Err(e) => {
+                if let Some(t) = e.response {
+                    self.queue_response(t);
                 }
             }
-            Some(DatagramEvent::Response(t)) => self.queue_response(t),
-            None => {}
+        }
+    }
+
+    /// Takes a connection out of the handshake count (once: its entry forgets its source).
+    fn handshake_over(&mut self, e: &mut Entry) {
+        let Some(source) = e.handshake.take() else { return };
+        self.handshakes = self.handshakes.saturating_sub(1);
+        if let MapEntry::Occupied(mut n) = self.per_source.entry(source) {
+            *n.get_mut() = n.get().saturating_sub(1);
+            if *n.get() == 0 {
+                n.remove();
+            }
         }
     }
 
@@ -194,7 +319,7 @@ impl QuicHost {
         });
     }
 
-    fn insert(&mut self, ch: ConnectionHandle, conn: Connection) {
+    fn insert(&mut self, ch: ConnectionHandle, conn: Connection, source: IpAddr) {
         let i = ch.0;
         if self.entries.len() <= i {
             self.entries.resize_with(i + 1, || None);
@@ -209,6 +334,7 @@ impl QuicHost {
             paused: false,
             unread: false,
             read_closed: false,
+            handshake: Some(source),
             closed: false,
             dirty: false,
         }));
@@ -375,6 +501,10 @@ impl QuicHost {
                 Event::ConnectionLost { reason } => closed = Some(reason.to_string()),
                 _ => {}
             }
+        }
+        // Complete, or ended (a closed connection is not handshaking either).
+        if !e.conn.is_handshaking() || closed.is_some() {
+            self.handshake_over(&mut e);
         }
         if !e.paused && std::mem::take(&mut e.unread) {
             self.read(&mut e);

@@ -18,4 +18,6 @@ pub mod host;
 mod tests;
 
 pub use config::{ALPN, QuicSettings};
-pub use host::{HostError, HostEvent, QuicConnId, QuicHost, Transmit};
+pub use host::{
+    HandshakeLimits, HandshakeStats, HostError, HostEvent, QuicConnId, QuicHost, Transmit,
+};

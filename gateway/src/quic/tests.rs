@@ -16,7 +16,7 @@ use quinn_proto::{
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use super::config::{self, QuicSettings};
-use super::host::{HostEvent, QuicConnId, QuicHost};
+use super::host::{HandshakeLimits, HandshakeStats, HostEvent, QuicConnId, QuicHost};
 
 fn server_addr() -> SocketAddr {
     "127.0.0.1:7400".parse().unwrap()
@@ -68,7 +68,8 @@ impl World {
         let (cert, key) = cert();
         let tls = config::tls(vec![cert.clone()], key, &settings).unwrap();
         let server = config::server(tls, &settings).unwrap();
-        let host = QuicHost::new(config::endpoint(0, 1, &[7; 32]), server, max_connections);
+        let limits = HandshakeLimits::of(&settings);
+        let host = QuicHost::new(config::endpoint(0, 1, &[7; 32]), server, max_connections, limits);
         let client_ep = Endpoint::new(Arc::new(EndpointConfig::default()), None, false, None);
         Self {
             now: Instant::now(),
@@ -96,6 +97,24 @@ impl World {
             .unwrap();
         self.clients.push(Client { addr, ch, conn, stream: None, received: Vec::new() });
         self.clients.len() - 1
+    }
+
+    /// Hands the clients' pending datagrams (their first flight) to the host, and nothing back.
+    fn deliver_to_host(&mut self) {
+        for client in &mut self.clients {
+            let mut buf = Vec::new();
+            while let Some(t) = client.conn.poll_transmit(self.now, 1, &mut buf) {
+                let data = BytesMut::from(&buf[..t.size]);
+                self.host.handle(self.now, client.addr, None, None, data);
+                buf.clear();
+            }
+        }
+    }
+
+    /// How many handshakes the host reported complete.
+    fn established(&self) -> usize {
+        let done = self.events.iter().filter(|e| matches!(e, HostEvent::Established { .. }));
+        done.count()
     }
 
     /// Opens the client's stream (in 0-RTT data if the handshake is not done) and writes.
@@ -350,4 +369,113 @@ fn a_finished_stream_is_flushed_before_the_close() {
     assert!(w.events.iter().any(|e| matches!(e, HostEvent::Closed { conn, .. } if *conn == id)));
     assert!(w.clients[c].conn.is_closed());
     assert_eq!(w.host.connections(), 0);
+}
+
+fn other_ip(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 3], port))
+}
+
+#[test]
+fn past_retry_handshakes_a_client_goes_through_a_retry_and_connects() {
+    let settings = QuicSettings { retry_handshakes: 0, ..QuicSettings::default() };
+    let mut w = World::new(settings, 10);
+    let c = w.connect(addr(5000));
+    w.send(c, b"after a retry");
+    w.run_for(Duration::from_millis(10));
+    let [(id, _, _)] = w.opened()[..] else { panic!("{:?}", w.events) };
+    assert_eq!(w.data(id).0, b"after a retry");
+    assert_eq!(w.host.take_stats(), HandshakeStats { refused: 0, retries: 1 });
+    assert_eq!((w.host.handshakes(), w.host.connections()), (0, 1));
+}
+
+#[test]
+fn a_source_past_its_handshake_cap_is_refused_until_its_handshakes_complete() {
+    let settings = QuicSettings { max_handshakes_per_source: 2, ..QuicSettings::default() };
+    let mut w = World::new(settings, 10);
+    let a = [w.start(addr(5000)), w.start(addr(5001)), w.start(addr(5002))];
+    let other = w.start(other_ip(5000));
+    w.deliver_to_host();
+    assert_eq!(w.host.handshakes_from(addr(0).ip()), 2, "the third was not counted");
+    assert_eq!(w.host.handshakes_from(other_ip(0).ip()), 1);
+    assert_eq!(w.host.handshakes(), 3);
+    assert_eq!(w.host.take_stats(), HandshakeStats { refused: 1, retries: 0 });
+    w.run_for(Duration::from_millis(10));
+    assert!(w.clients[a[2]].conn.is_closed(), "the third from the source was refused");
+    for c in [a[0], a[1], other] {
+        assert!(!w.clients[c].conn.is_closed() && !w.clients[c].conn.is_handshaking());
+    }
+    assert_eq!(w.established(), 3);
+    assert_eq!(w.host.handshakes(), 0, "completed handshakes are counted out");
+    assert_eq!(w.host.handshakes_from(addr(0).ip()), 0);
+    // Two more from the source fit again.
+    let again = [w.start(addr(5003)), w.start(addr(5004))];
+    w.run_for(Duration::from_millis(10));
+    assert_eq!(w.established(), 5);
+    assert!(again.iter().all(|&c| !w.clients[c].conn.is_closed()));
+    assert_eq!(w.host.take_stats(), HandshakeStats::default());
+    assert_eq!(w.host.connections(), 5);
+}
+
+#[test]
+fn past_max_handshakes_new_clients_are_refused() {
+    let settings = QuicSettings { max_handshakes: 1, ..QuicSettings::default() };
+    let mut w = World::new(settings, 10);
+    let first = w.start(addr(5000));
+    let second = w.start(other_ip(5000));
+    w.run_for(Duration::from_millis(10));
+    assert!(!w.clients[first].conn.is_closed());
+    assert!(w.clients[second].conn.is_closed());
+    assert_eq!(w.host.take_stats(), HandshakeStats { refused: 1, retries: 0 });
+    let third = w.connect(other_ip(5001));
+    assert!(!w.clients[third].conn.is_closed(), "the slot is free again");
+    assert_eq!(w.established(), 2);
+}
+
+#[test]
+fn a_handshake_that_times_out_or_is_closed_is_counted_out() {
+    let settings = QuicSettings {
+        idle_timeout: Duration::from_secs(30),
+        max_handshakes_per_source: 1,
+        ..QuicSettings::default()
+    };
+    let mut w = World::new(settings, 10);
+    w.start(addr(5000));
+    w.deliver_to_host();
+    assert_eq!((w.host.handshakes(), w.host.handshakes_from(addr(0).ip())), (1, 1));
+    // The client vanishes after its first packet.
+    w.clients.clear();
+    w.run_for(Duration::from_secs(29));
+    assert_eq!(w.host.handshakes(), 1, "still in progress before the idle timeout");
+    w.run_for(Duration::from_secs(10));
+    assert_eq!((w.host.handshakes(), w.host.connections()), (0, 0), "timed out, counted out");
+    assert_eq!(w.host.handshakes_from(addr(0).ip()), 0);
+
+    // A client that gives up in the middle of its handshake.
+    let c = w.start(addr(5001));
+    w.deliver_to_host();
+    assert_eq!(w.host.handshakes(), 1);
+    let now = w.now;
+    w.clients[c].conn.close(now, quinn_proto::VarInt::from_u32(0), bytes::Bytes::new());
+    w.run_for(Duration::from_millis(10));
+    assert_eq!(w.host.handshakes(), 0, "closed, counted out");
+    assert_eq!(w.established(), 0);
+    // The source's slot is free: the next client from it connects.
+    let next = w.connect(addr(5002));
+    assert!(!w.clients[next].conn.is_closed() && !w.clients[next].conn.is_handshaking());
+    assert_eq!(w.host.take_stats(), HandshakeStats::default(), "nothing refused");
+}
+
+#[test]
+fn the_fuzz_seed_initial_is_the_same_every_time_and_starts_a_handshake() {
+    let initial = crate::fuzzing::client_initial(0);
+    assert_eq!(initial, crate::fuzzing::client_initial(0), "deterministic");
+    assert_ne!(initial, crate::fuzzing::client_initial(1), "another client");
+    assert!(initial.len() >= 1200 && initial[0] & 0xf0 == 0xc0, "a padded long-header Initial");
+    let mut w = World::new(QuicSettings::default(), 10);
+    let now = w.now;
+    w.host.handle(now, addr(5000), None, None, BytesMut::from(&initial[..]));
+    assert_eq!(w.host.handshakes(), 1, "accepted: a real client's first packet");
+    let answer = w.host.poll_transmit(now).expect("the server's first flight");
+    assert_eq!(answer.destination, addr(5000));
+    assert!(answer.data.len() <= crate::fuzzing::MAX_TRANSMIT);
 }

@@ -23,7 +23,7 @@ use super::super::mailbox::{Cmd, Forwarded, Mailbox};
 use super::{Conn, IoThread, Transport};
 use crate::conn::{Connection, admission};
 use crate::quic::config::{self, endpoint_of};
-use crate::quic::{HostEvent, QuicConnId, QuicHost, Transmit};
+use crate::quic::{HandshakeLimits, HostEvent, QuicConnId, QuicHost, Transmit};
 use crate::upstream::Upstream;
 
 /// Datagrams read per loop turn before the thread's other work gets its turn.
@@ -76,9 +76,10 @@ impl QuicSide {
         let interest = mio::Interest::READABLE | mio::Interest::WRITABLE;
         poll.registry().register(&mut socket, token, interest)?;
         let endpoint = config::endpoint(e.index, e.count, &e.reset_key);
+        let limits = HandshakeLimits::of(&e.listen.settings);
         Ok(Self {
             socket,
-            host: QuicHost::new(endpoint, e.listen.server_config, max_connections),
+            host: QuicHost::new(endpoint, e.listen.server_config, max_connections, limits),
             index: e.index,
             count: e.count,
             local_ip,
@@ -192,6 +193,9 @@ impl<U: Upstream> IoThread<U> {
         let Some(q) = self.quic.as_deref_mut() else { return };
         let now = Instant::now();
         q.host.handle_timeouts(now);
+        let stats = q.host.take_stats();
+        self.gw.metrics.quic_handshakes_refused.fetch_add(stats.refused, Relaxed);
+        self.gw.metrics.quic_retries.fetch_add(stats.retries, Relaxed);
         loop {
             let mut any = false;
             while let Some(ev) = self.quic.as_deref_mut().and_then(|q| q.host.poll_event(now)) {
