@@ -9,15 +9,18 @@
 //! session ticket: a phone's first connect); "resumed" and 0-RTT rows reuse one connector that
 //! connected once before (a phone's reconnect).
 //!
-//! The CPU phase connects `--cpu-logins` times per row straight to the server (no proxy) and
-//! reads the server's CPU time from `/proc/PID/task/*/schedstat` (`--server-pid`).
+//! Each connection stays open two round trips after LoginOk (untimed), so that the server's
+//! next session ticket arrives, as it does for a phone that stays connected; then it closes.
+//!
+//! The CPU phase connects `--cpu-logins` times per row straight to the server (no proxy, each
+//! connection held 5 ms) and reads the server's CPU time from `/proc/PID/task/*/schedstat`
+//! (`--server-pid`): the figure is per connection (handshake, login, close), idle time apart.
 //!
 //! ```sh
 //! loadtest/scripts/transports.sh    # starts `tern serve`, runs this, then `tern bench`
 //! ```
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -52,6 +55,9 @@ struct Args {
     cpu_logins: usize,
 }
 
+/// How long a connection of the CPU phase stays open after LoginOk (see [`connect_times`]).
+const CPU_HOLD: Duration = Duration::from_millis(5);
+
 /// One row of the table: its name, the scheme and whether one connector is reused.
 const ROWS: [(&str, &str, bool); 5] = [
     ("tcp", "tcp", false),
@@ -68,18 +74,23 @@ fn config(args: &Args, scheme: &str, addr: SocketAddr) -> ClientConfig {
 }
 
 /// Connects `n` times (each connection closed before the next), one connector for all when
-/// `reuse` (warmed by one untimed connection), a new one per connection otherwise. Returns
-/// the times to LoginOk and how many logins went in accepted 0-RTT data.
+/// `reuse` (warmed by one untimed connection), a new one per connection otherwise. Each
+/// connection stays open `hold` after LoginOk, untimed, as a phone stays connected: the
+/// server's session ticket for the next resumption comes after the handshake, and a client
+/// that closed at once would have none. Returns the times to LoginOk and how many logins went
+/// in accepted 0-RTT data.
 async fn connect_times(
     args: &Args,
-    scheme: &str,
-    addr: SocketAddr,
+    (scheme, addr): (&str, SocketAddr),
     reuse: bool,
     n: usize,
+    hold: Duration,
 ) -> anyhow::Result<(Vec<Duration>, usize)> {
     let shared = Connector::new(config(args, scheme, addr))?;
     if reuse {
-        shared.connect().await.context("warm-up connection")?.close().await;
+        let warm = shared.connect().await.context("warm-up connection")?;
+        tokio::time::sleep(hold).await;
+        warm.close().await;
     }
     let (mut times, mut zero_rtt) = (Vec::with_capacity(n), 0);
     for _ in 0..n {
@@ -94,6 +105,7 @@ async fn connect_times(
         let c = connector.connect().await.with_context(|| format!("{scheme}://{addr}"))?;
         times.push(t0.elapsed());
         zero_rtt += usize::from(c.zero_rtt);
+        tokio::time::sleep(hold).await;
         c.close().await;
     }
     Ok((times, zero_rtt))
@@ -115,16 +127,22 @@ async fn main() -> anyhow::Result<()> {
     let tcp = ChaosProxy::start(args.server)?;
     tcp.set_delay(one_way);
     let faults = Faults { delay: one_way, ..Faults::default() };
-    let udp = UdpChaosProxy::start_with(args.server, UdpChaosOptions { faults, ..Default::default() })?;
+    let udp =
+        UdpChaosProxy::start_with(args.server, UdpChaosOptions { faults, ..Default::default() })?;
 
     println!(
         "reconnect → LoginOk over {} ms injected RTT, {} connections per row",
         args.rtt_ms, args.rounds
     );
-    println!("{:<22} {:>8} {:>8} {:>8} {:>8} {:>6}", "transport", "min", "p50", "p90", "max", "0-rtt");
+    println!(
+        "{:<22} {:>8} {:>8} {:>8} {:>8} {:>6}",
+        "transport", "min", "p50", "p90", "max", "0-rtt"
+    );
     for (name, scheme, reuse) in ROWS {
         let addr = if scheme == "quic" { udp.addr() } else { tcp.addr() };
-        let (mut t, zero_rtt) = connect_times(&args, scheme, addr, reuse, args.rounds).await?;
+        let hold = Duration::from_millis(args.rtt_ms * 2);
+        let (mut t, zero_rtt) =
+            connect_times(&args, (scheme, addr), reuse, args.rounds, hold).await?;
         t.sort_unstable();
         println!(
             "{name:<22} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>6}",
@@ -142,11 +160,15 @@ async fn main() -> anyhow::Result<()> {
     if args.server_pid == 0 {
         return Ok(());
     }
-    println!("\nserver CPU per login (connect, log in, close; no proxy), {} per row", args.cpu_logins);
+    println!(
+        "\nserver CPU per login (connect, log in, close; no proxy), {} per row",
+        args.cpu_logins
+    );
     println!("{:<22} {:>10} {:>12}", "transport", "CPU µs", "wall ms p50");
     for (name, scheme, reuse) in ROWS {
         let before = process_cpu_ns(args.server_pid).context("reading the server's CPU time")?;
-        let (mut t, _) = connect_times(&args, scheme, args.server, reuse, args.cpu_logins).await?;
+        let target = (scheme, args.server);
+        let (mut t, _) = connect_times(&args, target, reuse, args.cpu_logins, CPU_HOLD).await?;
         let after = process_cpu_ns(args.server_pid).context("reading the server's CPU time")?;
         t.sort_unstable();
         let per_login_us = (after - before) as f64 / 1e3 / args.cpu_logins as f64;

@@ -207,8 +207,7 @@ pub fn bind(
         other => bail!("server.tls {other:?} is not \"optional\", \"required\" or \"off\""),
     };
     let id = cfg.tls_identity()?;
-    let config = tern_gateway::tls::server_config(id.chain, id.key)
-        .context("TLS configuration")?;
+    let config = tern_gateway::tls::server_config(id.chain, id.key).context("TLS configuration")?;
     Ok(listeners.with_tls(Some(tern_gateway::tls::TlsListen { config, plaintext })))
 }
 

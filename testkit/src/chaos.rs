@@ -18,9 +18,9 @@
 //!   kernel would accept them into the backlog anyway) but forward nothing while paused.
 //! - [`set_delay`](ChaosProxy::set_delay): a one-way latency: every chunk, in both directions,
 //!   is written on this long after it was read (chunks in flight do not wait for each other).
-//!   A connection accepted while a delay is set also forwards nothing from its client before
-//!   two delays have passed: the TCP handshake's round trip, which the kernel completed at
-//!   once on loopback.
+//!   A connection accepted while a delay is set also counts its client's first bytes as sent
+//!   no earlier than two delays after the accept (so they arrive three delays after it): the
+//!   TCP handshake's round trip, which the kernel completed at once on loopback.
 //! - [`reset_all`](ChaosProxy::reset_all): every proxied connection, on both sides, is closed
 //!   with `SO_LINGER` 0, so both peers see a TCP RST (`ECONNRESET`).
 //! - [`drop_all`](ChaosProxy::drop_all): every proxied connection is closed cleanly (FIN).
@@ -527,10 +527,11 @@ const IN_FLIGHT_CHUNKS: usize = 64;
 /// Forwards one direction until EOF (passed on as a half close) or an error. Every chunk is
 /// written on [`Shared::delay`] after it was read, independently of the chunks before it (a
 /// link's one-way latency, not a queue): chunks in flight wait in a bounded channel, so a
-/// delay slows the first byte, not the throughput. `not_before` holds back the first chunk:
-/// the client-to-target direction passes `accepted + 2 × delay`, when the client's TCP
-/// handshake would have completed over a link with that delay (the kernel completed it at
-/// once on loopback; the proxy cannot delay the SYN/SYN-ACK themselves).
+/// delay slows the first byte, not the throughput. The first chunk counts as sent no earlier
+/// than `not_before`: the client-to-target direction passes `accepted + 2 × delay`, when the
+/// client's TCP handshake would have completed over a link with that delay, so its first
+/// bytes arrive a delay after that (the kernel completed the handshake at once on loopback;
+/// the proxy cannot delay the SYN/SYN-ACK themselves).
 async fn pump(
     mut from: impl AsyncRead + Unpin,
     mut to: impl AsyncWrite + Unpin,
@@ -538,9 +539,8 @@ async fn pump(
     counter: &AtomicU64,
     not_before: Option<tokio::time::Instant>,
 ) -> io::Result<()> {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<(tokio::time::Instant, Vec<u8>)>(
-        IN_FLIGHT_CHUNKS,
-    );
+    let (tx, mut rx) =
+        tokio::sync::mpsc::channel::<(tokio::time::Instant, Vec<u8>)>(IN_FLIGHT_CHUNKS);
     let read = async move {
         let mut paused = shared.paused.subscribe();
         let delay = shared.delay.subscribe();
@@ -553,10 +553,11 @@ async fn pump(
                 return Ok::<(), io::Error>(());
             }
             buf.truncate(n);
-            let mut due = tokio::time::Instant::now() + *delay.borrow();
+            let mut sent = tokio::time::Instant::now();
             if let Some(t) = not_before.take() {
-                due = due.max(t);
+                sent = sent.max(t);
             }
+            let due = sent + *delay.borrow();
             if tx.send((due, buf)).await.is_err() {
                 return Ok(());
             }
@@ -755,8 +756,8 @@ mod tests {
     }
 
     /// With a delay set before it connects, the client's first bytes also wait for the TCP
-    /// handshake's round trip: its first echo takes at least three one-way delays (handshake
-    /// round trip, then back), later ones two, and chunks sent together arrive together.
+    /// handshake's round trip: its first echo takes at least four one-way delays (handshake
+    /// round trip, there, back), and chunks sent together arrive together.
     #[test]
     fn a_new_connection_pays_the_handshake_round_trip_and_chunks_are_pipelined() {
         let echo = Echo::start(b'A');
@@ -768,7 +769,7 @@ mod tests {
         stream.write_all(b"x").unwrap();
         // The tag, then the echo: lower bounds only, so no flakiness on a busy machine.
         assert_eq!(read_exact(&mut stream, 2), b"Ax");
-        assert!(started.elapsed() >= delay * 3, "{:?}", started.elapsed());
+        assert!(started.elapsed() >= delay * 4, "{:?}", started.elapsed());
         for _ in 0..3 {
             stream.write_all(b"yz").unwrap();
         }

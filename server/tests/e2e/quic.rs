@@ -98,3 +98,27 @@ async fn sdk_clients_message_each_other_over_quic() {
     let m = next_message(&mut bob_events).await;
     assert_eq!((m.seq, m.body.as_ref()), (ack.seq, &b"over quic"[..]));
 }
+
+/// An SDK reconnect resumes: its first connection is a full handshake, and the next one, from
+/// the same dialer (a [`tern_sdk::Connector`], what a client reconnects with), sends its Login
+/// in 0-RTT data and the server accepts it. (The first connection gets its session ticket
+/// before LoginOk: the server completes the handshake on the client's Finished, which comes
+/// with the Login, and sends the ticket then.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sdk_reconnect_logs_in_in_0rtt_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, _, quic) = serve_quic(dir.path());
+    let key = ChildServer::key(dir.path());
+    let token = key.mint_for("zero", "d", now_secs(), 3600);
+    let mut cfg = tern_sdk::ClientConfig::new(format!("quic://{quic}"), token);
+    cfg.trust = tern_sdk::Trust::CaFile(dir.path().join("tls").join("cert.pem"));
+    let connector = tern_sdk::Connector::new(cfg).unwrap();
+    let first = tokio::time::timeout(WAIT, connector.connect()).await.expect("in time").unwrap();
+    assert!(!first.zero_rtt, "no ticket yet: a full handshake");
+    assert_eq!(first.scheme, tern_sdk::Scheme::Quic);
+    first.close().await;
+    let again = tokio::time::timeout(WAIT, connector.connect()).await.expect("in time").unwrap();
+    assert!(again.zero_rtt, "the reconnect's Login went in accepted 0-RTT data");
+    assert_eq!((again.login_ok.user_id.as_str(), again.login_ok.device_id.as_str()), ("zero", "d"));
+    again.close().await;
+}
