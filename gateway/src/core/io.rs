@@ -30,7 +30,7 @@ pub(super) use quic::QuicEndpoint;
 use quic::QuicSide;
 use sink::Sink;
 pub use tls::TlsListen;
-use tls::TlsStream;
+use tls::{TlsScratch, TlsStream};
 
 mod env;
 mod quic;
@@ -112,6 +112,8 @@ pub(super) struct IoThread<U: Upstream> {
     wheel: Wheel,
     due: Vec<Key>,
     scratch: Vec<u8>,
+    /// The buffers TLS connections share (empty until one is served).
+    tls_scratch: TlsScratch,
     decoder: FrameDecoder,
     mailbox: Arc<Mailbox>,
     cmds: Vec<Cmd>,
@@ -155,6 +157,7 @@ impl<U: Upstream> IoThread<U> {
             wheel: Wheel::new(Instant::now(), WHEEL_TICK, WHEEL_BUCKETS),
             due: Vec::new(),
             scratch: vec![0; SCRATCH_BYTES.max(max_frame.saturating_add(4).min(1 << 24))],
+            tls_scratch: TlsScratch::default(),
             decoder: FrameDecoder::new(max_frame),
             mailbox: Arc::new(Mailbox::new(waker)),
             cmds: Vec::new(),
@@ -403,7 +406,7 @@ impl<U: Upstream> IoThread<U> {
         let env = Env::new(&self.gw, &self.mailbox, &self.rt, Key { slot: i, generation }, *source);
         let mut sink = match io {
             Transport::Tcp(stream) | Transport::Fresh(stream) => Sink::Tcp(stream),
-            Transport::Tls(t) => Sink::Tls(t),
+            Transport::Tls(t) => Sink::Tls(t, &mut self.tls_scratch.write),
             Transport::Quic(id) => match self.quic.as_deref_mut() {
                 Some(q) => Sink::Quic(&mut q.host, *id),
                 None => return,
@@ -427,7 +430,7 @@ impl<U: Upstream> IoThread<U> {
                     Transport::Tcp(stream) | Transport::Fresh(stream) => {
                         let _ = stream.shutdown(Shutdown::Write);
                     }
-                    Transport::Tls(t) => t.shutdown_write(),
+                    Transport::Tls(t) => t.shutdown_write(&mut self.tls_scratch.write),
                     // Flushed (the client has it all) closes the connection; if finishing
                     // fails, the close timer does.
                     Transport::Quic(id) => {

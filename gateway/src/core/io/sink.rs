@@ -6,14 +6,15 @@ use std::io::{self, IoSlice, Write};
 
 use mio::net::TcpStream;
 
-use super::tls::TlsStream;
+use super::tls::{TlsStream, WriteScratch};
 use crate::quic::{QuicConnId, QuicHost};
 
 /// A connection's byte sink: its TCP socket, its TLS stream, or its QUIC stream (a write the
 /// stream does not take at all is `WouldBlock`; [`crate::quic::HostEvent::Writable`] follows).
 pub(super) enum Sink<'a> {
     Tcp(&'a mut TcpStream),
-    Tls(&'a mut TlsStream),
+    /// A TLS stream and the thread's buffers it encrypts into.
+    Tls(&'a mut TlsStream, &'a mut WriteScratch),
     Quic(&'a mut QuicHost, QuicConnId),
 }
 
@@ -21,7 +22,7 @@ impl Write for Sink<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Sink::Tcp(s) => s.write(buf),
-            Sink::Tls(s) => s.write(buf),
+            Sink::Tls(s, w) => s.write_tls(&[IoSlice::new(buf)], w),
             Sink::Quic(host, id) => match host.write(*id, buf) {
                 Ok(0) if !buf.is_empty() => Err(io::ErrorKind::WouldBlock.into()),
                 Ok(n) => Ok(n),
@@ -33,7 +34,7 @@ impl Write for Sink<'_> {
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         let (host, id) = match self {
             Sink::Tcp(s) => return s.write_vectored(bufs),
-            Sink::Tls(s) => return s.write_vectored(bufs),
+            Sink::Tls(s, w) => return s.write_tls(bufs, w),
             Sink::Quic(host, id) => (host, *id),
         };
         // The stream copies into its send buffer: take slices until one is cut short.

@@ -1,26 +1,34 @@
 //! TLS on TCP for an I/O thread, on the same port as plain TCP: a new connection's first byte
 //! decides (a TLS record starts with 0x16, the handshake content type; a Tern frame's 4-byte
 //! length prefix never does, since it would announce more than 16 MiB). A TLS connection is a
-//! [`TlsStream`]: its socket and a rustls [`ServerConnection`] driven without I/O of its own.
-//! Records read from the socket are decrypted into the thread's scratch buffer and handed to
-//! the connection's [`crate::conn::Connection`] like plain TCP input; what the connection writes
-//! is encrypted and written at once. When the socket does not take a write, its records wait in
-//! rustls (one write's worth at most: the next write is `WouldBlock` until the socket is
-//! writable), so the connection's own outbound queue and caps work as on plain TCP.
+//! [`TlsStream`] (submodule `stream`): its socket and a rustls
+//! [`UnbufferedServerConnection`], which buffers nothing of its own. Records are read into the
+//! thread's scratch buffer (after the few bytes of an incomplete record the connection kept
+//! from its last read) and processed there; their plaintext, collected in the thread's
+//! [`TlsScratch`], goes to the connection's [`crate::conn::Connection`] like plain TCP input.
+//! What the connection writes is encrypted into the thread's scratch and written at once; what
+//! the socket does not take waits with the connection (one write's worth at most: the next
+//! write is `WouldBlock` until it is out), so the connection's own outbound queue and caps
+//! work as on plain TCP. An idle TLS connection so holds no buffer at all.
 
-use std::io::{self, IoSlice, Read, Write};
-use std::net::Shutdown;
+use std::io;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
-use mio::net::TcpStream;
-use rustls::ServerConnection;
+use rustls::server::UnbufferedServerConnection;
 use tern_proto::v1::ErrorCode;
 
 use super::sink::Sink;
 use super::{Env, IoThread, Key, READS_PER_TURN, Transport};
+use stream::MAX_RECORD;
+pub(super) use stream::{TlsScratch, TlsStream, WriteScratch};
+
 use crate::upstream::Upstream;
+
+mod stream;
+#[cfg(test)]
+mod tests;
 
 /// The first byte of a TLS record carrying a handshake message (a ClientHello).
 const TLS_HANDSHAKE: u8 = 0x16;
@@ -39,78 +47,6 @@ pub struct TlsListen {
 impl std::fmt::Debug for TlsListen {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TlsListen").field("plaintext", &self.plaintext).finish_non_exhaustive()
-    }
-}
-
-/// A TLS connection's socket and TLS state.
-#[derive(Debug)]
-pub(super) struct TlsStream {
-    sock: TcpStream,
-    tls: ServerConnection,
-    /// The connection half-closed: close_notify is queued, the socket's write side shuts once
-    /// every record is out.
-    shut: bool,
-}
-
-impl TlsStream {
-    pub(super) fn sock(&mut self) -> &mut TcpStream {
-        &mut self.sock
-    }
-
-    /// Writes the records rustls holds to the socket: `Ok(true)` when none is left.
-    fn send_records(&mut self) -> io::Result<bool> {
-        while self.tls.wants_write() {
-            match self.tls.write_tls(&mut self.sock) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        if self.shut {
-            let _ = self.sock.shutdown(Shutdown::Write);
-        }
-        Ok(true)
-    }
-
-    /// The connection's half-close: close_notify, then the socket's FIN once all is out.
-    pub(super) fn shutdown_write(&mut self) {
-        if !self.shut {
-            self.tls.send_close_notify();
-            self.shut = true;
-        }
-        let _ = self.send_records();
-    }
-
-    /// Before encrypting more: the socket must have taken what is already encrypted.
-    fn ready(&mut self) -> io::Result<()> {
-        match self.send_records() {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(io::ErrorKind::WouldBlock.into()),
-            Err(e) => Err(e),
-        }
-    }
-}
-
-impl Write for TlsStream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.ready()?;
-        let n = self.tls.writer().write(buf)?;
-        self.send_records()?;
-        Ok(n)
-    }
-
-    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        self.ready()?;
-        // One record holds frames of several slices.
-        let n = self.tls.writer().write_vectored(bufs)?;
-        self.send_records()?;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.send_records().map(|_| ())
     }
 }
 
@@ -138,8 +74,8 @@ impl<U: Upstream> IoThread<U> {
         let mut failed = false;
         c.io = match c.io {
             Transport::Fresh(sock) if !is_tls => Transport::Tcp(sock),
-            Transport::Fresh(sock) => match ServerConnection::new(tls.config.clone()) {
-                Ok(conn) => Transport::Tls(Box::new(TlsStream { sock, tls: conn, shut: false })),
+            Transport::Fresh(sock) => match UnbufferedServerConnection::new(tls.config.clone()) {
+                Ok(conn) => Transport::Tls(Box::new(TlsStream::new(sock, conn))),
                 Err(e) => {
                     tracing::warn!(error = %e, "starting a TLS connection failed");
                     failed = true;
@@ -160,15 +96,14 @@ impl<U: Upstream> IoThread<U> {
             return plaintext;
         }
         self.gw.metrics.tls_connections_open.fetch_add(1, Relaxed);
-        // The scratch buffer takes the plaintext: the records read so far move out of it.
-        let first = self.scratch[..n].to_vec();
-        let mut rest = &first[..];
-        while !rest.is_empty() {
-            match self.read_records(i, Some(&mut rest)) {
-                Read1::Records => {}
-                Read1::Failed => return false,
-                Read1::WouldBlock | Read1::Eof => break,
+        // The bytes read so far are the first records, in the scratch buffer.
+        match self.read_records(i, Some(n)) {
+            Read1::Failed => return false,
+            Read1::Eof => {
+                self.on_tls_eof(i);
+                return false;
             }
+            Read1::Records | Read1::WouldBlock => {}
         }
         // The socket may hold more (no new edge will say so).
         self.on_tls_readable(i);
@@ -185,98 +120,108 @@ impl<U: Upstream> IoThread<U> {
                 return;
             }
             match self.read_records(i, None) {
-                // rustls reads into what room its record buffer has left, which may be less
-                // than a piece: a short read says nothing, read on to WouldBlock.
+                // A short read may have drained the socket or not (a record cut short waits
+                // for its end): read on to WouldBlock.
                 Read1::Records => {}
-                Read1::WouldBlock => return,
-                Read1::Eof => {
-                    if let Some(c) = self.slots.get_mut(i as usize).and_then(|s| s.conn.as_mut()) {
-                        c.conn.on_eof();
-                    }
-                    return self.after(i);
-                }
-                Read1::Failed => return,
+                Read1::WouldBlock | Read1::Failed => return,
+                Read1::Eof => return self.on_tls_eof(i),
             }
         }
         let key = self.key(i);
         self.again.push(key);
     }
 
-    /// One `read_tls` into connection `i`'s TLS state, from `bytes` (already read) or else
-    /// from its socket, then its plaintext to the connection and its handshake answers to the
-    /// socket.
-    fn read_records(&mut self, i: u32, bytes: Option<&mut &[u8]>) -> Read1 {
+    fn on_tls_eof(&mut self, i: u32) {
+        if let Some(c) = self.slots.get_mut(i as usize).and_then(|s| s.conn.as_mut()) {
+            c.conn.on_eof();
+        }
+        self.after(i);
+    }
+
+    /// One read of connection `i`: its records are the bytes it kept, then the first `first`
+    /// bytes of the scratch buffer (already read) or else what its socket has. Their plaintext
+    /// goes to the connection, their handshake answers to the socket, the bytes of a record
+    /// still incomplete stay with the connection.
+    fn read_records(&mut self, i: u32, first: Option<usize>) -> Read1 {
         let Some(slot) = self.slots.get_mut(i as usize) else { return Read1::Failed };
         let generation = slot.generation;
         let Some(c) = slot.conn.as_mut() else { return Read1::Failed };
         let Transport::Tls(t) = &mut c.io else { return Read1::Failed };
-        let read = match bytes {
-            Some(b) => t.tls.read_tls(b),
-            None => t.tls.read_tls(&mut t.sock),
+        let used = match first {
+            Some(n) => n,
+            None => {
+                // The kept bytes first, then a record's room at least.
+                let kept = t.partial().len();
+                if self.scratch.len() < kept + MAX_RECORD {
+                    self.scratch.resize(kept + MAX_RECORD, 0);
+                }
+                self.scratch[..kept].copy_from_slice(t.partial());
+                match t.read_sock(&mut self.scratch[kept..]) {
+                    Ok(0) => return Read1::Eof,
+                    // After close_notify, what comes is ignored.
+                    Ok(_) if t.peer_closed() => return Read1::Records,
+                    Ok(m) => {
+                        t.release_partial();
+                        kept + m
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Read1::WouldBlock,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => return Read1::Records,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "TLS read failed");
+                        self.drop_conn(i);
+                        return Read1::Failed;
+                    }
+                }
+            }
         };
-        match read {
-            Ok(0) => return Read1::Eof,
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Read1::WouldBlock,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Read1::Records,
+        let TlsScratch { plain, write } = &mut self.tls_scratch;
+        plain.clear();
+        let handshaking = t.is_handshaking();
+        let processed = t.process(&mut self.scratch[..used], plain, &mut write.out);
+        // Handshake answers, a session ticket or an alert: before any app data.
+        let sent = t.transmit(&mut write.out);
+        let processed = match processed {
+            Ok(p) => p,
             Err(e) => {
-                tracing::debug!(error = %e, "TLS read failed");
+                if handshaking {
+                    self.gw.metrics.tls_handshake_failures.fetch_add(1, Relaxed);
+                }
+                tracing::debug!(error = %e, "TLS connection failed");
                 self.drop_conn(i);
                 return Read1::Failed;
             }
         };
-        let handshaking = t.tls.is_handshaking();
-        if let Err(e) = t.tls.process_new_packets() {
-            if handshaking {
-                self.gw.metrics.tls_handshake_failures.fetch_add(1, Relaxed);
-            }
-            tracing::debug!(error = %e, "TLS connection failed");
-            // The alert rustls queued goes out if the socket takes it.
-            let _ = t.send_records();
+        if sent.is_err() {
             self.drop_conn(i);
             return Read1::Failed;
         }
         let env =
             Env::new(&self.gw, &self.mailbox, &self.rt, Key { slot: i, generation }, c.source);
         let now = Instant::now();
-        let mut eof = false;
-        loop {
-            match t.tls.reader().read(&mut self.scratch) {
-                Ok(0) => {
-                    // close_notify: the client is done.
-                    eof = true;
-                    break;
-                }
-                Ok(m) => {
-                    let mut sink = Sink::Tls(t);
-                    c.conn.on_input(now, &self.scratch[..m], &self.decoder, &mut sink, &env);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(_) => {
-                    eof = true;
-                    break;
-                }
-            }
+        let opened = handshaking && !t.is_handshaking();
+        let mut sink = Sink::Tls(t, write);
+        if !plain.is_empty() {
+            c.conn.on_input(now, plain, &self.decoder, &mut sink, &env);
         }
-        if t.send_records().is_err() {
-            self.drop_conn(i);
-            return Read1::Failed;
+        // Frames written during the handshake waited (WouldBlock): they can go now.
+        if opened && c.conn.wants_write() {
+            c.conn.on_writable(now, &mut sink, &env);
         }
-        if eof {
+        if processed.peer_closed {
             return Read1::Eof;
         }
         self.after(i);
         Read1::Records
     }
 
-    /// The socket of TLS connection `i` can take records again: first those rustls holds,
+    /// The socket of TLS connection `i` can take records again: first those waiting unsent,
     /// then the connection's queue.
     pub(super) fn on_tls_writable(&mut self, i: u32) -> bool {
         let Some(c) = self.slots.get_mut(i as usize).and_then(|s| s.conn.as_mut()) else {
             return false;
         };
         let Transport::Tls(t) = &mut c.io else { return true };
-        match t.send_records() {
+        match t.send_unsent() {
             Ok(true) => true,
             Ok(false) => false,
             Err(_) => {
