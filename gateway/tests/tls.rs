@@ -114,17 +114,18 @@ impl Client {
     /// Connects and shakes hands; `small_window`: a small receive buffer, so that what the
     /// client does not read soon backs up at the gateway.
     fn connect(srv: &Server, chunk: usize, small_window: bool) -> Self {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(srv.cert.clone()).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        cfg.alpn_protocols = vec![tern_gateway::quic::ALPN.to_vec()];
+        Self::connect_with(srv, client_config(srv), chunk, small_window)
+    }
+
+    /// [`Client::connect`] with `cfg` (its session cache: a later connection resumes).
+    fn connect_with(
+        srv: &Server,
+        cfg: Arc<rustls::ClientConfig>,
+        chunk: usize,
+        small_window: bool,
+    ) -> Self {
         let name = ServerName::try_from("localhost").unwrap();
-        let tls = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
+        let tls = rustls::ClientConnection::new(cfg, name).unwrap();
         let sock =
             socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
         if small_window {
@@ -190,6 +191,20 @@ impl Client {
     }
 }
 
+/// A TLS 1.3 client configuration trusting `srv`'s certificate, offering ALPN `tern/1`.
+fn client_config(srv: &Server) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(srv.cert.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![tern_gateway::quic::ALPN.to_vec()];
+    Arc::new(cfg)
+}
+
 fn delivered_body(env: &Envelope) -> &[u8] {
     match &env.body {
         Some(Body::Deliver(v1::Deliver { message: Some(m) })) => &m.body,
@@ -221,6 +236,28 @@ async fn records_arriving_one_byte_at_a_time_and_60_kib_frames_both_ways() {
     });
     assert!(got == body, "the echoed 60 KiB body differs");
     assert_eq!(srv.gw.metrics.tls_handshake_failures.load(Relaxed), 0);
+    srv.stop().await;
+}
+
+/// A client that reconnects with the ticket of its first connection resumes the session (the
+/// gateway's stateless tickets: no server-side cache), and the resumed connection serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_resumes_the_session_from_its_ticket() {
+    let srv = Server::start();
+    let srv_ref = &srv;
+    tokio::task::block_in_place(|| {
+        let cfg = client_config(srv_ref);
+        let mut first = Client::connect_with(srv_ref, cfg.clone(), usize::MAX, false);
+        assert_eq!(first.tls.handshake_kind(), Some(rustls::HandshakeKind::Full));
+        first.send(&srv_ref.login("again"));
+        // The ticket comes right after the handshake, before the answer to Login.
+        assert!(matches!(first.expect("LoginOk").body, Some(Body::LoginOk(_))));
+        drop(first);
+        let mut again = Client::connect_with(srv_ref, cfg, usize::MAX, false);
+        assert_eq!(again.tls.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
+        again.send(&srv_ref.login("again"));
+        assert!(matches!(again.expect("LoginOk").body, Some(Body::LoginOk(_))));
+    });
     srv.stop().await;
 }
 

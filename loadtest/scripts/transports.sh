@@ -30,7 +30,8 @@ OUT=${OUT:-target/transports}
 
 target=${CARGO_TARGET_DIR:-target}
 if [ -z "${TERN_BIN:-}" ] || [ -z "${EXAMPLE_BIN:-}" ]; then
-  cargo build --release -p tern -p tern-loadtest --example reconnect_time
+  # Two builds: with --example, cargo would build only the example, not the tern binary.
+  cargo build --release -p tern && cargo build --release -p tern-loadtest --example reconnect_time
 fi
 TERN_BIN=${TERN_BIN:-$target/release/tern}
 EXAMPLE_BIN=${EXAMPLE_BIN:-$target/release/examples/reconnect_time}
