@@ -2,6 +2,8 @@
 //! every byte offset, thousands of connections on one I/O thread, the slow-reader cap with its
 //! memory gauge, batched pushes keeping their order, back-pressure from a slow upstream, and shutdown.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
@@ -9,10 +11,11 @@ use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use common::{frame, now_secs};
 use tern_gateway::metrics::GatewayMetrics;
 use tern_gateway::{BoxFuture, Gateway, GatewayConfig, Registry, RequestCtx, TokenKey, Upstream};
+use tern_proto::FrameDecoder;
 use tern_proto::v1::{self, Envelope, KickReason, envelope::Body};
-use tern_proto::{FrameDecoder, encode_to_bytes};
 use tokio::sync::{Semaphore, oneshot};
 
 /// Answers every request with a Pong carrying the request id, once the gate lets it through.
@@ -85,20 +88,9 @@ impl Server {
     }
 
     async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(Duration::from_secs(10), self.task.take().unwrap())
-            .await
-            .expect("shutdown within its grace")
-            .unwrap();
+        let (stop, task) = (self.stop.take().unwrap(), self.task.take().unwrap());
+        common::stop_serving(stop, task, Duration::from_secs(10)).await;
     }
-}
-
-fn now_secs() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
-}
-
-fn frame(request_id: u64, body: Body) -> Bytes {
-    encode_to_bytes(&Envelope { request_id, body: Some(body) }, usize::MAX).unwrap()
 }
 
 fn ping(request_id: u64) -> Bytes {

@@ -5,6 +5,8 @@
 //! upstream pausing a stream held back by QUIC flow control, and a reader too slow for its
 //! pushes. Every wait is for an event, bounded by a timeout.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
@@ -12,13 +14,14 @@ use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use common::{frame, now_secs};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tern_gateway::core::QuicListen;
 use tern_gateway::metrics::GatewayMetrics;
 use tern_gateway::quic::{QuicSettings, config};
 use tern_gateway::{BoxFuture, Gateway, GatewayConfig, Registry, RequestCtx, TokenKey, Upstream};
+use tern_proto::FrameDecoder;
 use tern_proto::v1::{self, Envelope, ErrorCode, KickReason, envelope::Body};
-use tern_proto::{FrameDecoder, encode_to_bytes};
 use tokio::sync::{Notify, Semaphore, oneshot};
 
 /// Longest wait for any one thing a test expects.
@@ -133,20 +136,9 @@ impl Server {
     }
 
     async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(WAIT, self.task.take().unwrap())
-            .await
-            .expect("shutdown within its grace")
-            .unwrap();
+        let (stop, task) = (self.stop.take().unwrap(), self.task.take().unwrap());
+        common::stop_serving(stop, task, WAIT).await;
     }
-}
-
-fn now_secs() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
-}
-
-fn frame(request_id: u64, body: Body) -> Bytes {
-    encode_to_bytes(&Envelope { request_id, body: Some(body) }, usize::MAX).unwrap()
 }
 
 fn login(token: String) -> Bytes {

@@ -6,6 +6,8 @@
 //! The exact cases (a record cut in two, a write the socket does not take) are unit tests of
 //! `core::io::tls`.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
@@ -13,12 +15,13 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use common::{frame, now_secs};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use tern_gateway::metrics::GatewayMetrics;
 use tern_gateway::tls::TlsListen;
 use tern_gateway::{BoxFuture, Gateway, GatewayConfig, Registry, RequestCtx, TokenKey, Upstream};
+use tern_proto::FrameDecoder;
 use tern_proto::v1::{self, Envelope, envelope::Body};
-use tern_proto::{FrameDecoder, encode_to_bytes};
 use tokio::sync::oneshot;
 
 /// Answers a Send with a Deliver of its body, anything else with a Pong.
@@ -76,20 +79,9 @@ impl Server {
     }
 
     async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(Duration::from_secs(10), self.task.take().unwrap())
-            .await
-            .expect("shutdown within its grace")
-            .unwrap();
+        let (stop, task) = (self.stop.take().unwrap(), self.task.take().unwrap());
+        common::stop_serving(stop, task, Duration::from_secs(10)).await;
     }
-}
-
-fn now_secs() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
-}
-
-fn frame(request_id: u64, body: Body) -> Bytes {
-    encode_to_bytes(&Envelope { request_id, body: Some(body) }, usize::MAX).unwrap()
 }
 
 fn send(request_id: u64, body: Vec<u8>) -> Bytes {
