@@ -189,6 +189,12 @@ page_kib=$(( $(getconf PAGESIZE) / 1024 ))
   echo "gateway user-space RSS: before $((rss_before / 1024)) MiB, after $((rss_after / 1024)) MiB," \
        "per connection $(( (rss_after - rss_before) * 1024 / (held > 0 ? held : 1) )) B;" \
        "after the probe $((rss_end / 1024)) MiB, $(( (rss_end - rss_before) * 1024 / (held_end > 0 ? held_end : 1) )) B per connection"
+  retries=0; refused=0
+  for h in "${GW_HTTP[@]}"; do
+    r=$(metric "$h" tern_gateway_quic_retries_total); retries=$(( retries + ${r:-0} ))
+    r=$(metric "$h" tern_gateway_quic_handshakes_refused_total); refused=$(( refused + ${r:-0} ))
+  done
+  echo "QUIC handshakes: $retries sent through a Retry, $refused refused (gateway metrics)"
   echo "kernel TCP memory (sockstat, both ends): +$(( (sock_after - sock_before) * page_kib / 1024 )) MiB;" \
        "slab +$(( (slab_after - slab_before) / 1024 )) MiB"
   tck=$(getconf CLK_TCK)

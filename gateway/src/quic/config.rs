@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use quinn_proto::crypto::rustls::QuicServerConfig;
 use quinn_proto::{
     ConnectionId, ConnectionIdGenerator, EndpointConfig, IdleTimeout, InvalidCid, ServerConfig,
     TransportConfig, VarInt,
@@ -13,6 +12,8 @@ use quinn_proto::{
 use ring::hmac;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use thiserror::Error;
+
+use super::crypto::ServerCrypto;
 
 /// The ALPN protocol id of Tern over QUIC (and over TLS on TCP).
 pub const ALPN: &[u8] = b"tern/1";
@@ -82,6 +83,9 @@ pub enum QuicConfigError {
     /// The TLS configuration offers no cipher suite QUIC can start with.
     #[error("TLS configuration for QUIC: {0}")]
     Suite(#[from] quinn_proto::crypto::rustls::NoInitialCipherSuite),
+    /// The TLS configuration lacks TLS_AES_128_GCM_SHA256, which QUIC's Initial packets use.
+    #[error("TLS configuration for QUIC: no TLS_AES_128_GCM_SHA256 for Initial packets")]
+    NoInitialSuite,
     /// A setting is outside what QUIC can encode.
     #[error("QUIC setting {0} is out of range")]
     Range(&'static str),
@@ -132,7 +136,7 @@ pub fn server(
     tls: rustls::ServerConfig,
     s: &QuicSettings,
 ) -> Result<Arc<ServerConfig>, QuicConfigError> {
-    let crypto = Arc::new(QuicServerConfig::try_from(tls)?);
+    let crypto = Arc::new(ServerCrypto::new(Arc::new(tls))?);
     let mut server = ServerConfig::with_crypto(crypto);
     server.transport_config(Arc::new(transport(s)?)).migration(true);
     Ok(Arc::new(server))

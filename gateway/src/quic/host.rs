@@ -407,6 +407,15 @@ impl QuicHost {
         }
     }
 
+    /// Starts a key update on the connection (for tests: updates are otherwise rare).
+    #[cfg(test)]
+    pub(crate) fn force_key_update(&mut self, id: QuicConnId) {
+        if let Ok(e) = self.entry(id) {
+            e.conn.force_key_update();
+            self.mark(id.index as usize);
+        }
+    }
+
     /// The client's current address.
     pub fn remote(&mut self, id: QuicConnId) -> Option<SocketAddr> {
         self.entry(id).ok().map(|e| e.conn.remote_address())

@@ -4,6 +4,8 @@
 //! - [`config`]: lean per-connection settings, the TLS side (ALPN `tern/1`, TLS 1.3, 0-RTT),
 //!   and connection IDs that name the endpoint that issued them, so that a migrating client's
 //!   packets can be handed to the endpoint holding its connection ([`config::endpoint_of`]).
+//! - [`crypto`]: the TLS side of a connection, which forgets rustls once the handshake is over
+//!   and derives key updates only when they happen (most of an idle connection's savings).
 //! - [`host`]: [`QuicHost`], one endpoint and its connections, sans-IO: datagrams and time in,
 //!   datagrams and stream events out.
 //!
@@ -13,6 +15,7 @@
 //! same way TCP connections are: that is what keeps an idle QUIC connection small.
 
 pub mod config;
+pub mod crypto;
 pub mod host;
 #[cfg(test)]
 mod tests;

@@ -251,6 +251,41 @@ fn a_client_opens_its_stream_and_bytes_flow_both_ways() {
 }
 
 #[test]
+fn key_updates_by_either_side_keep_the_stream_flowing() {
+    // The server derives each next key phase only when a packet needs it (quic::crypto).
+    let mut w = World::new(QuicSettings::default(), 10);
+    let c = w.connect(addr(5000));
+    w.send(c, b"phase 0;");
+    w.run_for(Duration::from_millis(10));
+    let id = w.opened()[0].0;
+    let mut expected_up = b"phase 0;".to_vec();
+    let mut expected_down = Vec::new();
+    for round in 1..=4u8 {
+        // Odd rounds the client updates, even rounds the server: each side sees the other's
+        // new phase and answers in it; an update waits until the previous one was acknowledged.
+        if round % 2 == 1 {
+            w.clients[c].conn.force_key_update();
+        } else {
+            w.host.force_key_update(id);
+        }
+        let up = format!("up {round};");
+        w.send(c, up.as_bytes());
+        let down = format!("down {round};");
+        assert_eq!(w.host.write(id, down.as_bytes()).unwrap(), down.len());
+        // Long enough (virtual time) for the old keys to be discarded (3 PTO), so that the
+        // next round's update is not refused as concurrent.
+        w.run_for(Duration::from_secs(2));
+        expected_up.extend_from_slice(up.as_bytes());
+        expected_down.extend_from_slice(down.as_bytes());
+        assert_eq!(w.data(id).0, expected_up, "round {round}");
+        assert_eq!(w.clients[c].received, expected_down, "round {round}");
+    }
+    let stats = w.clients[c].conn.stats();
+    assert_eq!(stats.frame_rx.connection_close, 0, "no side closed the connection");
+    assert_eq!(w.host.connections(), 1);
+}
+
+#[test]
 fn a_migrating_client_keeps_its_connection_and_its_stream() {
     let mut w = World::new(QuicSettings::default(), 10);
     let c = w.connect(addr(5000));
