@@ -128,17 +128,7 @@ impl ServerSession {
 
 impl crypto::Session for ServerSession {
     fn initial_keys(&self, dst_cid: &ConnectionId, side: Side) -> Keys {
-        let keys = self.initial.keys(dst_cid, side.into(), self.version);
-        Keys {
-            header: KeyPair {
-                local: Box::new(keys.local.header),
-                remote: Box::new(keys.remote.header),
-            },
-            packet: KeyPair {
-                local: Box::new(keys.local.packet),
-                remote: Box::new(keys.remote.packet),
-            },
-        }
+        boxed(self.initial.keys(dst_cid, side.into(), self.version))
     }
 
     fn handshake_data(&self) -> Option<Box<dyn Any>> {
@@ -231,16 +221,7 @@ impl crypto::Session for ServerSession {
                 return None;
             }
         };
-        Some(Keys {
-            header: KeyPair {
-                local: Box::new(keys.local.header),
-                remote: Box::new(keys.remote.header),
-            },
-            packet: KeyPair {
-                local: Box::new(keys.local.packet),
-                remote: Box::new(keys.remote.packet),
-            },
-        })
+        Some(boxed(keys))
     }
 
     fn next_1rtt_keys(&mut self) -> Option<KeyPair<Box<dyn PacketKey>>> {
@@ -373,6 +354,20 @@ impl PacketKey for LazyKey {
 
     fn integrity_limit(&self) -> u64 {
         self.pair.limits.integrity
+    }
+}
+
+/// rustls's keys of one packet space as quinn's boxed key pairs.
+fn boxed(keys: rustls::quic::Keys) -> Keys {
+    Keys {
+        header: KeyPair {
+            local: Box::new(keys.local.header),
+            remote: Box::new(keys.remote.header),
+        },
+        packet: KeyPair {
+            local: Box::new(keys.local.packet),
+            remote: Box::new(keys.remote.packet),
+        },
     }
 }
 

@@ -6,28 +6,15 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use quinn_proto::crypto::Session as _;
 use quinn_proto::crypto::rustls::HandshakeData;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::quic::{ClientConnection, KeyChange, PacketKey, Secrets, Version};
 
 use super::*;
 use crate::quic::config::{self, ALPN, QuicSettings};
-
-fn cert() -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
-    let c = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let key = PrivatePkcs8KeyDer::from(c.signing_key.serialize_der());
-    (c.cert.der().clone(), PrivateKeyDer::Pkcs8(key))
-}
+use crate::quic::tests::{cert, client_tls};
 
 fn client(cert: &CertificateDer<'static>) -> ClientConnection {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.clone()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let tls = client_tls(cert);
     let name = ServerName::try_from("localhost").unwrap();
     // The transport parameters are opaque to TLS; quinn's parsing of them is quinn's business.
     ClientConnection::new(Arc::new(tls), Version::V1, name, b"client params".to_vec()).unwrap()

@@ -22,13 +22,15 @@ fn server_addr() -> SocketAddr {
     "127.0.0.1:7400".parse().unwrap()
 }
 
-fn cert() -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
+/// A fresh self-signed certificate for `localhost` and its key.
+pub(super) fn cert() -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
     let c = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     let key = PrivatePkcs8KeyDer::from(c.signing_key.serialize_der());
     (c.cert.der().clone(), PrivateKeyDer::Pkcs8(key))
 }
 
-fn client_config(cert: &CertificateDer<'static>) -> ClientConfig {
+/// A TLS 1.3 client config that trusts `cert` and offers ALPN `tern/1`.
+pub(super) fn client_tls(cert: &CertificateDer<'static>) -> rustls::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert.clone()).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -38,6 +40,11 @@ fn client_config(cert: &CertificateDer<'static>) -> ClientConfig {
         .with_root_certificates(roots)
         .with_no_client_auth();
     tls.alpn_protocols = vec![config::ALPN.to_vec()];
+    tls
+}
+
+fn client_config(cert: &CertificateDer<'static>) -> ClientConfig {
+    let mut tls = client_tls(cert);
     tls.enable_early_data = true;
     ClientConfig::new(Arc::new(QuicClientConfig::try_from(Arc::new(tls)).unwrap()))
 }
