@@ -1,14 +1,14 @@
 //! The distributed mode end to end, as real child processes (`tern_testkit::cluster`): two
 //! `tern gateway`s and two `tern dispatch` workers over a presence Redis and a store Redis.
 //! Users on different gateways chat through the workers: every send is acknowledged with its
-//! seq, and the message crosses from one gateway to the other.
+//! seq, and the message crosses from one gateway to the other (over TCP, TLS and QUIC).
 
 use crate::common;
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{WAIT, connect, next_message, now_secs, text};
+use common::{Transport, WAIT, connect_with, next_message, now_secs, text};
 use tern_gateway::TokenKey;
 use tern_proto::v1;
 use tern_sdk::{Client, SdkError, Target, new_client_msg_id};
@@ -25,6 +25,23 @@ fn start(options: ClusterOptions) -> (Cluster, TokenKey) {
 
 fn mint(key: &TokenKey, user: &str, device: &str) -> String {
     key.mint_for(user, device, now_secs(), 3600)
+}
+
+/// An SDK client of gateway `i` over `t`: QUIC at the UDP address the gateway announced,
+/// trusting the certificate it generated in its data directory.
+async fn connect(
+    cluster: &Cluster,
+    i: usize,
+    token: &str,
+    t: Transport,
+) -> (Client, tokio::sync::mpsc::Receiver<tern_sdk::Event>) {
+    let addr = match t {
+        Transport::Quic => cluster.gateway(i).addr("quic").expect("the gateway serves QUIC"),
+        Transport::Tcp | Transport::Tls => cluster.gateway_addr(i),
+    };
+    let mut cfg = tern_sdk::ClientConfig::new(t.sdk_addr(addr), token);
+    cfg.trust = t.trust(&cluster.dir().join(format!("G{i}")));
+    connect_with(cfg).await
 }
 
 /// Sends with one client_msg_id, again while the answer is a retryable error (a gateway may
@@ -57,8 +74,7 @@ fn accepted(cluster: &Cluster, i: usize) -> u64 {
     metrics.get("tern_dispatch_accepted_total").unwrap_or(0.0) as u64
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn users_on_different_gateways_chat_through_two_workers() {
+async fn users_on_different_gateways_chat_through_two_workers(t: Transport) {
     let (cluster, key) = start(ClusterOptions { gateways: 2, workers: 2, ..Default::default() });
     let mut pairs = 0;
     // A user's requests go to the worker its id hashes to (over the workers' addresses, which
@@ -68,10 +84,8 @@ async fn users_on_different_gateways_chat_through_two_workers() {
     while pairs < 4 || (accepted(&cluster, 0) == 0 || accepted(&cluster, 1) == 0) {
         assert!(pairs < 32, "one worker never used\n{}", cluster.logs());
         let (a, b) = (format!("alice{pairs}"), format!("bob{pairs}"));
-        let (alice, mut alice_events) =
-            connect(cluster.gateway_addr(0), &mint(&key, &a, "phone")).await;
-        let (bob, mut bob_events) =
-            connect(cluster.gateway_addr(1), &mint(&key, &b, "phone")).await;
+        let (alice, mut alice_events) = connect(&cluster, 0, &mint(&key, &a, "phone"), t).await;
+        let (bob, mut bob_events) = connect(&cluster, 1, &mint(&key, &b, "phone"), t).await;
 
         // Alice (gateway 0) to Bob (gateway 1): acknowledged with the first seq of the
         // conversation, and pushed across to Bob's gateway.
@@ -115,10 +129,8 @@ async fn receipts_recall_and_membership_across_gateways_with_discovery() {
         discovery: tern_testkit::cluster::Discovery::Presence,
         ..Default::default()
     });
-    let g0 = cluster.gateway_addr(0);
-    let g1 = cluster.gateway_addr(1);
-    let (alice, mut ae) = connect(g0, &mint(&key, "alice", "phone")).await;
-    let (bob, mut be) = connect(g1, &mint(&key, "bob", "phone")).await;
+    let (alice, mut ae) = connect(&cluster, 0, &mint(&key, "alice", "phone"), Transport::Tcp).await;
+    let (bob, mut be) = connect(&cluster, 1, &mint(&key, "bob", "phone"), Transport::Tcp).await;
 
     let sent = send(&alice, "bob", text("to recall"), &cluster).await;
     assert_eq!(next_message(&mut be).await.seq, sent.seq);
@@ -146,7 +158,7 @@ async fn receipts_recall_and_membership_across_gateways_with_discovery() {
         (MessageKind::Recall as i32, sent.seq, recall.seq)
     );
     // Only members.
-    let (carol, _ce) = connect(g1, &mint(&key, "carol", "phone")).await;
+    let (carol, _ce) = connect(&cluster, 1, &mint(&key, "carol", "phone"), Transport::Tcp).await;
     match carol.sync_page(&sent.conversation_id, 1, 10).await {
         Err(SdkError::Server { code, .. }) => assert_eq!(code, ErrorCode::NotAMember),
         other => panic!("expected NOT_A_MEMBER, got {other:?}"),
@@ -162,7 +174,9 @@ async fn receipts_recall_and_membership_across_gateways_with_discovery() {
     let deadline = tokio::time::Instant::now() + WAIT;
     let mut i = 0;
     while tokio::time::Instant::now() < deadline {
-        let (u, _ue) = connect(g0, &mint(&key, &format!("late{}", i % 32), "phone")).await;
+        let (u, _ue) =
+            connect(&cluster, 0, &mint(&key, &format!("late{}", i % 32), "phone"), Transport::Tcp)
+                .await;
         send(&u, "bob", text("after"), &cluster).await;
         if accepted(&cluster, 0) > 0 {
             used_again = true;
@@ -177,16 +191,15 @@ async fn receipts_recall_and_membership_across_gateways_with_discovery() {
 
 /// A device that logs in again through another gateway kicks its older connection there
 /// (DUPLICATE_LOGIN), as it does within one gateway; the new connection works.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn duplicate_login_on_another_gateway_kicks_the_older_connection() {
+async fn duplicate_login_on_another_gateway_kicks_the_older_connection(t: Transport) {
     use tern_proto::v1::KickReason;
     use tern_sdk::Event;
     let (cluster, key) = start(ClusterOptions::default());
     let token = mint(&key, "dana", "phone");
-    let (first, mut fe) = connect(cluster.gateway_addr(0), &token).await;
+    let (first, mut fe) = connect(&cluster, 0, &token, t).await;
     // Gateways link to workers right after start; let the first login's traffic through.
     send(&first, "erin", text("hello"), &cluster).await;
-    let (second, _se) = connect(cluster.gateway_addr(1), &token).await;
+    let (second, _se) = connect(&cluster, 1, &token, t).await;
     let reason = tokio::time::timeout(WAIT, async {
         loop {
             match fe.recv().await {
@@ -203,7 +216,21 @@ async fn duplicate_login_on_another_gateway_kicks_the_older_connection() {
     assert_eq!(ack.seq, 2);
     let kicks = block_in_place(|| cluster.gateway_metrics(0)).unwrap();
     assert_eq!(kicks.get("tern_gateway_duplicate_login_kicks_total"), Some(1.0));
+    // The new connection is open on gateway 1 over the transport asked for.
+    let open = block_in_place(|| cluster.gateway_metrics(1)).unwrap();
+    let (quic, tls) = match t {
+        Transport::Tcp => (0.0, 0.0),
+        Transport::Tls => (0.0, 1.0),
+        Transport::Quic => (1.0, 0.0),
+    };
+    assert_eq!(open.get("tern_gateway_quic_connections_open").unwrap_or(0.0), quic);
+    assert_eq!(open.get("tern_gateway_tls_connections_open").unwrap_or(0.0), tls);
 }
+
+crate::over_transports!(
+    users_on_different_gateways_chat_through_two_workers,
+    duplicate_login_on_another_gateway_kicks_the_older_connection,
+);
 
 /// Pushes routed in batches (one buffer per gateway per routing round): senders on both
 /// gateways send at once to one user with a device on each gateway; each device gets every
@@ -221,7 +248,8 @@ async fn batched_pushes_reach_every_device_on_every_gateway_once_in_order() {
     let mut senders = Vec::new();
     for s in 0..SENDERS {
         let user = format!("sender{s}");
-        let (client, _events) = connect(cluster.gateway_addr(s % 2), &mint(&key, &user, "d")).await;
+        let (client, _events) =
+            connect(&cluster, s % 2, &mint(&key, &user, "d"), Transport::Tcp).await;
         // The first send also waits until the gateway is linked to the workers.
         send(&client, "carol", text("0"), &cluster).await;
         senders.push((client, _events));

@@ -1,5 +1,6 @@
 //! A second login of the same (user, device) kicks the older connection with a Kick frame; the
-//! SDK reports it and does not fight back by reconnecting.
+//! SDK reports it (over every transport) and does not fight back by reconnecting; a login over
+//! one transport kicks the device's connection over another.
 
 use crate::common;
 
@@ -28,9 +29,8 @@ async fn duplicate_device_login_kicks_older_connection() {
     assert_eq!(srv.metric("tern_gateway_duplicate_login_kicks_total").await, 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sdk_reports_kick_and_stays_down() {
-    let srv = TestServer::start().await;
+async fn sdk_reports_kick_and_stays_down(t: Transport) {
+    let srv = TestServer::start_over(t, &[]).await;
     let (first, mut fe) = srv.client("alice", "phone").await;
     let (second, _se) = srv.client("alice", "phone").await;
     let reason = wait_event(&mut fe, |e| match e {
@@ -46,3 +46,34 @@ async fn sdk_reports_kick_and_stays_down() {
     assert_eq!(srv.metric("tern_gateway_duplicate_login_kicks_total").await, 1);
     drop(first);
 }
+
+/// The device's connections are one, whatever carries them: a TCP login kicks the device's
+/// QUIC connection and a QUIC login kicks its TCP one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_over_one_transport_kicks_the_device_on_another() {
+    let srv = TestServer::start_over(Transport::Quic, &[]).await;
+    let tcp = |srv: &TestServer| {
+        let mut cfg = srv.client_config("alice", "phone");
+        cfg.addr = Transport::Tcp.sdk_addr(srv.addr);
+        cfg.trust = tern_sdk::Trust::default();
+        cfg
+    };
+    let (quic, mut qe) = srv.client("alice", "phone").await;
+    let (over_tcp, mut te) = connect_with(tcp(&srv)).await;
+    let kicked = |e: &Event| match e {
+        Event::Kicked { reason } => Some(*reason),
+        _ => None,
+    };
+    assert_eq!(wait_event(&mut qe, kicked).await, KickReason::DuplicateLogin);
+    let ack = over_tcp.send(Target::Peer("bob".into()), "text/plain", text("tcp")).await.unwrap();
+    assert_eq!(ack.seq, 1);
+
+    let (again, _ae) = srv.client("alice", "phone").await;
+    assert_eq!(wait_event(&mut te, kicked).await, KickReason::DuplicateLogin);
+    let ack = again.send(Target::Peer("bob".into()), "text/plain", text("quic")).await.unwrap();
+    assert_eq!(ack.seq, 2);
+    assert_eq!(srv.metric("tern_gateway_duplicate_login_kicks_total").await, 2);
+    drop((quic, over_tcp));
+}
+
+crate::over_transports!(sdk_reports_kick_and_stays_down,);

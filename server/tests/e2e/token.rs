@@ -1,6 +1,6 @@
 //! Token lifecycle through the real server: a session ends with Kick TOKEN_EXPIRED when its
 //! token's exp passes, RefreshToken swaps the token without reconnecting (raw and through the
-//! SDK), the SDK's token provider replaces a dead token, EdDSA-only gateways, kid rotation,
+//! SDK, over every transport), the SDK's token provider replaces a dead token, EdDSA-only gateways, kid rotation,
 //! `tern token --ed25519-key`, and the oldest-wins duplicate-login policy.
 
 use std::sync::Arc;
@@ -16,6 +16,13 @@ use common::*;
 /// A token of the test key for `user`/`device` whose exp is `secs` from now.
 fn short(srv: &TestServer, user: &str, device: &str, secs: i64) -> String {
     srv.key.mint_for(user, device, now_secs(), secs)
+}
+
+/// An SDK config over the server's transport whose token expires `secs` from now.
+fn short_config(srv: &TestServer, user: &str, device: &str, secs: i64) -> ClientConfig {
+    let mut cfg = srv.client_config(user, device);
+    cfg.token = short(srv, user, device, secs);
+    cfg
 }
 
 fn kick_reason(frames: &[v1::Envelope]) -> Option<i32> {
@@ -78,10 +85,9 @@ async fn refresh_token_keeps_a_raw_session_past_the_old_expiry() {
     assert_eq!(srv.metric("tern_gateway_token_expiry_kicks_total").await, 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sdk_refresh_token_swaps_the_token_without_reconnecting() {
-    let srv = TestServer::start_with(&["auth.leeway_secs=0"]).await;
-    let (client, mut events) = connect(srv.addr, &short(&srv, "alice", "phone", 2)).await;
+async fn sdk_refresh_token_swaps_the_token_without_reconnecting(t: Transport) {
+    let srv = TestServer::start_over(t, &["auth.leeway_secs=0"]).await;
+    let (client, mut events) = connect_with(short_config(&srv, "alice", "phone", 2)).await;
     assert!(matches!(events.recv().await, Some(Event::Connected { .. })));
     let first_exp = client.token_expires_at_ms().unwrap();
     let err = client.refresh_token(short(&srv, "bob", "phone", 3600)).await.unwrap_err();
@@ -100,9 +106,8 @@ async fn sdk_refresh_token_swaps_the_token_without_reconnecting() {
     assert_eq!(srv.metric("tern_gateway_logins_total").await, 2, "alice/phone + the witness");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sdk_takes_a_fresh_token_from_its_provider_after_token_expired() {
-    let srv = TestServer::start_with(&["auth.leeway_secs=0"]).await;
+async fn sdk_takes_a_fresh_token_from_its_provider_after_token_expired(t: Transport) {
+    let srv = TestServer::start_over(t, &["auth.leeway_secs=0"]).await;
     let calls = Arc::new(AtomicUsize::new(0));
     let fresh = short(&srv, "alice", "phone", 3600);
     let provider = {
@@ -113,7 +118,7 @@ async fn sdk_takes_a_fresh_token_from_its_provider_after_token_expired() {
             async move { Ok(token) }
         })
     };
-    let mut cfg = ClientConfig::new(srv.addr.to_string(), short(&srv, "alice", "phone", 2));
+    let mut cfg = short_config(&srv, "alice", "phone", 2);
     cfg.token_provider = Some(provider);
     cfg.reconnect_min = std::time::Duration::from_millis(10);
     let (client, mut events) =
@@ -133,10 +138,9 @@ async fn sdk_takes_a_fresh_token_from_its_provider_after_token_expired() {
     assert_eq!(srv.metric("tern_gateway_login_failures_total").await, 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sdk_without_provider_stops_after_token_expired() {
-    let srv = TestServer::start_with(&["auth.leeway_secs=0"]).await;
-    let (client, mut events) = connect(srv.addr, &short(&srv, "alice", "phone", 2)).await;
+async fn sdk_without_provider_stops_after_token_expired(t: Transport) {
+    let srv = TestServer::start_over(t, &["auth.leeway_secs=0"]).await;
+    let (client, mut events) = connect_with(short_config(&srv, "alice", "phone", 2)).await;
     let kicked = wait_event(&mut events, |e| match e {
         Event::Kicked { reason } => Some(*reason),
         _ => None,
@@ -151,6 +155,12 @@ async fn sdk_without_provider_stops_after_token_expired() {
     assert_eq!(srv.metric("tern_gateway_logins_total").await, 1);
     assert_eq!(srv.metric("tern_gateway_login_failures_total").await, 0, "no retry, dead token");
 }
+
+crate::over_transports!(
+    sdk_refresh_token_swaps_the_token_without_reconnecting,
+    sdk_takes_a_fresh_token_from_its_provider_after_token_expired,
+    sdk_without_provider_stops_after_token_expired,
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oldest_wins_refuses_a_second_login_of_the_device() {
