@@ -15,4 +15,11 @@ pub enum StoreError {
     /// The backend is unreachable or shutting down; retry later.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// An [`append`](crate::Store::append) the store refused (a message to a group from a
+    /// non-member): [`commit`](crate::Store::commit) reports these per write.
+    #[error("refused: {0:?}")]
+    Refused(crate::Refusal),
+    /// This backend does not implement the operation (yet).
+    #[error("this store backend does not support {0}")]
+    Unsupported(&'static str),
 }

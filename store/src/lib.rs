@@ -4,6 +4,8 @@
 //!   [`ConversationEntry`]: the contract.
 //! - [`Write`], [`Committed`]: one group commit of appends and receipt watermarks
 //!   ([`Store::commit`]).
+//! - [`group`]: group conversations: [`GroupWrite`] (a change, committed with its event
+//!   message), [`GroupState`], [`Member`].
 //! - [`embedded`]: the single-node backend: a write-ahead log ([`wal`]) as the durability point
 //!   and a redb index applied from it (pure Rust).
 //! - The conformance suite every backend must pass lives beside this crate, in
@@ -13,6 +15,7 @@
 
 pub mod embedded;
 mod error;
+pub mod group;
 pub mod wal;
 
 use std::future::Future;
@@ -23,6 +26,7 @@ use tern_proto::v1;
 
 pub use embedded::{EmbeddedConfig, EmbeddedStore};
 pub use error::StoreError;
+pub use group::{GroupMeta, GroupState, GroupWrite, History, Member, MemberChange, Role};
 
 /// A boxed future, so that `Arc<dyn Store>` works for every backend.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -66,6 +70,11 @@ pub struct Appended {
     /// True when (sender, client_msg_id) was already stored: nothing new was written and the
     /// fields above describe the original.
     pub duplicate: bool,
+    /// For a message in a group conversation: the group's version (the seq of its latest
+    /// change) when the message was sequenced, so that a membership cache at that version or
+    /// later knows exactly who was a member at `seq`. For a group write, its own seq. 0 for a
+    /// direct conversation and for a duplicate (whose original's version is not kept).
+    pub group_version: u64,
 }
 
 /// A member's receipt watermarks in one conversation.
@@ -109,6 +118,25 @@ pub enum Write {
     /// Move a receipt watermark forward (as [`Store::set_watermark`], bounded by the
     /// conversation's last seq).
     Watermark(WatermarkWrite),
+    /// Change a group: its event message, record and member rows together, if the group is
+    /// still at the version the change was computed from.
+    Group(GroupWrite),
+}
+
+/// Why a write of a group commit was not applied (nothing of it was written).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// An append to a group from a user who is not a current member at that point of the
+    /// group's sequence.
+    NotAMember,
+    /// An append or change for a group that does not exist or was dissolved.
+    NoSuchGroup,
+    /// A group change computed from another version than the group's current one (or a
+    /// create of a group that exists).
+    VersionConflict {
+        /// The group's version now (0: no such group).
+        version: u64,
+    },
 }
 
 /// The outcome of one [`Write`], in batch order.
@@ -126,6 +154,8 @@ pub enum Committed {
         /// The conversation's last seq at that point of the batch.
         last_seq: u64,
     },
+    /// The append or group change was refused (see [`Refusal`]).
+    Refused(Refusal),
 }
 
 /// One entry of a user's conversation index.
@@ -247,6 +277,36 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> BoxFuture<'a, Result<Vec<ConversationEntry>, StoreError>>;
 
+    /// A group's record and version (`None`: no such group; a dissolved one is returned).
+    fn get_group<'a>(
+        &'a self,
+        conversation_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<GroupState>, StoreError>> {
+        let _ = conversation_id;
+        Box::pin(async { Err(StoreError::Unsupported("groups")) })
+    }
+
+    /// One user's row in a group, current or former (`None`: never a member).
+    fn group_member<'a>(
+        &'a self,
+        conversation_id: &'a str,
+        user_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Member>, StoreError>> {
+        let _ = (conversation_id, user_id);
+        Box::pin(async { Err(StoreError::Unsupported("groups")) })
+    }
+
+    /// A group's current members with user id > `after`, in user id order, at most `limit`.
+    fn group_members<'a>(
+        &'a self,
+        conversation_id: &'a str,
+        after: &'a str,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Vec<Member>, StoreError>> {
+        let _ = (conversation_id, after, limit);
+        Box::pin(async { Err(StoreError::Unsupported("groups")) })
+    }
+
     /// A cheap health probe for `/healthz`: a write round-trip where the backend can do one
     /// (a small probe record outside every conversation, written with the store's normal
     /// durability and read back), so `Ok` means the store takes writes right now. The three
@@ -293,6 +353,7 @@ async fn commit_in_steps<S: Store + ?Sized>(
                     out.extend(done.into_iter().map(Committed::Appended));
                 }
             }
+            Write::Group(_) => return Err(StoreError::Unsupported("groups")),
             Write::Watermark(w) => {
                 let last_seq = store.last_seq(&w.conversation_id).await?;
                 if w.seq > last_seq {

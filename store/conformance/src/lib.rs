@@ -35,8 +35,13 @@ use tern_proto::v1;
 use tern_store::{Appended, NewMessage, Store, WatermarkUpdate, Watermarks};
 
 mod commit;
+mod group;
 mod reuse;
 pub use commit::{commit_coalesces_watermarks, commit_mixes_appends_and_watermarks};
+pub use group::{
+    group_changes_compare_and_set, group_conversations_are_listed, group_create_reads_back,
+    group_rows_follow_joins_roles_and_dissolution, group_sends_need_current_membership,
+};
 pub use reuse::{
     one_client_msg_id_across_conversations_and_kinds, recall_resend_is_answered_by_dedupe,
 };
@@ -102,6 +107,30 @@ pub async fn run_all(store: &dyn Store) {
     health_probe_round_trips(store).await;
     commit_mixes_appends_and_watermarks(store).await;
     commit_coalesces_watermarks(store).await;
+}
+
+/// Generates one `#[tokio::test]` per group case (as [`conformance_tests!`]): the group cases
+/// are a list of their own while not every backend stores groups yet.
+#[macro_export]
+macro_rules! group_conformance_tests {
+    ($setup:path) => {
+        $crate::conformance_tests!(@cases $setup;
+            group_create_reads_back,
+            group_changes_compare_and_set,
+            group_sends_need_current_membership,
+            group_rows_follow_joins_roles_and_dissolution,
+            group_conversations_are_listed,
+        );
+    };
+}
+
+/// Runs every group case in turn on one store.
+pub async fn run_all_groups(store: &dyn Store) {
+    group_create_reads_back(store).await;
+    group_changes_compare_and_set(store).await;
+    group_sends_need_current_membership(store).await;
+    group_rows_follow_joins_roles_and_dissolution(store).await;
+    group_conversations_are_listed(store).await;
 }
 
 /// An id no other case, test process or earlier run uses.
@@ -216,7 +245,13 @@ pub async fn dedupe_across_calls(store: &dyn Store) {
     let original = append_one(store, m.clone()).await;
     assert_eq!(
         original,
-        Appended { conversation_id: conv.clone(), seq: 1, server_time_ms: 1_000, duplicate: false }
+        Appended {
+            conversation_id: conv.clone(),
+            seq: 1,
+            server_time_ms: 1_000,
+            duplicate: false,
+            group_version: 0,
+        }
     );
 
     // Resent later, with another body and time, even aimed at another conversation.

@@ -3,7 +3,10 @@
 use tempfile::TempDir;
 use tern_proto::v1;
 use tern_store::embedded::{EmbeddedConfig, EmbeddedStore};
-use tern_store::{NewMessage, Store, Watermarks};
+use tern_store::{
+    Committed, GroupMeta, GroupWrite, MemberChange, NewMessage, Refusal, Role, Store, Watermarks,
+    Write,
+};
 use tern_store_conformance::Fixture;
 
 /// A fresh store in its own temporary directory (removed on drop).
@@ -25,12 +28,14 @@ async fn setup() -> Setup {
 }
 
 tern_store_conformance::conformance_tests!(setup);
+tern_store_conformance::group_conformance_tests!(setup);
 
 /// The whole suite on one shared store, as a persistent backend would run it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_all_on_one_store() {
     let setup = setup().await;
     tern_store_conformance::run_all(setup.store()).await;
+    tern_store_conformance::run_all_groups(setup.store()).await;
 }
 
 fn message(conv: &str, user: &str, cmid: &str, time: i64) -> NewMessage {
@@ -235,4 +240,60 @@ async fn resend_of_an_original_only_in_the_index_is_a_duplicate() {
         let again = store.append(vec![message("c", "u", "n1", 999)]).await.unwrap();
         assert_eq!((again[0].seq, again[0].duplicate), (51, true), "{filter}");
     }
+}
+
+/// A group change, as dispatch writes it, at `expect_version`.
+fn group_change(
+    conv: &str,
+    id: &str,
+    expect_version: u64,
+    count: u32,
+    members: Vec<MemberChange>,
+) -> Write {
+    let mut event = message(conv, "owner", id, 1);
+    event.kind = v1::MessageKind::GroupEvent;
+    event.members.clear();
+    let meta = GroupMeta { name: "team".into(), member_count: count, ..GroupMeta::default() };
+    Write::Group(GroupWrite { event, expect_version, meta, members })
+}
+
+/// Group changes are in the log like messages: after a crash that left them out of the index,
+/// the record, the rows and the membership check of new sends are as acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_before_the_index_checkpoint_keeps_group_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let join = |u: &str, role| MemberChange::Join { user_id: u.into(), role, full_history: false };
+    let send = |u: &str, id: &str| {
+        let mut m = message("g:team", u, id, 2);
+        m.members.clear();
+        Write::Append(m)
+    };
+    {
+        let store = EmbeddedStore::open_with(dir.path(), &lazy_index()).unwrap();
+        let create = group_change(
+            "g:team",
+            "c1",
+            0,
+            2,
+            vec![join("owner", Role::Owner), join("bob", Role::Member)],
+        );
+        let remove = group_change(
+            "g:team",
+            "r1",
+            1,
+            1,
+            vec![MemberChange::Remove { user_id: "bob".into() }],
+        );
+        let out = store.commit(&[create, send("bob", "b1"), remove]).await.unwrap();
+        assert!(out.iter().all(|c| matches!(c, Committed::Appended(_))), "{out:?}");
+        store.close_as_if_crashed();
+    }
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let state = store.get_group("g:team").await.unwrap().unwrap();
+    assert_eq!((state.version, state.meta.member_count), (3, 1));
+    let bob = store.group_member("g:team", "bob").await.unwrap().unwrap();
+    assert_eq!((bob.joined_seq, bob.removed_seq), (1, 3));
+    let out = store.commit(&[send("bob", "b2"), send("owner", "o1")]).await.unwrap();
+    assert_eq!(out[0], Committed::Refused(Refusal::NotAMember));
+    assert!(matches!(&out[1], Committed::Appended(a) if a.seq == 4 && a.group_version == 3));
 }

@@ -84,6 +84,7 @@ impl RedisStore {
                         .arg(kind)
                         .arg(w.seq);
                 }
+                Write::Group(_) => return Err(RedisStoreError::Unsupported("group changes")),
             }
         }
         invocation.arg(self.failover.seq_gap);
@@ -114,6 +115,7 @@ impl RedisStore {
                 Write::Watermark(w) => {
                     self.mark_outcome(&w.conversation_id, &w.user_id, &out[0], &out[1], &out[2])
                 }
+                Write::Group(_) => Err(RedisStoreError::Unsupported("group changes")),
             })
             .collect()
     }
@@ -148,6 +150,7 @@ impl RedisStore {
             seq,
             server_time_ms: m.server_time_ms,
             duplicate: false,
+            group_version: 0,
         })
     }
 

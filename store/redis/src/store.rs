@@ -484,7 +484,7 @@ pub(crate) fn parse_dedupe_record(record: &str) -> Option<Appended> {
     let seq = parts.next()?.parse().ok()?;
     let server_time_ms = parts.next()?.parse().ok()?;
     let conversation_id = parts.next()?.to_owned();
-    Some(Appended { conversation_id, seq, server_time_ms, duplicate: true })
+    Some(Appended { conversation_id, seq, server_time_ms, duplicate: true, group_version: 0 })
 }
 
 /// `delivered:read`.
@@ -591,7 +591,8 @@ mod tests {
                 conversation_id: "dm:a:b".into(),
                 seq: 7,
                 server_time_ms: -5,
-                duplicate: true
+                duplicate: true,
+                group_version: 0,
             })
         );
         assert_eq!(parse_dedupe_record("x:1:c"), None);

@@ -350,6 +350,7 @@ impl Inner {
                         seq: claim.seq,
                         server_time_ms: claim.server_time_ms,
                         duplicate: true,
+                        group_version: 0,
                     });
                 }
                 Verdict::Complete => {
@@ -361,6 +362,7 @@ impl Inner {
                         seq: claim.seq,
                         server_time_ms: claim.server_time_ms,
                         duplicate: false,
+                        group_version: 0,
                     });
                 }
                 Verdict::TakeOver => {
@@ -453,6 +455,7 @@ impl Inner {
             seq,
             server_time_ms: time,
             duplicate: false,
+            group_version: 0,
         })
     }
 

@@ -12,7 +12,7 @@ use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, k
 use tern_proto::v1;
 
 use super::tables::EmbeddedError;
-use crate::Watermarks;
+use crate::{GroupMeta, History, Member, Role, Watermarks};
 
 /// A new message for the index: the log record's payload as written, with where the index's
 /// fields sit in it (one allocation per message, shared by the log copy and the index).
@@ -135,11 +135,21 @@ pub(crate) struct WatermarkOp {
     pub watermarks: Watermarks,
 }
 
+/// A group change for the index: its event message and the rows after it (absolute values,
+/// so applying records in lsn order is exact).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct GroupOp {
+    pub event: AppendOp,
+    pub meta: GroupMeta,
+    pub members: Vec<Member>,
+}
+
 /// One change the index applies.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum IndexOp {
     Append(AppendOp),
     Watermark(WatermarkOp),
+    Group(GroupOp),
 }
 
 /// The payload of one log record (the decoder's view; [`encode_append`] and friends write
@@ -155,6 +165,116 @@ pub struct Record {
     /// A health probe's time (Unix ms); changes nothing.
     #[prost(int64, tag = "3")]
     pub probe_ms: i64,
+    /// A group change.
+    #[prost(message, optional, tag = "4")]
+    pub group: Option<GroupRecord>,
+}
+
+/// [`Record::group`]: the event message, the record after it and the changed member rows.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct GroupRecord {
+    /// The event, as an append (no members: group index rows follow the member rows).
+    #[prost(message, optional, tag = "1")]
+    pub event: Option<AppendRecord>,
+    /// The group's record after the change.
+    #[prost(message, optional, tag = "2")]
+    pub meta: Option<GroupMetaRecord>,
+    /// The changed member rows, after the change.
+    #[prost(message, repeated, tag = "3")]
+    pub members: Vec<MemberRecord>,
+}
+
+/// A group's record as stored (in the log and in the `groups` table).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct GroupMetaRecord {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(string, tag = "2")]
+    pub owner_user_id: String,
+    #[prost(btree_map = "string, string", tag = "3")]
+    pub attributes: std::collections::BTreeMap<String, String>,
+    #[prost(uint32, tag = "4")]
+    pub history: u32,
+    #[prost(uint32, tag = "5")]
+    pub member_count: u32,
+    #[prost(uint32, tag = "6")]
+    pub max_members: u32,
+    #[prost(int64, tag = "7")]
+    pub created_ms: i64,
+    #[prost(bool, tag = "8")]
+    pub dissolved: bool,
+    /// The seq of the change that wrote this record.
+    #[prost(uint64, tag = "9")]
+    pub version: u64,
+}
+
+/// One member row as logged.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MemberRecord {
+    #[prost(string, tag = "1")]
+    pub user_id: String,
+    #[prost(uint32, tag = "2")]
+    pub role: u32,
+    #[prost(uint64, tag = "3")]
+    pub joined_seq: u64,
+    #[prost(uint64, tag = "4")]
+    pub visible_from: u64,
+    #[prost(uint64, tag = "5")]
+    pub removed_seq: u64,
+}
+
+impl GroupMetaRecord {
+    pub(crate) fn of(meta: &GroupMeta, version: u64) -> Self {
+        Self {
+            name: meta.name.clone(),
+            owner_user_id: meta.owner_user_id.clone(),
+            attributes: meta.attributes.clone(),
+            history: meta.history as u32,
+            member_count: meta.member_count,
+            max_members: meta.max_members,
+            created_ms: meta.created_ms,
+            dissolved: meta.dissolved,
+            version,
+        }
+    }
+
+    /// The record as the store's type (unknown enum values are refused).
+    pub(crate) fn to_meta(&self) -> Result<GroupMeta, String> {
+        let history = u8::try_from(self.history).ok().and_then(History::from_u8);
+        Ok(GroupMeta {
+            name: self.name.clone(),
+            owner_user_id: self.owner_user_id.clone(),
+            attributes: self.attributes.clone(),
+            history: history.ok_or_else(|| format!("unknown history setting {}", self.history))?,
+            member_count: self.member_count,
+            max_members: self.max_members,
+            created_ms: self.created_ms,
+            dissolved: self.dissolved,
+        })
+    }
+}
+
+impl MemberRecord {
+    pub(crate) fn of(m: &Member) -> Self {
+        Self {
+            user_id: m.user_id.clone(),
+            role: m.role as u32,
+            joined_seq: m.joined_seq,
+            visible_from: m.visible_from,
+            removed_seq: m.removed_seq,
+        }
+    }
+
+    pub(crate) fn to_member(&self) -> Result<Member, String> {
+        let role = u8::try_from(self.role).ok().and_then(Role::from_u8);
+        Ok(Member {
+            user_id: self.user_id.clone(),
+            role: role.ok_or_else(|| format!("unknown role {}", self.role))?,
+            joined_seq: self.joined_seq,
+            visible_from: self.visible_from,
+            removed_seq: self.removed_seq,
+        })
+    }
 }
 
 /// [`Record::append`].
@@ -303,6 +423,20 @@ pub(crate) fn encode_watermark(conv: &str, user: &str, w: Watermarks, buf: &mut 
     put_u64(4, w.read, buf);
 }
 
+/// Writes a group change's record: the event (already encoded as an append) and the rows.
+pub(crate) fn encode_group(op: &GroupOp, buf: &mut Vec<u8>) {
+    let record = Record {
+        group: Some(GroupRecord {
+            event: Some(AppendRecord { message: op.event.encoded().to_vec(), members: Vec::new() }),
+            meta: Some(GroupMetaRecord::of(&op.meta, op.event.seq)),
+            members: op.members.iter().map(MemberRecord::of).collect(),
+        }),
+        ..Default::default()
+    };
+    // Group changes are rare: prost's own encoder (one copy) is fine here.
+    buf.extend_from_slice(&record.encode_to_vec());
+}
+
 /// Writes a probe record.
 pub(crate) fn encode_probe(now_ms: i64, buf: &mut Vec<u8>) {
     put_u64(3, now_ms as u64, buf);
@@ -312,22 +446,37 @@ pub(crate) fn encode_probe(now_ms: i64, buf: &mut Vec<u8>) {
 pub(crate) fn decode(lsn: u64, payload: &[u8]) -> Result<Option<IndexOp>, EmbeddedError> {
     let bad = |reason: String| EmbeddedError::Record { lsn, reason };
     let record = Record::decode(payload).map_err(|e| bad(e.to_string()))?;
-    match (record.append, record.watermark) {
-        (Some(a), None) => {
-            let m = v1::Message::decode(a.message.as_slice()).map_err(|e| bad(e.to_string()))?;
-            if m.seq == 0 || m.conversation_id.is_empty() {
-                return Err(bad("append without conversation or seq".into()));
-            }
+    let decode_message = |bytes: &[u8]| {
+        let m = v1::Message::decode(bytes).map_err(|e| bad(e.to_string()))?;
+        if m.seq == 0 || m.conversation_id.is_empty() {
+            return Err(bad("append without conversation or seq".into()));
+        }
+        Ok(m)
+    };
+    match (record.append, record.watermark, record.group) {
+        (Some(a), None, None) => {
+            let m = decode_message(&a.message)?;
             // Re-encoded canonically: the same message for every reader of the index.
             Ok(Some(IndexOp::Append(encode_append(&MessageRef::of(&m), &a.members))))
         }
-        (None, Some(w)) => Ok(Some(IndexOp::Watermark(WatermarkOp {
+        (None, Some(w), None) => Ok(Some(IndexOp::Watermark(WatermarkOp {
             conversation_id: w.conversation_id,
             user_id: w.user_id,
             watermarks: Watermarks { delivered: w.delivered, read: w.read },
         }))),
-        (None, None) => Ok(None),
-        (Some(_), Some(_)) => Err(bad("both an append and a watermark".into())),
+        (None, None, Some(g)) => {
+            let event = g.event.ok_or_else(|| bad("group change without its event".into()))?;
+            let m = decode_message(&event.message)?;
+            let meta = g.meta.ok_or_else(|| bad("group change without its record".into()))?;
+            let members = g.members.iter().map(MemberRecord::to_member);
+            Ok(Some(IndexOp::Group(GroupOp {
+                event: encode_append(&MessageRef::of(&m), &[] as &[&str]),
+                meta: meta.to_meta().map_err(bad)?,
+                members: members.collect::<Result<_, _>>().map_err(bad)?,
+            })))
+        }
+        (None, None, None) => Ok(None),
+        _ => Err(bad("more than one kind of change".into())),
     }
 }
 

@@ -13,12 +13,13 @@ pub fn store_record(data: &[u8]) {
             IndexOp::Watermark(w) => {
                 entry::encode_watermark(&w.conversation_id, &w.user_id, w.watermarks, &mut again)
             }
+            IndexOp::Group(g) => entry::encode_group(g, &mut again),
         }
         assert_eq!(entry::decode(1, &again).ok().flatten().as_ref(), Some(&op));
     }
 }
 
-/// Seed payloads for the corpus: an append, a watermark, a probe.
+/// Seed payloads for the corpus: an append, a watermark, a probe, a group change.
 pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     let message = tern_proto::v1::Message {
         conversation_id: "dm:alice:bob".into(),
@@ -37,5 +38,29 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     entry::encode_watermark("dm:alice:bob", "bob", w, &mut mark);
     let mut probe = Vec::new();
     entry::encode_probe(1, &mut probe);
-    vec![("seed-append", append), ("seed-watermark", mark), ("seed-probe", probe)]
+    let event = tern_proto::v1::Message {
+        conversation_id: "g:team".into(),
+        seq: 1,
+        kind: tern_proto::v1::MessageKind::GroupEvent as i32,
+        ..message
+    };
+    let group = entry::GroupOp {
+        event: entry::encode_append(&entry::MessageRef::of(&event), &[] as &[&str]),
+        meta: crate::GroupMeta { name: "team".into(), member_count: 2, ..Default::default() },
+        members: vec![crate::Member {
+            user_id: "bob".into(),
+            role: crate::Role::Member,
+            joined_seq: 1,
+            visible_from: 1,
+            removed_seq: 0,
+        }],
+    };
+    let mut change = Vec::new();
+    entry::encode_group(&group, &mut change);
+    vec![
+        ("seed-append", append),
+        ("seed-watermark", mark),
+        ("seed-probe", probe),
+        ("seed-group", change),
+    ]
 }

@@ -65,8 +65,8 @@ use tables::EmbeddedError;
 
 use crate::wal::{Wal, WalConfig};
 use crate::{
-    Appended, BlockingCommit, BoxFuture, Committed, ConversationEntry, NewMessage, Range, Store,
-    StoreError, WatermarkUpdate, WatermarkWrite, Watermarks, Write,
+    Appended, BlockingCommit, BoxFuture, Committed, ConversationEntry, GroupState, Member,
+    NewMessage, Range, Store, StoreError, WatermarkUpdate, WatermarkWrite, Watermarks, Write,
 };
 
 /// Name of the index database file inside the store's directory.
@@ -314,6 +314,7 @@ impl Store for EmbeddedStore {
                 .into_iter()
                 .map(|c| match c {
                     Committed::Appended(a) => Ok(a),
+                    Committed::Refused(r) => Err(StoreError::Refused(r)),
                     _ => Err(StoreError::Corrupt("append outcome of another kind".into())),
                 })
                 .collect()
@@ -400,6 +401,33 @@ impl Store for EmbeddedStore {
     ) -> BoxFuture<'a, Result<Vec<ConversationEntry>, StoreError>> {
         let (user, after) = (user_id.to_owned(), after.to_owned());
         Box::pin(self.read(move |db| tables::list_conversations_blocking(db, &user, &after, limit)))
+    }
+
+    fn get_group<'a>(
+        &'a self,
+        conversation_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<GroupState>, StoreError>> {
+        let conv = conversation_id.to_owned();
+        Box::pin(self.read(move |db| tables::get_group_blocking(db, &conv)))
+    }
+
+    fn group_member<'a>(
+        &'a self,
+        conversation_id: &'a str,
+        user_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Member>, StoreError>> {
+        let (conv, user) = (conversation_id.to_owned(), user_id.to_owned());
+        Box::pin(self.read(move |db| tables::group_member_blocking(db, &conv, &user)))
+    }
+
+    fn group_members<'a>(
+        &'a self,
+        conversation_id: &'a str,
+        after: &'a str,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Vec<Member>, StoreError>> {
+        let (conv, after) = (conversation_id.to_owned(), after.to_owned());
+        Box::pin(self.read(move |db| tables::group_members_blocking(db, &conv, &after, limit)))
     }
 
     /// Writes a probe record through the log (one fsync, like a commit) and opens an index

@@ -8,6 +8,8 @@
 //! | `dedupe` | (sender_user_id, client_msg_id) | (conversation_id, seq, server_time_ms) |
 //! | `user_conversations` | (user_id, conversation_id) | (last_seq, last_time_ms) |
 //! | `receipts` | (conversation_id, user_id) | (delivered, read) |
+//! | `groups` | conversation_id | protobuf-encoded group record with its version |
+//! | `group_members` | (conversation_id, user_id) | (role, joined_seq, visible_from, removed_seq) |
 //! | `index_meta` | `"applied_lsn"` | the last log record applied (written in every index commit) |
 //!
 //! Every read is a point lookup or a range scan bounded by its key prefix and the caller's
@@ -19,9 +21,9 @@ use tern_proto::v1;
 use thiserror::Error;
 use tracing::warn;
 
-use super::entry::IndexOp;
+use super::entry::{GroupMetaRecord, IndexOp};
 use super::filter::KeyFilter;
-use crate::{ConversationEntry, Range, StoreError, Watermarks};
+use crate::{ConversationEntry, GroupState, Member, Range, Role, StoreError, Watermarks};
 
 /// (conversation_id, seq) -> protobuf-encoded `v1::Message`.
 pub(super) const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
@@ -37,6 +39,11 @@ pub(super) const USER_CONVS: TableDefinition<(&str, &str), (u64, i64)> =
 /// (conversation_id, user_id) -> (delivered, read).
 pub(super) const RECEIPTS: TableDefinition<(&str, &str), (u64, u64)> =
     TableDefinition::new("receipts");
+/// conversation_id -> protobuf-encoded `GroupMetaRecord` (with the group's version).
+pub(super) const GROUPS: TableDefinition<&str, &[u8]> = TableDefinition::new("groups");
+/// (conversation_id, user_id) -> (role, joined_seq, visible_from, removed_seq).
+pub(super) const GROUP_MEMBERS: TableDefinition<(&str, &str), (u64, u64, u64, u64)> =
+    TableDefinition::new("group_members");
 /// "applied_lsn" -> the last log record the index holds.
 pub(super) const INDEX_META: TableDefinition<&str, u64> = TableDefinition::new("index_meta");
 /// The key of [`INDEX_META`]'s one row.
@@ -96,6 +103,8 @@ pub(super) fn create_tables(db: &Database) -> Result<u64, EmbeddedError> {
     txn.open_table(DEDUPE)?;
     txn.open_table(USER_CONVS)?;
     txn.open_table(RECEIPTS)?;
+    txn.open_table(GROUPS)?;
+    txn.open_table(GROUP_MEMBERS)?;
     let applied = txn.open_table(INDEX_META)?.get(APPLIED_LSN)?.map_or(0, |g| g.value());
     txn.commit()?;
     Ok(applied)
@@ -144,6 +153,8 @@ fn apply_in(txn: &WriteTransaction, ops: Vec<IndexOp>) -> Result<(), EmbeddedErr
     let mut messages = txn.open_table(MESSAGES)?;
     let mut dedupe = txn.open_table(DEDUPE)?;
     let mut receipts = txn.open_table(RECEIPTS)?;
+    let mut groups = txn.open_table(GROUPS)?;
+    let mut group_members = txn.open_table(GROUP_MEMBERS)?;
     // Last (seq, time) per conversation, and per (member, conversation).
     let mut latest: Map<&str, (u64, i64)> = Map::default();
     let mut members: Map<(&str, &str), (u64, i64)> = Map::default();
@@ -169,6 +180,24 @@ fn apply_in(txn: &WriteTransaction, ops: Vec<IndexOp>) -> Result<(), EmbeddedErr
                     (w.conversation_id.as_str(), w.user_id.as_str()),
                     (w.watermarks.delivered, w.watermarks.read),
                 )?;
+            }
+            IndexOp::Group(g) => {
+                let a = &g.event;
+                let conv = a.conversation_id();
+                messages.insert((conv, a.seq), a.encoded())?;
+                dedupe.insert(
+                    (a.sender_user_id(), a.client_msg_id()),
+                    (conv, a.seq, a.server_time_ms),
+                )?;
+                latest.insert(conv, (a.seq, a.server_time_ms));
+                let record = GroupMetaRecord::of(&g.meta, a.seq).encode_to_vec();
+                groups.insert(conv, record.as_slice())?;
+                for m in &g.members {
+                    group_members.insert((conv, m.user_id.as_str()), member_row(m))?;
+                    // The member's index row: where their view of the group ends (its last
+                    // seq is read from the group while they are a member).
+                    members.insert((m.user_id.as_str(), conv), (a.seq, a.server_time_ms));
+                }
             }
         }
     }
@@ -305,6 +334,8 @@ pub(super) fn list_conversations_blocking(
     let txn = db.begin_read()?;
     let index = txn.open_table(USER_CONVS)?;
     let receipts = txn.open_table(RECEIPTS)?;
+    let meta = txn.open_table(CONV_META)?;
+    let members = txn.open_table(GROUP_MEMBERS)?;
     let mut out = Vec::new();
     if limit == 0 {
         return Ok(out);
@@ -316,7 +347,15 @@ pub(super) fn list_conversations_blocking(
         if user != user_id {
             break;
         }
-        let (last_seq, last_time_ms) = value.value();
+        let (mut last_seq, mut last_time_ms) = value.value();
+        if conv.starts_with(GROUP_PREFIX) {
+            // Read diffusion: a current member's entry shows the group's latest seq; a
+            // former member's stays at their removal.
+            let current = members.get((conv, user_id))?.is_some_and(|g| g.value().3 == 0);
+            if current && let Some(g) = meta.get(conv)? {
+                (last_seq, last_time_ms) = g.value();
+            }
+        }
         out.push(ConversationEntry {
             conversation_id: conv.to_owned(),
             last_seq,
@@ -325,6 +364,88 @@ pub(super) fn list_conversations_blocking(
         });
         if out.len() >= limit as usize {
             break;
+        }
+    }
+    Ok(out)
+}
+
+/// Group conversation ids start with this (`tern_proto::ids`).
+pub(super) const GROUP_PREFIX: &str = "g:";
+
+/// A member row as the `group_members` table stores it.
+pub(super) fn member_row(m: &Member) -> (u64, u64, u64, u64) {
+    (m.role as u64, m.joined_seq, m.visible_from, m.removed_seq)
+}
+
+/// A `group_members` row as a [`Member`].
+pub(super) fn member_of(
+    user_id: &str,
+    (role, joined_seq, visible_from, removed_seq): (u64, u64, u64, u64),
+) -> Result<Member, EmbeddedError> {
+    let role = u8::try_from(role).ok().and_then(Role::from_u8).ok_or_else(|| {
+        EmbeddedError::Probe(format!("member {user_id}: unknown role {role} in the index"))
+    })?;
+    Ok(Member { user_id: user_id.to_owned(), role, joined_seq, visible_from, removed_seq })
+}
+
+/// A `groups` row as a [`GroupState`].
+pub(super) fn group_of(conversation_id: &str, bytes: &[u8]) -> Result<GroupState, EmbeddedError> {
+    let bad = |reason: String| EmbeddedError::Probe(format!("group {conversation_id}: {reason}"));
+    let record = GroupMetaRecord::decode(bytes).map_err(|e| bad(e.to_string()))?;
+    Ok(GroupState {
+        conversation_id: conversation_id.to_owned(),
+        meta: record.to_meta().map_err(bad)?,
+        version: record.version,
+    })
+}
+
+pub(super) fn get_group_blocking(
+    db: &Database,
+    conversation_id: &str,
+) -> Result<Option<GroupState>, EmbeddedError> {
+    let txn = db.begin_read()?;
+    let table = txn.open_table(GROUPS)?;
+    let Some(guard) = table.get(conversation_id)? else { return Ok(None) };
+    group_of(conversation_id, guard.value()).map(Some)
+}
+
+pub(super) fn group_member_blocking(
+    db: &Database,
+    conversation_id: &str,
+    user_id: &str,
+) -> Result<Option<Member>, EmbeddedError> {
+    let txn = db.begin_read()?;
+    let table = txn.open_table(GROUP_MEMBERS)?;
+    let Some(guard) = table.get((conversation_id, user_id))? else { return Ok(None) };
+    member_of(user_id, guard.value()).map(Some)
+}
+
+pub(super) fn group_members_blocking(
+    db: &Database,
+    conversation_id: &str,
+    after: &str,
+    limit: u32,
+) -> Result<Vec<Member>, EmbeddedError> {
+    use std::ops::Bound;
+    let txn = db.begin_read()?;
+    let table = txn.open_table(GROUP_MEMBERS)?;
+    let mut out = Vec::new();
+    if limit == 0 {
+        return Ok(out);
+    }
+    let from = (Bound::Excluded((conversation_id, after)), Bound::Unbounded);
+    for entry in table.range::<(&str, &str)>(from)? {
+        let (key, value) = entry?;
+        let (conv, user) = key.value();
+        if conv != conversation_id {
+            break;
+        }
+        let member = member_of(user, value.value())?;
+        if member.is_current() {
+            out.push(member);
+            if out.len() >= limit as usize {
+                break;
+            }
         }
     }
     Ok(out)

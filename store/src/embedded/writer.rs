@@ -18,11 +18,16 @@ use std::collections::hash_map::Entry;
 use redb::{Database, ReadOnlyTable, ReadTransaction, ReadableDatabase, TableDefinition};
 use tern_proto::v1;
 
-use super::entry::{self, IndexOp, MessageRef, WatermarkOp};
+use super::entry::{self, GroupOp, IndexOp, MessageRef, WatermarkOp};
 use super::filter::KeyFilter;
-use super::tables::{self, CONV_META, DEDUPE, EmbeddedError, RECEIPTS};
+use super::tables::{
+    self, CONV_META, DEDUPE, EmbeddedError, GROUP_MEMBERS, GROUP_PREFIX, GROUPS, RECEIPTS,
+};
 use crate::wal::Wal;
-use crate::{Appended, Committed, WatermarkUpdate, Watermarks, Write};
+use crate::{
+    Appended, Committed, GroupWrite, Member, MemberChange, NewMessage, Refusal, WatermarkUpdate,
+    Watermarks, Write,
+};
 
 /// Entries the caches keep once the index holds them (beyond that, clean entries are dropped).
 const CACHE_ENTRIES: usize = 100_000;
@@ -102,6 +107,22 @@ struct Mark {
     lsn: u64,
 }
 
+/// A group's version (0: no such group), whether it was dissolved, and the lsn of its last
+/// change (0: read from the index).
+#[derive(Clone, Copy)]
+struct GroupMark {
+    version: u64,
+    dissolved: bool,
+    lsn: u64,
+}
+
+/// A user's row in a group (`None`: never a member) and the lsn of its last change.
+#[derive(Clone)]
+struct MemberMark {
+    row: Option<Member>,
+    lsn: u64,
+}
+
 /// The writer's state, behind the store's commit mutex.
 pub(crate) struct Writer {
     pub(crate) wal: Wal,
@@ -110,6 +131,8 @@ pub(crate) struct Writer {
     /// Every dedupe key the index may hold (and more): a key outside it is new.
     known: KeyFilter,
     receipts: PairMap<Mark>,
+    groups: Map<String, GroupMark>,
+    members: PairMap<MemberMark>,
     /// The index's applied lsn at the last housekeeping.
     pruned_at: u64,
     /// Log records up to here were released.
@@ -131,6 +154,8 @@ impl Writer {
             dedupe: PairMap::new(),
             known,
             receipts: PairMap::new(),
+            groups: map(),
+            members: PairMap::new(),
             pruned_at: 0,
             released: 0,
         }
@@ -149,6 +174,12 @@ impl Writer {
             }
             if self.receipts.len() > CACHE_ENTRIES {
                 self.receipts.retain(|m| m.lsn > applied);
+            }
+            if self.groups.len() > CACHE_ENTRIES {
+                self.groups.retain(|_, g| g.lsn > applied);
+            }
+            if self.members.len() > CACHE_ENTRIES {
+                self.members.retain(|m| m.lsn > applied);
             }
         }
         if checkpointed > self.released {
@@ -182,10 +213,17 @@ impl Writer {
                         continue;
                     }
                     let conv = m.conversation_id.as_str();
-                    let last = self.conv(&mut g, conv)?.last_seq;
-                    let seq = last
-                        .checked_add(1)
-                        .ok_or_else(|| EmbeddedError::SeqOverflow(conv.to_owned()))?;
+                    let mut group_version = 0;
+                    if conv.starts_with(GROUP_PREFIX) {
+                        match self.may_send(&mut g, conv, &m.sender_user_id)? {
+                            Ok(version) => group_version = version,
+                            Err(refusal) => {
+                                out.push(Committed::Refused(refusal));
+                                continue;
+                            }
+                        }
+                    }
+                    let seq = self.next_seq(&mut g, conv)?;
                     let message = MessageRef {
                         conversation_id: conv,
                         seq,
@@ -211,6 +249,41 @@ impl Writer {
                         seq,
                         server_time_ms: time,
                         duplicate: false,
+                        group_version,
+                    }));
+                }
+                Write::Group(change) => {
+                    let m = &change.event;
+                    let key = (m.sender_user_id.as_str(), m.client_msg_id.as_str());
+                    if let Some(original) = self.original(&mut g, key, &out)? {
+                        out.push(Committed::Appended(original));
+                        continue;
+                    }
+                    let conv = m.conversation_id.as_str();
+                    let seq = self.next_seq(&mut g, conv)?;
+                    let op = match self.group_change(&mut g, change, seq)? {
+                        Ok(op) => op,
+                        Err(refusal) => {
+                            out.push(Committed::Refused(refusal));
+                            continue;
+                        }
+                    };
+                    let lsn = self.wal.append_with(|buf| entry::encode_group(&op, buf));
+                    g.convs.insert(conv, Conv { last_seq: seq, lsn });
+                    g.dedupe.insert(key, (out.len(), lsn));
+                    let dissolved = change.meta.dissolved;
+                    g.groups.insert(conv, GroupMark { version: seq, dissolved, lsn });
+                    for (change, row) in change.members.iter().zip(&op.members) {
+                        let mark = MemberMark { row: Some(row.clone()), lsn };
+                        g.members.insert((conv, change.user_id()), mark);
+                    }
+                    ops.push(IndexOp::Group(op));
+                    out.push(Committed::Appended(Appended {
+                        conversation_id: m.conversation_id.clone(),
+                        seq,
+                        server_time_ms: m.server_time_ms,
+                        duplicate: false,
+                        group_version: seq,
                     }));
                 }
                 Write::Watermark(w) => {
@@ -283,7 +356,132 @@ impl Writer {
         for ((conv, user), mark) in moved_marks {
             self.receipts.insert(conv, user, mark);
         }
+        for (conv, mark) in g.groups {
+            self.groups.insert(conv.to_owned(), mark);
+        }
+        for ((conv, user), mark) in g.members {
+            self.members.insert(conv, user, mark);
+        }
         Ok((out, ops, durable))
+    }
+
+    /// The seq the next message of `conv` gets.
+    fn next_seq<'b>(&mut self, g: &mut Group<'_, 'b>, conv: &'b str) -> Result<u64, EmbeddedError> {
+        let last = self.conv(g, conv)?.last_seq;
+        last.checked_add(1).ok_or_else(|| EmbeddedError::SeqOverflow(conv.to_owned()))
+    }
+
+    /// Whether `user` may send to group `conv` now: its version if so.
+    fn may_send<'b>(
+        &mut self,
+        g: &mut Group<'_, 'b>,
+        conv: &'b str,
+        user: &'b str,
+    ) -> Result<Result<u64, Refusal>, EmbeddedError> {
+        let group = self.group(g, conv)?;
+        if group.version == 0 || group.dissolved {
+            return Ok(Err(Refusal::NoSuchGroup));
+        }
+        let current = self.member(g, conv, user)?.is_some_and(|m| m.is_current());
+        Ok(if current { Ok(group.version) } else { Err(Refusal::NotAMember) })
+    }
+
+    /// The index operation of a group change at `seq`, if the group is at the version the
+    /// change expects and every row change applies to the row as it is.
+    fn group_change<'b>(
+        &mut self,
+        g: &mut Group<'_, 'b>,
+        change: &'b GroupWrite,
+        seq: u64,
+    ) -> Result<Result<GroupOp, Refusal>, EmbeddedError> {
+        let m: &'b NewMessage = &change.event;
+        let conv = m.conversation_id.as_str();
+        let group = self.group(g, conv)?;
+        if group.version != change.expect_version {
+            return Ok(Err(Refusal::VersionConflict { version: group.version }));
+        }
+        if group.dissolved {
+            return Ok(Err(Refusal::NoSuchGroup));
+        }
+        // A row change that does not fit the row (a role for a non-member, say) means the
+        // change was computed from another state: the caller recomputes from the current one.
+        let stale = Err(Refusal::VersionConflict { version: group.version });
+        let mut rows = Vec::with_capacity(change.members.len());
+        for c in &change.members {
+            let before = self.member(g, conv, c.user_id())?.filter(Member::is_current);
+            let row = match (c, before) {
+                (MemberChange::Join { user_id, role, full_history }, None) => Member {
+                    user_id: user_id.clone(),
+                    role: *role,
+                    joined_seq: seq,
+                    visible_from: if *full_history { 1 } else { seq },
+                    removed_seq: 0,
+                },
+                (MemberChange::SetRole { role, .. }, Some(b)) => Member { role: *role, ..b },
+                (MemberChange::Remove { .. }, Some(b)) => Member { removed_seq: seq, ..b },
+                _ => return Ok(stale),
+            };
+            rows.push(row);
+        }
+        let message = MessageRef {
+            conversation_id: conv,
+            seq,
+            sender_user_id: &m.sender_user_id,
+            sender_device_id: &m.sender_device_id,
+            client_msg_id: &m.client_msg_id,
+            server_time_ms: m.server_time_ms,
+            kind: m.kind as i32,
+            content_type: &m.content_type,
+            body: &m.body,
+            recalled_seq: 0,
+            recalled: false,
+        };
+        let event = entry::encode_append(&message, &[] as &[&str]);
+        Ok(Ok(GroupOp { event, meta: change.meta.clone(), members: rows }))
+    }
+
+    /// A group's version and state: from this group commit, the writer's map, or the index.
+    fn group<'b>(
+        &mut self,
+        g: &mut Group<'_, 'b>,
+        conv: &'b str,
+    ) -> Result<GroupMark, EmbeddedError> {
+        if let Some(mark) = g.groups.get(conv) {
+            return Ok(*mark);
+        }
+        if let Some(mark) = self.groups.get(conv) {
+            return Ok(*mark);
+        }
+        let mark = match g.groups_table()?.get(conv)? {
+            Some(v) => {
+                let state = tables::group_of(conv, v.value())?;
+                GroupMark { version: state.version, dissolved: state.meta.dissolved, lsn: 0 }
+            }
+            None => GroupMark { version: 0, dissolved: false, lsn: 0 },
+        };
+        self.groups.insert(conv.to_owned(), mark);
+        Ok(mark)
+    }
+
+    /// A user's row in a group: from this group commit, the writer's map, or the index.
+    fn member<'b>(
+        &mut self,
+        g: &mut Group<'_, 'b>,
+        conv: &'b str,
+        user: &'b str,
+    ) -> Result<Option<Member>, EmbeddedError> {
+        if let Some(mark) = g.members.get(&(conv, user)) {
+            return Ok(mark.row.clone());
+        }
+        if let Some(mark) = self.members.get(conv, user) {
+            return Ok(mark.row.clone());
+        }
+        let row = match g.members_table()?.get((conv, user))? {
+            Some(v) => Some(tables::member_of(user, v.value())?),
+            None => None,
+        };
+        self.members.insert(conv, user, MemberMark { row: row.clone(), lsn: 0 });
+        Ok(row)
     }
 
     /// The original of a resend: earlier in this group, in the writer's map, or in the index.
@@ -296,7 +494,7 @@ impl Writer {
         if let Some(&(i, _)) = g.dedupe.get(&key)
             && let Some(Committed::Appended(a)) = out.get(i)
         {
-            return Ok(Some(Appended { duplicate: true, ..a.clone() }));
+            return Ok(Some(Appended { duplicate: true, group_version: 0, ..a.clone() }));
         }
         if let Some(d) = self.dedupe.get(key.0, key.1) {
             return Ok(Some(Appended {
@@ -304,6 +502,7 @@ impl Writer {
                 seq: d.seq,
                 server_time_ms: d.time,
                 duplicate: true,
+                group_version: 0,
             }));
         }
         if !self.known.may_contain(key.0, key.1) {
@@ -316,6 +515,7 @@ impl Writer {
                 seq,
                 server_time_ms,
                 duplicate: true,
+                group_version: 0,
             }
         }))
     }
@@ -359,11 +559,15 @@ struct Group<'d, 'b> {
     convs: Map<&'b str, Conv>,
     /// (sender, client_msg_id) -> index of its outcome, and its lsn.
     dedupe: Map<(&'b str, &'b str), (usize, u64)>,
+    groups: Map<&'b str, GroupMark>,
+    members: Map<(&'b str, &'b str), MemberMark>,
 }
 
 type DedupeTable = ReadOnlyTable<(&'static str, &'static str), (&'static str, u64, i64)>;
 type MetaTable = ReadOnlyTable<&'static str, (u64, i64)>;
 type ReceiptsTable = ReadOnlyTable<(&'static str, &'static str), (u64, u64)>;
+type GroupsTable = ReadOnlyTable<&'static str, &'static [u8]>;
+type MembersTable = ReadOnlyTable<(&'static str, &'static str), (u64, u64, u64, u64)>;
 
 /// An index snapshot and the tables opened in it (each once per group: opening one walks the
 /// table tree).
@@ -372,17 +576,26 @@ struct Reader {
     dedupe: Option<DedupeTable>,
     meta: Option<MetaTable>,
     receipts: Option<ReceiptsTable>,
+    groups: Option<GroupsTable>,
+    members: Option<MembersTable>,
 }
 
 impl<'d> Group<'d, '_> {
     fn new(db: &'d Database) -> Self {
-        Self { db, reader: None, convs: map(), dedupe: map() }
+        Self { db, reader: None, convs: map(), dedupe: map(), groups: map(), members: map() }
     }
 
     fn reader(&mut self) -> Result<&mut Reader, EmbeddedError> {
         if self.reader.is_none() {
             let txn = self.db.begin_read()?;
-            self.reader = Some(Reader { txn, dedupe: None, meta: None, receipts: None });
+            self.reader = Some(Reader {
+                txn,
+                dedupe: None,
+                meta: None,
+                receipts: None,
+                groups: None,
+                members: None,
+            });
         }
         self.reader.as_mut().ok_or_else(|| EmbeddedError::Probe("no read transaction".into()))
     }
@@ -400,6 +613,16 @@ impl<'d> Group<'d, '_> {
     fn receipts_table(&mut self) -> Result<&ReceiptsTable, EmbeddedError> {
         let r = self.reader()?;
         open(&r.txn, &mut r.receipts, RECEIPTS)
+    }
+
+    fn groups_table(&mut self) -> Result<&GroupsTable, EmbeddedError> {
+        let r = self.reader()?;
+        open(&r.txn, &mut r.groups, GROUPS)
+    }
+
+    fn members_table(&mut self) -> Result<&MembersTable, EmbeddedError> {
+        let r = self.reader()?;
+        open(&r.txn, &mut r.members, GROUP_MEMBERS)
     }
 }
 
