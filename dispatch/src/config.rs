@@ -31,6 +31,15 @@ pub struct DispatchConfig {
     /// Most encoded bytes of messages in one sync page (a page always holds at least one
     /// message). Keeps pages under the clients' max frame size. Default 60 KiB.
     pub max_page_bytes: usize,
+    /// Most members a new group may have. Default 10,000.
+    pub max_group_members: u32,
+    /// Largest group whose receipts are pushed to every member and listed by GetReceipts;
+    /// larger groups keep each member's watermarks (unread counts) without read-by lists.
+    /// Default 100.
+    pub receipt_push_max_members: u32,
+    /// Most member rows the membership cache holds over all groups (about 100 B each).
+    /// Default 1,000,000.
+    pub group_cache_rows: usize,
 }
 
 impl Default for DispatchConfig {
@@ -45,6 +54,9 @@ impl Default for DispatchConfig {
             max_content_type_bytes: 128,
             max_body_bytes: 62 * 1024,
             max_page_bytes: 60 * 1024,
+            max_group_members: 10_000,
+            receipt_push_max_members: 100,
+            group_cache_rows: 1_000_000,
         }
     }
 }

@@ -57,6 +57,8 @@ pub struct Dispatcher {
     pub pipeline: Pipeline,
     /// Counters.
     pub metrics: Arc<DispatchMetrics>,
+    /// Group members, for the fan-out of group messages.
+    pub groups: Arc<crate::group::cache::GroupCache>,
     /// The runtime that runs request tasks and the store's futures.
     rt: Handle,
 }
@@ -70,9 +72,17 @@ impl Dispatcher {
     pub fn new(cfg: DispatchConfig, store: Arc<dyn Store>, pusher: Arc<dyn Pusher>) -> Arc<Self> {
         let metrics = Arc::new(DispatchMetrics::default());
         let rt = Handle::current();
-        let pipeline =
-            Pipeline::start(store.clone(), pusher.clone(), metrics.clone(), &cfg, rt.clone());
-        Arc::new(Self { cfg, store, pusher, pipeline, metrics, rt })
+        let groups =
+            Arc::new(crate::group::cache::GroupCache::new(store.clone(), cfg.group_cache_rows));
+        let pipeline = Pipeline::start(
+            store.clone(),
+            pusher.clone(),
+            groups.clone(),
+            metrics.clone(),
+            &cfg,
+            rt.clone(),
+        );
+        Arc::new(Self { cfg, store, pusher, pipeline, metrics, groups, rt })
     }
 
     /// Handles one request and calls `reply` with its answer, on whichever thread has it.
@@ -122,6 +132,11 @@ impl Dispatcher {
         })
     }
 
+    /// Runs `task` on the dispatcher's runtime.
+    pub(crate) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        self.rt.spawn(task);
+    }
+
     /// Commits what waits, answers it, and stops the commit thread (at shutdown, after the
     /// gateway stopped taking requests).
     pub fn shutdown(&self) {
@@ -151,12 +166,17 @@ impl Dispatcher {
                 Box::pin(async move { crate::conversations::list(&this, &origin, req).await })
             }
             Some(
-                Body::CreateGroup(_)
+                body @ (Body::CreateGroup(_)
                 | Body::AddMembers(_)
                 | Body::RemoveMembers(_)
                 | Body::LeaveGroup(_)
-                | Body::GetGroup(_),
-            ) => Box::pin(std::future::ready(crate::group::unimplemented())),
+                | Body::GetGroup(_)
+                | Body::UpdateGroup(_)
+                | Body::SetMemberRole(_)
+                | Body::TransferOwnership(_)
+                | Body::DissolveGroup(_)
+                | Body::ListGroupMembers(_)),
+            ) => Box::pin(async move { crate::group::handle(&this, &origin, body).await }),
             _ => {
                 return Box::pin(std::future::ready(error_frame(
                     request_id,

@@ -34,6 +34,16 @@ pub enum DispatchError {
     /// conversation, kind or recall target).
     #[error("client_msg_id already used for another request ({0})")]
     ClientMsgIdReused(&'static str),
+    /// Client's fault: the caller's role does not allow the request.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// Client's fault: the group would pass its maximum size.
+    #[error("the group would exceed its maximum of {0} members")]
+    GroupFull(u32),
+    /// A group change lost a race with another change (compare and set): read again and
+    /// recompute. Retried inside dispatch; a client sees UNAVAILABLE only if it keeps losing.
+    #[error("the group changed meanwhile")]
+    GroupChanged,
     /// Not implemented by this server version.
     #[error("{0} is not implemented by this server yet")]
     Unimplemented(&'static str),
@@ -46,6 +56,15 @@ pub enum DispatchError {
 }
 
 impl DispatchError {
+    /// The error for a write the store refused.
+    pub fn refused(r: tern_store::Refusal) -> Self {
+        match r {
+            tern_store::Refusal::NotAMember => DispatchError::NotAMember,
+            tern_store::Refusal::NoSuchGroup => DispatchError::UnknownConversation,
+            tern_store::Refusal::VersionConflict { .. } => DispatchError::GroupChanged,
+        }
+    }
+
     /// The protocol error code for this error.
     pub fn code(&self) -> ErrorCode {
         match self {
@@ -57,10 +76,12 @@ impl DispatchError {
             DispatchError::UnknownMessage => ErrorCode::UnknownMessage,
             DispatchError::AlreadyRecalled => ErrorCode::AlreadyRecalled,
             DispatchError::ClientMsgIdReused(_) => ErrorCode::ClientMsgIdReused,
+            DispatchError::Forbidden(_) => ErrorCode::Forbidden,
+            DispatchError::GroupFull(_) => ErrorCode::GroupFull,
             DispatchError::Unimplemented(_) => ErrorCode::Unimplemented,
-            DispatchError::Unavailable(_) | DispatchError::Store(StoreError::Unavailable(_)) => {
-                ErrorCode::Unavailable
-            }
+            DispatchError::Unavailable(_)
+            | DispatchError::GroupChanged
+            | DispatchError::Store(StoreError::Unavailable(_)) => ErrorCode::Unavailable,
             DispatchError::Store(_) => ErrorCode::Internal,
         }
     }

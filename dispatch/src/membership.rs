@@ -1,5 +1,6 @@
-//! Who may use a conversation. A 1:1 conversation's members follow from its id; group
-//! conversations are not served yet (their frames answer UNIMPLEMENTED).
+//! Who may use a conversation. A 1:1 conversation's members follow from its id; a group's are
+//! rows in the store: a message to a group is checked by the store when it is sequenced
+//! ([`for_write`]), reads check the caller's row ([`readable`]).
 
 use tern_proto::ids::{ConversationRef, direct_conversation_id};
 
@@ -29,6 +30,52 @@ pub fn resolve(conversation_id: &str, user: &str) -> Result<Members, DispatchErr
         }
         Some(ConversationRef::Group(_)) | None => Err(DispatchError::UnknownConversation),
     }
+}
+
+/// A conversation `user` writes to (a message, a recall): a 1:1 one with its members as
+/// [`resolve`]; a group with no members listed, since the store refuses a non-member at
+/// commit (and the fan-out reads the members).
+pub fn for_write(conversation_id: &str, user: &str) -> Result<Members, DispatchError> {
+    match ConversationRef::parse(conversation_id) {
+        Some(ConversationRef::Group(_)) => {
+            Ok(Members { conversation_id: conversation_id.to_owned(), users: Vec::new() })
+        }
+        _ => resolve(conversation_id, user),
+    }
+}
+
+/// What the caller may read of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    /// A 1:1 conversation of theirs.
+    Direct(Members),
+    /// A group they are or were a member of, with their row (what they see:
+    /// [`tern_store::Member::sees`]).
+    Group(tern_store::Member),
+}
+
+/// Checks that `user` may read `conversation_id` (a former group member may, up to their
+/// removal).
+pub async fn readable(
+    store: &dyn tern_store::Store,
+    conversation_id: &str,
+    user: &str,
+) -> Result<Access, DispatchError> {
+    match ConversationRef::parse(conversation_id) {
+        Some(ConversationRef::Group(_)) => match store.group_member(conversation_id, user).await? {
+            Some(row) => Ok(Access::Group(row)),
+            None if store.get_group(conversation_id).await?.is_none() => {
+                Err(DispatchError::UnknownConversation)
+            }
+            None => Err(DispatchError::NotAMember),
+        },
+        _ => resolve(conversation_id, user).map(Access::Direct),
+    }
+}
+
+/// Whether `conversation_id` names a group.
+pub fn is_group(conversation_id: &str) -> bool {
+    matches!(ConversationRef::parse(conversation_id), Some(ConversationRef::Group(_)))
 }
 
 /// The 1:1 conversation between `user` and `peer`, with its members.

@@ -25,6 +25,7 @@ use tokio::sync::oneshot;
 
 use crate::batching::Batching;
 use crate::error::DispatchError;
+use crate::group::cache::GroupCache;
 use crate::metrics::DispatchMetrics;
 use crate::push::{ConnRef, Pusher, fan_out};
 
@@ -168,6 +169,7 @@ impl Pipeline {
     pub fn start(
         store: Arc<dyn Store>,
         pusher: Arc<dyn Pusher>,
+        groups: Arc<GroupCache>,
         metrics: Arc<DispatchMetrics>,
         cfg: &crate::DispatchConfig,
         rt: Handle,
@@ -176,7 +178,7 @@ impl Pipeline {
             (cfg.pipeline_queue, cfg.max_commit_batch, cfg.commit_delay);
         let q =
             Arc::new(Queue { state: Mutex::default(), ready: Condvar::new(), cap: queue.max(1) });
-        let worker = Committer { store, pusher, metrics: metrics.clone(), rt };
+        let worker = Committer { store, pusher, groups, metrics: metrics.clone(), rt };
         let (qc, max) = (q.clone(), max_batch.max(1));
         let thread = std::thread::Builder::new()
             .name("tern-commit".into())
@@ -206,13 +208,14 @@ impl Pipeline {
 
     /// Enqueues an append whose outcome a task awaits (recalls).
     pub fn submit(&self, msg: NewMessage, skip: Option<ConnRef>) -> Pending {
+        self.submit_write(Write::Append(msg), skip)
+    }
+
+    /// Enqueues an append or group change whose outcome a task awaits (a group change is
+    /// neither pushed nor answered here: the task does both).
+    pub fn submit_write(&self, write: Write, skip: Option<ConnRef>) -> Pending {
         let (tx, rx) = oneshot::channel();
-        self.push(Job {
-            write: Write::Append(msg),
-            members: Vec::new(),
-            skip,
-            then: Then::Wait(tx),
-        });
+        self.push(Job { write, members: Vec::new(), skip, then: Then::Wait(tx) });
         rx
     }
 
@@ -244,6 +247,7 @@ pub async fn outcome(pending: Pending) -> Result<Appended, DispatchError> {
 struct Committer {
     store: Arc<dyn Store>,
     pusher: Arc<dyn Pusher>,
+    groups: Arc<GroupCache>,
     metrics: Arc<DispatchMetrics>,
     rt: Handle,
 }
@@ -322,6 +326,15 @@ impl Committer {
                     }
                     answer(then, Body::ReceiptUpdate(update));
                 }
+                (Write::Group(_), Committed::Appended(out)) => {
+                    self.metrics.accepted.fetch_add(1, Relaxed);
+                    if let Then::Wait(tx) = then {
+                        let _ = tx.send(Ok(out));
+                    }
+                }
+                (Write::Append(_) | Write::Group(_), Committed::Refused(r)) => {
+                    then.fail(DispatchError::refused(r));
+                }
                 (Write::Watermark(w), Committed::AboveLastSeq { last_seq }) => {
                     then.fail(DispatchError::Invalid(format!(
                         "receipt seq {} is above the conversation's last seq {last_seq}",
@@ -349,13 +362,15 @@ impl Committer {
         self.metrics.accepted.fetch_add(1, Relaxed);
         let members = std::mem::take(&mut msg.members);
         let client_msg_id = msg.client_msg_id.clone();
-        let message = into_stored(msg, &out);
-        fan_out(
-            &*self.pusher,
-            &members,
-            Body::Deliver(v1::Deliver { message: Some(message) }),
-            skip.as_ref(),
-        );
+        let message = stored(msg, &out);
+        let body = Body::Deliver(v1::Deliver { message: Some(message) });
+        if out.group_version > 0 {
+            // A group message: its members from the cache, at its version or later.
+            let frame = crate::push::encode_push(body);
+            self.groups.fan_out(&self.pusher, &self.rt, &out, frame, skip);
+        } else {
+            fan_out(&*self.pusher, &members, body, skip.as_ref());
+        }
         ack(then, out, client_msg_id);
     }
 }
@@ -440,7 +455,7 @@ async fn same_request(
 }
 
 /// The stored form of a just-appended message, built from the request it consumes.
-fn into_stored(m: NewMessage, out: &Appended) -> v1::Message {
+pub(crate) fn stored(m: NewMessage, out: &Appended) -> v1::Message {
     v1::Message {
         conversation_id: m.conversation_id,
         seq: out.seq,

@@ -25,7 +25,7 @@ pub async fn handle(
     if !is_valid_client_msg_id(&req.client_msg_id) {
         return Err(DispatchError::Invalid("client_msg_id must be 1 to 64 bytes".into()));
     }
-    let members = membership::resolve(&req.conversation_id, &origin.user_id)?;
+    let members = membership::for_write(&req.conversation_id, &origin.user_id)?;
     let target = d
         .store
         .get_message(&req.conversation_id, req.seq)

@@ -42,7 +42,7 @@ fn prepare(d: &Dispatcher, origin: &Origin, req: v1::Send) -> Result<NewMessage,
         return Err(DispatchError::Invalid("content_type too long".into()));
     }
     let members = match (req.conversation_id.is_empty(), req.peer_user_id.is_empty()) {
-        (false, true) => membership::resolve(&req.conversation_id, &origin.user_id)?,
+        (false, true) => membership::for_write(&req.conversation_id, &origin.user_id)?,
         (true, false) => membership::direct(&origin.user_id, &req.peer_user_id)?,
         _ => {
             return Err(DispatchError::Invalid(

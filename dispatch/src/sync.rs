@@ -14,12 +14,41 @@ pub async fn page(
     origin: &Origin,
     req: v1::SyncRequest,
 ) -> Result<Body, DispatchError> {
-    membership::resolve(&req.conversation_id, &origin.user_id)?;
+    let access = membership::readable(&*d.store, &req.conversation_id, &origin.user_id).await?;
     let from = req.from_seq.max(1);
     let limit = d.cfg.page(req.limit);
-    let range = d.store.read_range(&req.conversation_id, from, limit).await?;
+    let range = match access {
+        membership::Access::Direct(_) => {
+            d.store.read_range(&req.conversation_id, from, limit).await?
+        }
+        membership::Access::Group(row) => {
+            visible(d, &req.conversation_id, &row, from, limit).await?
+        }
+    };
     d.metrics.sync_pages.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Ok(Body::SyncPage(build_page(req.conversation_id, from, limit, d.cfg.max_page_bytes, range)))
+}
+
+/// What a group member's window `[from, from + limit)` shows them: nothing before their
+/// `visible_from` (listed as missing: those seqs will never be theirs) and nothing after their
+/// removal (the conversation ends there for them).
+async fn visible(
+    d: &Dispatcher,
+    conv: &str,
+    row: &tern_store::Member,
+    from: u64,
+    limit: u32,
+) -> Result<tern_store::Range, DispatchError> {
+    let start = from.max(row.visible_from);
+    let end = from.saturating_add(u64::from(limit));
+    let end = if row.is_current() { end } else { end.min(row.removed_seq.saturating_add(1)) };
+    let window = u32::try_from(end.saturating_sub(start)).unwrap_or(u32::MAX);
+    let mut range = d.store.read_range(conv, start, window).await?;
+    range.messages.retain(|m| row.sees(m.seq));
+    if !row.is_current() {
+        range.last_seq = range.last_seq.min(row.removed_seq);
+    }
+    Ok(range)
 }
 
 /// Builds a page from what the store returned for the window `[from, from + limit)`, cut short

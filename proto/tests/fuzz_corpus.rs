@@ -64,6 +64,7 @@ fn group_event_message() -> v1::Message {
         kind: v1::group_event::Kind::MembersAdded as i32,
         actor_user_id: "alice".into(),
         user_ids: vec!["bob".into(), "carol".into()],
+        ..Default::default()
     };
     v1::Message {
         conversation_id: "g:team".into(),

@@ -347,6 +347,6 @@ pub fn new_client_msg_id() -> String {
     format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
 }
 
-fn unexpected(wanted: &str, got: Option<Body>) -> SdkError {
+pub(crate) fn unexpected(wanted: &str, got: Option<Body>) -> SdkError {
     SdkError::Protocol(format!("expected {wanted}, got {got:?}"))
 }

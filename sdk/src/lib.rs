@@ -59,6 +59,7 @@ mod connector;
 pub mod error;
 pub mod event;
 pub mod file_persistence;
+mod groups;
 pub mod persist;
 pub mod token;
 mod transport;

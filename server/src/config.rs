@@ -204,6 +204,12 @@ pub struct DispatchSection {
     pub commit_delay: Duration,
     /// Sends waiting for commit before new ones are refused (UNAVAILABLE).
     pub pipeline_queue: usize,
+    /// Most members a group may have.
+    pub max_group_members: u32,
+    /// Largest group whose receipts are pushed to every member (larger: watermarks only).
+    pub receipt_push_max_members: u32,
+    /// Member rows the membership cache holds over all groups.
+    pub group_cache_rows: usize,
 }
 
 /// `[store]`
@@ -349,6 +355,9 @@ impl Default for DispatchSection {
             max_commit_batch: d.max_commit_batch,
             commit_delay: d.commit_delay,
             pipeline_queue: d.pipeline_queue,
+            max_group_members: d.max_group_members,
+            receipt_push_max_members: d.receipt_push_max_members,
+            group_cache_rows: d.group_cache_rows,
         }
     }
 }
@@ -514,6 +523,9 @@ impl Config {
             max_commit_batch: self.dispatch.max_commit_batch,
             commit_delay: self.dispatch.commit_delay,
             pipeline_queue: self.dispatch.pipeline_queue,
+            max_group_members: self.dispatch.max_group_members,
+            receipt_push_max_members: self.dispatch.receipt_push_max_members,
+            group_cache_rows: self.dispatch.group_cache_rows,
             ..Default::default()
         }
         .fit_frames(self.gateway.max_frame_bytes)

@@ -20,6 +20,7 @@ pub fn replay_safe(frame: &Envelope) -> bool {
                 | Body::ListConversations(_)
                 | Body::GetReceipts(_)
                 | Body::GetGroup(_)
+                | Body::ListGroupMembers(_)
         )
     )
 }

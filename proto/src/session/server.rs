@@ -463,6 +463,11 @@ fn is_client_request(body: &Body) -> bool {
             | Body::RemoveMembers(_)
             | Body::LeaveGroup(_)
             | Body::GetGroup(_)
+            | Body::UpdateGroup(_)
+            | Body::SetMemberRole(_)
+            | Body::TransferOwnership(_)
+            | Body::DissolveGroup(_)
+            | Body::ListGroupMembers(_)
     )
 }
 

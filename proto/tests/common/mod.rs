@@ -168,15 +168,23 @@ fn messaging_body() -> impl Strategy<Value = Body> {
     ]
 }
 
+fn attributes() -> impl Strategy<Value = std::collections::HashMap<String, String>> {
+    proptest::collection::hash_map(s(), s(), 0..3)
+}
+
 fn group_body() -> impl Strategy<Value = Body> {
     prop_oneof![
-        (s(), strings(), s()).prop_map(|(name, members, id)| {
-            Body::CreateGroup(v1::CreateGroup {
-                name,
-                member_user_ids: members,
-                client_request_id: id,
-            })
-        }),
+        (s(), strings(), s(), attributes(), enum_val()).prop_map(
+            |(name, members, id, attributes, history)| {
+                Body::CreateGroup(v1::CreateGroup {
+                    name,
+                    member_user_ids: members,
+                    client_request_id: id,
+                    attributes,
+                    history,
+                })
+            }
+        ),
         (s(), strings()).prop_map(|(c, u)| Body::AddMembers(v1::AddMembers {
             conversation_id: c,
             user_ids: u
@@ -186,18 +194,68 @@ fn group_body() -> impl Strategy<Value = Body> {
         }),
         s().prop_map(|c| Body::LeaveGroup(v1::LeaveGroup { conversation_id: c })),
         s().prop_map(|c| Body::GetGroup(v1::GetGroup { conversation_id: c })),
-        (s(), s(), s(), strings()).prop_map(|(c, name, owner, members)| {
-            Body::GroupInfo(v1::GroupInfo {
+        (s(), s(), s(), strings(), any::<u64>(), attributes(), any::<u32>(), any::<bool>())
+            .prop_map(|(c, name, owner, members, version, attributes, count, truncated)| {
+                Body::GroupInfo(v1::GroupInfo {
+                    conversation_id: c,
+                    name,
+                    owner_user_id: owner,
+                    member_user_ids: members,
+                    version,
+                    attributes,
+                    history: 1,
+                    member_count: count,
+                    max_members: count,
+                    members_truncated: truncated,
+                    your_role: 2,
+                })
+            }),
+        (s(), proptest::option::of(s()), attributes(), strings(), enum_val()).prop_map(
+            |(c, name, set, remove, history)| {
+                Body::UpdateGroup(v1::UpdateGroup {
+                    conversation_id: c,
+                    name,
+                    set_attributes: set,
+                    remove_attributes: remove,
+                    history,
+                })
+            }
+        ),
+        (s(), s(), enum_val()).prop_map(|(c, u, role)| {
+            Body::SetMemberRole(v1::SetMemberRole { conversation_id: c, user_id: u, role })
+        }),
+        (s(), s()).prop_map(|(c, u)| {
+            Body::TransferOwnership(v1::TransferOwnership {
                 conversation_id: c,
-                name,
-                owner_user_id: owner,
-                member_user_ids: members,
+                new_owner_user_id: u,
+            })
+        }),
+        s().prop_map(|c| Body::DissolveGroup(v1::DissolveGroup { conversation_id: c })),
+        (s(), s(), any::<u32>()).prop_map(|(c, after, limit)| {
+            Body::ListGroupMembers(v1::ListGroupMembers {
+                conversation_id: c,
+                after_user_id: after,
+                limit,
+            })
+        }),
+        (s(), vec((s(), enum_val(), any::<u64>()), 0..4), s()).prop_map(|(c, rows, next)| {
+            Body::GroupMembers(v1::GroupMembers {
+                conversation_id: c,
+                members: rows
+                    .into_iter()
+                    .map(|(user_id, role, joined_seq)| v1::GroupMember {
+                        user_id,
+                        role,
+                        joined_seq,
+                    })
+                    .collect(),
+                next_after_user_id: next,
             })
         }),
     ]
 }
 
-/// Any body kind (all 25 of them) with arbitrary field values.
+/// Any body kind (all 31 of them) with arbitrary field values.
 pub fn arb_body() -> impl Strategy<Value = Body> {
     prop_oneof![session_body(), messaging_body(), group_body()]
 }

@@ -162,8 +162,22 @@ async fn requests_that_fail_keep_the_connection() {
             ErrorCode::NotAMember,
         ),
         (
-            Body::CreateGroup(v1::CreateGroup { name: "g".into(), ..Default::default() }),
-            ErrorCode::Unimplemented,
+            Body::GetGroup(v1::GetGroup { conversation_id: "g:nope".into() }),
+            ErrorCode::UnknownConversation,
+        ),
+        (
+            Body::AddMembers(v1::AddMembers {
+                conversation_id: "dm:alice:bob".into(),
+                user_ids: vec!["carol".into()],
+            }),
+            ErrorCode::UnknownConversation,
+        ),
+        (
+            Body::CreateGroup(v1::CreateGroup {
+                member_user_ids: vec!["not a valid id".into()],
+                ..Default::default()
+            }),
+            ErrorCode::InvalidRequest,
         ),
         (
             Body::Login(v1::Login { token: srv.token("alice", "phone"), ..Default::default() }),

@@ -9,6 +9,7 @@ mod cluster;
 mod contract;
 mod crash;
 mod fuzz_corpus;
+mod groups;
 mod kernel_tuning;
 mod kick;
 mod link_auth;

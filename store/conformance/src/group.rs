@@ -16,7 +16,8 @@ use crate::{message, unique};
 /// A group event message from `actor` (the store does not read its body; this one is what
 /// dispatch writes).
 fn event(conv: &str, actor: &str, id: &str, kind: v1::group_event::Kind) -> NewMessage {
-    let body = v1::GroupEvent { kind: kind as i32, actor_user_id: actor.into(), user_ids: vec![] };
+    let body =
+        v1::GroupEvent { kind: kind as i32, actor_user_id: actor.into(), ..Default::default() };
     NewMessage {
         kind: v1::MessageKind::GroupEvent,
         content_type: String::new(),

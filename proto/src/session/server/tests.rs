@@ -362,6 +362,11 @@ fn client_requests_are_forwarded_unchanged() {
         Body::RemoveMembers(v1::RemoveMembers::default()),
         Body::LeaveGroup(v1::LeaveGroup::default()),
         Body::GetGroup(v1::GetGroup::default()),
+        Body::UpdateGroup(v1::UpdateGroup::default()),
+        Body::SetMemberRole(v1::SetMemberRole::default()),
+        Body::TransferOwnership(v1::TransferOwnership::default()),
+        Body::DissolveGroup(v1::DissolveGroup::default()),
+        Body::ListGroupMembers(v1::ListGroupMembers::default()),
     ];
     let mut h = Harness::logged_in();
     for (i, body) in requests.into_iter().enumerate() {
