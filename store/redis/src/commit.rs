@@ -5,29 +5,42 @@
 //! AOF fsync for the whole group.
 
 use tern_proto::v1;
-use tern_store::{Appended, Committed, NewMessage, WatermarkUpdate, Write};
+use tern_store::{
+    Appended, Committed, MemberChange, NewMessage, Refusal, Role, StoreError, WatermarkUpdate,
+    Write,
+};
 use tracing::warn;
 
 use crate::error::RedisStoreError;
+use crate::group::{encode_group_record, is_group};
 use crate::keys::{BUCKET_SIZE, bucket_of};
 use crate::scripts;
-use crate::store::{RedisStore, encode_header, parse_dedupe_record, parse_watermarks};
+use crate::store::{
+    RedisStore, encode_event_header, encode_header, parse_dedupe_record, parse_watermarks,
+};
+
+/// Reply fields per write (see [`crate::scripts`]).
+const REPLY_FIELDS: usize = 4;
 
 impl RedisStore {
-    /// Appends a batch: a commit of appends only.
+    /// Appends a batch: a commit of appends only. A refused append (a send to a group from a
+    /// non-member, or to no group) fails the call with [`StoreError::Refused`], as in the
+    /// embedded store (the rest of the batch is committed all the same).
     pub(crate) async fn append_batch(
         &self,
         batch: Vec<NewMessage>,
-    ) -> Result<Vec<Appended>, RedisStoreError> {
+    ) -> Result<Vec<Appended>, StoreError> {
         let writes: Vec<Write> = batch.into_iter().map(Write::Append).collect();
         let out = self.commit_batch(&writes).await?;
         out.into_iter()
             .map(|c| match c {
                 Committed::Appended(a) => Ok(a),
+                Committed::Refused(r) => Err(StoreError::Refused(r)),
                 other => Err(RedisStoreError::Corrupt {
                     key: "(commit script reply)".into(),
                     what: format!("{other:?} for an append"),
-                }),
+                }
+                .into()),
             })
             .collect()
     }
@@ -56,6 +69,7 @@ impl RedisStore {
                     } else {
                         (0, String::new())
                     };
+                    let group = is_group(&m.conversation_id);
                     invocation
                         .arg("a")
                         .arg(self.keys.conversation(&m.conversation_id))
@@ -66,9 +80,43 @@ impl RedisStore {
                         .arg(m.body.as_ref())
                         .arg(recall_seq)
                         .arg(recall_bucket)
+                        .arg(if group { "1" } else { "0" })
+                        .arg(if group { m.sender_user_id.as_str() } else { "" })
                         .arg(m.members.len());
                     for member in &m.members {
                         invocation.arg(self.keys.user(member));
+                    }
+                }
+                Write::Group(g) => {
+                    appends = true;
+                    let m = &g.event;
+                    invocation
+                        .arg("g")
+                        .arg(self.keys.conversation(&m.conversation_id))
+                        .arg(&m.conversation_id)
+                        .arg(self.keys.dedupe(&m.sender_user_id, &m.client_msg_id))
+                        .arg(m.server_time_ms)
+                        .arg(encode_event_header(m))
+                        .arg(m.body.as_ref())
+                        .arg(g.expect_version)
+                        .arg(if g.meta.dissolved { "1" } else { "0" })
+                        .arg(encode_group_record(&g.meta))
+                        .arg(g.members.len());
+                    for change in &g.members {
+                        let (op, role, full) = match change {
+                            MemberChange::Join { role, full_history, .. } => {
+                                ("j", *role, *full_history)
+                            }
+                            MemberChange::SetRole { role, .. } => ("s", *role, false),
+                            // The role is kept from the row.
+                            MemberChange::Remove { .. } => ("r", Role::Member, false),
+                        };
+                        invocation
+                            .arg(op)
+                            .arg(change.user_id())
+                            .arg(self.keys.user(change.user_id()))
+                            .arg(role as u8)
+                            .arg(if full { "1" } else { "0" });
                     }
                 }
                 Write::Watermark(w) => {
@@ -84,7 +132,6 @@ impl RedisStore {
                         .arg(kind)
                         .arg(w.seq);
                 }
-                Write::Group(_) => return Err(RedisStoreError::Unsupported("group changes")),
             }
         }
         invocation.arg(self.failover.seq_gap);
@@ -99,7 +146,7 @@ impl RedisStore {
         if let Some(event) = reply.pop() {
             self.history_event(&event, "");
         }
-        if reply.len() != batch.len() * 3 {
+        if reply.len() != batch.len() * REPLY_FIELDS {
             return Err(RedisStoreError::Corrupt {
                 key: "(commit script reply)".into(),
                 what: format!("{} fields for {} writes", reply.len(), batch.len()),
@@ -107,51 +154,71 @@ impl RedisStore {
         }
         batch
             .iter()
-            .zip(reply.chunks_exact(3))
+            .zip(reply.chunks_exact(REPLY_FIELDS))
             .map(|(write, out)| match write {
-                Write::Append(m) => {
-                    self.outcome(m, &out[0], &out[1], &out[2]).map(Committed::Appended)
-                }
+                Write::Append(m) => self.outcome(m, out),
+                Write::Group(g) => self.outcome(&g.event, out),
                 Write::Watermark(w) => {
                     self.mark_outcome(&w.conversation_id, &w.user_id, &out[0], &out[1], &out[2])
                 }
-                Write::Group(_) => Err(RedisStoreError::Unsupported("group changes")),
             })
             .collect()
     }
 
-    /// One append's outcome from the script's `[flag, value, recall_missing]`.
-    fn outcome(
-        &self,
-        m: &NewMessage,
-        flag: &str,
-        value: &str,
-        recall_missing: &str,
-    ) -> Result<Appended, RedisStoreError> {
-        if flag == "1" {
-            return parse_dedupe_record(value).ok_or_else(|| RedisStoreError::Corrupt {
-                key: self.keys.dedupe(&m.sender_user_id, &m.client_msg_id),
-                what: format!("dedupe record {value:?}"),
+    /// One append's or group change's outcome from the script's
+    /// `[flag, value, recall_missing | version, group_version]` (see [`crate::scripts`]).
+    fn outcome(&self, m: &NewMessage, out: &[String]) -> Result<Committed, RedisStoreError> {
+        let [flag, value, third, group_version] = out else {
+            return Err(RedisStoreError::Corrupt {
+                key: "(commit script reply)".into(),
+                what: format!("{} fields for a write", out.len()),
             });
+        };
+        let number = |what: &str, v: &str| -> Result<u64, RedisStoreError> {
+            v.parse().map_err(|_| RedisStoreError::Corrupt {
+                key: self.keys.meta(&m.conversation_id),
+                what: format!("{what} {v:?}"),
+            })
+        };
+        match flag.as_str() {
+            "1" => parse_dedupe_record(value).map(Committed::Appended).ok_or_else(|| {
+                RedisStoreError::Corrupt {
+                    key: self.keys.dedupe(&m.sender_user_id, &m.client_msg_id),
+                    what: format!("dedupe record {value:?}"),
+                }
+            }),
+            "r" => Ok(Committed::Refused(match value.as_str() {
+                "m" => Refusal::NotAMember,
+                "n" => Refusal::NoSuchGroup,
+                "v" => Refusal::VersionConflict { version: number("group version", third)? },
+                other => {
+                    return Err(RedisStoreError::Corrupt {
+                        key: "(commit script reply)".into(),
+                        what: format!("refusal {other:?}"),
+                    });
+                }
+            })),
+            "0" => {
+                if third == "1" {
+                    warn!(
+                        conversation_id = %m.conversation_id,
+                        seq = m.recalled_seq,
+                        "recall of a message that is not stored"
+                    );
+                }
+                Ok(Committed::Appended(Appended {
+                    conversation_id: m.conversation_id.clone(),
+                    seq: number("allocated seq", value)?,
+                    server_time_ms: m.server_time_ms,
+                    duplicate: false,
+                    group_version: number("group version", group_version)?,
+                }))
+            }
+            other => Err(RedisStoreError::Corrupt {
+                key: "(commit script reply)".into(),
+                what: format!("append flag {other:?}"),
+            }),
         }
-        let seq = value.parse().map_err(|_| RedisStoreError::Corrupt {
-            key: self.keys.meta(&m.conversation_id),
-            what: format!("allocated seq {value:?}"),
-        })?;
-        if recall_missing == "1" {
-            warn!(
-                conversation_id = %m.conversation_id,
-                seq = m.recalled_seq,
-                "recall of a message that is not stored"
-            );
-        }
-        Ok(Appended {
-            conversation_id: m.conversation_id.clone(),
-            seq,
-            server_time_ms: m.server_time_ms,
-            duplicate: false,
-            group_version: 0,
-        })
     }
 
     /// One watermark move's outcome from the script's `["w", "d:r", moved]` or

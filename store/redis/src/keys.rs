@@ -58,6 +58,23 @@ impl Keys {
         format!("{}:rcpt", self.conversation(conversation_id))
     }
 
+    /// `<conversation base>:group`: hash {version, dissolved, record} of a group conversation.
+    pub fn group(&self, conversation_id: &str) -> String {
+        format!("{}:group", self.conversation(conversation_id))
+    }
+
+    /// `<conversation base>:members`: hash user_id -> "role:joined_seq:visible_from:removed_seq"
+    /// (current and former members).
+    pub fn group_members(&self, conversation_id: &str) -> String {
+        format!("{}:members", self.conversation(conversation_id))
+    }
+
+    /// `<conversation base>:current`: sorted set, every score 0, members = the group's current
+    /// member ids.
+    pub fn group_current(&self, conversation_id: &str) -> String {
+        format!("{}:current", self.conversation(conversation_id))
+    }
+
     /// `<user base>:d:<client_msg_id>`: string "seq:server_time_ms:conversation_id".
     pub fn dedupe(&self, sender_user_id: &str, client_msg_id: &str) -> String {
         format!("{}:d:{client_msg_id}", self.user(sender_user_id))
@@ -119,6 +136,9 @@ mod tests {
         assert_eq!(k.meta("dm:a:b"), "tern:{c:6:dm:a:b}:meta");
         assert_eq!(k.bucket("dm:a:b", 3), "tern:{c:6:dm:a:b}:m:3");
         assert_eq!(k.receipts("g1"), "tern:{c:2:g1}:rcpt");
+        assert_eq!(k.group("g:t"), "tern:{c:3:g:t}:group");
+        assert_eq!(k.group_members("g:t"), "tern:{c:3:g:t}:members");
+        assert_eq!(k.group_current("g:t"), "tern:{c:3:g:t}:current");
         assert_eq!(k.dedupe("alice", "m-1"), "tern:{u:5:alice}:d:m-1");
         assert_eq!(k.user_conversations("alice"), "tern:{u:5:alice}:convs");
         assert_eq!(k.user_last("alice"), "tern:{u:5:alice}:last");
@@ -137,6 +157,9 @@ mod tests {
                 k.bucket(a, 0),
                 k.bucket(a, 1),
                 k.receipts(a),
+                k.group(a),
+                k.group_members(a),
+                k.group_current(a),
                 k.user_conversations(a),
                 k.user_last(a),
             ];

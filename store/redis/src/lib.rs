@@ -7,6 +7,7 @@
 //! - `failover`: the history fence at connect and `WAIT` after appends (see "Failover").
 //! - [`keys`]: the key layout (below) and bucket arithmetic.
 //! - [`scripts`]: the Lua scripts that make each append batch and each watermark move atomic.
+//! - `group`: group conversations: the record and member rows, and their reads (see "Groups").
 //!
 //! # Durability: what an `Ok` from `append` means
 //!
@@ -95,6 +96,9 @@
 //! | `C:meta` | hash | `last_seq` (allocated with HINCRBY), `last_time_ms`, `gap` (the part of `Phistory gap` already applied; absent: 0) |
 //! | `C:m:<seq / 1024>` | hash | `<seq>`: header (protobuf `v1::Message` without conversation id, seq, body, recalled); `b<seq>`: body (absent when empty or recalled); `r<seq>`: `1` once recalled |
 //! | `C:rcpt` | hash | user id → `delivered:read` |
+//! | `C:group` | hash | a group conversation's `version` (seq of its latest change), `dissolved` (`1`/`0`), `record` (protobuf: name, owner, attributes, history, member count, max members, created, dissolved) |
+//! | `C:members` | hash | user id → `role:joined_seq:visible_from:removed_seq`, one row per current or former member (`removed_seq` 0: current) |
+//! | `C:current` | sorted set | every score 0, members = the group's current member ids (paged with ZRANGEBYLEX) |
 //! | `U:d:<client_msg_id>` | string | dedupe key of (sender U, client_msg_id) → `seq:server_time_ms:conversation_id` |
 //! | `U:convs` | sorted set | every score 0, members = the user's conversation ids (paged with ZRANGEBYLEX) |
 //! | `U:last` | hash | conversation id → `last_seq:last_time_ms` |
@@ -110,19 +114,34 @@
 //! Per message the cost is 2 hash fields (header + body) plus the dedupe string key
 //! (~60 bytes of key overhead) and, per member, one index update.
 //!
+//! **Groups** (`g:` conversations). A group change is a group event message committed by the
+//! same script call with the `C:group` record (compare and set on its `version`), the changed
+//! `C:members` rows, `C:current` and each changed member's `U:convs` / `U:last` entry (at the
+//! event's seq). A send to a group reads `C:group`'s version and dissolved flag and the
+//! sender's one row, and writes no per-member entry (read diffusion):
+//! `list_conversations` shows a *current* member's group entry with the group's latest seq and
+//! time from `C:meta`, and a former member's at the seq of their removal (their `U:last`
+//! entry). So a send runs the same Redis commands in a group of 100 000 as in one of 3
+//! (`tests/groups.rs` counts them); a change costs one row read and write per changed member. `group_members` pages `C:current` (ZRANGEBYLEX) and
+//! reads those rows, in one read-only script ([`scripts`], GROUP_MEMBERS).
+//!
 //! Receipts are one hash per conversation (one field per member with receipts), so
 //! `watermarks` is one HGETALL bounded by the group's size. `list_conversations` is one
 //! ZRANGEBYLEX (`(after` .. `+`, LIMIT limit) then one pipelined round trip: HMGET of
-//! `U:last` and one HGET of `C:rcpt` per listed conversation.
+//! `U:last` and one HGET of `C:rcpt` per listed conversation (for a group also its member's
+//! row and `C:meta`), in one MULTI/EXEC so that each entry is one consistent view.
 //!
 //! # Scripts and atomicity
 //!
 //! Every append batch and every group commit ([`Store::commit`](tern_store::Store::commit):
-//! appends and receipt watermark moves together) is one EVALSHA of [`scripts::COMMIT_LUA`]:
+//! appends, group changes and receipt watermark moves together) is one EVALSHA of
+//! [`scripts::COMMIT_LUA`]:
 //! the last-seq bound of each watermark move and the coalescing of moves per (conversation,
 //! user) happen inside it (one `HSET` per pair whose final value moved); dedupe check, seq
 //! allocation, message, recall, meta, dedupe key and member indexes for every message of the
-//! batch, in batch order, with no other client's command in between. That is what makes seqs unique and
+//! batch, the membership check of each send to a group and the compare and set of each group
+//! change, in batch order, with no other client's command in between (a send after a removal
+//! in the same batch sees the removal). That is what makes seqs unique and
 //! gap-free and dedupe exact with any number of dispatch workers at once (and a duplicate later
 //! in the same batch sees the earlier one's dedupe key). A single watermark move outside a group
 //! uses [`scripts::SET_WATERMARK_LUA`] (monotonic; read raises delivered). The script text and its
@@ -150,6 +169,7 @@ mod commit;
 pub mod config;
 pub mod error;
 mod failover;
+mod group;
 mod health;
 pub mod keys;
 pub mod scripts;

@@ -30,38 +30,75 @@
 //!
 //! # COMMIT (every append batch and every group commit)
 //!
-//! `ARGV = [bucket_size, n, then n records, failover_seq_gap]`. A record is either an append,
-//! `"a", conv_base, conversation_id, dedupe_key, server_time_ms, header, body, recall_seq,
-//! recall_bucket_key, m, user_base x m` (`recall_seq` "0" and `recall_bucket_key` "" when the
-//! message is not a recall), or a watermark move, `"w", conv_base, user_id, "d" | "r" | "u",
-//! seq` (`u`: unspecified kind, moves nothing).
+//! `ARGV = [bucket_size, n, then n records, failover_seq_gap]`. A record is one of
+//! - an append, `"a", conv_base, conversation_id, dedupe_key, server_time_ms, header, body,
+//!   recall_seq, recall_bucket_key, group, sender_user_id, m, user_base x m` (`recall_seq` "0"
+//!   and `recall_bucket_key` "" when the message is not a recall; `group` "1" for a `g:`
+//!   conversation, whose sender must be a current member, else "0" with `sender_user_id` "");
+//! - a group change, `"g", conv_base, conversation_id, dedupe_key, server_time_ms, header,
+//!   body, expect_version, dissolved "1" | "0", record, c, then c x (op "j" | "s" | "r",
+//!   user_id, user_base, role, full_history "1" | "0")` (join, set role, remove; `record` is the
+//!   protobuf group record after the change; `role` is unused for a removal, `full_history`
+//!   only read for a join);
+//! - a watermark move, `"w", conv_base, user_id, "d" | "r" | "u", seq` (`u`: unspecified
+//!   kind, moves nothing).
+//!
+//! Every record answers four fields, in batch order.
 //!
 //! 0. Reads only: every watermark record's current `<conv>:rcpt` field is read and validated
 //!    (`delivered:read`, decimals; the seq a decimal), else an error before any write. Then the
-//!    history fence, only when the batch has an append (a watermark allocates no seq; it never
-//!    ran the fence nor `WAIT`ed before group commits either).
+//!    history fence, only when the batch has an append or a group change (a watermark allocates
+//!    no seq; it never ran the fence nor `WAIT`ed before group commits either).
 //!
 //! For each record in order, an append:
-//! 1. `GET dedupe_key`: if set, answer `["1", record, ""]` (the stored
-//!    `seq:time:conversation_id`) and write nothing.
-//! 2. Fence (only once the recorded `gap` is above 0): if `<conv>:meta gap` is below the
+//! 1. `GET dedupe_key`: if set, answer `["1", record, "", ""]` (the stored
+//!    `seq:time:conversation_id`) and write nothing, also for a sender no longer a member.
+//! 2. A group conversation: `HMGET <conv>:group version dissolved`; no version or dissolved:
+//!    answer `["r", "n", version, ""]` (no such group); `HGET <conv>:members sender` is not a
+//!    row `role:joined:visible:0` (never a member, or removed): `["r", "m", version, ""]` (not
+//!    a member). Nothing written either way.
+//! 3. Fence (only once the recorded `gap` is above 0): if `<conv>:meta gap` is below the
 //!    recorded gap, `last_seq = max(last_seq, highest seq field in the buckets from
 //!    last_seq's on) + (recorded gap - conv gap)`, `gap = recorded gap`. A conversation without
 //!    meta starts above the whole recorded gap: it may have existed only on the lost branch.
 //!    Then `seq = HINCRBY <conv>:meta last_seq 1`.
-//! 3. A recall: if its target's header field exists in its bucket, `HDEL` the target's body
+//! 4. A recall: if its target's header field exists in its bucket, `HDEL` the target's body
 //!    field and `HSET` its recalled flag; else answer "1" in the third slot (target missing).
-//! 4. `HSET <conv>:m:<seq / bucket_size> <seq> header [b<seq> body]` (body field only when
+//! 5. `HSET <conv>:m:<seq / bucket_size> <seq> header [b<seq> body]` (body field only when
 //!    non-empty), `HSET <conv>:meta last_time_ms time`, `SET dedupe_key seq:time:conv`.
-//! 5. For every member: `ZADD <user>:convs 0 conv`, `HSET <user>:last conv seq:time`.
-//! 6. Answer `["0", seq, recall_target_missing]`.
+//! 6. For every member: `ZADD <user>:convs 0 conv`, `HSET <user>:last conv seq:time` (a group
+//!    append has none: its members' lists read the group's meta, see the crate doc).
+//! 7. Answer `["0", seq, recall_target_missing, group_version]` (`group_version` "0" outside
+//!    groups).
+//!
+//! A group change:
+//! 1. Dedupe as an append (the original's outcome, `["1", record, "", ""]`).
+//! 2. `HMGET <conv>:group version dissolved`: version (absent: "0") other than
+//!    `expect_version`: answer `["r", "v", version, ""]`; dissolved: `["r", "n", version, ""]`.
+//!    Then each row change is checked against its row (`HGET <conv>:members user`): a join
+//!    needs a user who is not a current member, a role change or removal a current one; the
+//!    first that does not fit answers `["r", "v", version, ""]`. Nothing written so far.
+//! 3. Fence and `seq = HINCRBY`, the message and dedupe key as an append's steps 3 and 5.
+//! 4. `HSET <conv>:group version seq dissolved d record r`; per row change, in order:
+//!    join `role:seq:(1 if full_history else seq):0` and `ZADD <conv>:current 0 user`; set
+//!    role: the role replaced; removal: `removed_seq = seq` and `ZREM <conv>:current user`;
+//!    each `HSET <conv>:members user row`, `ZADD <user>:convs 0 conv`,
+//!    `HSET <user>:last conv seq:time`.
+//! 5. Answer `["0", seq, "", seq]` (a group write's version is its seq).
+//!
+//! A row this script did not write (unparseable) counts as no row: a send is refused, a join
+//! overwrites it. The script never stops with an error after its first write (there is no
+//! rollback).
 //!
 //! A watermark move: if `seq` is above `<conv>:meta last_seq` (as it stands at that point of
-//! the batch, so counting earlier appends), answer `["x", last_seq, ""]`; else move the
+//! the batch, so counting earlier appends), answer `["x", last_seq, "", ""]`; else move the
 //! (conversation, user)'s value **in the script's memory** (delivered, or read and delivered up
 //! to read; never back). After the last record, each (conversation, user) whose final value
 //! differs from the one read in step 0 is written once (`HSET <conv>:rcpt user d:r`), and every
-//! accepted move of it answers `["w", "final_delivered:final_read", moved "1" | "0"]`.
+//! accepted move of it answers `["w", "final_delivered:final_read", moved "1" | "0", ""]`.
+//!
+//! Each record sees the writes of the records before it (a send after a removal in the same
+//! batch is refused; a change after another one in the batch must expect its version).
 //!
 //! After the last record the reply has one more element: the fence's event (`""`, `new`,
 //! `restart` or `failover`; `""` when the fence did not run), for the log.
@@ -69,6 +106,13 @@
 //! Keys are built inside the script from the bases passed in ARGV (the bucket key depends on
 //! the seq the script allocates), so they are not declared in KEYS: fine on a single primary,
 //! not on Redis Cluster (see the crate doc).
+//!
+//! # GROUP_MEMBERS
+//!
+//! `KEYS = [<conv>:current, <conv>:members]`, `ARGV = [after, limit]`: `ZRANGEBYLEX` of the
+//! current members with id > `after` (at most `limit`), then their rows (`HMGET`, 1 000 ids
+//! per call: Lua's `unpack` is bounded), answered as `[id, row, id, row, ...]`. Reads only;
+//! one script so that a page is one consistent view.
 //!
 //! # HISTORY
 //!
@@ -156,7 +200,10 @@ local i = 3
 for _ = 1, n do
   if ARGV[i] == 'a' then
     appends = appends + 1
-    i = i + 10 + tonumber(ARGV[i + 9])
+    i = i + 12 + tonumber(ARGV[i + 11])
+  elseif ARGV[i] == 'g' then
+    appends = appends + 1
+    i = i + 11 + 5 * tonumber(ARGV[i + 10])
   elseif ARGV[i] == 'w' then
     if not string.match(ARGV[i + 4], '^%d+$') then
       return redis.error_reply('watermark seq is not a decimal: ' .. ARGV[i + 4])
@@ -203,7 +250,38 @@ local function fence(base)
   redis.call('HSET', meta, 'last_seq', string.format('%d', top + gap - applied),
     'gap', string.format('%d', gap))
 end
+-- A group's version ('0': no such group) and whether it was dissolved.
+local function group_state(base)
+  local g = redis.call('HMGET', base .. ':group', 'version', 'dissolved')
+  return g[1] or '0', g[2] == '1'
+end
+-- A user's member row split up (nil: never a member, or a row this script did not write).
+local function member_row(base, user)
+  local row = redis.call('HGET', base .. ':members', user)
+  if not row then return nil end
+  return string.match(row, '^(%d+):(%d+):(%d+):(%d+)$')
+end
+-- Allocates the next seq of a conversation and stores the message at it.
+local function store_message(base, conv, dkey, time, header, body)
+  if gap > 0 then fence(base) end
+  local seq = string.format('%d', redis.call('HINCRBY', base .. ':meta', 'last_seq', 1))
+  local bucket = base .. ':m:' .. string.format('%d', math.floor(tonumber(seq) / bucket_size))
+  if body == '' then
+    redis.call('HSET', bucket, seq, header)
+  else
+    redis.call('HSET', bucket, seq, header, 'b' .. seq, body)
+  end
+  redis.call('HSET', base .. ':meta', 'last_time_ms', time)
+  redis.call('SET', dkey, seq .. ':' .. time .. ':' .. conv)
+  return seq
+end
 local out = {}
+local function answer(a, b, c, d)
+  out[#out + 1] = a
+  out[#out + 1] = b
+  out[#out + 1] = c
+  out[#out + 1] = d
+end
 i = 3
 for _ = 1, n do
   if ARGV[i] == 'w' then
@@ -211,9 +289,7 @@ for _ = 1, n do
     i = i + 5
     local last = redis.call('HGET', base .. ':meta', 'last_seq') or '0'
     if greater(seq, last) then
-      out[#out + 1] = 'x'
-      out[#out + 1] = last
-      out[#out + 1] = ''
+      answer('x', last, '', '')
     else
       local m = marks[base .. ':rcpt' .. '\0' .. user]
       if kind == 'r' then
@@ -222,25 +298,33 @@ for _ = 1, n do
       elseif kind == 'd' then
         if greater(seq, m.d) then m.d = seq end
       end
-      out[#out + 1] = 'w'
-      out[#out + 1] = ''
-      out[#out + 1] = ''
-      m.slots[#m.slots + 1] = #out - 1
+      answer('w', '', '', '')
+      m.slots[#m.slots + 1] = #out - 2
     end
-  else
+  elseif ARGV[i] == 'a' then
     local base, conv, dkey, time = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
     local header, body, rseq, rkey = ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], ARGV[i + 8]
-    local members = tonumber(ARGV[i + 9])
-    local first_member = i + 10
+    local group, sender = ARGV[i + 9], ARGV[i + 10]
+    local members = tonumber(ARGV[i + 11])
+    local first_member = i + 12
     i = first_member + members
     local original = redis.call('GET', dkey)
+    local refusal, version = nil, '0'
+    if not original and group == '1' then
+      local dissolved
+      version, dissolved = group_state(base)
+      if version == '0' or dissolved then
+        refusal = 'n'
+      else
+        local _, _, _, removed = member_row(base, sender)
+        if removed ~= '0' then refusal = 'm' end
+      end
+    end
     if original then
-      out[#out + 1] = '1'
-      out[#out + 1] = original
-      out[#out + 1] = ''
+      answer('1', original, '', '')
+    elseif refusal then
+      answer('r', refusal, version, '')
     else
-      if gap > 0 then fence(base) end
-      local seq = string.format('%d', redis.call('HINCRBY', base .. ':meta', 'last_seq', 1))
       local missing = '0'
       if rkey ~= '' then
         if redis.call('HEXISTS', rkey, rseq) == 1 then
@@ -250,22 +334,73 @@ for _ = 1, n do
           missing = '1'
         end
       end
-      local bucket = base .. ':m:' .. string.format('%d', math.floor(tonumber(seq) / bucket_size))
-      if body == '' then
-        redis.call('HSET', bucket, seq, header)
-      else
-        redis.call('HSET', bucket, seq, header, 'b' .. seq, body)
-      end
-      redis.call('HSET', base .. ':meta', 'last_time_ms', time)
-      redis.call('SET', dkey, seq .. ':' .. time .. ':' .. conv)
+      local seq = store_message(base, conv, dkey, time, header, body)
       local entry = seq .. ':' .. time
       for k = first_member, first_member + members - 1 do
         redis.call('ZADD', ARGV[k] .. ':convs', 0, conv)
         redis.call('HSET', ARGV[k] .. ':last', conv, entry)
       end
-      out[#out + 1] = '0'
-      out[#out + 1] = seq
-      out[#out + 1] = missing
+      answer('0', seq, missing, version)
+    end
+  else
+    local base, conv, dkey, time = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+    local header, body, expect = ARGV[i + 5], ARGV[i + 6], ARGV[i + 7]
+    local dissolve, record = ARGV[i + 8], ARGV[i + 9]
+    local changes = tonumber(ARGV[i + 10])
+    local first_change = i + 11
+    i = first_change + 5 * changes
+    local original = redis.call('GET', dkey)
+    local refusal, version, dissolved = nil, '0', false
+    local rows = {}
+    if not original then
+      version, dissolved = group_state(base)
+      if version ~= expect then
+        refusal = 'v'
+      elseif dissolved then
+        refusal = 'n'
+      else
+        -- Every row change must fit the row as it is (reads only, before any write).
+        for k = 0, changes - 1 do
+          local op, user = ARGV[first_change + 5 * k], ARGV[first_change + 5 * k + 1]
+          local role, joined, visible, removed = member_row(base, user)
+          if (op == 'j') == (removed == '0') then
+            refusal = 'v'
+            break
+          end
+          rows[k + 1] = {role, joined, visible}
+        end
+      end
+    end
+    if original then
+      answer('1', original, '', '')
+    elseif refusal then
+      answer('r', refusal, version, '')
+    else
+      local seq = store_message(base, conv, dkey, time, header, body)
+      redis.call('HSET', base .. ':group', 'version', seq, 'dissolved', dissolve,
+        'record', record)
+      local entry = seq .. ':' .. time
+      for k = 0, changes - 1 do
+        local at = first_change + 5 * k
+        local op, user, ubase, role = ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
+        local old = rows[k + 1]
+        local row
+        if op == 'j' then
+          local visible = seq
+          if ARGV[at + 4] == '1' then visible = '1' end
+          row = role .. ':' .. seq .. ':' .. visible .. ':0'
+          redis.call('ZADD', base .. ':current', 0, user)
+        elseif op == 's' then
+          row = role .. ':' .. old[2] .. ':' .. old[3] .. ':0'
+        else
+          row = old[1] .. ':' .. old[2] .. ':' .. old[3] .. ':' .. seq
+          redis.call('ZREM', base .. ':current', user)
+        end
+        redis.call('HSET', base .. ':members', user, row)
+        redis.call('ZADD', ubase .. ':convs', 0, conv)
+        redis.call('HSET', ubase .. ':last', conv, entry)
+      end
+      answer('0', seq, '', seq)
     end
   end
 end
@@ -286,6 +421,23 @@ out[#out + 1] = event
 return out
 "#
 );
+
+/// Source of the group members script (see the module doc).
+pub const GROUP_MEMBERS_LUA: &str = r#"
+local ids = redis.call('ZRANGEBYLEX', KEYS[1], '(' .. ARGV[1], '+', 'LIMIT', 0, ARGV[2])
+if #ids == 0 then return {} end
+local out = {}
+-- HMGET in chunks: unpack is bounded by Lua's C stack.
+for first = 1, #ids, 1000 do
+  local last = math.min(first + 999, #ids)
+  local rows = redis.call('HMGET', KEYS[2], unpack(ids, first, last))
+  for k = first, last do
+    out[#out + 1] = ids[k]
+    out[#out + 1] = rows[k - first + 1] or ''
+  end
+end
+return out
+"#;
 
 /// Source of the watermark script (see the module doc).
 pub const SET_WATERMARK_LUA: &str = r#"
@@ -324,6 +476,9 @@ pub static COMMIT: LazyLock<Script> = LazyLock::new(|| Script::new(COMMIT_LUA));
 
 /// The history check script (SHA1 computed once).
 pub static HISTORY: LazyLock<Script> = LazyLock::new(|| Script::new(HISTORY_LUA));
+
+/// The group members script (SHA1 computed once).
+pub static GROUP_MEMBERS: LazyLock<Script> = LazyLock::new(|| Script::new(GROUP_MEMBERS_LUA));
 
 /// The watermark script (SHA1 computed once).
 pub static SET_WATERMARK: LazyLock<Script> = LazyLock::new(|| Script::new(SET_WATERMARK_LUA));

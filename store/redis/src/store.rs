@@ -11,14 +11,15 @@ use prost::Message as _;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tern_proto::v1;
 use tern_store::{
-    Appended, BoxFuture, Committed, ConversationEntry, NewMessage, Range, Store, StoreError,
-    WatermarkUpdate, Watermarks, Write,
+    Appended, BoxFuture, Committed, ConversationEntry, GroupState, Member, NewMessage, Range,
+    Store, StoreError, WatermarkUpdate, Watermarks, Write,
 };
 use tracing::{info, warn};
 
 use crate::config::RedisStoreConfig;
 use crate::error::RedisStoreError;
 use crate::failover::Failover;
+use crate::group::{is_group, parse_member};
 use crate::keys::{Keys, bucket_of, bucket_spans, message_fields};
 use crate::scripts;
 use tern_presence::redact_url;
@@ -164,7 +165,12 @@ impl RedisStore {
     /// first send. (Later NOSCRIPT answers are handled by `redis::Script` itself.)
     async fn load_scripts(&self) -> Result<(), RedisStoreError> {
         let mut conn = self.conn.clone();
-        for script in [&*scripts::COMMIT, &*scripts::SET_WATERMARK, &*scripts::HISTORY] {
+        for script in [
+            &*scripts::COMMIT,
+            &*scripts::SET_WATERMARK,
+            &*scripts::HISTORY,
+            &*scripts::GROUP_MEMBERS,
+        ] {
             with_timeout(self.timeout, script.load_async(&mut conn)).await?;
         }
         if let Some(mut conn) = self.failover.append_conn.clone() {
@@ -394,57 +400,72 @@ impl RedisStore {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
+        // One atomic round trip: the index entries, the user's receipts, and for each group
+        // their member row and the group's latest seq (read diffusion: a current member's
+        // entry shows the group's latest message; a former member's stays at their removal).
         let mut pipe = redis::pipe();
+        pipe.atomic();
         pipe.cmd("HMGET").arg(self.keys.user_last(user_id)).arg(&ids[..]);
         for id in &ids {
             pipe.cmd("HGET").arg(self.keys.receipts(id)).arg(user_id);
+            if is_group(id) {
+                pipe.cmd("HGET").arg(self.keys.group_members(id)).arg(user_id);
+                pipe.cmd("HMGET").arg(self.keys.meta(id)).arg("last_seq").arg("last_time_ms");
+            }
         }
-        let (lasts, receipts): (Vec<Option<String>>, Vec<Option<String>>) = self
-            .run(|mut conn| async move {
-                let mut replies: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
-                if replies.is_empty() {
-                    return Err(RedisStoreError::Corrupt {
-                        key: "(list pipeline)".into(),
-                        what: "empty reply".into(),
-                    });
-                }
-                let lasts = redis::from_redis_value(replies.remove(0))?;
-                let receipts = replies.into_iter().map(redis::from_redis_value).collect::<Result<
-                    Vec<Option<String>>,
-                    _,
-                >>(
-                )?;
-                Ok((lasts, receipts))
-            })
-            .await?;
-        if lasts.len() != ids.len() || receipts.len() != ids.len() {
-            return Err(RedisStoreError::Corrupt {
-                key: self.keys.user_last(user_id),
-                what: "pipeline answered the wrong number of values".into(),
-            });
+        let replies: Vec<redis::Value> =
+            self.run(|mut conn| async move { Ok(pipe.query_async(&mut conn).await?) }).await?;
+        let wrong = || RedisStoreError::Corrupt {
+            key: self.keys.user_last(user_id),
+            what: "pipeline answered the wrong number of values".into(),
+        };
+        let mut replies = replies.into_iter();
+        let lasts: Vec<Option<String>> =
+            redis::from_redis_value(replies.next().ok_or_else(wrong)?)?;
+        if lasts.len() != ids.len() {
+            return Err(wrong());
         }
-        ids.into_iter()
-            .zip(lasts)
-            .zip(receipts)
-            .map(|((conversation_id, last), receipt)| {
-                let (last_seq, last_time_ms) =
-                    last.as_deref().and_then(parse_last).ok_or_else(|| {
-                        RedisStoreError::Corrupt {
+        let mut out = Vec::with_capacity(ids.len());
+        for (conversation_id, last) in ids.into_iter().zip(lasts) {
+            let receipt: Option<String> =
+                redis::from_redis_value(replies.next().ok_or_else(wrong)?)?;
+            let (mut last_seq, mut last_time_ms) =
+                last.as_deref().and_then(parse_last).ok_or_else(|| RedisStoreError::Corrupt {
+                    key: format!("{} field {conversation_id}", self.keys.user_last(user_id)),
+                    what: format!("index entry {last:?}"),
+                })?;
+            if is_group(&conversation_id) {
+                let row: Option<String> =
+                    redis::from_redis_value(replies.next().ok_or_else(wrong)?)?;
+                let meta: (Option<u64>, Option<i64>) =
+                    redis::from_redis_value(replies.next().ok_or_else(wrong)?)?;
+                let current = match &row {
+                    None => false,
+                    Some(r) => parse_member(user_id, r)
+                        .ok_or_else(|| RedisStoreError::Corrupt {
                             key: format!(
-                                "{} field {conversation_id}",
-                                self.keys.user_last(user_id)
+                                "{} field {user_id}",
+                                self.keys.group_members(&conversation_id)
                             ),
-                            what: format!("index entry {last:?}"),
-                        }
-                    })?;
-                let watermarks = match receipt {
-                    None => Watermarks::default(),
-                    Some(r) => parse_watermarks(&r)
-                        .ok_or_else(|| self.corrupt_receipt(&conversation_id, user_id, &r))?,
+                            what: format!("member row {r:?}"),
+                        })?
+                        .is_current(),
                 };
-                Ok(ConversationEntry { conversation_id, last_seq, last_time_ms, watermarks })
-            })
-            .collect()
+                if current && let (Some(seq), Some(time)) = meta {
+                    (last_seq, last_time_ms) = (seq, time);
+                }
+            }
+            let watermarks = match receipt {
+                None => Watermarks::default(),
+                Some(r) => parse_watermarks(&r)
+                    .ok_or_else(|| self.corrupt_receipt(&conversation_id, user_id, &r))?,
+            };
+            out.push(ConversationEntry { conversation_id, last_seq, last_time_ms, watermarks });
+        }
+        if replies.next().is_some() {
+            return Err(wrong());
+        }
+        Ok(out)
     }
 }
 
@@ -462,6 +483,15 @@ pub(crate) async fn with_timeout<T>(
 /// The stored header: the message without conversation id, seq, body and recalled flag (those
 /// come from the key, the field name and the body / recalled fields when read).
 pub(crate) fn encode_header(m: &NewMessage) -> Vec<u8> {
+    header(m).encode_to_vec()
+}
+
+/// The stored header of a group change's event message (never a recall).
+pub(crate) fn encode_event_header(m: &NewMessage) -> Vec<u8> {
+    v1::Message { recalled_seq: 0, ..header(m) }.encode_to_vec()
+}
+
+fn header(m: &NewMessage) -> v1::Message {
     v1::Message {
         conversation_id: String::new(),
         seq: 0,
@@ -475,7 +505,6 @@ pub(crate) fn encode_header(m: &NewMessage) -> Vec<u8> {
         recalled_seq: m.recalled_seq,
         recalled: false,
     }
-    .encode_to_vec()
 }
 
 /// `seq:time:conversation_id` (the conversation id may itself contain ':').
@@ -501,7 +530,7 @@ pub(crate) fn parse_last(record: &str) -> Option<(u64, i64)> {
 
 impl Store for RedisStore {
     fn append(&self, batch: Vec<NewMessage>) -> BoxFuture<'_, Result<Vec<Appended>, StoreError>> {
-        Box::pin(async move { Ok(self.append_batch(batch).await?) })
+        Box::pin(self.append_batch(batch))
     }
 
     fn commit<'a>(
@@ -572,6 +601,30 @@ impl Store for RedisStore {
         limit: u32,
     ) -> BoxFuture<'a, Result<Vec<ConversationEntry>, StoreError>> {
         Box::pin(async move { Ok(self.conversations(user_id, after, limit).await?) })
+    }
+
+    fn get_group<'a>(
+        &'a self,
+        conversation_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<GroupState>, StoreError>> {
+        Box::pin(async move { Ok(self.group_state(conversation_id).await?) })
+    }
+
+    fn group_member<'a>(
+        &'a self,
+        conversation_id: &'a str,
+        user_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Member>, StoreError>> {
+        Box::pin(async move { Ok(self.member_row(conversation_id, user_id).await?) })
+    }
+
+    fn group_members<'a>(
+        &'a self,
+        conversation_id: &'a str,
+        after: &'a str,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Vec<Member>, StoreError>> {
+        Box::pin(async move { Ok(self.current_members(conversation_id, after, limit).await?) })
     }
 
     fn health(&self) -> BoxFuture<'_, Result<(), StoreError>> {

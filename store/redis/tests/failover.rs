@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tern_proto::v1;
-use tern_store::{NewMessage, Store, StoreError};
+use tern_store::{Committed, NewMessage, Store, StoreError};
 use tern_store_redis::{RedisStore, RedisStoreConfig, RedisStoreError};
 use tern_testkit::{ChaosProxy, RedisOptions, RedisServer};
 
@@ -303,4 +303,92 @@ async fn min_replicas_acked_holds_the_ack_until_the_replica_has_it() {
     let (stored, missing, _) = sync_view(&after, "w").await;
     assert_eq!(stored, acked);
     assert!(missing.is_empty());
+}
+
+/// A group change as dispatch writes it: `rows` at `expect`, sent by `owner`.
+fn group_change(
+    conv: &str,
+    owner: &str,
+    cmid: &str,
+    expect: u64,
+    rows: Vec<tern_store::MemberChange>,
+) -> tern_store::Write {
+    tern_store::Write::Group(tern_store::GroupWrite {
+        event: NewMessage {
+            kind: v1::MessageKind::GroupEvent,
+            members: Vec::new(),
+            sender_user_id: owner.to_owned(),
+            ..message(conv, cmid)
+        },
+        expect_version: expect,
+        meta: tern_store::GroupMeta { owner_user_id: owner.to_owned(), ..Default::default() },
+        members: rows,
+    })
+}
+
+fn join(user: &str) -> tern_store::MemberChange {
+    tern_store::MemberChange::Join {
+        user_id: user.to_owned(),
+        role: tern_store::Role::Member,
+        full_history: false,
+    }
+}
+
+/// `store.commit(batch)`, resent while the store is unavailable (as `append_retrying`).
+async fn commit_retrying(store: &RedisStore, batch: &[tern_store::Write]) -> Vec<Committed> {
+    for _ in 0..100 {
+        match store.commit(batch).await {
+            Ok(out) => return out,
+            Err(StoreError::Unavailable(e)) => eprintln!("commit unavailable, resending: {e}"),
+            Err(e) => panic!("commit failed: {e}"),
+        }
+    }
+    panic!("the store stayed unavailable");
+}
+
+/// A group change lost with the old primary: the promoted replica's group is at the version
+/// it had, so a change computed from the lost one is refused (the lost member's sends too);
+/// the next change is fenced like any append (its seq, and so the group's version, continues
+/// above the gap) and sends carry that version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_group_change_is_a_version_conflict_and_versions_continue_above_the_gap() {
+    let mut pair = tokio::task::block_in_place(Pair::start);
+    let store = RedisStore::connect(config(pair.url())).await.unwrap();
+    let create = group_change("g:f", "alice", "create", 0, vec![join("alice"), join("bob")]);
+    commit_retrying(&store, &[create]).await;
+    tokio::task::block_in_place(|| pair.lag_from_here());
+    let lost = group_change("g:f", "alice", "add-carol", 1, vec![join("carol")]);
+    let out = commit_retrying(&store, &[lost]).await;
+    assert!(matches!(&out[0], Committed::Appended(a) if a.group_version == 2), "{out:?}");
+    tokio::task::block_in_place(|| pair.fail_over());
+
+    let carol = tern_store::Write::Append(NewMessage {
+        sender_user_id: "carol".to_owned(),
+        members: Vec::new(),
+        ..message("g:f", "carol-1")
+    });
+    let stale = group_change("g:f", "alice", "add-dave", 2, vec![join("dave")]);
+    let out = commit_retrying(&store, &[carol, stale]).await;
+    assert_eq!(out[0], Committed::Refused(tern_store::Refusal::NotAMember));
+    assert_eq!(out[1], Committed::Refused(tern_store::Refusal::VersionConflict { version: 1 }));
+    let again = group_change("g:f", "alice", "add-dave-2", 1, vec![join("dave")]);
+    let bob = tern_store::Write::Append(NewMessage {
+        sender_user_id: "bob".to_owned(),
+        members: Vec::new(),
+        ..message("g:f", "bob-1")
+    });
+    let out = commit_retrying(&store, &[again, bob]).await;
+    let version = 1 + GAP + 1;
+    assert!(
+        matches!(&out[0], Committed::Appended(a) if (a.seq, a.group_version) == (version, version)),
+        "{out:?}"
+    );
+    assert!(
+        matches!(&out[1], Committed::Appended(a) if (a.seq, a.group_version) == (version + 1, version)),
+        "{out:?}"
+    );
+    assert_eq!(store.get_group("g:f").await.unwrap().unwrap().version, version);
+    let dave = store.group_member("g:f", "dave").await.unwrap().unwrap();
+    assert_eq!(dave.joined_seq, version);
+    assert_eq!(store.group_member("g:f", "carol").await.unwrap(), None, "lost with its change");
 }
