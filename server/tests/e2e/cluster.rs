@@ -309,3 +309,54 @@ async fn batched_pushes_reach_every_device_on_every_gateway_once_in_order() {
     drop(senders);
     block_in_place(|| drop(cluster));
 }
+
+/// Groups in the distributed mode (Redis store): a group made on one gateway reaches members
+/// on both; a member removed through the other gateway's worker is refused and pushed
+/// nothing more, whichever worker serves the next message (the store's group version tells
+/// each worker's cache it is stale).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_across_gateways_and_workers() {
+    let (cluster, key) = start(ClusterOptions { gateways: 2, workers: 2, ..Default::default() });
+    let (alice, _ae) = connect(&cluster, 0, &mint(&key, "alice", "phone"), Transport::Tcp).await;
+    let (bob, mut be) = connect(&cluster, 1, &mint(&key, "bob", "phone"), Transport::Tcp).await;
+    let (ann, mut ann_e) = connect(&cluster, 0, &mint(&key, "ann", "phone"), Transport::Tcp).await;
+    // Gateways link to workers right after start: a first send through each proves the path.
+    send(&alice, "bob", text("warm up"), &cluster).await;
+    send(&bob, "alice", text("warm up"), &cluster).await;
+    next_message(&mut be).await;
+    let info = alice.create_group("team", &["ann", "bob"], "cluster-1").await.unwrap();
+    let g = info.conversation_id;
+    let target = Target::Conversation(g.clone());
+    let ack = alice.send(target.clone(), "text/plain", text("hi all")).await.unwrap();
+    for events in [&mut be, &mut ann_e] {
+        loop {
+            let m = next_message(events).await;
+            if m.conversation_id == g && m.seq == ack.seq {
+                assert_eq!(&m.body[..], b"hi all");
+                break;
+            }
+        }
+    }
+    // Bob (other gateway, maybe other worker) makes ann's removal; alice's next message must
+    // not reach her, whichever worker caches what.
+    alice.set_member_role(&g, "bob", v1::GroupRole::Admin).await.unwrap();
+    bob.remove_members(&g, &["ann"]).await.unwrap();
+    let err = ann.send(target.clone(), "text/plain", text("still here?")).await.unwrap_err();
+    assert!(matches!(err, SdkError::Server { code: v1::ErrorCode::NotAMember, .. }), "{err}");
+    let after = alice.send(target, "text/plain", text("after ann")).await.unwrap();
+    loop {
+        let m = next_message(&mut be).await;
+        if m.conversation_id == g && m.seq == after.seq {
+            break;
+        }
+    }
+    send(&alice, "ann", text("fence"), &cluster).await;
+    loop {
+        let m = next_message(&mut ann_e).await;
+        assert!(m.conversation_id != g || m.seq < after.seq, "pushed after removal: {m:?}");
+        if m.conversation_id != g {
+            break;
+        }
+    }
+    block_in_place(|| drop(cluster));
+}
