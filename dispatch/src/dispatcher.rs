@@ -165,6 +165,9 @@ impl Dispatcher {
             Some(Body::ListConversations(req)) => {
                 Box::pin(async move { crate::conversations::list(&this, &origin, req).await })
             }
+            Some(Body::UpdateConversation(req)) => {
+                Box::pin(async move { crate::conversations::update(&this, &origin, req).await })
+            }
             Some(
                 body @ (Body::CreateGroup(_)
                 | Body::AddMembers(_)

@@ -40,15 +40,20 @@ pub(crate) enum Then {
     Receipt { request_id: u64, reply: Reply },
     /// Hand the outcome to an awaiting task.
     Wait(oneshot::Sender<Result<Appended, DispatchError>>),
+    /// Tell an awaiting task the write is durable (flags).
+    Done(oneshot::Sender<Result<(), DispatchError>>),
 }
 
 impl Then {
-    fn fail(self, e: DispatchError) {
+    pub(crate) fn fail(self, e: DispatchError) {
         match self {
             Then::Ack { request_id, reply } | Then::Receipt { request_id, reply } => {
                 reply(e.to_frame(request_id))
             }
             Then::Wait(tx) => {
+                let _ = tx.send(Err(e));
+            }
+            Then::Done(tx) => {
                 let _ = tx.send(Err(e));
             }
         }
@@ -332,6 +337,12 @@ impl Committer {
                         let _ = tx.send(Ok(out));
                     }
                 }
+                (Write::Flags(_), Committed::Flagged) => match then {
+                    Then::Done(tx) => {
+                        let _ = tx.send(Ok(()));
+                    }
+                    then => answer(then, Body::Ok(v1::Ok {})),
+                },
                 (Write::Append(_) | Write::Group(_), Committed::Refused(r)) => {
                     then.fail(DispatchError::refused(r));
                 }
@@ -375,14 +386,15 @@ impl Committer {
     }
 }
 
-/// Answers with `body` (a Wait caller only awaits appends, so it never gets here).
+/// Answers with `body` (a Wait or Done caller awaits another kind of outcome, so it never gets
+/// here).
 fn answer(then: Then, body: Body) {
     match then {
         Then::Ack { request_id, reply } | Then::Receipt { request_id, reply } => {
             reply(Envelope { request_id, body: Some(body) })
         }
-        Then::Wait(tx) => {
-            let _ = tx.send(Err(DispatchError::Unavailable("not an append")));
+        then @ (Then::Wait(_) | Then::Done(_)) => {
+            then.fail(DispatchError::Unavailable("an outcome of another kind"))
         }
     }
 }
@@ -468,5 +480,7 @@ pub(crate) fn stored(m: NewMessage, out: &Appended) -> v1::Message {
         body: m.body,
         recalled_seq: m.recalled_seq,
         recalled: false,
+        mention_user_ids: m.mention_user_ids,
+        mention_all: m.mention_all,
     }
 }

@@ -48,6 +48,8 @@ pub async fn handle(
         return Err(DispatchError::RecallWindowPassed);
     }
     let event = NewMessage {
+        mention_user_ids: Vec::new(),
+        mention_all: false,
         conversation_id: members.conversation_id,
         members: members.users,
         sender_user_id: origin.user_id.clone(),

@@ -208,6 +208,8 @@ async fn after_the_window_a_recalled_message_stays_refused_and_its_recall_still_
     let r = rig(DispatchConfig::default()).await;
     // Long ago (server time 1 ms after the epoch): a message, its recall, and another message.
     let old = |id: &str, kind: v1::MessageKind, recalled_seq: u64| tern_store::NewMessage {
+        mention_user_ids: Vec::new(),
+        mention_all: false,
         conversation_id: CONV.into(),
         members: vec!["alice".into(), "bob".into()],
         sender_user_id: "alice".into(),

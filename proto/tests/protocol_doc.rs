@@ -85,6 +85,8 @@ fn send_example_matches_the_codec() {
         &v1::Envelope {
             request_id: 2,
             body: Some(Body::Send(v1::Send {
+                mention_user_ids: Vec::new(),
+                mention_all: false,
                 conversation_id: "dm:alice:bob".into(),
                 peer_user_id: String::new(),
                 client_msg_id: "m1".into(),

@@ -128,22 +128,49 @@ impl Client {
         content_type: &str,
         body: Bytes,
     ) -> Result<v1::SendAck, SdkError> {
+        let pending = PendingSend {
+            client_msg_id,
+            target,
+            content_type: content_type.to_owned(),
+            body,
+            mention_user_ids: Vec::new(),
+            mention_all: false,
+        };
+        self.send_pending(pending).await
+    }
+
+    /// [`Client::send`] of a message that mentions `users` (and every member with `all`,
+    /// which only a group's owner and admins may).
+    pub async fn send_mentioning(
+        &self,
+        target: Target,
+        content_type: &str,
+        body: Bytes,
+        users: &[&str],
+        all: bool,
+    ) -> Result<v1::SendAck, SdkError> {
+        let pending = PendingSend {
+            client_msg_id: new_client_msg_id(),
+            target,
+            content_type: content_type.to_owned(),
+            body,
+            mention_user_ids: users.iter().map(|u| (*u).to_owned()).collect(),
+            mention_all: all,
+        };
+        self.send_pending(pending).await
+    }
+
+    /// Persists `pending` in the outbox and sends it (see [`Client::send`]).
+    pub async fn send_pending(&self, pending: PendingSend) -> Result<v1::SendAck, SdkError> {
+        let client_msg_id = pending.client_msg_id.clone();
         if !tern_proto::ids::is_valid_client_msg_id(&client_msg_id) {
             return Err(SdkError::InvalidArgument(format!(
                 "client_msg_id must be 1 to {} bytes",
                 tern_proto::ids::MAX_CLIENT_MSG_ID_BYTES
             )));
         }
-        let pending = PendingSend {
-            client_msg_id: client_msg_id.clone(),
-            target,
-            content_type: content_type.to_owned(),
-            body,
-        };
         self.shared.persistence.put_pending(&pending).map_err(SdkError::Persistence)?;
-        let body =
-            send_body(&pending.target, &pending.client_msg_id, &pending.content_type, pending.body);
-        self.submit_send(client_msg_id, body, true).await
+        self.submit_send(client_msg_id, send_body(&pending), true).await
     }
 
     /// Recalls this user's message at `seq` (within the server's recall window). The recall is
@@ -322,23 +349,20 @@ impl Client {
     }
 }
 
-/// The Send request body for a message.
-pub(crate) fn send_body(
-    target: &Target,
-    client_msg_id: &str,
-    content_type: &str,
-    body: Bytes,
-) -> Body {
-    let (conversation_id, peer_user_id) = match target {
+/// The Send request body for a pending message.
+pub(crate) fn send_body(p: &PendingSend) -> Body {
+    let (conversation_id, peer_user_id) = match &p.target {
         Target::Conversation(id) => (id.clone(), String::new()),
         Target::Peer(user) => (String::new(), user.clone()),
     };
     Body::Send(v1::Send {
         conversation_id,
         peer_user_id,
-        client_msg_id: client_msg_id.to_owned(),
-        content_type: content_type.to_owned(),
-        body,
+        client_msg_id: p.client_msg_id.clone(),
+        content_type: p.content_type.clone(),
+        mention_user_ids: p.mention_user_ids.clone(),
+        mention_all: p.mention_all,
+        body: p.body.clone(),
     })
 }
 

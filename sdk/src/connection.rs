@@ -194,8 +194,7 @@ impl Driver {
         }
         let mut outbox = Outbox::new(cfg.max_outbox.max(1));
         for p in persistence.list_pending().map_err(SdkError::Persistence)? {
-            let body =
-                crate::client::send_body(&p.target, &p.client_msg_id, &p.content_type, p.body);
+            let body = crate::client::send_body(&p);
             // Past the capacity the rest stay persisted and are resent after a restart.
             let entry = OutboxEntry { body, persisted: true, waiters: Vec::new() };
             if outbox.insert(p.client_msg_id, entry).is_err() {

@@ -98,6 +98,10 @@ struct StoredSend {
     content_type: String,
     /// Base64 (standard alphabet, padded).
     body: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    mention_user_ids: Vec<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    mention_all: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -118,6 +122,8 @@ impl StoredSend {
             target,
             content_type: p.content_type.clone(),
             body: B64.encode(&p.body),
+            mention_user_ids: p.mention_user_ids.clone(),
+            mention_all: p.mention_all,
         }
     }
 
@@ -134,6 +140,8 @@ impl StoredSend {
             target,
             content_type: self.content_type.clone(),
             body: Bytes::from(body),
+            mention_user_ids: self.mention_user_ids.clone(),
+            mention_all: self.mention_all,
         })
     }
 }
@@ -302,6 +310,8 @@ mod tests {
 
     fn pending(id: &str, body: &'static [u8]) -> PendingSend {
         PendingSend {
+            mention_user_ids: Vec::new(),
+            mention_all: false,
             client_msg_id: id.to_owned(),
             target: if id == "g" {
                 Target::Conversation("g:team".to_owned())

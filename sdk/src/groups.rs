@@ -1,4 +1,4 @@
-//! Group requests on [`Client`]: thin typed wrappers over [`Client::request`] (PROTOCOL.md,
+//! Group requests (and a conversation's own flags) on [`Client`]: thin typed wrappers over [`Client::request`] (PROTOCOL.md,
 //! "Groups"). Group messages themselves are sent, received, synced and acknowledged like 1:1
 //! ones (`Target::Conversation` with the group's id).
 
@@ -124,6 +124,17 @@ impl Client {
             }
             after = page.next_after_user_id;
         }
+    }
+
+    /// Sets this user's muted / pinned flags of a conversation (`None`: unchanged).
+    pub async fn update_conversation(
+        &self,
+        conversation_id: &str,
+        muted: Option<bool>,
+        pinned: Option<bool>,
+    ) -> Result<(), SdkError> {
+        let req = v1::UpdateConversation { conversation_id: conversation_id.into(), muted, pinned };
+        self.ok(Body::UpdateConversation(req)).await
     }
 
     async fn group_info(&self, body: Body) -> Result<v1::GroupInfo, SdkError> {

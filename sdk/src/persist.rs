@@ -20,6 +20,10 @@ pub struct PendingSend {
     pub content_type: String,
     /// The payload.
     pub body: Bytes,
+    /// Users it mentions.
+    pub mention_user_ids: Vec<String>,
+    /// Whether it mentions every member.
+    pub mention_all: bool,
 }
 
 /// Storage for what must survive a restart of the app. Calls come from the client's tasks and
@@ -120,6 +124,8 @@ mod tests {
 
     fn pending(id: &str) -> PendingSend {
         PendingSend {
+            mention_user_ids: Vec::new(),
+            mention_all: false,
             client_msg_id: id.to_owned(),
             target: Target::Peer("bob".to_owned()),
             content_type: "text/plain".to_owned(),

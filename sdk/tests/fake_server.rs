@@ -286,6 +286,8 @@ async fn persisted_sends_are_resent_at_connect_and_show_up_as_events() {
     let persistence = MemoryPersistence::new();
     persistence
         .put_pending(&PendingSend {
+            mention_user_ids: Vec::new(),
+            mention_all: false,
             client_msg_id: "left-over".into(),
             target: Target::Conversation("dm:alice:bob".into()),
             content_type: "text/plain".into(),

@@ -40,6 +40,8 @@ impl Load {
         let i = k % PAIRS;
         self.seqs[i as usize] += 1;
         Write::Append(NewMessage {
+            mention_user_ids: Vec::new(),
+            mention_all: false,
             conversation_id: format!("dm:ppr{i}:pps{i}"),
             members: vec![format!("ppr{i}"), format!("pps{i}")],
             sender_user_id: format!("pps{i}"),

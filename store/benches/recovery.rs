@@ -64,6 +64,8 @@ fn main() {
                 let n = messages + i;
                 let (a, b) = (format!("a{}", n % 1000), format!("b{}", n % 1000));
                 Write::Append(NewMessage {
+                    mention_user_ids: Vec::new(),
+                    mention_all: false,
                     conversation_id: format!("dm:{a}:{b}"),
                     members: vec![a.clone(), b],
                     sender_user_id: a,

@@ -26,6 +26,8 @@ fn batch(size: usize, next_id: &AtomicU64, body: &Bytes) -> Vec<NewMessage> {
             let n = next_id.fetch_add(1, Ordering::Relaxed);
             let conv = n % CONVERSATIONS;
             NewMessage {
+                mention_user_ids: Vec::new(),
+                mention_all: false,
                 conversation_id: format!("g:bench-{conv}"),
                 members: vec![format!("user-{conv}-a"), format!("user-{conv}-b")],
                 sender_user_id: format!("user-{conv}-a"),

@@ -56,6 +56,11 @@ pub struct NewMessage {
     pub recalled_seq: u64,
     /// Acceptance time, Unix milliseconds (chosen by dispatch).
     pub server_time_ms: i64,
+    /// Users the message mentions (stored in the message; each one's conversation entry
+    /// shows the mention until they read past it).
+    pub mention_user_ids: Vec<String>,
+    /// The message mentions every member.
+    pub mention_all: bool,
 }
 
 /// The outcome of one appended message.
@@ -121,6 +126,22 @@ pub enum Write {
     /// Change a group: its event message, record and member rows together, if the group is
     /// still at the version the change was computed from.
     Group(GroupWrite),
+    /// Set a user's own flags of a conversation.
+    Flags(FlagsWrite),
+}
+
+/// A user's flags of one conversation inside a group commit ([`Write::Flags`]); `None`
+/// leaves a flag as it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlagsWrite {
+    /// The conversation.
+    pub conversation_id: String,
+    /// Whose flags.
+    pub user_id: String,
+    /// Muted (no notifications but mentions).
+    pub muted: Option<bool>,
+    /// Pinned (listed first by the app).
+    pub pinned: Option<bool>,
 }
 
 /// Why a write of a group commit was not applied (nothing of it was written).
@@ -156,6 +177,8 @@ pub enum Committed {
     },
     /// The append or group change was refused (see [`Refusal`]).
     Refused(Refusal),
+    /// The flags write is durable.
+    Flagged,
 }
 
 /// One entry of a user's conversation index.
@@ -169,6 +192,13 @@ pub struct ConversationEntry {
     pub last_time_ms: i64,
     /// The user's own watermarks there.
     pub watermarks: Watermarks,
+    /// The latest seq of a message mentioning the user or all (0: none); the conversation is
+    /// flagged as mentioning them while this is above their read watermark.
+    pub mention_seq: u64,
+    /// The user muted it.
+    pub muted: bool,
+    /// The user pinned it.
+    pub pinned: bool,
 }
 
 /// Messages read from one conversation.
@@ -354,6 +384,7 @@ async fn commit_in_steps<S: Store + ?Sized>(
                 }
             }
             Write::Group(_) => return Err(StoreError::Unsupported("groups")),
+            Write::Flags(_) => return Err(StoreError::Unsupported("conversation flags")),
             Write::Watermark(w) => {
                 let last_seq = store.last_seq(&w.conversation_id).await?;
                 if w.seq > last_seq {

@@ -277,6 +277,8 @@ fn event(origin: &Origin, conv: &str, client_msg_id: String, plan: &Plan) -> New
         },
     };
     NewMessage {
+        mention_user_ids: Vec::new(),
+        mention_all: false,
         conversation_id: conv.to_owned(),
         members: Vec::new(),
         sender_user_id: origin.user_id.clone(),

@@ -115,6 +115,8 @@ impl SendEncoder {
     /// An encoder for the sends of one pair to `conversation_id`.
     pub fn new(conversation_id: String, body_len: usize, nonce: u32) -> Self {
         let send = Send {
+            mention_user_ids: Vec::new(),
+            mention_all: false,
             conversation_id,
             peer_user_id: String::new(),
             client_msg_id: String::with_capacity(32),

@@ -458,6 +458,7 @@ fn is_client_request(body: &Body) -> bool {
             | Body::GetReceipts(_)
             | Body::SyncRequest(_)
             | Body::ListConversations(_)
+            | Body::UpdateConversation(_)
             | Body::CreateGroup(_)
             | Body::AddMembers(_)
             | Body::RemoveMembers(_)

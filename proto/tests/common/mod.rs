@@ -33,6 +33,8 @@ pub fn arb_message() -> impl Strategy<Value = v1::Message> {
                 (conversation_id, seq, sender_user_id, sender_device_id, client_msg_id, t),
                 (kind, content_type, body, recalled_seq, recalled),
             )| v1::Message {
+                mention_user_ids: Vec::new(),
+                mention_all: false,
                 conversation_id,
                 seq,
                 sender_user_id,
@@ -87,6 +89,8 @@ fn session_body() -> impl Strategy<Value = Body> {
 fn messaging_body() -> impl Strategy<Value = Body> {
     prop_oneof![
         (s(), s(), s(), s(), blob()).prop_map(|(c, p, m, ct, body)| Body::Send(v1::Send {
+            mention_user_ids: Vec::new(),
+            mention_all: false,
             conversation_id: c,
             peer_user_id: p,
             client_msg_id: m,
@@ -142,6 +146,15 @@ fn messaging_body() -> impl Strategy<Value = Body> {
                     last_seq: last,
                 })
             }),
+        (s(), proptest::option::of(any::<bool>()), proptest::option::of(any::<bool>())).prop_map(
+            |(c, muted, pinned)| {
+                Body::UpdateConversation(v1::UpdateConversation {
+                    conversation_id: c,
+                    muted,
+                    pinned,
+                })
+            }
+        ),
         (s(), any::<u32>()).prop_map(|(after, limit)| {
             Body::ListConversations(v1::ListConversations { after_conversation_id: after, limit })
         }),
@@ -154,6 +167,10 @@ fn messaging_body() -> impl Strategy<Value = Body> {
                     conversations: rows
                         .into_iter()
                         .map(|(c, kind, last_seq, t, d, r)| v1::ConversationSummary {
+                            unread_count: 0,
+                            mentioned: false,
+                            muted: false,
+                            pinned: false,
                             conversation_id: c,
                             kind,
                             last_seq,
@@ -255,7 +272,7 @@ fn group_body() -> impl Strategy<Value = Body> {
     ]
 }
 
-/// Any body kind (all 31 of them) with arbitrary field values.
+/// Any body kind (all 32 of them) with arbitrary field values.
 pub fn arb_body() -> impl Strategy<Value = Body> {
     prop_oneof![session_body(), messaging_body(), group_body()]
 }

@@ -131,6 +131,8 @@ async fn requests_that_fail_keep_the_connection() {
     let (mut raw, _) = Raw::login(srv.addr, &srv.token("alice", "phone")).await;
     let send = |conversation_id: &str, peer: &str, id: &str| {
         Body::Send(v1::Send {
+            mention_user_ids: Vec::new(),
+            mention_all: false,
             conversation_id: conversation_id.into(),
             peer_user_id: peer.into(),
             client_msg_id: id.into(),

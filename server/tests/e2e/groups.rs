@@ -201,3 +201,46 @@ async fn visibility_follows_joins_and_removals() {
     assert_eq!(listed(bob.list_conversations().await.unwrap()), Some(after.seq));
     assert_eq!(listed(ann.list_conversations().await.unwrap()), Some(removal));
 }
+
+/// The conversation list a returning app renders: unread counts, a mention flag that clears
+/// once read past, the user's own muted and pinned flags; @all only from admins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_list_shows_unread_mentions_and_flags() {
+    let srv = TestServer::start().await;
+    let (alice, _ae) = srv.client("alice", "phone").await;
+    let (bob, _be) = srv.client("bob", "phone").await;
+    let g = alice.create_group("team", &["bob"], "").await.unwrap().conversation_id;
+    let to_g = || Target::Conversation(g.clone());
+    say(&alice, &g, "one").await.unwrap();
+    let mention = alice.send_mentioning(to_g(), "text/plain", text("@bob look"), &["bob"], false);
+    let mention = mention.await.unwrap();
+    say(&alice, &g, "three").await.unwrap();
+    let dm = alice.send(Target::Peer("bob".into()), "text/plain", text("psst")).await.unwrap();
+    let summary = |list: Vec<v1::ConversationSummary>, id: &str| {
+        list.into_iter().find(|c| c.conversation_id == id).unwrap()
+    };
+    let s = summary(bob.list_conversations().await.unwrap(), &g);
+    assert_eq!((s.last_seq, s.read_seq, s.unread_count), (4, 0, 4));
+    assert!(s.mentioned && !s.muted && !s.pinned);
+    let stored = bob.sync_page(&g, mention.seq, 1).await.unwrap().messages.remove(0);
+    assert_eq!(stored.mention_user_ids, ["bob"]);
+    assert!(!summary(alice.list_conversations().await.unwrap(), &g).mentioned);
+
+    bob.mark_read(&g, mention.seq).await.unwrap();
+    let s = summary(bob.list_conversations().await.unwrap(), &g);
+    assert_eq!((s.unread_count, s.mentioned), (1, false), "read past the mention");
+    bob.update_conversation(&g, Some(true), None).await.unwrap();
+    bob.update_conversation(&dm.conversation_id, None, Some(true)).await.unwrap();
+    let list = bob.list_conversations().await.unwrap();
+    let (sg, sd) = (summary(list.clone(), &g), summary(list, &dm.conversation_id));
+    assert!(sg.muted && !sg.pinned && sd.pinned && !sd.muted);
+    assert!(!summary(alice.list_conversations().await.unwrap(), &g).muted, "flags are bob's");
+
+    // @all: from an admin only.
+    let all = bob.send_mentioning(to_g(), "text/plain", text("@all"), &[], true).await;
+    assert_eq!(code(all.unwrap_err()), ErrorCode::Forbidden);
+    alice.send_mentioning(to_g(), "text/plain", text("@all hi"), &[], true).await.unwrap();
+    assert!(summary(bob.list_conversations().await.unwrap(), &g).mentioned);
+    let e = bob.update_conversation("g:nope", Some(true), None).await.unwrap_err();
+    assert_eq!(code(e), ErrorCode::UnknownConversation);
+}

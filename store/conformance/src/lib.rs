@@ -35,9 +35,11 @@ use tern_proto::v1;
 use tern_store::{Appended, NewMessage, Store, WatermarkUpdate, Watermarks};
 
 mod commit;
+mod flags;
 mod group;
 mod reuse;
 pub use commit::{commit_coalesces_watermarks, commit_mixes_appends_and_watermarks};
+pub use flags::{flags_are_per_user_and_independent, mentions_are_stored_and_listed};
 pub use group::{
     group_changes_compare_and_set, group_conversations_are_listed, group_create_reads_back,
     group_rows_follow_joins_roles_and_dissolution, group_sends_need_current_membership,
@@ -124,6 +126,23 @@ macro_rules! group_conformance_tests {
     };
 }
 
+/// Generates one `#[tokio::test]` per conversation-list case (mentions, flags).
+#[macro_export]
+macro_rules! flags_conformance_tests {
+    ($setup:path) => {
+        $crate::conformance_tests!(@cases $setup;
+            mentions_are_stored_and_listed,
+            flags_are_per_user_and_independent,
+        );
+    };
+}
+
+/// Runs every conversation-list case in turn on one store.
+pub async fn run_all_flags(store: &dyn Store) {
+    mentions_are_stored_and_listed(store).await;
+    flags_are_per_user_and_independent(store).await;
+}
+
 /// Runs every group case in turn on one store.
 pub async fn run_all_groups(store: &dyn Store) {
     group_create_reads_back(store).await;
@@ -149,6 +168,8 @@ pub(crate) fn message(
     body: &str,
 ) -> NewMessage {
     NewMessage {
+        mention_user_ids: Vec::new(),
+        mention_all: false,
         conversation_id: conversation_id.to_owned(),
         members: vec![sender.to_owned()],
         sender_user_id: sender.to_owned(),
@@ -393,6 +414,8 @@ pub async fn get_message_round_trips_every_field(store: &dyn Store) {
     assert_eq!(
         got,
         v1::Message {
+            mention_user_ids: Vec::new(),
+            mention_all: false,
             conversation_id: conv.clone(),
             seq: 1,
             sender_user_id: user.clone(),

@@ -29,6 +29,7 @@ async fn setup() -> Setup {
 
 tern_store_conformance::conformance_tests!(setup);
 tern_store_conformance::group_conformance_tests!(setup);
+tern_store_conformance::flags_conformance_tests!(setup);
 
 /// The whole suite on one shared store, as a persistent backend would run it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -36,10 +37,13 @@ async fn run_all_on_one_store() {
     let setup = setup().await;
     tern_store_conformance::run_all(setup.store()).await;
     tern_store_conformance::run_all_groups(setup.store()).await;
+    tern_store_conformance::run_all_flags(setup.store()).await;
 }
 
 fn message(conv: &str, user: &str, cmid: &str, time: i64) -> NewMessage {
     NewMessage {
+        mention_user_ids: Vec::new(),
+        mention_all: false,
         conversation_id: conv.to_owned(),
         members: vec![user.to_owned()],
         sender_user_id: user.to_owned(),

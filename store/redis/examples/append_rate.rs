@@ -25,6 +25,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .map(|i| {
                     n += 1;
                     NewMessage {
+                        mention_user_ids: Vec::new(),
+                        mention_all: false,
                         conversation_id: format!("conv-{}", i % 64),
                         members: vec!["alice".into(), "bob".into()],
                         sender_user_id: "alice".into(),

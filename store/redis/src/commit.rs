@@ -60,6 +60,7 @@ impl RedisStore {
         let mut appends = false;
         for write in batch {
             match write {
+                Write::Flags(_) => return Err(RedisStoreError::Unsupported("conversation flags")),
                 Write::Append(m) => {
                     appends = true;
                     let (recall_seq, recall_bucket) = if m.kind == v1::MessageKind::Recall {
@@ -158,6 +159,7 @@ impl RedisStore {
             .map(|(write, out)| match write {
                 Write::Append(m) => self.outcome(m, out),
                 Write::Group(g) => self.outcome(&g.event, out),
+                Write::Flags(_) => Err(RedisStoreError::Unsupported("conversation flags")),
                 Write::Watermark(w) => {
                     self.mark_outcome(&w.conversation_id, &w.user_id, &out[0], &out[1], &out[2])
                 }

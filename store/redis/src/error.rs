@@ -36,6 +36,9 @@ pub enum RedisStoreError {
     /// The operation did not finish within `command_timeout` (it may still take effect).
     #[error("Redis operation timed out after {0:?}")]
     Timeout(Duration),
+    /// The operation is not implemented by this backend yet.
+    #[error("the Redis store does not support {0} yet")]
+    Unsupported(&'static str),
     /// Redis answered with an error this backend does not expect.
     #[error("Redis command failed: {0}")]
     Redis(RedisError),
@@ -117,6 +120,7 @@ impl From<RedisStoreError> for StoreError {
             | RedisStoreError::Fenced { .. }
             | RedisStoreError::ReplicasBehind { .. } => StoreError::Unavailable(e.to_string()),
             RedisStoreError::Corrupt { .. } => StoreError::Corrupt(e.to_string()),
+            RedisStoreError::Unsupported(what) => StoreError::Unsupported(what),
             RedisStoreError::Config(_)
             | RedisStoreError::DurabilityUnknown { .. }
             | RedisStoreError::Redis(_) => StoreError::Io(e.to_string()),

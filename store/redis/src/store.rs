@@ -460,7 +460,15 @@ impl RedisStore {
                 Some(r) => parse_watermarks(&r)
                     .ok_or_else(|| self.corrupt_receipt(&conversation_id, user_id, &r))?,
             };
-            out.push(ConversationEntry { conversation_id, last_seq, last_time_ms, watermarks });
+            out.push(ConversationEntry {
+                conversation_id,
+                last_seq,
+                last_time_ms,
+                watermarks,
+                mention_seq: 0,
+                muted: false,
+                pinned: false,
+            });
         }
         if replies.next().is_some() {
             return Err(wrong());
@@ -504,6 +512,8 @@ fn header(m: &NewMessage) -> v1::Message {
         body: Bytes::new(),
         recalled_seq: m.recalled_seq,
         recalled: false,
+        mention_user_ids: m.mention_user_ids.clone(),
+        mention_all: m.mention_all,
     }
 }
 
@@ -663,6 +673,8 @@ mod tests {
     #[test]
     fn header_leaves_out_what_the_key_and_fields_carry() {
         let m = NewMessage {
+            mention_user_ids: Vec::new(),
+            mention_all: false,
             conversation_id: "dm:a:b".into(),
             members: vec!["a".into()],
             sender_user_id: "a".into(),

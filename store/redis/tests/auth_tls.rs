@@ -12,6 +12,8 @@ use tern_testkit::{RedisOptions, RedisServer};
 
 fn message(conv: &str, sender: &str, id: &str) -> NewMessage {
     NewMessage {
+        mention_user_ids: Vec::new(),
+        mention_all: false,
         conversation_id: conv.into(),
         members: vec![sender.into(), "b".into()],
         sender_user_id: sender.into(),

@@ -13,6 +13,8 @@ use tern_testkit::{RedisOptions, RedisServer, Reply};
 
 fn append(conv: &str, cmid: &str) -> Write {
     Write::Append(NewMessage {
+        mention_user_ids: Vec::new(),
+        mention_all: false,
         conversation_id: conv.to_owned(),
         members: vec!["a".to_owned(), "b".to_owned()],
         sender_user_id: "a".to_owned(),

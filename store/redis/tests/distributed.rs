@@ -12,6 +12,8 @@ use tern_testkit::{AppendFsync, RedisOptions, RedisServer};
 
 fn message(conv: &str, user: &str, cmid: &str) -> NewMessage {
     NewMessage {
+        mention_user_ids: Vec::new(),
+        mention_all: false,
         conversation_id: conv.to_owned(),
         members: vec![user.to_owned(), "peer".to_owned()],
         sender_user_id: user.to_owned(),

@@ -15,6 +15,8 @@ use tern_testkit::{ChaosProxy, RedisOptions, RedisServer};
 
 fn message(conv: &str, cmid: &str) -> NewMessage {
     NewMessage {
+        mention_user_ids: Vec::new(),
+        mention_all: false,
         conversation_id: conv.to_owned(),
         members: vec!["alice".to_owned(), "bob".to_owned()],
         sender_user_id: "alice".to_owned(),

@@ -16,6 +16,8 @@ use tern_testkit::{RedisOptions, RedisServer, Reply};
 
 fn message(conv: &str, sender: &str, cmid: &str, kind: v1::MessageKind) -> NewMessage {
     NewMessage {
+        mention_user_ids: Vec::new(),
+        mention_all: false,
         conversation_id: conv.to_owned(),
         members: Vec::new(),
         sender_user_id: sender.to_owned(),

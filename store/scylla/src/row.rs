@@ -70,6 +70,8 @@ pub struct MessageRow {
 /// The stored form of `m` at `seq` (what the row's blob holds).
 pub fn stored_message(m: &NewMessage, seq: u64, server_time_ms: i64) -> v1::Message {
     v1::Message {
+        mention_user_ids: Vec::new(),
+        mention_all: false,
         conversation_id: m.conversation_id.clone(),
         seq,
         sender_user_id: m.sender_user_id.clone(),
@@ -132,6 +134,8 @@ mod tests {
 
     fn new_message() -> NewMessage {
         NewMessage {
+            mention_user_ids: Vec::new(),
+            mention_all: false,
             conversation_id: "dm:alice:bob".to_owned(),
             members: vec!["alice".to_owned(), "bob".to_owned()],
             sender_user_id: "alice".to_owned(),

@@ -440,6 +440,9 @@ impl Inner {
             .zip(wms)
             .map(|(r, watermarks)| {
                 Ok(ConversationEntry {
+                    mention_seq: 0,
+                    muted: false,
+                    pinned: false,
                     conversation_id: r.conversation_id,
                     last_seq: seq_from_cql("user_conversations.last_seq", r.last_seq)?,
                     last_time_ms: r.last_time_ms.unwrap_or(0),

@@ -12,7 +12,7 @@ use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, k
 use tern_proto::v1;
 
 use super::tables::EmbeddedError;
-use crate::{GroupMeta, History, Member, Role, Watermarks};
+use crate::{FlagsWrite, GroupMeta, History, Member, Role, Watermarks};
 
 /// A new message for the index: the log record's payload as written, with where the index's
 /// fields sit in it (one allocation per message, shared by the log copy and the index).
@@ -22,6 +22,8 @@ pub(crate) struct AppendOp {
     pub server_time_ms: i64,
     /// For a recall event: the seq it recalls (else 0).
     pub recalled_seq: u64,
+    /// Whether the message mentions anyone (the index then records the mentions).
+    pub mentions: bool,
     /// The record payload ([`encode_append`]).
     payload: Vec<u8>,
     message: Span,
@@ -103,6 +105,8 @@ pub(crate) struct MessageRef<'a> {
     pub body: &'a [u8],
     pub recalled_seq: u64,
     pub recalled: bool,
+    pub mention_user_ids: &'a [String],
+    pub mention_all: bool,
 }
 
 impl<'a> MessageRef<'a> {
@@ -120,6 +124,8 @@ impl<'a> MessageRef<'a> {
             body: m.body.as_ref(),
             recalled_seq: m.recalled_seq,
             recalled: m.recalled,
+            mention_user_ids: &m.mention_user_ids,
+            mention_all: m.mention_all,
         }
     }
 }
@@ -150,6 +156,7 @@ pub(crate) enum IndexOp {
     Append(AppendOp),
     Watermark(WatermarkOp),
     Group(GroupOp),
+    Flags(FlagsWrite),
 }
 
 /// The payload of one log record (the decoder's view; [`encode_append`] and friends write
@@ -168,6 +175,36 @@ pub struct Record {
     /// A group change.
     #[prost(message, optional, tag = "4")]
     pub group: Option<GroupRecord>,
+    /// A user's conversation flags.
+    #[prost(message, optional, tag = "5")]
+    pub flags: Option<FlagsRecord>,
+}
+
+/// [`Record::flags`]: the flags a write sets (unset ones unchanged).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct FlagsRecord {
+    #[prost(string, tag = "1")]
+    pub conversation_id: String,
+    #[prost(string, tag = "2")]
+    pub user_id: String,
+    #[prost(bool, optional, tag = "3")]
+    pub muted: Option<bool>,
+    #[prost(bool, optional, tag = "4")]
+    pub pinned: Option<bool>,
+}
+
+/// Writes a flags record.
+pub(crate) fn encode_flags(w: &FlagsWrite, buf: &mut Vec<u8>) {
+    let record = Record {
+        flags: Some(FlagsRecord {
+            conversation_id: w.conversation_id.clone(),
+            user_id: w.user_id.clone(),
+            muted: w.muted,
+            pinned: w.pinned,
+        }),
+        ..Default::default()
+    };
+    buf.extend_from_slice(&record.encode_to_vec());
 }
 
 /// [`Record::group`]: the event message, the record after it and the changed member rows.
@@ -348,6 +385,8 @@ fn message_len(m: &MessageRef<'_>) -> usize {
         + str_field(9, m.body)
         + u64_field(10, m.recalled_seq)
         + u64_field(11, u64::from(m.recalled))
+        + m.mention_user_ids.iter().map(|u| len_field(12, u.len())).sum::<usize>()
+        + u64_field(13, u64::from(m.mention_all))
 }
 
 /// Writes the append record of `m` and `members` (the message encoded as prost would, once)
@@ -387,6 +426,10 @@ pub(crate) fn encode_append<S: AsRef<str>>(m: &MessageRef<'_>, members: &[S]) ->
     }
     varint(10, m.recalled_seq, &mut buf);
     varint(11, u64::from(m.recalled), &mut buf);
+    for u in m.mention_user_ids {
+        put_bytes(12, u.as_bytes(), &mut buf);
+    }
+    varint(13, u64::from(m.mention_all), &mut buf);
     let span = Span { start, end: buf.len() };
     debug_assert_eq!(span.end - span.start, message);
     let members_at = buf.len();
@@ -398,6 +441,7 @@ pub(crate) fn encode_append<S: AsRef<str>>(m: &MessageRef<'_>, members: &[S]) ->
         seq: m.seq,
         server_time_ms: m.server_time_ms,
         recalled_seq: if recall { m.recalled_seq } else { 0 },
+        mentions: !m.mention_user_ids.is_empty() || m.mention_all,
         payload: buf,
         message: span,
         conversation_id,
@@ -453,31 +497,47 @@ pub(crate) fn decode(lsn: u64, payload: &[u8]) -> Result<Option<IndexOp>, Embedd
         }
         Ok(m)
     };
-    match (record.append, record.watermark, record.group) {
-        (Some(a), None, None) => {
-            let m = decode_message(&a.message)?;
-            // Re-encoded canonically: the same message for every reader of the index.
-            Ok(Some(IndexOp::Append(encode_append(&MessageRef::of(&m), &a.members))))
-        }
-        (None, Some(w), None) => Ok(Some(IndexOp::Watermark(WatermarkOp {
+    let kinds = [
+        record.append.is_some(),
+        record.watermark.is_some(),
+        record.group.is_some(),
+        record.flags.is_some(),
+    ];
+    if kinds.iter().filter(|k| **k).count() > 1 {
+        return Err(bad("more than one kind of change".into()));
+    }
+    if let Some(a) = record.append {
+        let m = decode_message(&a.message)?;
+        // Re-encoded canonically: the same message for every reader of the index.
+        return Ok(Some(IndexOp::Append(encode_append(&MessageRef::of(&m), &a.members))));
+    }
+    if let Some(w) = record.watermark {
+        return Ok(Some(IndexOp::Watermark(WatermarkOp {
             conversation_id: w.conversation_id,
             user_id: w.user_id,
             watermarks: Watermarks { delivered: w.delivered, read: w.read },
-        }))),
-        (None, None, Some(g)) => {
-            let event = g.event.ok_or_else(|| bad("group change without its event".into()))?;
-            let m = decode_message(&event.message)?;
-            let meta = g.meta.ok_or_else(|| bad("group change without its record".into()))?;
-            let members = g.members.iter().map(MemberRecord::to_member);
-            Ok(Some(IndexOp::Group(GroupOp {
-                event: encode_append(&MessageRef::of(&m), &[] as &[&str]),
-                meta: meta.to_meta().map_err(bad)?,
-                members: members.collect::<Result<_, _>>().map_err(bad)?,
-            })))
-        }
-        (None, None, None) => Ok(None),
-        _ => Err(bad("more than one kind of change".into())),
+        })));
     }
+    if let Some(g) = record.group {
+        let event = g.event.ok_or_else(|| bad("group change without its event".into()))?;
+        let m = decode_message(&event.message)?;
+        let meta = g.meta.ok_or_else(|| bad("group change without its record".into()))?;
+        let members = g.members.iter().map(MemberRecord::to_member);
+        return Ok(Some(IndexOp::Group(GroupOp {
+            event: encode_append(&MessageRef::of(&m), &[] as &[&str]),
+            meta: meta.to_meta().map_err(bad)?,
+            members: members.collect::<Result<_, _>>().map_err(bad)?,
+        })));
+    }
+    if let Some(f) = record.flags {
+        return Ok(Some(IndexOp::Flags(FlagsWrite {
+            conversation_id: f.conversation_id,
+            user_id: f.user_id,
+            muted: f.muted,
+            pinned: f.pinned,
+        })));
+    }
+    Ok(None)
 }
 
 #[cfg(test)]
@@ -489,6 +549,8 @@ mod tests {
     #[test]
     fn append_encoding_matches_prost() {
         let full = v1::Message {
+            mention_user_ids: vec!["b".into(), "ü".repeat(70)],
+            mention_all: true,
             conversation_id: "dm:a:b".into(),
             seq: u64::MAX,
             sender_user_id: "a".into(),

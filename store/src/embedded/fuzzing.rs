@@ -14,12 +14,13 @@ pub fn store_record(data: &[u8]) {
                 entry::encode_watermark(&w.conversation_id, &w.user_id, w.watermarks, &mut again)
             }
             IndexOp::Group(g) => entry::encode_group(g, &mut again),
+            IndexOp::Flags(f) => entry::encode_flags(f, &mut again),
         }
         assert_eq!(entry::decode(1, &again).ok().flatten().as_ref(), Some(&op));
     }
 }
 
-/// Seed payloads for the corpus: an append, a watermark, a probe, a group change.
+/// Seed payloads for the corpus: an append, a watermark, a probe, a group change, flags.
 pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     let message = tern_proto::v1::Message {
         conversation_id: "dm:alice:bob".into(),
@@ -57,10 +58,19 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     };
     let mut change = Vec::new();
     entry::encode_group(&group, &mut change);
+    let mut flags = Vec::new();
+    let w = crate::FlagsWrite {
+        conversation_id: "g:team".into(),
+        user_id: "bob".into(),
+        muted: Some(true),
+        pinned: None,
+    };
+    entry::encode_flags(&w, &mut flags);
     vec![
         ("seed-append", append),
         ("seed-watermark", mark),
         ("seed-probe", probe),
         ("seed-group", change),
+        ("seed-flags", flags),
     ]
 }

@@ -10,6 +10,8 @@
 //! | `receipts` | (conversation_id, user_id) | (delivered, read) |
 //! | `groups` | conversation_id | protobuf-encoded group record with its version |
 //! | `group_members` | (conversation_id, user_id) | (role, joined_seq, visible_from, removed_seq) |
+//! | `mentions` | (conversation_id, user_id or "" for all) | the latest seq mentioning them |
+//! | `flags` | (user_id, conversation_id) | the user's muted / pinned bits |
 //! | `index_meta` | `"applied_lsn"` | the last log record applied (written in every index commit) |
 //!
 //! Every read is a point lookup or a range scan bounded by its key prefix and the caller's
@@ -44,6 +46,14 @@ pub(super) const GROUPS: TableDefinition<&str, &[u8]> = TableDefinition::new("gr
 /// (conversation_id, user_id) -> (role, joined_seq, visible_from, removed_seq).
 pub(super) const GROUP_MEMBERS: TableDefinition<(&str, &str), (u64, u64, u64, u64)> =
     TableDefinition::new("group_members");
+/// (conversation_id, user_id) -> the latest seq mentioning the user (user "" : mentioning all).
+pub(super) const MENTIONS: TableDefinition<(&str, &str), u64> = TableDefinition::new("mentions");
+/// (user_id, conversation_id) -> the user's flags ([`MUTED`] | [`PINNED`]).
+pub(super) const FLAGS: TableDefinition<(&str, &str), u8> = TableDefinition::new("flags");
+/// [`FLAGS`] bit: muted.
+pub(super) const MUTED: u8 = 1;
+/// [`FLAGS`] bit: pinned.
+pub(super) const PINNED: u8 = 2;
 /// "applied_lsn" -> the last log record the index holds.
 pub(super) const INDEX_META: TableDefinition<&str, u64> = TableDefinition::new("index_meta");
 /// The key of [`INDEX_META`]'s one row.
@@ -105,6 +115,8 @@ pub(super) fn create_tables(db: &Database) -> Result<u64, EmbeddedError> {
     txn.open_table(RECEIPTS)?;
     txn.open_table(GROUPS)?;
     txn.open_table(GROUP_MEMBERS)?;
+    txn.open_table(MENTIONS)?;
+    txn.open_table(FLAGS)?;
     let applied = txn.open_table(INDEX_META)?.get(APPLIED_LSN)?.map_or(0, |g| g.value());
     txn.commit()?;
     Ok(applied)
@@ -155,6 +167,8 @@ fn apply_in(txn: &WriteTransaction, ops: Vec<IndexOp>) -> Result<(), EmbeddedErr
     let mut receipts = txn.open_table(RECEIPTS)?;
     let mut groups = txn.open_table(GROUPS)?;
     let mut group_members = txn.open_table(GROUP_MEMBERS)?;
+    let mut mentions = txn.open_table(MENTIONS)?;
+    let mut flags = txn.open_table(FLAGS)?;
     // Last (seq, time) per conversation, and per (member, conversation).
     let mut latest: Map<&str, (u64, i64)> = Map::default();
     let mut members: Map<(&str, &str), (u64, i64)> = Map::default();
@@ -171,6 +185,15 @@ fn apply_in(txn: &WriteTransaction, ops: Vec<IndexOp>) -> Result<(), EmbeddedErr
                     (conv, a.seq, a.server_time_ms),
                 )?;
                 latest.insert(conv, (a.seq, a.server_time_ms));
+                if a.mentions {
+                    let m = decode(conv, a.seq, a.encoded())?;
+                    for user in &m.mention_user_ids {
+                        mentions.insert((conv, user.as_str()), a.seq)?;
+                    }
+                    if m.mention_all {
+                        mentions.insert((conv, ""), a.seq)?;
+                    }
+                }
                 for member in a.members() {
                     members.insert((member, conv), (a.seq, a.server_time_ms));
                 }
@@ -180,6 +203,18 @@ fn apply_in(txn: &WriteTransaction, ops: Vec<IndexOp>) -> Result<(), EmbeddedErr
                     (w.conversation_id.as_str(), w.user_id.as_str()),
                     (w.watermarks.delivered, w.watermarks.read),
                 )?;
+            }
+            IndexOp::Flags(f) => {
+                let key = (f.user_id.as_str(), f.conversation_id.as_str());
+                let mut bits = flags.get(key)?.map_or(0, |g| g.value());
+                for (set, bit) in [(f.muted, MUTED), (f.pinned, PINNED)] {
+                    match set {
+                        Some(true) => bits |= bit,
+                        Some(false) => bits &= !bit,
+                        None => {}
+                    }
+                }
+                flags.insert(key, bits)?;
             }
             IndexOp::Group(g) => {
                 let a = &g.event;
@@ -336,6 +371,8 @@ pub(super) fn list_conversations_blocking(
     let receipts = txn.open_table(RECEIPTS)?;
     let meta = txn.open_table(CONV_META)?;
     let members = txn.open_table(GROUP_MEMBERS)?;
+    let mentions = txn.open_table(MENTIONS)?;
+    let flags = txn.open_table(FLAGS)?;
     let mut out = Vec::new();
     if limit == 0 {
         return Ok(out);
@@ -356,11 +393,15 @@ pub(super) fn list_conversations_blocking(
                 (last_seq, last_time_ms) = g.value();
             }
         }
+        let bits = flags.get((user_id, conv))?.map_or(0, |g| g.value());
         out.push(ConversationEntry {
             conversation_id: conv.to_owned(),
             last_seq,
             last_time_ms,
             watermarks: read_watermarks(&receipts, conv, user_id)?,
+            mention_seq: mention_seq(&mentions, conv, user_id)?.min(last_seq),
+            muted: bits & MUTED != 0,
+            pinned: bits & PINNED != 0,
         });
         if out.len() >= limit as usize {
             break;
@@ -449,4 +490,15 @@ pub(super) fn group_members_blocking(
         }
     }
     Ok(out)
+}
+
+/// The latest seq of `conv` mentioning `user` or all.
+fn mention_seq(
+    table: &impl ReadableTable<(&'static str, &'static str), u64>,
+    conv: &str,
+    user: &str,
+) -> Result<u64, EmbeddedError> {
+    let own = table.get((conv, user))?.map_or(0, |g| g.value());
+    let all = table.get((conv, ""))?.map_or(0, |g| g.value());
+    Ok(own.max(all))
 }

@@ -236,6 +236,8 @@ impl Writer {
                         body: &m.body,
                         recalled_seq: m.recalled_seq,
                         recalled: false,
+                        mention_user_ids: &m.mention_user_ids,
+                        mention_all: m.mention_all,
                     };
                     // Encoded once: the log copies the payload, the index keeps it.
                     let op = entry::encode_append(&message, &m.members);
@@ -285,6 +287,11 @@ impl Writer {
                         duplicate: false,
                         group_version: seq,
                     }));
+                }
+                Write::Flags(f) => {
+                    self.wal.append_with(|buf| entry::encode_flags(f, buf));
+                    ops.push(IndexOp::Flags(f.clone()));
+                    out.push(Committed::Flagged);
                 }
                 Write::Watermark(w) => {
                     let conv = w.conversation_id.as_str();
@@ -435,6 +442,8 @@ impl Writer {
             body: &m.body,
             recalled_seq: 0,
             recalled: false,
+            mention_user_ids: &[],
+            mention_all: false,
         };
         let event = entry::encode_append(&message, &[] as &[&str]);
         Ok(Ok(GroupOp { event, meta: change.meta.clone(), members: rows }))

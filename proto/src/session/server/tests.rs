@@ -357,6 +357,7 @@ fn client_requests_are_forwarded_unchanged() {
         Body::GetReceipts(v1::GetReceipts::default()),
         Body::SyncRequest(v1::SyncRequest { from_seq: 3, ..Default::default() }),
         Body::ListConversations(v1::ListConversations::default()),
+        Body::UpdateConversation(v1::UpdateConversation::default()),
         Body::CreateGroup(v1::CreateGroup::default()),
         Body::AddMembers(v1::AddMembers::default()),
         Body::RemoveMembers(v1::RemoveMembers::default()),

@@ -19,6 +19,8 @@ fn claim(seq: u64, claimed_at_ms: i64, allocated_at_ms: i64) -> Claim {
 
 fn send(conversation_id: &str, body: &str) -> NewMessage {
     NewMessage {
+        mention_user_ids: Vec::new(),
+        mention_all: false,
         conversation_id: conversation_id.into(),
         members: vec!["alice".into(), "bob".into()],
         sender_user_id: "alice".into(),
