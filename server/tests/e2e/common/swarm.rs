@@ -1,5 +1,6 @@
 //! A small swarm of SDK bots for contract tests: every user has several devices, every device
-//! keeps sending 1:1 messages to the other users, and the [`Ledger`] records what each saw.
+//! keeps sending 1:1 messages to the other users and, every third send, to one group of all
+//! the users, and the [`Ledger`] records what each saw.
 //! After the chaos, `fence` sends one more message per conversation on a healthy system (its
 //! push reveals any gap a lost push left), and `settle_and_verify` waits for the devices to
 //! catch up and checks the contract against the store.
@@ -23,6 +24,8 @@ pub struct Swarm {
     /// Every device with its client and its user's conversations.
     pub devices: Vec<(Device, Client, Vec<String>)>,
     users: Vec<String>,
+    /// The group of all users.
+    pub group: String,
     stop: Arc<AtomicBool>,
     senders: Vec<tokio::task::JoinHandle<()>>,
     /// Send attempts that returned an error (timeouts across a failure, UNAVAILABLE...).
@@ -69,9 +72,20 @@ impl Swarm {
                     .await
                     .expect("bot connect");
                 ledger.watch(device.clone(), events);
-                let convs = names.iter().filter(|u| *u != user).map(|u| conv(user, u)).collect();
+                let convs: Vec<String> =
+                    names.iter().filter(|u| *u != user).map(|u| conv(user, u)).collect();
                 all.push((device, client, convs));
             }
+        }
+        // One group of everyone, made by the first device. Its creation event is not pushed
+        // to that connection (it has the GroupInfo answer); the device reads it by sync at the
+        // first gap, like any message it missed.
+        let request = format!("{prefix}group");
+        let others: Vec<&str> = names.iter().skip(1).map(String::as_str).collect();
+        let info = all[0].1.create_group("swarm", &others, &request).await.expect("create group");
+        let group = info.conversation_id.clone();
+        for (_, _, convs) in &mut all {
+            convs.push(group.clone());
         }
         let stop = Arc::new(AtomicBool::new(false));
         let send_errors = Arc::new(AtomicU64::new(0));
@@ -80,16 +94,17 @@ impl Swarm {
             let (device, client, stop, ledger, errors) =
                 (device.clone(), client.clone(), stop.clone(), ledger.clone(), send_errors.clone());
             let peers: Vec<String> = names.iter().filter(|u| **u != device.0).cloned().collect();
+            let group = group.clone();
             senders.push(tokio::spawn(async move {
                 let mut n = 0u64;
                 while !stop.load(Relaxed) {
-                    let peer = &peers[n as usize % peers.len()];
+                    let target = match n % 3 {
+                        2 => Target::Conversation(group.clone()),
+                        _ => Target::Peer(peers[n as usize % peers.len()].clone()),
+                    };
                     let id = format!("{}-{}-{n}", device.0, device.1);
                     n += 1;
-                    match client
-                        .send_with_id(Target::Peer(peer.clone()), id, "text/plain", text("x"))
-                        .await
-                    {
+                    match client.send_with_id(target, id, "text/plain", text("x")).await {
                         Ok(ack) => ledger.ack(&device, &ack),
                         Err(_) => {
                             errors.fetch_add(1, Relaxed);
@@ -99,7 +114,7 @@ impl Swarm {
                 }
             }));
         }
-        Self { ledger, devices: all, users: names, stop, senders, send_errors }
+        Self { ledger, devices: all, users: names, group, stop, senders, send_errors }
     }
 
     /// Stops sending and waits for the senders (each ends within its send timeout).
@@ -110,20 +125,20 @@ impl Swarm {
         }
     }
 
-    /// One more message per (device, peer), retried until acknowledged: on a healthy system its
+    /// One more message per (device, peer) and per device in the group, retried until
+    /// acknowledged: on a healthy system its
     /// push tells every other device of the conversation where the conversation ends.
     pub async fn fence(&self) {
         for (device, client, _) in &self.devices {
-            for peer in self.users.iter().filter(|u| **u != device.0) {
-                let id = format!("{}-{}-fence-{peer}", device.0, device.1);
+            let peers = self.users.iter().filter(|u| **u != device.0);
+            let targets = peers
+                .map(|p| (format!("fence-{p}"), Target::Peer(p.clone())))
+                .chain([("fence-group".to_owned(), Target::Conversation(self.group.clone()))]);
+            for (name, target) in targets {
+                let id = format!("{}-{}-{name}", device.0, device.1);
                 for attempt in 0.. {
                     match client
-                        .send_with_id(
-                            Target::Peer(peer.clone()),
-                            id.clone(),
-                            "text/plain",
-                            text("f"),
-                        )
+                        .send_with_id(target.clone(), id.clone(), "text/plain", text("f"))
                         .await
                     {
                         Ok(ack) => {
