@@ -244,3 +244,47 @@ async fn the_list_shows_unread_mentions_and_flags() {
     let e = bob.update_conversation("g:nope", Some(true), None).await.unwrap_err();
     assert_eq!(code(e), ErrorCode::UnknownConversation);
 }
+
+/// In a small group a receipt is pushed to every member and GetReceipts lists everyone's;
+/// above `dispatch.receipt_push_max_members` only the user's own devices hear of it and
+/// GetReceipts lists only the caller's. A group with full history shows a new member
+/// everything from seq 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_by_group_size_and_full_history() {
+    let srv = TestServer::start_with(&["dispatch.receipt_push_max_members=2"]).await;
+    let (alice, mut ae) = srv.client("alice", "phone").await;
+    let (bob, _be) = srv.client("bob", "phone").await;
+    let (carol, _ce) = srv.client("carol", "phone").await;
+    let small = alice.create_group("pair", &["bob"], "").await.unwrap().conversation_id;
+    let ack = say(&alice, &small, "read me").await.unwrap();
+    bob.mark_read(&small, ack.seq).await.unwrap();
+    let pushed = wait_event(&mut ae, |e| match e {
+        tern_sdk::Event::Receipt(r) if r.conversation_id == small => Some(r.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!((pushed.user_id.as_str(), pushed.read_seq), ("bob", ack.seq));
+    let all = alice.get_receipts(&small).await.unwrap();
+    assert!(all.members.iter().any(|m| m.user_id == "bob" && m.read_seq == ack.seq));
+
+    let req = v1::CreateGroup {
+        name: "big".into(),
+        member_user_ids: vec!["bob".into(), "carol".into()],
+        history: v1::GroupHistory::Full as i32,
+        ..Default::default()
+    };
+    let big = alice.create_group_with(req).await.unwrap().conversation_id;
+    let ack = say(&alice, &big, "many readers").await.unwrap();
+    bob.mark_read(&big, ack.seq).await.unwrap();
+    carol.mark_delivered(&big, ack.seq).await.unwrap();
+    let mine = carol.get_receipts(&big).await.unwrap();
+    assert_eq!(mine.members.iter().map(|m| m.user_id.as_str()).collect::<Vec<_>>(), ["carol"]);
+    let own = bob.get_receipts(&big).await.unwrap();
+    assert_eq!(own.members.iter().map(|m| m.user_id.as_str()).collect::<Vec<_>>(), ["bob"]);
+
+    let (dave, _de) = srv.client("dave", "phone").await;
+    alice.add_members(&big, &["dave"]).await.unwrap();
+    let page = dave.sync_page(&big, 1, 100).await.unwrap();
+    assert_eq!(page.messages.first().map(|m| m.seq), Some(1), "full history from seq 1");
+    assert!(page.missing.is_empty());
+}
