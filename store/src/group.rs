@@ -183,3 +183,60 @@ pub struct GroupWrite {
     /// The member rows it changes, in order (a user at most once).
     pub members: Vec<MemberChange>,
 }
+
+/// A group's record as the backends store it (protobuf), with the version where a backend
+/// keeps it in the record (the embedded store; 0 and so absent elsewhere).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct GroupMetaRecord {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(string, tag = "2")]
+    pub owner_user_id: String,
+    #[prost(btree_map = "string, string", tag = "3")]
+    pub attributes: BTreeMap<String, String>,
+    #[prost(uint32, tag = "4")]
+    pub history: u32,
+    #[prost(uint32, tag = "5")]
+    pub member_count: u32,
+    #[prost(uint32, tag = "6")]
+    pub max_members: u32,
+    #[prost(int64, tag = "7")]
+    pub created_ms: i64,
+    #[prost(bool, tag = "8")]
+    pub dissolved: bool,
+    /// The seq of the change that wrote this record (0: kept elsewhere).
+    #[prost(uint64, tag = "9")]
+    pub version: u64,
+}
+
+impl GroupMetaRecord {
+    /// The stored form of `meta` at `version`.
+    pub fn of(meta: &GroupMeta, version: u64) -> Self {
+        Self {
+            name: meta.name.clone(),
+            owner_user_id: meta.owner_user_id.clone(),
+            attributes: meta.attributes.clone(),
+            history: meta.history as u32,
+            member_count: meta.member_count,
+            max_members: meta.max_members,
+            created_ms: meta.created_ms,
+            dissolved: meta.dissolved,
+            version,
+        }
+    }
+
+    /// The record as the store's type (an unknown history setting is refused).
+    pub fn to_meta(&self) -> Result<GroupMeta, String> {
+        let history = u8::try_from(self.history).ok().and_then(History::from_u8);
+        Ok(GroupMeta {
+            name: self.name.clone(),
+            owner_user_id: self.owner_user_id.clone(),
+            attributes: self.attributes.clone(),
+            history: history.ok_or_else(|| format!("unknown history setting {}", self.history))?,
+            member_count: self.member_count,
+            max_members: self.max_members,
+            created_ms: self.created_ms,
+            dissolved: self.dissolved,
+        })
+    }
+}

@@ -5,7 +5,7 @@
 //!
 //! | key | content |
 //! |---|---|
-//! | `C:group` | hash: `version` (the seq of the latest change), `dissolved` (`1`/`0`, for the script), `record` ([`GroupRecord`], protobuf) |
+//! | `C:group` | hash: `version` (the seq of the latest change), `dissolved` (`1`/`0`, for the script), `record` ([`GroupMetaRecord`], protobuf) |
 //! | `C:members` | hash: user id → `role:joined_seq:visible_from:removed_seq`, current and former members |
 //! | `C:current` | sorted set, every score 0: the current members' ids (paged with ZRANGEBYLEX) |
 //!
@@ -13,10 +13,9 @@
 //! and writes one row per changed member. Nothing per message or per change touches every
 //! member: a group of 100 000 costs the same per send as a group of 3.
 
-use std::collections::BTreeMap;
-
 use prost::Message as _;
-use tern_store::{GroupMeta, GroupState, History, Member, Role};
+use tern_store::group::GroupMetaRecord;
+use tern_store::{GroupMeta, GroupState, Member, Role};
 
 use crate::error::RedisStoreError;
 use crate::scripts;
@@ -30,56 +29,14 @@ pub(crate) fn is_group(conversation_id: &str) -> bool {
     conversation_id.starts_with(GROUP_PREFIX)
 }
 
-/// A group's record as stored in `C:group record` (the version is a field of its own).
-#[derive(Clone, PartialEq, prost::Message)]
-pub(crate) struct GroupRecord {
-    #[prost(string, tag = "1")]
-    pub name: String,
-    #[prost(string, tag = "2")]
-    pub owner_user_id: String,
-    #[prost(btree_map = "string, string", tag = "3")]
-    pub attributes: BTreeMap<String, String>,
-    #[prost(uint32, tag = "4")]
-    pub history: u32,
-    #[prost(uint32, tag = "5")]
-    pub member_count: u32,
-    #[prost(uint32, tag = "6")]
-    pub max_members: u32,
-    #[prost(int64, tag = "7")]
-    pub created_ms: i64,
-    #[prost(bool, tag = "8")]
-    pub dissolved: bool,
-}
-
-/// `meta` as the bytes of `C:group record`.
+/// `meta` as the bytes of `C:group record` (the version is a field of its own).
 pub(crate) fn encode_group_record(meta: &GroupMeta) -> Vec<u8> {
-    GroupRecord {
-        name: meta.name.clone(),
-        owner_user_id: meta.owner_user_id.clone(),
-        attributes: meta.attributes.clone(),
-        history: meta.history as u32,
-        member_count: meta.member_count,
-        max_members: meta.max_members,
-        created_ms: meta.created_ms,
-        dissolved: meta.dissolved,
-    }
-    .encode_to_vec()
+    GroupMetaRecord::of(meta, 0).encode_to_vec()
 }
 
 /// The bytes of `C:group record` as a [`GroupMeta`] (`Err`: what is wrong with them).
 pub(crate) fn decode_group_record(bytes: &[u8]) -> Result<GroupMeta, String> {
-    let r = GroupRecord::decode(bytes).map_err(|e| e.to_string())?;
-    let history = u8::try_from(r.history).ok().and_then(History::from_u8);
-    Ok(GroupMeta {
-        name: r.name,
-        owner_user_id: r.owner_user_id,
-        attributes: r.attributes,
-        history: history.ok_or_else(|| format!("unknown history setting {}", r.history))?,
-        member_count: r.member_count,
-        max_members: r.max_members,
-        created_ms: r.created_ms,
-        dissolved: r.dissolved,
-    })
+    GroupMetaRecord::decode(bytes).map_err(|e| e.to_string())?.to_meta()
 }
 
 /// A `C:members` row, `role:joined_seq:visible_from:removed_seq`, as a [`Member`].
@@ -212,14 +169,14 @@ mod tests {
             name: "team".into(),
             owner_user_id: "alice".into(),
             attributes: [("avatar".to_owned(), "a.png".to_owned())].into(),
-            history: History::Full,
+            history: tern_store::History::Full,
             member_count: 3,
             max_members: 100,
             created_ms: -7,
             dissolved: true,
         };
         assert_eq!(decode_group_record(&encode_group_record(&meta)), Ok(meta));
-        let unknown = GroupRecord { history: 9, ..GroupRecord::default() }.encode_to_vec();
+        let unknown = GroupMetaRecord { history: 9, ..GroupMetaRecord::default() }.encode_to_vec();
         assert!(decode_group_record(&unknown).is_err());
         assert!(is_group("g:x") && !is_group("dm:a:b"));
     }

@@ -12,7 +12,8 @@ use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, k
 use tern_proto::v1;
 
 use super::tables::EmbeddedError;
-use crate::{FlagsWrite, GroupMeta, History, Member, Role, Watermarks};
+pub(crate) use crate::group::GroupMetaRecord;
+use crate::{FlagsWrite, GroupMeta, Member, Role, Watermarks};
 
 /// A new message for the index: the log record's payload as written, with where the index's
 /// fields sit in it (one allocation per message, shared by the log copy and the index).
@@ -221,30 +222,6 @@ pub struct GroupRecord {
     pub members: Vec<MemberRecord>,
 }
 
-/// A group's record as stored (in the log and in the `groups` table).
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct GroupMetaRecord {
-    #[prost(string, tag = "1")]
-    pub name: String,
-    #[prost(string, tag = "2")]
-    pub owner_user_id: String,
-    #[prost(btree_map = "string, string", tag = "3")]
-    pub attributes: std::collections::BTreeMap<String, String>,
-    #[prost(uint32, tag = "4")]
-    pub history: u32,
-    #[prost(uint32, tag = "5")]
-    pub member_count: u32,
-    #[prost(uint32, tag = "6")]
-    pub max_members: u32,
-    #[prost(int64, tag = "7")]
-    pub created_ms: i64,
-    #[prost(bool, tag = "8")]
-    pub dissolved: bool,
-    /// The seq of the change that wrote this record.
-    #[prost(uint64, tag = "9")]
-    pub version: u64,
-}
-
 /// One member row as logged.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct MemberRecord {
@@ -258,37 +235,6 @@ pub struct MemberRecord {
     pub visible_from: u64,
     #[prost(uint64, tag = "5")]
     pub removed_seq: u64,
-}
-
-impl GroupMetaRecord {
-    pub(crate) fn of(meta: &GroupMeta, version: u64) -> Self {
-        Self {
-            name: meta.name.clone(),
-            owner_user_id: meta.owner_user_id.clone(),
-            attributes: meta.attributes.clone(),
-            history: meta.history as u32,
-            member_count: meta.member_count,
-            max_members: meta.max_members,
-            created_ms: meta.created_ms,
-            dissolved: meta.dissolved,
-            version,
-        }
-    }
-
-    /// The record as the store's type (unknown enum values are refused).
-    pub(crate) fn to_meta(&self) -> Result<GroupMeta, String> {
-        let history = u8::try_from(self.history).ok().and_then(History::from_u8);
-        Ok(GroupMeta {
-            name: self.name.clone(),
-            owner_user_id: self.owner_user_id.clone(),
-            attributes: self.attributes.clone(),
-            history: history.ok_or_else(|| format!("unknown history setting {}", self.history))?,
-            member_count: self.member_count,
-            max_members: self.max_members,
-            created_ms: self.created_ms,
-            dissolved: self.dissolved,
-        })
-    }
 }
 
 impl MemberRecord {
