@@ -21,6 +21,8 @@
 #   CONNS=20000 GATEWAYS=2 BOT_PROCS=2 HOLD=20s loadtest/scripts/density.sh   # a quick one
 #   QUIC_PERCENT=100 CONNS=10000 GATEWAYS=1 BOT_PROCS=1 loadtest/scripts/density.sh   # all QUIC
 #   QUIC_PERCENT=50 loadtest/scripts/density.sh      # a mixed swarm: every other bot on QUIC
+#   GROUP=1 CONNS=10000 GATEWAYS=2 BOT_PROCS=2 PROBE_RATE=10 loadtest/scripts/density.sh
+#                                   # fan-out: every probe goes to one group of all the bots
 #
 # QUIC bots use UDP at the same address and port; the gateways share the certificate the first
 # one generates in the scratch data directory, which the bots trust (--ca). A QUIC connection
@@ -28,8 +30,10 @@
 # share counts against the file limit.
 #
 # Settings (environment): CONNS GATEWAYS BOT_PROCS RATE (logins/s in all) HOLD HEARTBEAT
-# PROBES (messages) IO_THREADS (per gateway) QUIC_PERCENT (0-100, default 0) OUT (result
-# directory) TERN_BIN LOADTEST_BIN.
+# PROBES (messages) PROBE_RATE (messages/s, default 20) GROUP (1: the probe sends to one group
+# of every bot; reports the time until the last member has each message, deliveries/s and
+# server CPU per 1,000 deliveries) IO_THREADS (per gateway) QUIC_PERCENT (0-100, default 0)
+# OUT (result directory) TERN_BIN LOADTEST_BIN.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -42,6 +46,8 @@ HEARTBEAT=${HEARTBEAT:-30s}
 PROBES=${PROBES:-200}
 IO_THREADS=${IO_THREADS:-1}
 QUIC_PERCENT=${QUIC_PERCENT:-0}
+PROBE_RATE=${PROBE_RATE:-20}
+GROUP=${GROUP:-0}
 OUT=${OUT:-target/density}
 
 if [ -z "${TERN_BIN:-}" ] || [ -z "${LOADTEST_BIN:-}" ]; then
@@ -108,6 +114,7 @@ common=(--set "auth.hs256_key=$KEY" --set "cluster.secret=$SECRET"
         --set "server.log=warn" --set "server.data_dir=$WORK")
 "$TERN_BIN" dispatch "${common[@]}" --set "cluster.link_listen=127.0.0.1:$LINK" \
   --set store.backend=redis --set "store.redis_url=redis://127.0.0.1:$STORE/" \
+  --set "dispatch.max_group_members=$(( CONNS + 10 ))" \
   --set server.http_listen= >"$WORK/dispatch.log" 2>&1 & PIDS+=($!)
 wait_port "$LINK" "tern dispatch"
 
@@ -172,10 +179,16 @@ held=$(conns_now)
 sock_after=$(awk '/^TCP:/ {print $NF}' /proc/net/sockstat)
 slab_after=$(awk '/^Slab:/ {print $2}' /proc/meminfo)
 
-# The probe: messages to random bots while they are held idle.
+# The probe: messages to random bots (GROUP=1: to one group of all of them) while they are held
+# idle. Every server process's CPU is read around it.
+group_args=(); [ "$GROUP" = 1 ] && group_args=(--group)
+SERVER_PIDS=("${PIDS[@]}")
+cpu_probe0=$(cpu_ticks "${SERVER_PIDS[@]}")
 timeout $(( hold_s + 30 )) "$LOADTEST_BIN" probe --addr "127.0.0.1:$CLIENT" --key "$KEY" \
-  --user-prefix dn --procs "$BOT_PROCS" --users "$per_bot" --count "$PROBES" --rate 20 --quiet \
-  --json "$OUT/probe.json" >"$OUT/probe.txt" || echo "density: the probe failed" >&2
+  --user-prefix dn --procs "$BOT_PROCS" --users "$per_bot" --count "$PROBES" --rate "$PROBE_RATE" \
+  --quiet "${group_args[@]}" --json "$OUT/probe.json" >"$OUT/probe.txt" \
+  || echo "density: the probe failed" >&2
+cpu_probe1=$(cpu_ticks "${SERVER_PIDS[@]}")
 
 held_end=$(conns_now)
 rss_end=0
@@ -202,6 +215,8 @@ page_kib=$(( $(getconf PAGESIZE) / 1024 ))
   echo "CPU seconds from start to ramp end: gateways $(secs $(( cpu1_gw - cpu0_gw )))," \
        "presence Redis $(secs $(( cpu1_redis - cpu0_redis ))), bots $(secs "$cpu1_bots");" \
        "gateway CPU per login $(( (cpu1_gw - cpu0_gw) * 1000000 / tck / (held > 0 ? held : 1) )) us"
+  probe_secs=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["duration_secs"])' "$OUT/probe.json" 2>/dev/null || echo 0)
+  echo "server CPU during the probe (gateways, dispatch, both Redis): $(secs $(( cpu_probe1 - cpu_probe0 ))) s over ${probe_secs} s"
   echo "--- swarm ---"; cat "$OUT/swarm.txt"
   echo "--- probe ---"; cat "$OUT/probe.txt" 2>/dev/null || true
 } | tee "$OUT/summary.txt"

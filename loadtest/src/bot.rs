@@ -89,6 +89,8 @@ pub enum Delivery {
     Probe {
         /// Receipt wall clock minus the stamp.
         latency: Duration,
+        /// The stamp (the sender's wall clock at send, Unix ns): names the message.
+        sent: u64,
     },
     /// A probe stamped later than its receipt: the sender's clock runs ahead of ours, so no
     /// latency can be told.
@@ -270,7 +272,8 @@ impl BotSession {
                 let delivery = match stamp {
                     None => Delivery::Other,
                     Some(sent) if sent <= clock.unix_nanos => {
-                        Delivery::Probe { latency: Duration::from_nanos(clock.unix_nanos - sent) }
+                        let latency = Duration::from_nanos(clock.unix_nanos - sent);
+                        Delivery::Probe { latency, sent }
                     }
                     Some(_) => Delivery::ProbeFromFuture,
                 };
@@ -512,10 +515,10 @@ fn feed<'a>(
             Event::Delivered(d) => {
                 c.deliveries.fetch_add(1, Ordering::Relaxed);
                 match d {
-                    Delivery::Probe { latency } => {
-                        c.delivery_latency_us(
-                            u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
-                        );
+                    Delivery::Probe { latency, sent } => {
+                        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+                        c.delivery_latency_us(us);
+                        c.probe_delivered(sent, us);
                     }
                     Delivery::ProbeFromFuture => {
                         c.delivery_clock_skew.fetch_add(1, Ordering::Relaxed);
@@ -680,7 +683,7 @@ mod tests {
         assert_eq!(
             events,
             vec![
-                Event::Delivered(Delivery::Probe { latency: Duration::from_micros(2500) }),
+                Event::Delivered(Delivery::Probe { latency: Duration::from_micros(2500), sent: 1 }),
                 Event::Delivered(Delivery::Other),
                 Event::Delivered(Delivery::ProbeFromFuture),
                 Event::Delivered(Delivery::Other),

@@ -163,6 +163,10 @@ pub struct ProbeArgs {
     /// No progress line on stderr.
     #[arg(long)]
     pub quiet: bool,
+    /// Send every probe to one group of all the bots (created first, the probe's user as
+    /// owner): a fan-out benchmark. The server's `dispatch.max_group_members` must allow it.
+    #[arg(long)]
+    pub group: bool,
 }
 
 /// `tern-loadtest pairs`.

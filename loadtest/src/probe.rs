@@ -129,7 +129,8 @@ impl Tally {
     }
 }
 
-/// Connects as `--sender`, sends `--count` probes at `--rate` to random bots, waits for their
+/// Connects as `--sender`, sends `--count` probes at `--rate` to random bots (or, with
+/// `--group`, to one group of all of them), waits for their
 /// acks (each up to `--ack-timeout`, all within `--max-duration`), and reports.
 pub async fn run(args: &ProbeArgs) -> Result<ProbeReport, ProbeError> {
     if !(args.rate.is_finite() && args.rate > 0.0) {
@@ -172,6 +173,11 @@ pub async fn run(args: &ProbeArgs) -> Result<ProbeReport, ProbeError> {
             }
         })
     };
+    // A group probe: one group of every bot, each probe sent to it (a fan-out to all).
+    let group = match args.group {
+        false => None,
+        true => Some(make_group(&client, args).await.map_err(ProbeError::Connect)?),
+    };
     let progress = Arc::new(Progress::default());
     let printer = (!args.quiet).then(|| {
         tokio::spawn(progress_loop(progress.clone(), args.count as u64, args.max_duration))
@@ -190,16 +196,19 @@ pub async fn run(args: &ProbeArgs) -> Result<ProbeReport, ProbeError> {
             break;
         }
         tokio::time::sleep_until(at).await;
-        let to = recipient(
-            &args.user_prefix,
-            args.procs.map(|p| rng.usize(..p)),
-            rng.usize(..args.users),
-        );
+        let to = match &group {
+            Some(g) => Target::Conversation(g.clone()),
+            None => Target::Peer(recipient(
+                &args.user_prefix,
+                args.procs.map(|p| rng.usize(..p)),
+                rng.usize(..args.users),
+            )),
+        };
         let client = client.clone();
         sends.spawn(async move {
             let t0 = Instant::now();
             let body = probe_body(unix_nanos_now());
-            let r = client.send(Target::Peer(to), CONTENT_TYPE, body).await;
+            let r = client.send(to, CONTENT_TYPE, body).await;
             (r.map(|_| ()), t0.elapsed())
         });
         sent += 1;
@@ -239,6 +248,30 @@ pub async fn run(args: &ProbeArgs) -> Result<ProbeReport, ProbeError> {
         duration_secs: start.elapsed().as_secs_f64(),
         hit_max_duration,
     })
+}
+
+/// Members added per AddMembers request (well under a frame).
+const ADD_CHUNK: usize = 500;
+
+/// Creates a group owned by the probe's user with every recipient the probe knows of (all
+/// `--procs` × `--users` bots) and returns its conversation id.
+async fn make_group(client: &Client, args: &ProbeArgs) -> Result<String, SdkError> {
+    let all: Vec<String> = match args.procs {
+        Some(p) => (0..p)
+            .flat_map(|k| (0..args.users).map(move |i| (k, i)))
+            .map(|(k, i)| recipient(&args.user_prefix, Some(k), i))
+            .collect(),
+        None => (0..args.users).map(|i| recipient(&args.user_prefix, None, i)).collect(),
+    };
+    let info = client.create_group("probe", &[], "").await?;
+    for chunk in all.chunks(ADD_CHUNK) {
+        let ids: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        client.add_members(&info.conversation_id, &ids).await?;
+    }
+    if !args.quiet {
+        eprintln!("[probe] group {} of {} bots", info.conversation_id, all.len());
+    }
+    Ok(info.conversation_id)
 }
 
 /// Prints one progress line per second until aborted (or `max` has passed).

@@ -167,6 +167,8 @@ pub async fn run(args: &BotsArgs) -> Result<RunOutput, RunError> {
             bytes_per_conn: bytes_per_conn(*b, *a, conns.unwrap_or(0)),
         })
         .collect();
+    let probe_last_us = counters.take_probe_last();
+    let mut last: Vec<u32> = probe_last_us.values().copied().collect();
     let report = Report {
         procs: 1,
         bots: started,
@@ -184,6 +186,8 @@ pub async fn run(args: &BotsArgs) -> Result<RunOutput, RunError> {
         deliveries: counters.deliveries.load(Ordering::Relaxed),
         delivery_latency: Latency::from_samples(&mut samples.delivery_us),
         delivery_clock_skew: counters.delivery_clock_skew.load(Ordering::Relaxed),
+        last_delivery_latency: Latency::from_samples(&mut last),
+        probe_last_us,
         duration_secs: start.elapsed().as_secs_f64(),
         hit_max_duration,
         gateways,

@@ -68,6 +68,14 @@ pub struct Report {
     /// out of `delivery_latency`.
     #[serde(default)]
     pub delivery_clock_skew: u64,
+    /// Per probe message (its send stamp, Unix ns): the latest delivery to any bot, in µs
+    /// (the time until the last recipient had it: a group message's fan-out time).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub probe_last_us: BTreeMap<u64, u32>,
+    /// Percentiles over messages of `probe_last_us` (only meaningful when every recipient
+    /// ran in the merged processes, as for a group probe).
+    #[serde(default)]
+    pub last_delivery_latency: Latency,
     /// Whole run, seconds.
     pub duration_secs: f64,
     /// Whether `--max-duration` cut the run short.
@@ -103,6 +111,10 @@ impl Report {
             m.pongs += r.pongs;
             m.deliveries += r.deliveries;
             m.delivery_clock_skew += r.delivery_clock_skew;
+            for (sent, us) in &r.probe_last_us {
+                let slot = m.probe_last_us.entry(*sent).or_default();
+                *slot = (*slot).max(*us);
+            }
             m.ramp_secs = m.ramp_secs.max(r.ramp_secs);
             m.duration_secs = m.duration_secs.max(r.duration_secs);
             m.hit_max_duration |= r.hit_max_duration;
@@ -111,6 +123,8 @@ impl Report {
             }
         }
         m.logins_per_sec = rate(m.logged_in_at_ramp_end, m.ramp_secs);
+        let mut last: Vec<u32> = m.probe_last_us.values().copied().collect();
+        m.last_delivery_latency = Latency::from_samples(&mut last);
         match samples {
             Some(s) => {
                 m.login_latency = Latency::from_samples(&mut s.login_us);
@@ -151,6 +165,10 @@ impl Report {
         row("deliveries received", self.deliveries.to_string());
         if self.delivery_latency.n > 0 || self.delivery_clock_skew > 0 {
             row("delivery latency", latency_cell(&self.delivery_latency, &self.latency_merge));
+        }
+        if self.last_delivery_latency.n > 0 {
+            let cell = latency_cell(&self.last_delivery_latency, "exact");
+            row("last recipient per message", cell);
         }
         if self.delivery_clock_skew > 0 {
             row("probes from the future", format!("{} (clock skew)", self.delivery_clock_skew));

@@ -86,6 +86,8 @@ pub struct Counters {
     failures: [AtomicU64; FailKind::ALL.len()],
     samples_us: Mutex<Vec<u32>>,
     delivery_samples_us: Mutex<Vec<u32>>,
+    /// Per probe message (its send stamp): the latest delivery to any of this process's bots.
+    probe_last_us: Mutex<std::collections::BTreeMap<u64, u32>>,
 }
 
 impl Counters {
@@ -112,6 +114,20 @@ impl Counters {
     /// Records one probe delivery latency (sender's stamp to receipt, wall clocks).
     pub fn delivery_latency_us(&self, us: u64) {
         push_sample(&self.delivery_samples_us, us);
+    }
+
+    /// Notes one delivery of the probe stamped `sent`, `us` after it was sent.
+    pub fn probe_delivered(&self, sent: u64, us: u64) {
+        let us = u32::try_from(us).unwrap_or(u32::MAX);
+        if let Ok(mut m) = self.probe_last_us.lock() {
+            let slot = m.entry(sent).or_default();
+            *slot = (*slot).max(us);
+        }
+    }
+
+    /// Takes the latest delivery per probe message.
+    pub fn take_probe_last(&self) -> std::collections::BTreeMap<u64, u32> {
+        self.probe_last_us.lock().map(|mut m| std::mem::take(&mut *m)).unwrap_or_default()
     }
 
     /// Takes the recorded samples (microseconds) of both latencies.
