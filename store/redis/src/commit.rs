@@ -13,7 +13,7 @@ use tracing::warn;
 
 use crate::error::RedisStoreError;
 use crate::group::{encode_group_record, is_group};
-use crate::keys::{BUCKET_SIZE, bucket_of};
+use crate::keys::{BUCKET_SIZE, MENTION_ALL, bucket_of, mention_field};
 use crate::scripts;
 use crate::store::{
     RedisStore, encode_event_header, encode_header, parse_dedupe_record, parse_watermarks,
@@ -46,7 +46,8 @@ impl RedisStore {
     }
 
     /// One commit script call for the whole batch (plus `WAIT` when the batch appends and
-    /// `min_replicas_acked` is set).
+    /// `min_replicas_acked` is set; a batch of watermark moves and flags only neither runs the
+    /// history fence nor waits).
     pub(crate) async fn commit_batch(
         &self,
         batch: &[Write],
@@ -60,7 +61,19 @@ impl RedisStore {
         let mut appends = false;
         for write in batch {
             match write {
-                Write::Flags(_) => return Err(RedisStoreError::Unsupported("conversation flags")),
+                Write::Flags(f) => {
+                    let flag = |set: Option<bool>| match set {
+                        Some(true) => "1",
+                        Some(false) => "0",
+                        None => "",
+                    };
+                    invocation
+                        .arg("f")
+                        .arg(self.keys.user(&f.user_id))
+                        .arg(&f.conversation_id)
+                        .arg(flag(f.muted))
+                        .arg(flag(f.pinned));
+                }
                 Write::Append(m) => {
                     appends = true;
                     let (recall_seq, recall_bucket) = if m.kind == v1::MessageKind::Recall {
@@ -86,6 +99,14 @@ impl RedisStore {
                         .arg(m.members.len());
                     for member in &m.members {
                         invocation.arg(self.keys.user(member));
+                    }
+                    let mentions = m.mention_user_ids.len() + usize::from(m.mention_all);
+                    invocation.arg(mentions);
+                    for user in &m.mention_user_ids {
+                        invocation.arg(mention_field(user));
+                    }
+                    if m.mention_all {
+                        invocation.arg(MENTION_ALL);
                     }
                 }
                 Write::Group(g) => {
@@ -159,7 +180,13 @@ impl RedisStore {
             .map(|(write, out)| match write {
                 Write::Append(m) => self.outcome(m, out),
                 Write::Group(g) => self.outcome(&g.event, out),
-                Write::Flags(_) => Err(RedisStoreError::Unsupported("conversation flags")),
+                Write::Flags(_) => match out[0].as_str() {
+                    "f" => Ok(Committed::Flagged),
+                    other => Err(RedisStoreError::Corrupt {
+                        key: "(commit script reply)".into(),
+                        what: format!("flags flag {other:?}"),
+                    }),
+                },
                 Write::Watermark(w) => {
                     self.mark_outcome(&w.conversation_id, &w.user_id, &out[0], &out[1], &out[2])
                 }

@@ -75,6 +75,12 @@ impl Keys {
         format!("{}:current", self.conversation(conversation_id))
     }
 
+    /// `<conversation base>:mentions`: hash [`mention_field`] (a user, or [`MENTION_ALL`]) ->
+    /// the latest seq mentioning them.
+    pub fn mentions(&self, conversation_id: &str) -> String {
+        format!("{}:mentions", self.conversation(conversation_id))
+    }
+
     /// `<user base>:d:<client_msg_id>`: string "seq:server_time_ms:conversation_id".
     pub fn dedupe(&self, sender_user_id: &str, client_msg_id: &str) -> String {
         format!("{}:d:{client_msg_id}", self.user(sender_user_id))
@@ -83,6 +89,12 @@ impl Keys {
     /// `<user base>:convs`: sorted set, every score 0, members = conversation ids.
     pub fn user_conversations(&self, user_id: &str) -> String {
         format!("{}:convs", self.user(user_id))
+    }
+
+    /// `<user base>:flags`: hash conversation_id -> the user's flag bits ([`FLAG_MUTED`] |
+    /// [`FLAG_PINNED`], decimal; absent: none).
+    pub fn user_flags(&self, user_id: &str) -> String {
+        format!("{}:flags", self.user(user_id))
     }
 
     /// `P{h:<probe>}`: string written and read back by one process's health probe.
@@ -95,6 +107,21 @@ impl Keys {
         format!("{}:last", self.user(user_id))
     }
 }
+
+/// The `<conv>:mentions` field of a mention of every member (no user field is `*`: they all
+/// start with `u`).
+pub const MENTION_ALL: &str = "*";
+
+/// The `<conv>:mentions` field of a mention of `user_id`: `u<user_id>`.
+pub fn mention_field(user_id: &str) -> String {
+    format!("u{user_id}")
+}
+
+/// `<user>:flags` bit: muted.
+pub const FLAG_MUTED: u8 = 1;
+
+/// `<user>:flags` bit: pinned.
+pub const FLAG_PINNED: u8 = 2;
 
 /// The bucket holding `seq`.
 pub fn bucket_of(seq: u64) -> u64 {
@@ -142,6 +169,10 @@ mod tests {
         assert_eq!(k.dedupe("alice", "m-1"), "tern:{u:5:alice}:d:m-1");
         assert_eq!(k.user_conversations("alice"), "tern:{u:5:alice}:convs");
         assert_eq!(k.user_last("alice"), "tern:{u:5:alice}:last");
+        assert_eq!(k.user_flags("alice"), "tern:{u:5:alice}:flags");
+        assert_eq!(k.mentions("dm:a:b"), "tern:{c:6:dm:a:b}:mentions");
+        assert_eq!((mention_field("bob"), mention_field("")), ("ubob".to_owned(), "u".to_owned()));
+        assert_ne!(mention_field("*"), MENTION_ALL);
         assert_eq!((k.history().as_str(), k.node().as_str()), ("tern:history", "tern:node"));
         assert_eq!(message_fields(42), ["42".to_owned(), "b42".to_owned(), "r42".to_owned()]);
     }
@@ -162,6 +193,8 @@ mod tests {
                 k.group_current(a),
                 k.user_conversations(a),
                 k.user_last(a),
+                k.user_flags(a),
+                k.mentions(a),
             ];
             for key in keys.into_iter().chain(ids.iter().map(|b| k.dedupe(a, b))) {
                 // Each (kind, id[, id]) builds its key once here; a repeat is a collision.

@@ -99,9 +99,11 @@
 //! | `C:group` | hash | a group conversation's `version` (seq of its latest change), `dissolved` (`1`/`0`), `record` (protobuf: name, owner, attributes, history, member count, max members, created, dissolved) |
 //! | `C:members` | hash | user id → `role:joined_seq:visible_from:removed_seq`, one row per current or former member (`removed_seq` 0: current) |
 //! | `C:current` | sorted set | every score 0, members = the group's current member ids (paged with ZRANGEBYLEX) |
+//! | `C:mentions` | hash | `u<user id>` → the latest seq mentioning that user; `*` → the latest seq mentioning all (no user field is `*`) |
 //! | `U:d:<client_msg_id>` | string | dedupe key of (sender U, client_msg_id) → `seq:server_time_ms:conversation_id` |
 //! | `U:convs` | sorted set | every score 0, members = the user's conversation ids (paged with ZRANGEBYLEX) |
 //! | `U:last` | hash | conversation id → `last_seq:last_time_ms` |
+//! | `U:flags` | hash | conversation id → the user's flags, decimal bits `1` muted \| `2` pinned (no field: none) |
 //!
 //! **Why buckets of 1024 seqs.** A read of a window of W seqs is one HMGET per bucket it
 //! touches (⌈W/1024⌉ + 1 at most), pipelined into one round trip, each an O(1) lookup per
@@ -128,19 +130,31 @@
 //! Receipts are one hash per conversation (one field per member with receipts), so
 //! `watermarks` is one HGETALL bounded by the group's size. `list_conversations` is one
 //! ZRANGEBYLEX (`(after` .. `+`, LIMIT limit) then one pipelined round trip: HMGET of
-//! `U:last` and one HGET of `C:rcpt` per listed conversation (for a group also its member's
-//! row and `C:meta`), in one MULTI/EXEC so that each entry is one consistent view.
+//! `U:last` and of `U:flags`, and per listed conversation one HGET of `C:rcpt` and one HMGET
+//! of `C:mentions` (the user's field and `*`; for a group also its member's row and `C:meta`),
+//! in one MULTI/EXEC so that each entry is one consistent view. An entry's `mention_seq` is
+//! the higher of the two, capped at the entry's last seq (as in the embedded store).
+//!
+//! **Mentions and flags.** Mentions are per conversation, like the message itself: an append
+//! that mentions users or all sets their `C:mentions` fields to its seq (one HSET per 500
+//! fields, so one for a mention of all even in a group of 100 000: read diffusion again); an append without mentions
+//! runs no command for them. Flags are the user's own, so they live under the user's tag: one
+//! `U:flags` field per flagged conversation, read for a whole page by one HMGET.
+//! A [`Write::Flags`](tern_store::Write::Flags) is a record of the commit script (in batch
+//! order with the rest, one HGET and at most one HSET or HDEL); like a watermark move it
+//! allocates no seq, so a batch of flags and watermark moves only runs neither the history
+//! fence nor `WAIT`.
 //!
 //! # Scripts and atomicity
 //!
 //! Every append batch and every group commit ([`Store::commit`](tern_store::Store::commit):
-//! appends, group changes and receipt watermark moves together) is one EVALSHA of
+//! appends, group changes, receipt watermark moves and flags together) is one EVALSHA of
 //! [`scripts::COMMIT_LUA`]:
 //! the last-seq bound of each watermark move and the coalescing of moves per (conversation,
 //! user) happen inside it (one `HSET` per pair whose final value moved); dedupe check, seq
-//! allocation, message, recall, meta, dedupe key and member indexes for every message of the
-//! batch, the membership check of each send to a group and the compare and set of each group
-//! change, in batch order, with no other client's command in between (a send after a removal
+//! allocation, message, recall, meta, dedupe key, member indexes and mentions for every message
+//! of the batch, each flags write, the membership check of each send to a group and the
+//! compare and set of each group change, in batch order, with no other client's command in between (a send after a removal
 //! in the same batch sees the removal). That is what makes seqs unique and
 //! gap-free and dedupe exact with any number of dispatch workers at once (and a duplicate later
 //! in the same batch sees the earlier one's dedupe key). A single watermark move outside a group
@@ -160,9 +174,10 @@
 //! Each conversation's keys share a hash tag (so do each user's), so one conversation's reads
 //! would stay in one Cluster slot. But one append batch spans many conversations and users,
 //! and the script builds bucket keys from the seq it allocates, so it cannot declare them in
-//! KEYS: this backend targets a **single Redis primary** (with replicas / Sentinel for
-//! availability), not Redis Cluster. Scaling out means sharding conversations across primaries
-//! above this crate (or the Scylla backend).
+//! KEYS (nor does it declare the member indexes `U:convs` / `U:last`, `C:mentions` or
+//! `U:flags`: it builds them from the bases in ARGV as well): this backend targets a **single
+//! Redis primary** (with replicas / Sentinel for availability), not Redis Cluster. Scaling out
+//! means sharding conversations across primaries above this crate (or the Scylla backend).
 
 mod client;
 mod commit;

@@ -28,27 +28,32 @@
 //! `redis.set_repl(REPL_AOF)`: to this node's AOF only, so a replica never holds the value its
 //! primary wrote last (it holds at most the one of its last full sync).
 //!
-//! # COMMIT (every append batch and every group commit)
+//! # COMMIT (every append batch and every group commit, with watermark moves and flags)
 //!
 //! `ARGV = [bucket_size, n, then n records, failover_seq_gap]`. A record is one of
 //! - an append, `"a", conv_base, conversation_id, dedupe_key, server_time_ms, header, body,
-//!   recall_seq, recall_bucket_key, group, sender_user_id, m, user_base x m` (`recall_seq` "0"
-//!   and `recall_bucket_key` "" when the message is not a recall; `group` "1" for a `g:`
-//!   conversation, whose sender must be a current member, else "0" with `sender_user_id` "");
+//!   recall_seq, recall_bucket_key, group, sender_user_id, m, user_base x m, k, mention_field
+//!   x k` (`recall_seq` "0" and `recall_bucket_key` "" when the message is not a recall;
+//!   `group` "1" for a `g:` conversation, whose sender must be a current member, else "0" with
+//!   `sender_user_id` ""; `mention_field` is `u<user_id>` per mentioned user and `*` for a
+//!   mention of all, `k` "0" when the message mentions no one);
 //! - a group change, `"g", conv_base, conversation_id, dedupe_key, server_time_ms, header,
 //!   body, expect_version, dissolved "1" | "0", record, c, then c x (op "j" | "s" | "r",
 //!   user_id, user_base, role, full_history "1" | "0")` (join, set role, remove; `record` is the
 //!   protobuf group record after the change; `role` is unused for a removal, `full_history`
 //!   only read for a join);
 //! - a watermark move, `"w", conv_base, user_id, "d" | "r" | "u", seq` (`u`: unspecified
-//!   kind, moves nothing).
+//!   kind, moves nothing);
+//! - a flags write, `"f", user_base, conversation_id, muted, pinned` (each "1" set, "0" clear,
+//!   "" unchanged).
 //!
 //! Every record answers four fields, in batch order.
 //!
 //! 0. Reads only: every watermark record's current `<conv>:rcpt` field is read and validated
 //!    (`delivered:read`, decimals; the seq a decimal), else an error before any write. Then the
-//!    history fence, only when the batch has an append or a group change (a watermark allocates
-//!    no seq; it never ran the fence nor `WAIT`ed before group commits either).
+//!    history fence, only when the batch has an append or a group change (a watermark move or
+//!    a flags write allocates no seq; watermarks never ran the fence nor `WAIT`ed before group
+//!    commits either, and flags do as they do).
 //!
 //! For each record in order, an append:
 //! 1. `GET dedupe_key`: if set, answer `["1", record, "", ""]` (the stored
@@ -68,7 +73,10 @@
 //!    non-empty), `HSET <conv>:meta last_time_ms time`, `SET dedupe_key seq:time:conv`.
 //! 6. For every member: `ZADD <user>:convs 0 conv`, `HSET <user>:last conv seq:time` (a group
 //!    append has none: its members' lists read the group's meta, see the crate doc).
-//! 7. Answer `["0", seq, recall_target_missing, group_version]` (`group_version` "0" outside
+//! 7. Only when `k` > 0: `HSET <conv>:mentions field seq ...` for the `k` mention fields (one
+//!    HSET per 500 fields: Lua's `unpack` is bounded), whatever the members (a mention of all
+//!    is one field, read by every member's list). A duplicate or refused append writes none.
+//! 8. Answer `["0", seq, recall_target_missing, group_version]` (`group_version` "0" outside
 //!    groups).
 //!
 //! A group change:
@@ -96,6 +104,11 @@
 //! to read; never back). After the last record, each (conversation, user) whose final value
 //! differs from the one read in step 0 is written once (`HSET <conv>:rcpt user d:r`), and every
 //! accepted move of it answers `["w", "final_delivered:final_read", moved "1" | "0", ""]`.
+//!
+//! A flags write: `HGET <user>:flags conversation_id` (decimal bits, `1` muted, `2` pinned; a
+//! value this script did not write counts as none), the given flags set or cleared; only if
+//! the value changed, `HSET` it (or `HDEL` the field when no flag is left). Answer
+//! `["f", "", "", ""]`.
 //!
 //! Each record sees the writes of the records before it (a send after a removal in the same
 //! batch is refused; a change after another one in the batch must expect its version).
@@ -201,6 +214,9 @@ for _ = 1, n do
   if ARGV[i] == 'a' then
     appends = appends + 1
     i = i + 12 + tonumber(ARGV[i + 11])
+    i = i + 1 + tonumber(ARGV[i])
+  elseif ARGV[i] == 'f' then
+    i = i + 5
   elseif ARGV[i] == 'g' then
     appends = appends + 1
     i = i + 11 + 5 * tonumber(ARGV[i + 10])
@@ -275,6 +291,19 @@ local function store_message(base, conv, dkey, time, header, body)
   redis.call('SET', dkey, seq .. ':' .. time .. ':' .. conv)
   return seq
 end
+-- Records that `seq` mentions each of `fields` (`u<user>` or `*`), HSET in chunks (unpack is
+-- bounded by Lua's C stack).
+local function mention(base, seq, first, count)
+  local key = base .. ':mentions'
+  for from = first, first + count - 1, 500 do
+    local args = {}
+    for k = from, math.min(from + 499, first + count - 1) do
+      args[#args + 1] = ARGV[k]
+      args[#args + 1] = seq
+    end
+    redis.call('HSET', key, unpack(args))
+  end
+end
 local out = {}
 local function answer(a, b, c, d)
   out[#out + 1] = a
@@ -307,7 +336,9 @@ for _ = 1, n do
     local group, sender = ARGV[i + 9], ARGV[i + 10]
     local members = tonumber(ARGV[i + 11])
     local first_member = i + 12
-    i = first_member + members
+    local mentions = tonumber(ARGV[first_member + members])
+    local first_mention = first_member + members + 1
+    i = first_mention + mentions
     local original = redis.call('GET', dkey)
     local refusal, version = nil, '0'
     if not original and group == '1' then
@@ -340,8 +371,28 @@ for _ = 1, n do
         redis.call('ZADD', ARGV[k] .. ':convs', 0, conv)
         redis.call('HSET', ARGV[k] .. ':last', conv, entry)
       end
+      if mentions > 0 then mention(base, seq, first_mention, mentions) end
       answer('0', seq, missing, version)
     end
+  elseif ARGV[i] == 'f' then
+    local key, conv, muted, pinned = ARGV[i + 1] .. ':flags', ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+    i = i + 5
+    -- A value this script did not write counts as no flags.
+    local old = redis.call('HGET', key, conv)
+    local bits = 0
+    if old and string.match(old, '^[0-3]$') then bits = tonumber(old) end
+    local m, p = bits % 2, math.floor(bits / 2)
+    if muted ~= '' then m = tonumber(muted) end
+    if pinned ~= '' then p = tonumber(pinned) end
+    local new = string.format('%d', m + 2 * p)
+    if new ~= (old or '0') then
+      if new == '0' then
+        redis.call('HDEL', key, conv)
+      else
+        redis.call('HSET', key, conv, new)
+      end
+    end
+    answer('f', '', '', '')
   else
     local base, conv, dkey, time = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
     local header, body, expect = ARGV[i + 5], ARGV[i + 6], ARGV[i + 7]

@@ -20,7 +20,10 @@ use crate::config::RedisStoreConfig;
 use crate::error::RedisStoreError;
 use crate::failover::Failover;
 use crate::group::{is_group, parse_member};
-use crate::keys::{Keys, bucket_of, bucket_spans, message_fields};
+use crate::keys::{
+    FLAG_MUTED, FLAG_PINNED, Keys, MENTION_ALL, bucket_of, bucket_spans, mention_field,
+    message_fields,
+};
 use crate::scripts;
 use tern_presence::redact_url;
 
@@ -400,14 +403,18 @@ impl RedisStore {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        // One atomic round trip: the index entries, the user's receipts, and for each group
-        // their member row and the group's latest seq (read diffusion: a current member's
-        // entry shows the group's latest message; a former member's stays at their removal).
+        // One atomic round trip: the index entries, the user's flags, their receipts and latest
+        // mentions (own and all), and for each group their member row and the group's latest
+        // seq (read diffusion: a current member's entry shows the group's latest message; a
+        // former member's stays at their removal).
+        let mention = mention_field(user_id);
         let mut pipe = redis::pipe();
         pipe.atomic();
         pipe.cmd("HMGET").arg(self.keys.user_last(user_id)).arg(&ids[..]);
+        pipe.cmd("HMGET").arg(self.keys.user_flags(user_id)).arg(&ids[..]);
         for id in &ids {
             pipe.cmd("HGET").arg(self.keys.receipts(id)).arg(user_id);
+            pipe.cmd("HMGET").arg(self.keys.mentions(id)).arg(&mention).arg(MENTION_ALL);
             if is_group(id) {
                 pipe.cmd("HGET").arg(self.keys.group_members(id)).arg(user_id);
                 pipe.cmd("HMGET").arg(self.keys.meta(id)).arg("last_seq").arg("last_time_ms");
@@ -422,12 +429,16 @@ impl RedisStore {
         let mut replies = replies.into_iter();
         let lasts: Vec<Option<String>> =
             redis::from_redis_value(replies.next().ok_or_else(wrong)?)?;
-        if lasts.len() != ids.len() {
+        let flags: Vec<Option<String>> =
+            redis::from_redis_value(replies.next().ok_or_else(wrong)?)?;
+        if lasts.len() != ids.len() || flags.len() != ids.len() {
             return Err(wrong());
         }
         let mut out = Vec::with_capacity(ids.len());
-        for (conversation_id, last) in ids.into_iter().zip(lasts) {
+        for ((conversation_id, last), flags) in ids.into_iter().zip(lasts).zip(flags) {
             let receipt: Option<String> =
+                redis::from_redis_value(replies.next().ok_or_else(wrong)?)?;
+            let (own, all): (Option<u64>, Option<u64>) =
                 redis::from_redis_value(replies.next().ok_or_else(wrong)?)?;
             let (mut last_seq, mut last_time_ms) =
                 last.as_deref().and_then(parse_last).ok_or_else(|| RedisStoreError::Corrupt {
@@ -460,14 +471,27 @@ impl RedisStore {
                 Some(r) => parse_watermarks(&r)
                     .ok_or_else(|| self.corrupt_receipt(&conversation_id, user_id, &r))?,
             };
+            let bits = match flags {
+                None => 0,
+                Some(f) => f
+                    .parse::<u8>()
+                    .ok()
+                    .filter(|b| *b <= FLAG_MUTED | FLAG_PINNED)
+                    .ok_or_else(|| RedisStoreError::Corrupt {
+                        key: format!("{} field {conversation_id}", self.keys.user_flags(user_id)),
+                        what: format!("flags {f:?}"),
+                    })?,
+            };
             out.push(ConversationEntry {
                 conversation_id,
                 last_seq,
                 last_time_ms,
                 watermarks,
-                mention_seq: 0,
-                muted: false,
-                pinned: false,
+                // Capped at the entry's last seq, as in the embedded store (a former group
+                // member's entry stays at their removal).
+                mention_seq: own.unwrap_or(0).max(all.unwrap_or(0)).min(last_seq),
+                muted: bits & FLAG_MUTED != 0,
+                pinned: bits & FLAG_PINNED != 0,
             });
         }
         if replies.next().is_some() {

@@ -26,6 +26,7 @@ async fn setup() -> Setup {
 
 tern_store_conformance::conformance_tests!(setup);
 tern_store_conformance::group_conformance_tests!(setup);
+tern_store_conformance::flags_conformance_tests!(setup);
 
 /// The whole suite twice on one shared server, as dispatch workers share it: cases use unique
 /// ids, so a second run over the first one's data must pass too.
@@ -34,6 +35,8 @@ async fn run_all_twice_on_one_server() {
     let setup = setup().await;
     tern_store_conformance::run_all(setup.store()).await;
     tern_store_conformance::run_all_groups(setup.store()).await;
+    tern_store_conformance::run_all_flags(setup.store()).await;
     tern_store_conformance::run_all(setup.store()).await;
     tern_store_conformance::run_all_groups(setup.store()).await;
+    tern_store_conformance::run_all_flags(setup.store()).await;
 }
