@@ -489,7 +489,13 @@ impl RedisStore {
                 watermarks,
                 // Capped at the entry's last seq, as in the embedded store (a former group
                 // member's entry stays at their removal).
-                mention_seq: own.unwrap_or(0).max(all.unwrap_or(0)).min(last_seq),
+                // A mention after the entry's end (a former member's removal) is not theirs.
+                mention_seq: [own, all]
+                    .into_iter()
+                    .flatten()
+                    .filter(|s| *s <= last_seq)
+                    .max()
+                    .unwrap_or(0),
                 muted: bits & FLAG_MUTED != 0,
                 pinned: bits & FLAG_PINNED != 0,
             });

@@ -146,10 +146,11 @@ async fn mentions_cost_one_hset_per_chunk_and_plain_sends_none() {
     assert_eq!(shown(&store, "b", "dm:a:b").await, (1, 0, false, false), "b is not mentioned");
 }
 
-/// A former member's entry stays at their removal, and their mention seq is capped there (as
-/// in the embedded store: `min(mention, last_seq)`), never above the entry's last seq.
+/// A former member's entry stays at their removal, and a mention after it is not theirs: only
+/// the latest mention of each kind (own, all) is kept, so one later than the removal hides an
+/// earlier one (the entry shows no mention rather than one the user cannot see).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_former_members_mention_seq_is_capped_at_their_removal() {
+async fn a_former_members_mention_seq_ignores_mentions_after_their_removal() {
     let server = start().await;
     let store = RedisStore::connect(RedisStoreConfig::new(server.url())).await.unwrap();
     let conv = "g:t";
@@ -158,7 +159,7 @@ async fn a_former_members_mention_seq_is_capped_at_their_removal() {
     let remove = MemberChange::Remove { user_id: "bob".into() };
     store.commit(&[change(conv, "alice", "rm", 1, vec![remove])]).await.unwrap();
     store.commit(&[send(conv, "alice", "m4", &["bob"], true)]).await.unwrap();
-    assert_eq!(shown(&store, "bob", conv).await, (3, 3, false, false));
+    assert_eq!(shown(&store, "bob", conv).await, (3, 0, false, false));
     assert_eq!(shown(&store, "alice", conv).await, (4, 4, false, false));
 }
 

@@ -399,7 +399,7 @@ pub(super) fn list_conversations_blocking(
             last_seq,
             last_time_ms,
             watermarks: read_watermarks(&receipts, conv, user_id)?,
-            mention_seq: mention_seq(&mentions, conv, user_id)?.min(last_seq),
+            mention_seq: mention_seq(&mentions, conv, user_id, last_seq)?,
             muted: bits & MUTED != 0,
             pinned: bits & PINNED != 0,
         });
@@ -492,13 +492,17 @@ pub(super) fn group_members_blocking(
     Ok(out)
 }
 
-/// The latest seq of `conv` mentioning `user` or all.
+/// The latest seq of `conv` mentioning `user` or all, up to `last_seq` (the entry's end: a
+/// former member's removal). Only the latest mention of each kind is kept, so a mention after
+/// a removal hides an earlier one: the entry then shows none rather than one the user cannot
+/// see.
 fn mention_seq(
     table: &impl ReadableTable<(&'static str, &'static str), u64>,
     conv: &str,
     user: &str,
+    last_seq: u64,
 ) -> Result<u64, EmbeddedError> {
-    let own = table.get((conv, user))?.map_or(0, |g| g.value());
-    let all = table.get((conv, ""))?.map_or(0, |g| g.value());
-    Ok(own.max(all))
+    let own = table.get((conv, user))?.map(|g| g.value());
+    let all = table.get((conv, ""))?.map(|g| g.value());
+    Ok([own, all].into_iter().flatten().filter(|s| *s <= last_seq).max().unwrap_or(0))
 }
