@@ -16,6 +16,11 @@
 //!    mark the target recalled; the message row; every member's index entry (`USING TIMESTAMP
 //!    seq`, so the highest seq wins whatever order concurrent writers land in).
 //!
+//! A message to a **group** conversation (`g:`) allocates at step 2 with
+//! `IF last_seq = e AND group_version = v`, where `v` is the group version its sender's row was
+//! checked at; a **group change** allocates its event's seq with the same row and moves
+//! `group_version` in the same LWT (see *Groups* below and `group.rs`).
+//!
 //! **Resend** (claim not applied): the existing claim decides ([`judge`]). Seq bound and the
 //! message row stored: a duplicate, answered with the original (conversation, seq, time).
 //! Seq bound, not stored, before the fence: the first writer is in flight or died after the
@@ -28,6 +33,58 @@
 //! it over (`UPDATE dedupe SET owner = me, seq = 0 ... IF owner = old AND seq = old_seq`) and
 //! continues at step 2. Otherwise it waits (polling the claim with SERIAL reads) up to
 //! `claim_wait`, then answers UNAVAILABLE; the client resends later.
+//!
+//! A claim refused by the group rules (not a member, no such group, a version conflict) is
+//! **released** (`DELETE ... IF owner = me AND seq = 0`): nothing of it was written, and the
+//! same id may be used again at once (dispatch recomputes a conflicting change and commits it
+//! under the same id). A writer waiting on a claim that vanishes claims the key itself.
+//!
+//! # Groups: membership and seq in one compare-and-set
+//!
+//! A group's version (the seq of its latest change) lives in the conversation's allocator row
+//! (`conversation_meta.group_version`), so it is linearized with every seq of the group:
+//!
+//! - **Send**: read the row (`last_seq = e`, `group_version = v`, the pending change if any),
+//!   read the sender's member row (the pending change's row for the users it names, see
+//!   below), refuse if there is no group, it is dissolved, or the sender is not a current
+//!   member; else allocate `e + 1` `IF last_seq = e AND group_version = v`. Not applied with
+//!   the same version: only `last_seq` moved (another send), retry at once with the new one,
+//!   the membership decision still holds; a new version: read again. So the message is
+//!   sequenced at exactly the version it was checked at. A refusal is confirmed with a SERIAL
+//!   read first (a plain read may be behind the version the caller saw).
+//! - **Change**: the event's seq `s = e + 1` becomes the version in the same LWT
+//!   (`SET last_seq = s, group_version = s, group_record = .., group_pending = ..
+//!   IF last_seq = e AND group_version = v AND change_fence = f`), which also stores the change's
+//!   completion record (`group_pending`: its event and the member rows after it). The rows, the
+//!   event message and the changed users' index entries are written after it, by plain
+//!   idempotent writes (`USING TIMESTAMP s`); then the event is bound to its dedupe key and
+//!   `group_pending` cleared (`IF group_version = s`).
+//!
+//! **Why a message never gets a seq after its sender's removal.** A removal at seq `r` moves
+//! `group_version` to `r` in the LWT that allocates `r`. A send checked at version `v < r`
+//! allocates `IF group_version = v`: linearized before `r`'s LWT it gets a seq below `r`;
+//! after it, its condition fails and it reads again, sees the removal (the pending change
+//! names the removed user until it is complete) and is refused. The sender's row it checks is
+//! exact at `v`: every change before `v` was completed (its rows written where the check's
+//! read meets them, see the last failure case) before `v`'s LWT could apply, because every change completes the pending one
+//! before it computes itself, and `v`'s own rows are read from `group_pending` while set.
+//!
+//! **Crash between the change's LWT and its row writes.** The change is committed (it is the
+//! version, the record is in the same row): it is never lost or undone, only completed. The
+//! next change of the group completes it before deciding, a `read_range`/`get_message` that
+//! reaches the event's seq completes it, and so does a resend of it (its claim has no seq but
+//! the pending change names its owner). Until then a reader sees: `get_group` the new version
+//! and record; `group_member(s)` and the send check the pending rows laid over the table;
+//! `list_conversations` the removal seq for a removed user, but **not yet** the group for a
+//! user the change added (their index entry is written by the completion).
+//!
+//! **Takeover of a group claim.** A change's allocation is its commit, so a claim without a seq
+//! in a `g:` conversation is taken over only with a fence: after the takeover LWT, the resend
+//! moves `change_fence` (LWT) and reads the row at SERIAL. If the pending change is the old
+//! owner's, it completes it (binding the key to that event) and answers a duplicate. A change
+//! computed before the takeover cannot apply after the fence moved; one computed after it
+//! checks its own claim (SERIAL read) after reading the fence and before its LWT, so it sees
+//! the takeover and stops. Either way at most one event is ever stored per key.
 //!
 //! # Why no seq is ever given twice and no message stored twice
 //!
@@ -58,225 +115,125 @@
 //!   late) can make a seq that sync already called a hole reappear, and a resend may then have
 //!   stored the message at a second seq. Plain writes cannot be fenced by the cluster; making
 //!   message rows LWT would close this at the cost of one more Paxos round per message.
+//! - A group change's LWT with an unknown outcome cannot be left as a hole (its allocation is
+//!   its commit, and a Paxos proposal a minority accepted can still be completed by a later
+//!   round): the writer first runs one applied LWT on the row (`change_fence` set to itself),
+//!   whose round completes the uncertain proposal or makes it unacceptable for good, then reads
+//!   the row and its claim at SERIAL: the pending change is its own → complete it; its claim is
+//!   bound → completed by another writer; else not applied, compute again. (An unknown send
+//!   CAS needs no such round: completed later, it is only a hole.)
+//! - Member rows are plain writes, and the send check reads them after the version: exact only
+//!   if the write's and the read's quorums meet. With SERIAL LWTs (workers in several
+//!   datacentres may write one group) and LOCAL_QUORUM configured, member rows are therefore
+//!   written and read at QUORUM (`statements::membership_consistency`; in one datacentre the
+//!   same replicas as LOCAL_QUORUM). With LOCAL_SERIAL the one-writer-DC rule already holds.
 //!
 //! Cost per new message: 3 LWTs (claim, allocate, bind; more under contention on one
 //! conversation) + 1 read of the allocator (first message of a conversation per batch) +
-//! 1 + members plain writes. Conversations of one batch are appended concurrently (up to
-//! `append_concurrency`); messages of one conversation strictly in batch order.
+//! 1 + members plain writes. A message to a group: the same 3 LWTs, the allocator read (with
+//! the group columns), 1 read of the sender's member row, 1 plain write (no per-member
+//! write: the members' lists read the group's allocator row). A group change: 4 LWTs (claim,
+//! allocate, bind, clear) + 1 SERIAL read of its claim + reads of the allocator and the changed
+//! rows + 1 + 3 x changed members plain writes. Conversations of one batch are appended
+//! concurrently (up to `append_concurrency`); writes of one conversation strictly in batch
+//! order.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use scylla::DeserializeRow;
-use tern_proto::v1;
-use tern_store::{Appended, NewMessage};
+use tern_store::{Appended, Committed, GroupWrite, NewMessage};
 use tokio::task::JoinSet;
 use tracing::warn;
 
-use crate::bucket::{MAX_SEQ, bucket_of};
+use crate::bucket::MAX_SEQ;
 use crate::error::OpError;
-use crate::row::{self, MessageRow, seq_from_cql};
+use crate::group::{Snapshot, is_group};
+use crate::row::{self, seq_from_cql};
 use crate::statements::Stmt;
-use crate::store::{Inner, Lwt, now_ms};
+use crate::store::{Inner, now_ms};
 
-/// A dedupe claim as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Claim {
-    pub conversation_id: String,
-    pub owner: String,
-    pub claimed_at_ms: i64,
-    /// 0: no seq bound yet.
-    pub seq: u64,
-    pub server_time_ms: i64,
-    pub allocated_at_ms: i64,
-    /// [`request_digest`] of the request that claimed it (`None`: a row written before the
-    /// column existed).
-    pub request_digest: Option<i64>,
+mod decide;
+mod write;
+pub(crate) use decide::{
+    Claim, DedupeRow, Verdict, fence_ms, first_unsettled, judge, request_digest,
+};
+
+/// One write of an append batch or of a commit's run of appends and group changes.
+#[derive(Debug, Clone)]
+pub(crate) enum Item {
+    /// A message (to a group: checked against its sender's row).
+    Send(NewMessage),
+    /// A group change with its event.
+    Change(GroupWrite),
 }
 
-/// A row of `SelectDedupeSerial`.
-#[derive(Debug, DeserializeRow)]
-pub(crate) struct DedupeRow {
-    conversation_id: Option<String>,
-    owner: Option<String>,
-    claimed_at_ms: Option<i64>,
-    seq: Option<i64>,
-    server_time_ms: Option<i64>,
-    allocated_at_ms: Option<i64>,
-    request_digest: Option<i64>,
-}
-
-impl Claim {
-    fn from_row(r: DedupeRow) -> Result<Self, OpError> {
-        Ok(Claim {
-            conversation_id: r.conversation_id.unwrap_or_default(),
-            owner: r.owner.unwrap_or_default(),
-            claimed_at_ms: r.claimed_at_ms.unwrap_or(0),
-            seq: seq_from_cql("dedupe.seq", r.seq)?,
-            server_time_ms: r.server_time_ms.unwrap_or(0),
-            allocated_at_ms: r.allocated_at_ms.unwrap_or(0),
-            request_digest: r.request_digest,
-        })
-    }
-
-    /// The existing row that a not-applied LWT on `dedupe` returns.
-    fn from_lwt(l: &Lwt) -> Result<Self, OpError> {
-        let owner =
-            l.text("owner").ok_or_else(|| OpError::LwtShape("dedupe row without owner".into()))?;
-        Ok(Claim {
-            conversation_id: l.text("conversation_id").unwrap_or_default().to_owned(),
-            owner: owner.to_owned(),
-            claimed_at_ms: l.i64("claimed_at_ms").unwrap_or(0),
-            seq: seq_from_cql("dedupe.seq", l.i64("seq"))?,
-            server_time_ms: l.i64("server_time_ms").unwrap_or(0),
-            allocated_at_ms: l.i64("allocated_at_ms").unwrap_or(0),
-            request_digest: l.i64("request_digest"),
-        })
-    }
-}
-
-/// What a writer that found an existing claim does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Verdict {
-    /// Stored already: answer with the original outcome.
-    Duplicate,
-    /// Seq bound, message not stored, fence not passed, and the resend is the very request
-    /// that claimed it: write it at the bound seq.
-    Complete,
-    /// Abandoned: take the claim over and allocate a new seq.
-    TakeOver,
-    /// Another writer is at work: poll again later.
-    Wait,
-}
-
-/// The write fence of a seq allocated at `allocated_at_ms`: no message write starts later.
-pub(crate) fn fence_ms(allocated_at_ms: i64, grace_ms: i64) -> i64 {
-    allocated_at_ms.saturating_add(grace_ms / 2)
-}
-
-/// A stable 64-bit digest (FNV-1a) of what a request would store: conversation, kind, recall
-/// target, content type and body (each length-prefixed). Equal for a true resend; any other
-/// request under the same (sender, client_msg_id) differs (up to a 2^-64 accident).
-pub(crate) fn request_digest(m: &NewMessage) -> i64 {
-    use std::hash::Hasher;
-    let mut h = fnv::FnvHasher::default();
-    let mut field = |bytes: &[u8]| {
-        h.write(&(bytes.len() as u64).to_le_bytes());
-        h.write(bytes);
-    };
-    field(m.conversation_id.as_bytes());
-    field(&(m.kind as i32).to_le_bytes());
-    field(&m.recalled_seq.to_le_bytes());
-    field(m.content_type.as_bytes());
-    field(&m.body);
-    h.finish() as i64
-}
-
-/// Decides about an existing claim. `stored`: whether the message row at the claim's seq
-/// exists (only consulted when a seq is bound). `digest`: the resending request's
-/// [`request_digest`]: only the very request that claimed the key may complete its write (a
-/// different one, e.g. a Recall reusing a Send's client_msg_id in another conversation, would
-/// otherwise write its own kind, body and recall target at the claim's seq); a different
-/// request waits instead, and gets the original's outcome (which dispatch then refuses as a
-/// reuse) or, once the claim is abandoned, takes it over.
-pub(crate) fn judge(
-    claim: &Claim,
-    stored: bool,
-    now_ms: i64,
-    grace_ms: i64,
-    digest: i64,
-) -> Verdict {
-    if claim.seq > 0 {
-        if stored {
-            Verdict::Duplicate
-        } else if now_ms < fence_ms(claim.allocated_at_ms, grace_ms) {
-            if claim.request_digest == Some(digest) { Verdict::Complete } else { Verdict::Wait }
-        } else if now_ms >= claim.allocated_at_ms.saturating_add(grace_ms) {
-            Verdict::TakeOver
-        } else {
-            Verdict::Wait
+impl Item {
+    /// The message this write stores (a change's event).
+    pub(crate) fn message(&self) -> &NewMessage {
+        match self {
+            Item::Send(m) => m,
+            Item::Change(w) => &w.event,
         }
-    } else if now_ms >= claim.claimed_at_ms.saturating_add(grace_ms) {
-        Verdict::TakeOver
-    } else {
-        Verdict::Wait
     }
 }
 
-/// The first seq of `[first, last]` that is not stored and may still be written: a seq is
-/// settled (a hole) once some later allocation - a stored row after it, or the conversation's
-/// latest allocation (`meta_alloc_ms`) - is older than `grace_ms`. `stored` holds the window's
-/// stored (seq, allocated_at_ms) in seq order.
-pub(crate) fn first_unsettled(
-    first: u64,
-    last: u64,
-    stored: &[(u64, i64)],
-    meta_alloc_ms: i64,
-    now_ms: i64,
-    grace_ms: i64,
-) -> Option<u64> {
-    let old = |t: i64| now_ms.saturating_sub(t) >= grace_ms;
-    // later_old[i]: some allocation at or after stored[i] is old.
-    let mut later_old = vec![old(meta_alloc_ms); stored.len() + 1];
-    for i in (0..stored.len()).rev() {
-        later_old[i] = later_old[i + 1] || old(stored[i].1);
-    }
-    let mut expect = first;
-    for (i, &(seq, _)) in stored.iter().enumerate() {
-        if seq > expect && !later_old[i] {
-            return Some(expect);
-        }
-        expect = seq.saturating_add(1);
-    }
-    (expect <= last && !later_old[stored.len()]).then_some(expect)
+/// What one conversation's task of a batch knows from its own earlier writes (hints only:
+/// every allocation still compares and sets).
+#[derive(Debug, Default)]
+pub(crate) struct Hint {
+    /// The conversation's last seq after this task's previous message.
+    pub last_known: Option<u64>,
+    /// A group's head after this task's previous message.
+    pub group: Option<Snapshot>,
 }
 
 /// A new owner token: unique per attempt across processes.
-fn token(inner: &Inner) -> String {
+pub(crate) fn token(inner: &Inner) -> String {
     let n = inner.counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     format!("{:016x}-{n:x}", inner.token_seed)
 }
 
 impl Inner {
-    /// Appends a batch: conversations concurrently, each conversation's messages in order.
+    /// Appends a batch: conversations concurrently, each conversation's writes in order.
     /// Every task runs to its end even when another fails (an abandoned claim would make the
     /// client's resend wait), then the first error, if any, is the batch's.
     pub(crate) async fn append_batch(
         self: &Arc<Self>,
-        batch: Vec<NewMessage>,
-    ) -> Result<Vec<Appended>, OpError> {
+        batch: Vec<Item>,
+    ) -> Result<Vec<Committed>, OpError> {
         let n = batch.len();
-        let mut groups: Vec<Vec<(usize, NewMessage)>> = Vec::new();
+        let mut groups: Vec<Vec<(usize, Item)>> = Vec::new();
         let mut by_conv: HashMap<String, usize> = HashMap::new();
-        for (i, m) in batch.into_iter().enumerate() {
-            let g = *by_conv.entry(m.conversation_id.clone()).or_insert_with(|| {
+        for (i, item) in batch.into_iter().enumerate() {
+            let conv = item.message().conversation_id.clone();
+            let g = *by_conv.entry(conv).or_insert_with(|| {
                 groups.push(Vec::new());
                 groups.len() - 1
             });
-            groups[g].push((i, m));
+            groups[g].push((i, item));
         }
         let mut tasks = JoinSet::new();
         for group in groups {
             let inner = Arc::clone(self);
             tasks.spawn(async move {
                 let _permit = inner.limiter.acquire().await;
-                let mut last_known = None;
+                let mut hint = Hint::default();
                 let mut out = Vec::with_capacity(group.len());
-                for (i, m) in group {
-                    let a = inner.append_one(&m, &mut last_known).await?;
-                    out.push((i, a));
+                for (i, item) in group {
+                    let c = inner.append_one(&item, &mut hint).await?;
+                    out.push((i, c));
                 }
                 Ok::<_, OpError>(out)
             });
         }
-        let mut slots: Vec<Option<Appended>> = vec![None; n];
+        let mut slots: Vec<Option<Committed>> = vec![None; n];
         let mut first_err = None;
         while let Some(joined) = tasks.join_next().await {
             match joined {
                 Ok(Ok(outs)) => {
-                    for (i, a) in outs {
-                        slots[i] = Some(a);
+                    for (i, c) in outs {
+                        slots[i] = Some(c);
                     }
                 }
                 Ok(Err(e)) => {
@@ -296,140 +253,186 @@ impl Inner {
             .collect()
     }
 
-    /// One message: claim, allocate, bind, write (see the module doc). `last_known`: this
-    /// conversation's last seq as seen by this batch (saves the allocator read).
-    async fn append_one(
-        &self,
-        m: &NewMessage,
-        last_known: &mut Option<u64>,
-    ) -> Result<Appended, OpError> {
+    /// One write: claim, then allocate, bind and write (see the module doc).
+    async fn append_one(&self, item: &Item, hint: &mut Hint) -> Result<Committed, OpError> {
+        let m = item.message();
         let grace = ms(self.cfg.settle_grace);
-        let owner = token(self);
         let digest = request_digest(m);
-        let claimed_at = now_ms();
-        let claim = self
-            .lwt(
-                Stmt::ClaimDedupe,
-                (
-                    &m.sender_user_id,
-                    &m.client_msg_id,
-                    &m.conversation_id,
-                    &owner,
-                    claimed_at,
-                    0i64,
-                    0i64,
-                    digest,
-                ),
-            )
-            .await;
-        let existing = match claim {
-            Ok(l) if l.applied => None,
-            Ok(l) => Some(Claim::from_lwt(&l)?),
-            Err(e) => {
-                // Unknown outcome: the claim row itself says whether it is ours.
-                warn!(error = %e, "dedupe claim outcome unknown, reading it back");
-                match self.read_claim(m).await? {
-                    Some(c) if c.owner == owner => None,
-                    Some(c) => Some(c),
-                    None => return Err(e),
-                }
-            }
-        };
-        let Some(mut claim) = existing else {
-            return self.allocate_bind_write(m, &owner, last_known).await;
-        };
         let deadline = tokio::time::Instant::now() + self.cfg.claim_wait;
         let mut backoff = Duration::from_millis(5);
-        loop {
-            let stored =
-                claim.seq > 0 && self.message_stored(&claim.conversation_id, claim.seq).await?;
-            match judge(&claim, stored, now_ms(), grace, digest) {
-                Verdict::Duplicate => {
-                    return Ok(Appended {
-                        conversation_id: claim.conversation_id,
-                        seq: claim.seq,
-                        server_time_ms: claim.server_time_ms,
-                        duplicate: true,
-                        group_version: 0,
-                    });
+        'claim: loop {
+            let owner = token(self);
+            let claimed_at = now_ms();
+            let claim = self
+                .lwt(
+                    Stmt::ClaimDedupe,
+                    (
+                        &m.sender_user_id,
+                        &m.client_msg_id,
+                        &m.conversation_id,
+                        &owner,
+                        claimed_at,
+                        0i64,
+                        0i64,
+                        digest,
+                    ),
+                )
+                .await;
+            let existing = match claim {
+                Ok(l) if l.applied => None,
+                Ok(l) => Some(Claim::from_lwt(&l)?),
+                Err(e) => {
+                    // Unknown outcome: the claim row itself says whether it is ours.
+                    warn!(error = %e, "dedupe claim outcome unknown, reading it back");
+                    match self.read_claim(m).await? {
+                        Some(c) if c.owner == owner => None,
+                        Some(c) => Some(c),
+                        None => return Err(e),
+                    }
                 }
-                Verdict::Complete => {
-                    // The same request (equal digest), so `m` is what the claim's owner
-                    // writes: same conversation, kind, recall target and content.
-                    self.write(m, claim.seq, claim.server_time_ms, claim.allocated_at_ms).await?;
-                    return Ok(Appended {
-                        conversation_id: claim.conversation_id,
-                        seq: claim.seq,
-                        server_time_ms: claim.server_time_ms,
-                        duplicate: false,
-                        group_version: 0,
-                    });
+            };
+            let Some(mut claim) = existing else {
+                return self.owned(item, &owner, hint).await;
+            };
+            loop {
+                // A group change's claim has no seq until its completion binds it: if the
+                // conversation's pending change is this claim's, complete it (a duplicate).
+                if claim.seq == 0
+                    && is_group(&claim.conversation_id)
+                    && let Some(original) = self.complete_claimed(&claim, false).await?
+                {
+                    return Ok(Committed::Appended(original));
                 }
-                Verdict::TakeOver => {
-                    let old_seq = row::seq_to_cql(claim.seq).unwrap_or(i64::MAX);
-                    let taken = self
-                        .lwt(
-                            Stmt::TakeOverDedupe,
-                            (
-                                &owner,
-                                now_ms(),
-                                &m.conversation_id,
-                                0i64,
-                                digest,
-                                &m.sender_user_id,
-                                &m.client_msg_id,
-                                &claim.owner,
-                                old_seq,
-                            ),
-                        )
-                        .await?;
-                    if taken.applied {
+                let stored =
+                    claim.seq > 0 && self.message_stored(&claim.conversation_id, claim.seq).await?;
+                match judge(&claim, stored, now_ms(), grace, digest) {
+                    Verdict::Duplicate => {
+                        return Ok(Committed::Appended(Appended {
+                            conversation_id: claim.conversation_id,
+                            seq: claim.seq,
+                            server_time_ms: claim.server_time_ms,
+                            duplicate: true,
+                            group_version: 0,
+                        }));
+                    }
+                    Verdict::Complete => {
+                        // The same request (equal digest), so `m` is what the claim's owner
+                        // writes: same conversation, kind, recall target and content.
+                        self.write(m, claim.seq, claim.server_time_ms, claim.allocated_at_ms)
+                            .await?;
+                        return Ok(Committed::Appended(Appended {
+                            conversation_id: claim.conversation_id,
+                            seq: claim.seq,
+                            server_time_ms: claim.server_time_ms,
+                            duplicate: false,
+                            group_version: claim.group_version,
+                        }));
+                    }
+                    Verdict::TakeOver => {
+                        let old_seq = row::seq_to_cql(claim.seq).unwrap_or(i64::MAX);
+                        let taken = self
+                            .lwt(
+                                Stmt::TakeOverDedupe,
+                                (
+                                    &owner,
+                                    now_ms(),
+                                    &m.conversation_id,
+                                    0i64,
+                                    digest,
+                                    &m.sender_user_id,
+                                    &m.client_msg_id,
+                                    &claim.owner,
+                                    old_seq,
+                                ),
+                            )
+                            .await?;
+                        if !taken.applied {
+                            claim = Claim::from_lwt(&taken)?;
+                            continue;
+                        }
                         warn!(
                             sender = %m.sender_user_id,
                             client_msg_id = %m.client_msg_id,
                             abandoned_seq = claim.seq,
                             "took over an abandoned dedupe claim"
                         );
-                        return self.allocate_bind_write(m, &owner, last_known).await;
+                        if claim.seq == 0 && is_group(&claim.conversation_id) {
+                            // The old owner may have committed a group change: fence it off
+                            // (or find it committed) before this writer goes on.
+                            self.bump_fence(&claim.conversation_id).await?;
+                            if let Some(original) = self.complete_claimed(&claim, true).await? {
+                                return Ok(Committed::Appended(original));
+                            }
+                            match self.read_claim(m).await? {
+                                Some(c) if c.owner == owner && c.seq == 0 => {}
+                                Some(c) => {
+                                    claim = c;
+                                    continue;
+                                }
+                                None => continue 'claim,
+                            }
+                        }
+                        return self.owned(item, &owner, hint).await;
                     }
-                    claim = Claim::from_lwt(&taken)?;
-                    continue;
+                    Verdict::Wait => {}
                 }
-                Verdict::Wait => {}
-            }
-            if tokio::time::Instant::now() + backoff > deadline {
-                return Err(OpError::ClaimHeld {
-                    sender: m.sender_user_id.clone(),
-                    client_msg_id: m.client_msg_id.clone(),
-                });
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_millis(200));
-            match self.read_claim(m).await? {
-                Some(c) => claim = c,
-                None => {
-                    return Err(OpError::LwtShape("dedupe claim vanished while waiting".into()));
+                if tokio::time::Instant::now() + backoff > deadline {
+                    return Err(OpError::ClaimHeld {
+                        sender: m.sender_user_id.clone(),
+                        client_msg_id: m.client_msg_id.clone(),
+                    });
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(200));
+                match self.read_claim(m).await? {
+                    Some(c) => claim = c,
+                    // Released (its write was refused): claim the key ourselves.
+                    None => continue 'claim,
                 }
             }
         }
     }
 
-    /// Steps 2-4 for a claim this writer owns.
-    async fn allocate_bind_write(
+    /// The write itself, for a claim this writer owns.
+    async fn owned(&self, item: &Item, owner: &str, hint: &mut Hint) -> Result<Committed, OpError> {
+        match item {
+            Item::Send(m) if is_group(&m.conversation_id) => self.group_send(m, owner, hint).await,
+            Item::Send(m) => {
+                let time = m.server_time_ms;
+                let (seq, allocated_at) =
+                    self.allocate(&m.conversation_id, time, owner, &mut hint.last_known).await?;
+                self.bind_and_write(m, owner, seq, allocated_at, 0).await.map(Committed::Appended)
+            }
+            Item::Change(w) => self.group_change(w, owner, hint).await,
+        }
+    }
+
+    /// Steps 3-4 for a seq this writer allocated: bind it to the claim, write the message.
+    pub(crate) async fn bind_and_write(
         &self,
         m: &NewMessage,
         owner: &str,
-        last_known: &mut Option<u64>,
+        seq: u64,
+        allocated_at: i64,
+        group_version: u64,
     ) -> Result<Appended, OpError> {
         let time = m.server_time_ms;
-        let (seq, allocated_at) =
-            self.allocate(&m.conversation_id, time, owner, last_known).await?;
         let cql_seq =
             row::seq_to_cql(seq).ok_or_else(|| OpError::SeqOverflow(m.conversation_id.clone()))?;
+        let version = row::seq_to_cql(group_version).unwrap_or(0);
         let bind = self
             .lwt(
                 Stmt::BindDedupe,
-                (cql_seq, time, allocated_at, &m.sender_user_id, &m.client_msg_id, owner, 0i64),
+                (
+                    cql_seq,
+                    time,
+                    allocated_at,
+                    version,
+                    &m.sender_user_id,
+                    &m.client_msg_id,
+                    owner,
+                    0i64,
+                ),
             )
             .await;
         let bound = match bind {
@@ -455,8 +458,18 @@ impl Inner {
             seq,
             server_time_ms: time,
             duplicate: false,
-            group_version: 0,
+            group_version,
         })
+    }
+
+    /// Releases this writer's claim without a seq (its write was refused). Best effort: a claim
+    /// left behind is taken over after `settle_grace`.
+    pub(crate) async fn release_claim(&self, m: &NewMessage, owner: &str) {
+        let released =
+            self.lwt(Stmt::ReleaseDedupe, (&m.sender_user_id, &m.client_msg_id, owner, 0i64)).await;
+        if let Err(e) = released {
+            warn!(error = %e, sender = %m.sender_user_id, "releasing a refused claim failed");
+        }
     }
 
     /// Step 2: compare-and-set on the allocator row. Returns the seq and the allocation time.
@@ -515,79 +528,8 @@ impl Inner {
         })
     }
 
-    /// Step 4, before the write fence: recall target, message row, members' index entries.
-    async fn write(
-        &self,
-        m: &NewMessage,
-        seq: u64,
-        time: i64,
-        allocated_at: i64,
-    ) -> Result<(), OpError> {
-        let grace = ms(self.cfg.settle_grace);
-        let fenced = || {
-            (now_ms() >= fence_ms(allocated_at, grace)).then(|| OpError::ClaimLost {
-                sender: m.sender_user_id.clone(),
-                client_msg_id: m.client_msg_id.clone(),
-            })
-        };
-        if let Some(e) = fenced() {
-            return Err(e);
-        }
-        let conv = m.conversation_id.as_str();
-        let cql_seq = row::seq_to_cql(seq).ok_or_else(|| OpError::SeqOverflow(conv.to_owned()))?;
-        let bucket = bucket_of(seq, self.cfg.bucket_size) as i64;
-        if m.kind == v1::MessageKind::Recall {
-            self.recall_target(conv, m.recalled_seq).await?;
-        }
-        let blob = row::encode(&row::stored_message(m, seq, time));
-        let ts = time.saturating_mul(1000);
-        self.exec(Stmt::InsertMessage, (conv, bucket, cql_seq, blob, allocated_at, ts)).await?;
-        let mut index = JoinSet::new();
-        for member in &m.members {
-            let session = Arc::clone(&self.session);
-            let stmt = self.stmts.get(Stmt::UpsertIndex).clone();
-            let values = (cql_seq, cql_seq, time, member.clone(), conv.to_owned());
-            index.spawn(async move { session.execute_unpaged(&stmt, values).await });
-        }
-        while let Some(joined) = index.join_next().await {
-            joined.map_err(|e| OpError::Task(e.to_string()))??;
-        }
-        Ok(())
-    }
-
-    /// Marks `seq` recalled with its body cleared; a missing target is logged and skipped.
-    async fn recall_target(&self, conv: &str, seq: u64) -> Result<(), OpError> {
-        let Some(target) = self.message(conv, seq).await? else {
-            warn!(conversation_id = conv, seq, "recall of a message that is not stored");
-            return Ok(());
-        };
-        let Some(cql_seq) = row::seq_to_cql(seq) else { return Ok(()) };
-        // Above the target's own write timestamp, whatever the clocks say.
-        let ts = now_ms().saturating_mul(1000).max(target.server_time_ms.saturating_mul(1000) + 1);
-        let bucket = bucket_of(seq, self.cfg.bucket_size) as i64;
-        self.exec(Stmt::RecallMessage, (ts, row::recalled_blob(target), conv, bucket, cql_seq))
-            .await?;
-        Ok(())
-    }
-
-    /// Whether the message row at `seq` holds a message.
-    async fn message_stored(&self, conv: &str, seq: u64) -> Result<bool, OpError> {
-        Ok(self.message_row(conv, seq).await?.is_some_and(|r| r.message.is_some()))
-    }
-
-    /// The raw message row at `seq`.
-    pub(crate) async fn message_row(
-        &self,
-        conv: &str,
-        seq: u64,
-    ) -> Result<Option<MessageRow>, OpError> {
-        let Some(cql_seq) = row::seq_to_cql(seq) else { return Ok(None) };
-        let bucket = bucket_of(seq, self.cfg.bucket_size) as i64;
-        self.select_one::<MessageRow>(Stmt::SelectMessage, (conv, bucket, cql_seq)).await
-    }
-
     /// The claim of `m`'s dedupe key, read linearizably.
-    async fn read_claim(&self, m: &NewMessage) -> Result<Option<Claim>, OpError> {
+    pub(crate) async fn read_claim(&self, m: &NewMessage) -> Result<Option<Claim>, OpError> {
         self.select_one::<DedupeRow>(
             Stmt::SelectDedupeSerial,
             (&m.sender_user_id, &m.client_msg_id),
@@ -598,7 +540,8 @@ impl Inner {
     }
 }
 
-fn ms(d: Duration) -> i64 {
+/// A duration in whole milliseconds (saturating).
+pub(crate) fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 

@@ -75,6 +75,9 @@ pub enum OpError {
     /// A stored row is inconsistent.
     #[error(transparent)]
     Row(#[from] RowError),
+    /// Not implemented by this backend yet (conversation flags).
+    #[error("the Scylla store does not support {0} yet")]
+    Unsupported(&'static str),
     /// A lightweight transaction's result lacks `[applied]` or an expected column.
     #[error("unexpected LWT result: {0}")]
     LwtShape(String),
@@ -143,6 +146,7 @@ impl From<OpError> for StoreError {
             | OpError::ClaimLost { .. }
             | OpError::Task(_) => StoreError::Unavailable(e.to_string()),
             OpError::Row(_) | OpError::SeqOverflow(_) => StoreError::Corrupt(e.to_string()),
+            OpError::Unsupported(what) => StoreError::Unsupported(what),
             OpError::IntoRows(_)
             | OpError::Rows(_)
             | OpError::FirstRow(_)

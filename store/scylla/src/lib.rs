@@ -5,7 +5,12 @@
 //! - [`schema`]: `schema.cql` (keyspace and tables, idempotent) and its rendering.
 //! - `statements`: every data statement, prepared, checked against the schema by tests.
 //! - `append`: dedupe and seq allocation with lightweight transactions (the mechanism and its
-//!   failure cases are documented there and in `store/scylla/README.md`).
+//!   failure cases are documented there and in `store/scylla/README.md`), including the
+//!   membership check of a message to a group and the compare-and-set of a group change.
+//! - `commit`: [`tern_store::Store::commit`]: runs of appends and group changes, watermarks.
+//! - `group`: where a group lives (allocator row, member rows), its reads, writes and the
+//!   pure decisions they share.
+//! - `listing`: a user's conversation list (index entries, watermarks, group entries).
 //! - [`bucket`]: message partitions (`seq / bucket_size`) and which ones a read touches.
 //! - [`row`]: row <-> type mapping.
 //! - [`ScyllaStore`]: connect (schema, policies, timeouts) and the [`tern_store::Store`] impl.
@@ -16,9 +21,12 @@
 
 mod append;
 pub mod bucket;
+mod commit;
 pub mod config;
 mod error;
+mod group;
 mod health;
+mod listing;
 pub mod row;
 pub mod schema;
 mod statements;

@@ -1,4 +1,7 @@
-//! Row <-> type mapping: CQL `bigint` <-> u64 seqs, `messages` rows <-> [`v1::Message`].
+//! Row <-> type mapping: CQL `bigint` <-> u64 seqs, `messages` rows <-> [`v1::Message`];
+//! the group rows and blobs in [`group`].
+
+pub mod group;
 
 use prost::Message as _;
 use scylla::DeserializeRow;
@@ -27,6 +30,14 @@ pub enum RowError {
         /// Seq of the row.
         seq: u64,
         /// The decoder's complaint.
+        reason: String,
+    },
+    /// A group row or blob (record, pending change, member row) cannot be read.
+    #[error("group {what}: {reason}")]
+    Group {
+        /// Which column or blob.
+        what: &'static str,
+        /// What is wrong with it.
         reason: String,
     },
     /// The blob names another conversation or seq than the row's key.

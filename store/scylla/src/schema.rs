@@ -75,6 +75,7 @@ mod tests {
                 "user_conversations",
                 "receipts",
                 "group_members",
+                "group_current",
                 "settings"
             ]
         );

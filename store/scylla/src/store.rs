@@ -1,5 +1,6 @@
 //! [`ScyllaStore`]: session setup (policies, timeouts, schema, prepared statements) and the
-//! [`Store`] implementation; appends live in `append.rs`.
+//! [`Store`] implementation; appends live in `append.rs`, commits in `commit.rs`, groups in
+//! `group.rs`.
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -20,17 +21,17 @@ use scylla::serialize::row::SerializeRow;
 use scylla::value::{CqlValue, Row};
 use tern_proto::v1;
 use tern_store::{
-    Appended, BoxFuture, ConversationEntry, NewMessage, Range, Store, StoreError, WatermarkUpdate,
-    Watermarks,
+    Appended, BoxFuture, Committed, ConversationEntry, GroupState, Member, NewMessage, Range,
+    Store, StoreError, WatermarkUpdate, Watermarks, Write,
 };
 use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 use tracing::info;
 
-use crate::append::first_unsettled;
+use crate::append::{Item, first_unsettled};
 use crate::bucket::{self, MAX_SEQ};
 use crate::config::ScyllaConfig;
 use crate::error::{ConnectError, OpError};
+use crate::group::is_group;
 use crate::row::{self, MessageRow, seq_from_cql};
 use crate::schema;
 use crate::statements::{Prepared, Stmt};
@@ -117,12 +118,13 @@ struct MetaRow {
     last_seq: Option<i64>,
     last_alloc_ms: Option<i64>,
     last_owner: Option<String>,
+    group_version: Option<i64>,
 }
 
 #[derive(Debug, DeserializeRow)]
-struct ReceiptRow {
-    delivered_seq: Option<i64>,
-    read_seq: Option<i64>,
+pub(crate) struct ReceiptRow {
+    pub(crate) delivered_seq: Option<i64>,
+    pub(crate) read_seq: Option<i64>,
 }
 
 #[derive(Debug, DeserializeRow)]
@@ -132,14 +134,7 @@ struct ReceiptsRow {
     read_seq: Option<i64>,
 }
 
-#[derive(Debug, DeserializeRow)]
-struct IndexRow {
-    conversation_id: String,
-    last_seq: Option<i64>,
-    last_time_ms: Option<i64>,
-}
-
-fn watermarks(delivered: Option<i64>, read: Option<i64>) -> Result<Watermarks, OpError> {
+pub(crate) fn watermarks(delivered: Option<i64>, read: Option<i64>) -> Result<Watermarks, OpError> {
     Ok(Watermarks {
         delivered: seq_from_cql("receipts.delivered_seq", delivered)?,
         read: seq_from_cql("receipts.read_seq", read)?,
@@ -186,13 +181,18 @@ impl ScyllaStore {
             }
         }
         session.await_schema_agreement().await.map_err(Box::new)?;
-        let stmts =
-            Prepared::prepare(&session, &cfg.keyspace, cfg.serial_consistency, cfg.page_size)
-                .await
-                .map_err(|(stmt, source)| ConnectError::Prepare {
-                    statement: stmt.render(&cfg.keyspace),
-                    source: Box::new(source),
-                })?;
+        let stmts = Prepared::prepare(
+            &session,
+            &cfg.keyspace,
+            cfg.consistency,
+            cfg.serial_consistency,
+            cfg.page_size,
+        )
+        .await
+        .map_err(|(stmt, source)| ConnectError::Prepare {
+            statement: stmt.render(&cfg.keyspace),
+            source: Box::new(source),
+        })?;
         let token_seed = RandomState::new().hash_one((std::process::id(), now_ms()));
         let inner = Inner {
             session: Arc::new(session),
@@ -239,7 +239,11 @@ impl Inner {
     }
 
     /// Every row, page by page (`page_size` rows per round trip).
-    async fn select_all<R>(&self, stmt: Stmt, values: impl SerializeRow) -> Result<Vec<R>, OpError>
+    pub(crate) async fn select_all<R>(
+        &self,
+        stmt: Stmt,
+        values: impl SerializeRow,
+    ) -> Result<Vec<R>, OpError>
     where
         R: for<'f> DeserializeRow<'f, 'f>,
     {
@@ -261,13 +265,20 @@ impl Inner {
 
     /// (last_seq, last_alloc_ms) of the allocator row (0, 0 when absent).
     pub(crate) async fn meta(&self, conv: &str) -> Result<(u64, i64), OpError> {
+        let (last_seq, last_alloc_ms, _) = self.meta_with_version(conv).await?;
+        Ok((last_seq, last_alloc_ms))
+    }
+
+    /// (last_seq, last_alloc_ms, group_version) of the allocator row (zeros when absent).
+    pub(crate) async fn meta_with_version(&self, conv: &str) -> Result<(u64, i64, u64), OpError> {
         let row = self.select_one::<MetaRow>(Stmt::SelectMeta, (conv,)).await?;
         match row {
             Some(r) => Ok((
                 seq_from_cql("conversation_meta.last_seq", r.last_seq)?,
                 r.last_alloc_ms.unwrap_or(0),
+                seq_from_cql("conversation_meta.group_version", r.group_version)?,
             )),
-            None => Ok((0, 0)),
+            None => Ok((0, 0, 0)),
         }
     }
 
@@ -307,7 +318,7 @@ impl Inner {
     }
 
     async fn read_range(&self, conv: &str, from: u64, window: u32) -> Result<Range, OpError> {
-        let (last_seq, meta_alloc_ms) = self.meta(conv).await?;
+        let (last_seq, meta_alloc_ms, group_version) = self.meta_with_version(conv).await?;
         let Some((first, last)) = bucket::clip_window(from, window, last_seq) else {
             return Ok(Range { messages: Vec::new(), last_seq });
         };
@@ -328,6 +339,20 @@ impl Inner {
                 }
             }
         }
+        // A group's latest change may be committed but not yet completed (its writer crashed,
+        // or is at work): complete it here, so its event is never reported missing.
+        if is_group(conv)
+            && (first..=last).contains(&group_version)
+            && !stored.iter().any(|&(seq, _)| seq == group_version)
+            && let Some(r) = self.complete_event(conv, group_version).await?
+        {
+            let allocated_at = r.allocated_at_ms.unwrap_or(0);
+            if let Some(m) = row::decode_row(conv, r)? {
+                let at = messages.partition_point(|x| x.seq < m.seq);
+                stored.insert(at, (m.seq, allocated_at));
+                messages.insert(at, m);
+            }
+        }
         let grace = i64::try_from(self.cfg.settle_grace.as_millis()).unwrap_or(i64::MAX);
         match first_unsettled(first, last, &stored, meta_alloc_ms, now_ms(), grace) {
             // An unstored seq that may still be written: stop before it, so sync does not
@@ -340,7 +365,7 @@ impl Inner {
         }
     }
 
-    async fn set_watermark(
+    pub(crate) async fn set_watermark(
         &self,
         conv: &str,
         user: &str,
@@ -405,52 +430,6 @@ impl Inner {
             .map(|r| Ok((r.user_id, watermarks(r.delivered_seq, r.read_seq)?)))
             .collect()
     }
-
-    async fn list_conversations(
-        self: &Arc<Self>,
-        user: &str,
-        after: &str,
-        limit: u32,
-    ) -> Result<Vec<ConversationEntry>, OpError> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let limit = i32::try_from(limit).unwrap_or(i32::MAX);
-        let rows: Vec<IndexRow> = self.select_all(Stmt::ListIndex, (user, after, limit)).await?;
-        let mut receipts = JoinSet::new();
-        for (i, r) in rows.iter().enumerate() {
-            let inner = Arc::clone(self);
-            let (conv, user) = (r.conversation_id.clone(), user.to_owned());
-            receipts.spawn(async move {
-                let row =
-                    inner.select_one::<ReceiptRow>(Stmt::SelectReceipt, (&conv, &user)).await?;
-                let wm = match row {
-                    Some(r) => watermarks(r.delivered_seq, r.read_seq)?,
-                    None => Watermarks::default(),
-                };
-                Ok::<_, OpError>((i, wm))
-            });
-        }
-        let mut wms = vec![Watermarks::default(); rows.len()];
-        while let Some(joined) = receipts.join_next().await {
-            let (i, wm) = joined.map_err(|e| OpError::Task(e.to_string()))??;
-            wms[i] = wm;
-        }
-        rows.into_iter()
-            .zip(wms)
-            .map(|(r, watermarks)| {
-                Ok(ConversationEntry {
-                    mention_seq: 0,
-                    muted: false,
-                    pinned: false,
-                    conversation_id: r.conversation_id,
-                    last_seq: seq_from_cql("user_conversations.last_seq", r.last_seq)?,
-                    last_time_ms: r.last_time_ms.unwrap_or(0),
-                    watermarks,
-                })
-            })
-            .collect()
-    }
 }
 
 impl Store for ScyllaStore {
@@ -459,8 +438,25 @@ impl Store for ScyllaStore {
             if batch.is_empty() {
                 return Ok(Vec::new());
             }
-            Ok(self.inner.append_batch(batch).await?)
+            let items = batch.into_iter().map(Item::Send).collect();
+            self.inner
+                .append_batch(items)
+                .await?
+                .into_iter()
+                .map(|c| match c {
+                    Committed::Appended(a) => Ok(a),
+                    Committed::Refused(r) => Err(StoreError::Refused(r)),
+                    _ => Err(StoreError::Corrupt("append outcome of another kind".into())),
+                })
+                .collect()
         })
+    }
+
+    fn commit<'a>(
+        &'a self,
+        batch: &'a [Write],
+    ) -> BoxFuture<'a, Result<Vec<Committed>, StoreError>> {
+        Box::pin(async move { Ok(self.inner.commit(batch).await?) })
     }
 
     fn read_range<'a>(
@@ -481,7 +477,18 @@ impl Store for ScyllaStore {
             if seq == 0 || seq > MAX_SEQ {
                 return Ok(None);
             }
-            Ok(self.inner.message(conversation_id, seq).await?)
+            let conv = conversation_id;
+            if let Some(m) = self.inner.message(conv, seq).await? {
+                return Ok(Some(m));
+            }
+            // A group event committed but not yet written: complete it (see group.rs).
+            if is_group(conv)
+                && self.inner.meta_with_version(conv).await?.2 == seq
+                && let Some(r) = self.inner.complete_event(conv, seq).await?
+            {
+                return Ok(row::decode_row(conv, r).map_err(OpError::from)?);
+            }
+            Ok(None)
         })
     }
 
@@ -523,6 +530,30 @@ impl Store for ScyllaStore {
         limit: u32,
     ) -> BoxFuture<'a, Result<Vec<ConversationEntry>, StoreError>> {
         Box::pin(async move { Ok(self.inner.list_conversations(user_id, after, limit).await?) })
+    }
+
+    fn get_group<'a>(
+        &'a self,
+        conversation_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<GroupState>, StoreError>> {
+        Box::pin(async move { Ok(self.inner.get_group(conversation_id).await?) })
+    }
+
+    fn group_member<'a>(
+        &'a self,
+        conversation_id: &'a str,
+        user_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Member>, StoreError>> {
+        Box::pin(async move { Ok(self.inner.group_member(conversation_id, user_id).await?) })
+    }
+
+    fn group_members<'a>(
+        &'a self,
+        conversation_id: &'a str,
+        after: &'a str,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Vec<Member>, StoreError>> {
+        Box::pin(async move { Ok(self.inner.group_members(conversation_id, after, limit).await?) })
     }
 
     fn health(&self) -> BoxFuture<'_, Result<(), StoreError>> {

@@ -1,6 +1,8 @@
 //! Runs the conformance suite against a live ScyllaDB node when `TERN_SCYLLA_NODES` is set
 //! (see build.rs); otherwise every live test is ignored with that reason, never passed.
 //!
+//! The group cases (`run_all_groups`) are run the same way.
+//!
 //! All cases share one keyspace (`TERN_SCYLLA_KEYSPACE`, default `tern_conformance`): the
 //! cases use unique ids, so they can run concurrently on one persistent store.
 
@@ -26,6 +28,15 @@ const CASES: &[&str] = &[
     "commit_coalesces_watermarks",
 ];
 
+/// Every group case this file runs, in the order of `tern_store_conformance::run_all_groups`.
+const GROUP_CASES: &[&str] = &[
+    "group_create_reads_back",
+    "group_changes_compare_and_set",
+    "group_sends_need_current_membership",
+    "group_rows_follow_joins_roles_and_dissolution",
+    "group_conversations_are_listed",
+];
+
 /// A store on the configured node(s); the keyspace defaults to `tern_conformance`.
 #[cfg_attr(not(scylla_live), allow(dead_code))]
 async fn store() -> ScyllaStore {
@@ -37,7 +48,7 @@ async fn store() -> ScyllaStore {
 }
 
 macro_rules! live_cases {
-    ($($case:ident),* $(,)?) => {
+    ($generated:ident: $($case:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             #[cfg_attr(
@@ -51,11 +62,12 @@ macro_rules! live_cases {
         )*
 
         /// The cases generated above, by name.
-        const GENERATED: &[&str] = &[$(stringify!($case)),*];
+        const $generated: &[&str] = &[$(stringify!($case)),*];
     };
 }
 
 live_cases!(
+    GENERATED:
     seqs_start_at_one,
     batch_order_is_seq_order,
     dedupe_across_calls,
@@ -74,6 +86,15 @@ live_cases!(
     commit_coalesces_watermarks,
 );
 
+live_cases!(
+    GENERATED_GROUPS:
+    group_create_reads_back,
+    group_changes_compare_and_set,
+    group_sends_need_current_membership,
+    group_rows_follow_joins_roles_and_dissolution,
+    group_conversations_are_listed,
+);
+
 /// The whole suite in turn on one store, as `run_all` does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
@@ -85,12 +106,25 @@ async fn run_all_on_one_store() {
     tern_store_conformance::run_all(&store).await;
 }
 
-/// The case names `run_all` calls, read from the conformance crate's source.
-fn run_all_cases() -> Vec<String> {
+/// The group cases in turn on one store, as `run_all_groups` does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(scylla_live),
+    ignore = "set TERN_SCYLLA_NODES=host:port to run against a ScyllaDB node"
+)]
+async fn run_all_groups_on_one_store() {
+    let store = store().await;
+    tern_store_conformance::run_all_groups(&store).await;
+}
+
+/// The case names `runner` (`run_all` or `run_all_groups`) calls, read from the conformance
+/// crate's source.
+fn cases_of(runner: &str) -> Vec<String> {
     let src = include_str!("../../conformance/src/lib.rs");
-    let start = src.find("pub async fn run_all(").expect("run_all in the conformance crate");
+    let head = format!("pub async fn {runner}(");
+    let start = src.find(&head).unwrap_or_else(|| panic!("{runner} in the conformance crate"));
     let body = &src[start..];
-    let body = &body[..body.find("\n}").expect("end of run_all")];
+    let body = &body[..body.find("\n}").expect("end of the runner")];
     body.lines()
         .filter_map(|l| l.trim().strip_suffix("(store).await;"))
         .map(str::to_owned)
@@ -100,17 +134,37 @@ fn run_all_cases() -> Vec<String> {
 /// Fails when the conformance crate gains (or renames) a case this file does not run.
 #[test]
 fn every_conformance_case_is_run_here() {
-    let upstream = run_all_cases();
+    let upstream = cases_of("run_all");
     assert!(upstream.len() >= 11, "could not parse run_all: {upstream:?}");
     assert_eq!(upstream, CASES, "update CASES and live_cases! in this file");
     assert_eq!(GENERATED, CASES, "live_cases! and CASES disagree");
-    // Every `pub async fn` case of the crate is in run_all too.
+    let groups = cases_of("run_all_groups");
+    assert!(groups.len() >= 5, "could not parse run_all_groups: {groups:?}");
+    assert_eq!(groups, GROUP_CASES, "update GROUP_CASES and live_cases! in this file");
+    assert_eq!(GENERATED_GROUPS, GROUP_CASES, "live_cases! and GROUP_CASES disagree");
+    // The group cases are also exactly the ones `group_conformance_tests!` generates.
     let src = include_str!("../../conformance/src/lib.rs");
-    for line in src.lines() {
+    let start = src.find("macro_rules! group_conformance_tests").expect("the group macro");
+    let body = &src[start..];
+    let body = &body[..body.find("\n}").expect("end of the group macro")];
+    for case in GROUP_CASES {
+        assert!(body.contains(&format!("{case},")), "group_conformance_tests! lacks {case}");
+    }
+    // Every `pub async fn` case of the crate (and of its modules) is run here.
+    let sources = [
+        src,
+        include_str!("../../conformance/src/group.rs"),
+        include_str!("../../conformance/src/commit.rs"),
+        include_str!("../../conformance/src/reuse.rs"),
+    ];
+    for line in sources.iter().flat_map(|s| s.lines()) {
         if let Some(rest) = line.strip_prefix("pub async fn ") {
             let name = rest.split('(').next().unwrap_or_default();
             if name != "run_all" && name != "run_all_groups" && name != "run_all_flags" {
-                assert!(CASES.contains(&name), "conformance case {name} is not run here");
+                assert!(
+                    CASES.contains(&name) || GROUP_CASES.contains(&name),
+                    "conformance case {name} is not run here"
+                );
             }
         }
     }

@@ -1,4 +1,6 @@
 //! Unit tests of the append decisions (pure functions, no node needed).
+use tern_proto::v1;
+
 use super::*;
 
 const GRACE: i64 = 20_000;
@@ -14,6 +16,7 @@ fn claim(seq: u64, claimed_at_ms: i64, allocated_at_ms: i64) -> Claim {
         server_time_ms: 5,
         allocated_at_ms,
         request_digest: Some(D),
+        group_version: 0,
     }
 }
 
