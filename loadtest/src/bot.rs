@@ -683,7 +683,7 @@ mod tests {
         assert_eq!(
             events,
             vec![
-                Event::Delivered(Delivery::Probe { latency: Duration::from_micros(2500), sent: 1 }),
+                Event::Delivered(Delivery::Probe { latency: Duration::from_micros(2500), sent }),
                 Event::Delivered(Delivery::Other),
                 Event::Delivered(Delivery::ProbeFromFuture),
                 Event::Delivered(Delivery::Other),

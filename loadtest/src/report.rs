@@ -336,6 +336,18 @@ mod tests {
         assert_eq!((m.login_latency.n, m.login_latency.p99_ms), (400, 9.0));
     }
 
+    /// The last recipient of a message is the latest over every process; percentiles are over
+    /// messages.
+    #[test]
+    fn merge_takes_the_latest_delivery_per_message_across_processes() {
+        let a = Report { probe_last_us: [(1, 900), (2, 100)].into(), ..Report::default() };
+        let b = Report { probe_last_us: [(1, 300), (2, 700), (3, 50)].into(), ..Report::default() };
+        let m = Report::merge(&[a, b], None);
+        assert_eq!(m.probe_last_us, [(1, 900), (2, 700), (3, 50)].into());
+        assert_eq!(m.last_delivery_latency.n, 3);
+        assert_eq!(m.last_delivery_latency.max_ms, 0.9);
+    }
+
     #[test]
     fn merge_with_samples_is_exact() {
         let mut samples = RawSamples {
