@@ -240,3 +240,43 @@ impl GroupMetaRecord {
         })
     }
 }
+
+/// One member row as the backends store it inside a record (protobuf).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MemberRecord {
+    #[prost(string, tag = "1")]
+    pub user_id: String,
+    #[prost(uint32, tag = "2")]
+    pub role: u32,
+    #[prost(uint64, tag = "3")]
+    pub joined_seq: u64,
+    #[prost(uint64, tag = "4")]
+    pub visible_from: u64,
+    #[prost(uint64, tag = "5")]
+    pub removed_seq: u64,
+}
+
+impl MemberRecord {
+    /// The stored form of `m`.
+    pub fn of(m: &Member) -> Self {
+        Self {
+            user_id: m.user_id.clone(),
+            role: m.role as u32,
+            joined_seq: m.joined_seq,
+            visible_from: m.visible_from,
+            removed_seq: m.removed_seq,
+        }
+    }
+
+    /// The row as the store's type (an unknown role is refused).
+    pub fn to_member(&self) -> Result<Member, String> {
+        let role = u8::try_from(self.role).ok().and_then(Role::from_u8);
+        Ok(Member {
+            user_id: self.user_id.clone(),
+            role: role.ok_or_else(|| format!("unknown role {}", self.role))?,
+            joined_seq: self.joined_seq,
+            visible_from: self.visible_from,
+            removed_seq: self.removed_seq,
+        })
+    }
+}

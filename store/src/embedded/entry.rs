@@ -12,8 +12,8 @@ use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, k
 use tern_proto::v1;
 
 use super::tables::EmbeddedError;
-pub(crate) use crate::group::GroupMetaRecord;
-use crate::{FlagsWrite, GroupMeta, Member, Role, Watermarks};
+pub(crate) use crate::group::{GroupMetaRecord, MemberRecord};
+use crate::{FlagsWrite, GroupMeta, Member, Watermarks};
 
 /// A new message for the index: the log record's payload as written, with where the index's
 /// fields sit in it (one allocation per message, shared by the log copy and the index).
@@ -111,6 +111,25 @@ pub(crate) struct MessageRef<'a> {
 }
 
 impl<'a> MessageRef<'a> {
+    /// The message `m` becomes at `seq` (not recalled).
+    pub fn new(m: &'a crate::NewMessage, seq: u64) -> Self {
+        MessageRef {
+            conversation_id: &m.conversation_id,
+            seq,
+            sender_user_id: &m.sender_user_id,
+            sender_device_id: &m.sender_device_id,
+            client_msg_id: &m.client_msg_id,
+            server_time_ms: m.server_time_ms,
+            kind: m.kind as i32,
+            content_type: &m.content_type,
+            body: &m.body,
+            recalled_seq: m.recalled_seq,
+            recalled: false,
+            mention_user_ids: &m.mention_user_ids,
+            mention_all: m.mention_all,
+        }
+    }
+
     /// Every field of `m`.
     pub fn of(m: &'a v1::Message) -> Self {
         MessageRef {
@@ -220,44 +239,6 @@ pub struct GroupRecord {
     /// The changed member rows, after the change.
     #[prost(message, repeated, tag = "3")]
     pub members: Vec<MemberRecord>,
-}
-
-/// One member row as logged.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct MemberRecord {
-    #[prost(string, tag = "1")]
-    pub user_id: String,
-    #[prost(uint32, tag = "2")]
-    pub role: u32,
-    #[prost(uint64, tag = "3")]
-    pub joined_seq: u64,
-    #[prost(uint64, tag = "4")]
-    pub visible_from: u64,
-    #[prost(uint64, tag = "5")]
-    pub removed_seq: u64,
-}
-
-impl MemberRecord {
-    pub(crate) fn of(m: &Member) -> Self {
-        Self {
-            user_id: m.user_id.clone(),
-            role: m.role as u32,
-            joined_seq: m.joined_seq,
-            visible_from: m.visible_from,
-            removed_seq: m.removed_seq,
-        }
-    }
-
-    pub(crate) fn to_member(&self) -> Result<Member, String> {
-        let role = u8::try_from(self.role).ok().and_then(Role::from_u8);
-        Ok(Member {
-            user_id: self.user_id.clone(),
-            role: role.ok_or_else(|| format!("unknown role {}", self.role))?,
-            joined_seq: self.joined_seq,
-            visible_from: self.visible_from,
-            removed_seq: self.removed_seq,
-        })
-    }
 }
 
 /// [`Record::append`].

@@ -224,23 +224,8 @@ impl Writer {
                         }
                     }
                     let seq = self.next_seq(&mut g, conv)?;
-                    let message = MessageRef {
-                        conversation_id: conv,
-                        seq,
-                        sender_user_id: &m.sender_user_id,
-                        sender_device_id: &m.sender_device_id,
-                        client_msg_id: &m.client_msg_id,
-                        server_time_ms: m.server_time_ms,
-                        kind: m.kind as i32,
-                        content_type: &m.content_type,
-                        body: &m.body,
-                        recalled_seq: m.recalled_seq,
-                        recalled: false,
-                        mention_user_ids: &m.mention_user_ids,
-                        mention_all: m.mention_all,
-                    };
                     // Encoded once: the log copies the payload, the index keeps it.
-                    let op = entry::encode_append(&message, &m.members);
+                    let op = entry::encode_append(&MessageRef::new(m, seq), &m.members);
                     let lsn = self.wal.append_with(|buf| buf.extend_from_slice(op.payload()));
                     let time = m.server_time_ms;
                     g.convs.insert(conv, Conv { last_seq: seq, lsn });
@@ -430,22 +415,7 @@ impl Writer {
             };
             rows.push(row);
         }
-        let message = MessageRef {
-            conversation_id: conv,
-            seq,
-            sender_user_id: &m.sender_user_id,
-            sender_device_id: &m.sender_device_id,
-            client_msg_id: &m.client_msg_id,
-            server_time_ms: m.server_time_ms,
-            kind: m.kind as i32,
-            content_type: &m.content_type,
-            body: &m.body,
-            recalled_seq: 0,
-            recalled: false,
-            mention_user_ids: &[],
-            mention_all: false,
-        };
-        let event = entry::encode_append(&message, &[] as &[&str]);
+        let event = entry::encode_append(&MessageRef::new(m, seq), &[] as &[&str]);
         Ok(Ok(GroupOp { event, meta: change.meta.clone(), members: rows }))
     }
 

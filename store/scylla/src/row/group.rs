@@ -1,50 +1,13 @@
 //! Group rows <-> types: the group columns of `conversation_meta` (head, record, pending
 //! change), `group_members` and `group_current` rows, and the protobuf blobs stored in them.
 
-use std::collections::BTreeMap;
-
 use prost::Message as _;
 use scylla::DeserializeRow;
-use tern_store::{GroupMeta, History, Member, Role};
+use tern_store::group::{GroupMetaRecord, MemberRecord};
+use tern_store::{GroupMeta, Member, Role};
 
 use super::{RowError, seq_from_cql};
 use crate::group::{Pending, Snapshot};
-
-/// `conversation_meta.group_record`: a group's record (the version is a column of its own).
-#[derive(Clone, PartialEq, prost::Message)]
-pub(crate) struct GroupRecord {
-    #[prost(string, tag = "1")]
-    pub name: String,
-    #[prost(string, tag = "2")]
-    pub owner_user_id: String,
-    #[prost(btree_map = "string, string", tag = "3")]
-    pub attributes: BTreeMap<String, String>,
-    #[prost(uint32, tag = "4")]
-    pub history: u32,
-    #[prost(uint32, tag = "5")]
-    pub member_count: u32,
-    #[prost(uint32, tag = "6")]
-    pub max_members: u32,
-    #[prost(int64, tag = "7")]
-    pub created_ms: i64,
-    #[prost(bool, tag = "8")]
-    pub dissolved: bool,
-}
-
-/// One member row inside [`PendingRecord`].
-#[derive(Clone, PartialEq, prost::Message)]
-pub(crate) struct MemberRecord {
-    #[prost(string, tag = "1")]
-    pub user_id: String,
-    #[prost(uint32, tag = "2")]
-    pub role: u32,
-    #[prost(uint64, tag = "3")]
-    pub joined_seq: u64,
-    #[prost(uint64, tag = "4")]
-    pub visible_from: u64,
-    #[prost(uint64, tag = "5")]
-    pub removed_seq: u64,
-}
 
 /// `conversation_meta.group_pending`: a committed change's completion record ([`Pending`]).
 #[derive(Clone, PartialEq, prost::Message)]
@@ -86,38 +49,15 @@ pub fn role_from_cql(value: Option<i32>) -> Result<Role, RowError> {
         .ok_or_else(|| bad("role", format!("unknown role {value:?}")))
 }
 
-/// `meta` as the bytes of `group_record`.
+/// `meta` as the bytes of `group_record` (the version is a column of its own).
 pub fn encode_record(meta: &GroupMeta) -> Vec<u8> {
-    GroupRecord {
-        name: meta.name.clone(),
-        owner_user_id: meta.owner_user_id.clone(),
-        attributes: meta.attributes.clone(),
-        history: meta.history as u32,
-        member_count: meta.member_count,
-        max_members: meta.max_members,
-        created_ms: meta.created_ms,
-        dissolved: meta.dissolved,
-    }
-    .encode_to_vec()
+    GroupMetaRecord::of(meta, 0).encode_to_vec()
 }
 
 /// The bytes of `group_record` as a [`GroupMeta`].
 pub fn decode_record(bytes: &[u8]) -> Result<GroupMeta, RowError> {
-    let r = GroupRecord::decode(bytes).map_err(|e| bad("group_record", e))?;
-    let history = u8::try_from(r.history)
-        .ok()
-        .and_then(History::from_u8)
-        .ok_or_else(|| bad("group_record", format!("unknown history setting {}", r.history)))?;
-    Ok(GroupMeta {
-        name: r.name,
-        owner_user_id: r.owner_user_id,
-        attributes: r.attributes,
-        history,
-        member_count: r.member_count,
-        max_members: r.max_members,
-        created_ms: r.created_ms,
-        dissolved: r.dissolved,
-    })
+    let r = GroupMetaRecord::decode(bytes).map_err(|e| bad("group_record", e))?;
+    r.to_meta().map_err(|e| bad("group_record", e))
 }
 
 /// `p` as the bytes of `group_pending`.
@@ -131,17 +71,7 @@ pub(crate) fn encode_pending(p: &Pending) -> Vec<u8> {
         client_msg_id: p.client_msg_id.clone(),
         request_digest: p.request_digest,
         event: p.event.clone(),
-        rows: p
-            .rows
-            .iter()
-            .map(|m| MemberRecord {
-                user_id: m.user_id.clone(),
-                role: m.role as u32,
-                joined_seq: m.joined_seq,
-                visible_from: m.visible_from,
-                removed_seq: m.removed_seq,
-            })
-            .collect(),
+        rows: p.rows.iter().map(MemberRecord::of).collect(),
     }
     .encode_to_vec()
 }
@@ -154,18 +84,8 @@ pub(crate) fn decode_pending(bytes: &[u8]) -> Result<Pending, RowError> {
     }
     let rows = r
         .rows
-        .into_iter()
-        .map(|m| {
-            let role = u8::try_from(m.role).ok().and_then(Role::from_u8);
-            let role = role.ok_or_else(|| bad("group_pending", format!("role {}", m.role)))?;
-            Ok(Member {
-                user_id: m.user_id,
-                role,
-                joined_seq: m.joined_seq,
-                visible_from: m.visible_from,
-                removed_seq: m.removed_seq,
-            })
-        })
+        .iter()
+        .map(|m| m.to_member().map_err(|e| bad("group_pending", e)))
         .collect::<Result<_, RowError>>()?;
     Ok(Pending {
         seq: r.seq,
@@ -193,7 +113,7 @@ pub struct GroupRow {
     pub group_version: Option<i64>,
     /// The latest change dissolved the group.
     pub group_dissolved: Option<bool>,
-    /// [`GroupRecord`] bytes.
+    /// [`GroupMetaRecord`] bytes.
     pub group_record: Option<Vec<u8>>,
     /// [`PendingRecord`] bytes, while the latest change is not known complete.
     pub group_pending: Option<Vec<u8>>,
@@ -300,7 +220,7 @@ mod tests {
             name: "team".into(),
             owner_user_id: "alice".into(),
             attributes: [("avatar".to_owned(), "a.png".to_owned())].into(),
-            history: History::Full,
+            history: tern_store::History::Full,
             member_count: 3,
             max_members: 100,
             created_ms: -7,
@@ -335,7 +255,7 @@ mod tests {
     #[test]
     fn records_round_trip_and_reject_garbage() {
         assert_eq!(decode_record(&encode_record(&meta())), Ok(meta()));
-        let unknown = GroupRecord { history: 9, ..GroupRecord::default() }.encode_to_vec();
+        let unknown = GroupMetaRecord { history: 9, ..GroupMetaRecord::default() }.encode_to_vec();
         assert!(matches!(decode_record(&unknown), Err(RowError::Group { .. })));
         assert!(decode_record(&[0xff, 0xff]).is_err());
     }
