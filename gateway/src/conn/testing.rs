@@ -149,15 +149,15 @@ impl Harness {
     }
 
     pub fn c(&mut self) -> &mut Connection {
-        self.conn.as_mut().expect("connection still open")
+        self.conn.as_mut().expect("connection still open") // ok: test harness; the driver's own state, not peer input
     }
 
     pub fn paused(&self) -> bool {
-        self.conn.as_ref().unwrap().reading_paused(&self.env.cfg)
+        self.conn.as_ref().unwrap().reading_paused(&self.env.cfg) // ok: test harness state
     }
 
     pub fn deadline(&self) -> Option<Instant> {
-        self.conn.as_ref().unwrap().deadline(&self.env.cfg)
+        self.conn.as_ref().unwrap().deadline(&self.env.cfg) // ok: test harness state
     }
 
     pub fn dropped(&self) -> bool {
@@ -169,7 +169,7 @@ impl Harness {
         while let Some(c) = self.conn.as_mut() {
             match c.poll_event() {
                 None => return,
-                Some(Event::Drop) => self.conn.take().unwrap().release(&self.env),
+                Some(Event::Drop) => self.conn.take().unwrap().release(&self.env), // ok: test harness state
                 Some(Event::ShutdownWrite) => self.shut = true,
                 Some(Event::Rearm) => {
                     if let Some(at) = c.deadline(&self.env.cfg) {
@@ -185,7 +185,7 @@ impl Harness {
     }
 
     pub fn input(&mut self, bytes: &[u8]) {
-        let c = self.conn.as_mut().unwrap();
+        let c = self.conn.as_mut().unwrap(); // ok: test harness state
         assert!(!c.reading_paused(&self.env.cfg), "the driver reads only while not paused");
         c.on_input(self.now, bytes, &self.dec, &mut self.sink, &self.env);
         self.events();
@@ -216,6 +216,7 @@ impl Harness {
     pub fn frames(&mut self) -> Vec<Envelope> {
         let mut out = Vec::new();
         while let Some((env, len)) = self.dec.decode_slice(&self.sink.bytes[self.seen..]).unwrap() {
+            // ok: decodes what the connection wrote; a bad frame is the finding the fuzz target reports
             self.seen += len;
             out.push(env);
         }
@@ -233,7 +234,7 @@ impl Harness {
 /// A client frame.
 pub fn frame(request_id: u64, body: Body) -> Bytes {
     encode_to_bytes(&Envelope { request_id, body: Some(body) }, usize::MAX)
-        .expect("a client frame encodes")
+        .expect("a client frame encodes") // ok: the harness's own frames
 }
 
 /// A Login as u/d.

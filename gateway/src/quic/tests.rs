@@ -209,6 +209,8 @@ impl World {
         self.now = self.now.max(until);
     }
 
+    /// Advances the world's virtual clock by `d` (datagrams exchanged in memory, timers
+    /// fired at their virtual deadlines): no real time passes, so the test has no timing luck.
     fn run_for(&mut self, d: Duration) {
         let until = self.now + d;
         self.run_until(until);

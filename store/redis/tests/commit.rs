@@ -2,6 +2,9 @@
 //! written once (only when it moved), and the other guarantees (script reload, key prefix,
 //! `min_replicas_acked`) hold for group commits too.
 
+mod common;
+
+use common::{calls, start};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -9,7 +12,7 @@ use tern_proto::v1;
 use tern_proto::v1::ReceiptKind::{Delivered, Read};
 use tern_store::{Committed, NewMessage, Store, StoreError, WatermarkWrite, Watermarks, Write};
 use tern_store_redis::{RedisStore, RedisStoreConfig};
-use tern_testkit::{RedisOptions, RedisServer, Reply};
+use tern_testkit::Reply;
 
 fn append(conv: &str, cmid: &str) -> Write {
     Write::Append(NewMessage {
@@ -35,25 +38,6 @@ fn mark(conv: &str, user: &str, kind: v1::ReceiptKind, seq: u64) -> Write {
         kind,
         seq,
     })
-}
-
-async fn start() -> RedisServer {
-    tokio::task::spawn_blocking(|| RedisServer::start_with(RedisOptions::default()))
-        .await
-        .unwrap()
-        .unwrap()
-}
-
-/// `calls=` of one command in `INFO commandstats` (commands a script runs count too).
-fn calls(server: &RedisServer, command: &str) -> u64 {
-    let Reply::Bulk(Some(info)) = server.command(&[b"INFO", b"commandstats"]).unwrap() else {
-        panic!("INFO commandstats")
-    };
-    let info = String::from_utf8(info).unwrap();
-    let prefix = format!("cmdstat_{command}:calls=");
-    info.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
 }
 
 /// Appends and many receipt moves of a few (conversation, user) pairs: one EVALSHA, and one
