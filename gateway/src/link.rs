@@ -479,10 +479,10 @@ async fn run_link(inner: &Arc<Inner>, addr: &str, stop: &AtomicBool) -> Result<(
             }
             Some(LinkBody::Push(push)) => {
                 inner.metrics.pushes.fetch_add(1, Relaxed);
-                for t in &push.targets {
-                    let skip = (t.skip_connection != 0).then_some(t.skip_connection);
-                    inner.registry.push(&t.user_id, &push.frame, skip);
-                }
+                let targets = push.targets.iter().map(|t| {
+                    (t.user_id.as_str(), (t.skip_connection != 0).then_some(t.skip_connection))
+                });
+                inner.registry.push_many(targets, &push.frame);
             }
             Some(LinkBody::KickConnection(k)) => {
                 inner.registry.kick_connection(&k.user_id, &k.device_id, k.connection_id);

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use tern_proto::v1::KickReason;
 
 use crate::core::ConnHandle;
+use crate::core::mailbox::{Cmd, Mailbox};
 use crate::metrics::GatewayMetrics;
 use crate::upstream::RequestCtx;
 
@@ -110,6 +111,36 @@ impl Registry {
         n
     }
 
+    /// [`Registry::push`] of one frame to many `(user, skip_connection)` targets (a group
+    /// message): each I/O thread's mailbox gets all of its connections' pushes with one lock
+    /// and at most one wake. Returns how many connections it was handed to.
+    pub fn push_many<'a>(
+        &self,
+        targets: impl IntoIterator<Item = (&'a str, Option<u64>)>,
+        frame: &Bytes,
+    ) -> usize {
+        // (mailbox, its pushes) in first-seen order: a gateway has a few I/O threads.
+        let mut by_thread: Vec<(Arc<Mailbox>, Vec<Cmd>)> = Vec::new();
+        let mut n = 0;
+        for (user, skip_connection) in targets {
+            let map = self.shard(user);
+            let Some(conns) = map.get(user) else { continue };
+            for c in conns.iter().filter(|c| Some(c.ctx.connection_id) != skip_connection) {
+                let mailbox = c.handle.mailbox();
+                let cmd = c.handle.push_cmd(frame.clone());
+                match by_thread.iter_mut().find(|(m, _)| Arc::ptr_eq(m, mailbox)) {
+                    Some((_, cmds)) => cmds.push(cmd),
+                    None => by_thread.push((mailbox.clone(), vec![cmd])),
+                }
+                n += 1;
+            }
+        }
+        for (mailbox, cmds) in by_thread {
+            mailbox.send_all(cmds);
+        }
+        n
+    }
+
     /// The metrics this registry counts into (shared with the gateway).
     pub fn metrics(&self) -> Arc<GatewayMetrics> {
         self.metrics.clone()
@@ -178,4 +209,56 @@ impl Registry {
 /// Encodes a server-made frame (always far below any frame limit).
 pub(crate) fn encode(env: tern_proto::v1::Envelope) -> Option<Bytes> {
     tern_proto::encode_to_bytes(&env, usize::MAX).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use mio::{Events, Poll, Token, Waker};
+
+    use super::*;
+
+    fn conn(mailbox: &Arc<Mailbox>, user: &str, device: &str, id: u64) -> Conn {
+        let ctx = Arc::new(RequestCtx {
+            user_id: user.into(),
+            device_id: device.into(),
+            connection_id: id,
+        });
+        Conn { ctx, handle: ConnHandle::new(mailbox.clone(), id as u32, 1) }
+    }
+
+    fn pushed_slots(m: &Mailbox) -> Vec<u32> {
+        let mut cmds = Vec::new();
+        m.drain(&mut cmds);
+        cmds.iter()
+            .map(|c| match c {
+                Cmd::Push { slot, .. } => *slot,
+                other => panic!("not a push: {other:?}"),
+            })
+            .collect()
+    }
+
+    /// One frame to many users: every device of every listed user except the skipped
+    /// connection, each I/O thread woken at most once for all of its connections.
+    #[test]
+    fn push_many_reaches_every_device_but_the_skipped_one_with_one_wake_per_thread() {
+        let (mut p1, mut p2) = (Poll::new().unwrap(), Poll::new().unwrap());
+        let m1 = Arc::new(Mailbox::new(Waker::new(p1.registry(), Token(1)).unwrap()));
+        let m2 = Arc::new(Mailbox::new(Waker::new(p2.registry(), Token(1)).unwrap()));
+        let reg = Registry::new(Arc::default());
+        reg.register(conn(&m1, "alice", "phone", 1));
+        reg.register(conn(&m2, "alice", "laptop", 2));
+        reg.register(conn(&m1, "bob", "phone", 3));
+        reg.register(conn(&m2, "carol", "phone", 4));
+        assert!(m1.going_to_sleep() && m2.going_to_sleep());
+        let targets = [("alice", Some(2)), ("bob", None), ("carol", None), ("dave", None)];
+        assert_eq!(reg.push_many(targets, &Bytes::from_static(b"m")), 3);
+        let wakes = |p: &mut Poll| {
+            let mut events = Events::with_capacity(4);
+            p.poll(&mut events, Some(std::time::Duration::ZERO)).unwrap();
+            events.iter().count()
+        };
+        assert_eq!((wakes(&mut p1), wakes(&mut p2)), (1, 1));
+        assert_eq!(pushed_slots(&m1), [1, 3]);
+        assert_eq!(pushed_slots(&m2), [4]);
+    }
 }

@@ -19,7 +19,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use thiserror::Error;
 
+pub mod changes;
 pub mod redis_url;
+pub use changes::{Change, ChangeStream, Mark};
 pub use redis_url::redact_url;
 
 /// A presence failure. Always the backend's fault; callers degrade (skip pushes, retry later).
@@ -114,25 +116,35 @@ pub struct Presence {
     swap_script: redis::Script,
 }
 
-/// Sets each device's entry and returns what it replaced, for the logins of one batch:
-/// KEYS = user keys; ARGV = key TTL in ms, then (device, value) pairs in KEYS order.
+/// Sets each device's entry and returns what it replaced, for the logins of one batch, and
+/// announces the change ([`changes`]): KEYS = user keys, then the feed's gen and epoch keys;
+/// ARGV = key TTL in ms, then (device, value) pairs in KEYS order, then the key prefix's length
+/// and the feed's channel.
 const SWAP: &str = r#"
-local out = {}
-for i, key in ipairs(KEYS) do
+local n = #KEYS - 2
+local out, users = {}, {}
+local plen = tonumber(ARGV[2 * n + 2])
+for i = 1, n do
+  local key = KEYS[i]
   local dev = ARGV[2 * i]
   out[i] = redis.call('HGET', key, dev) or ''
   redis.call('HSET', key, dev, ARGV[2 * i + 1])
   redis.call('PEXPIRE', key, ARGV[1])
+  users[i] = string.sub(key, plen + 1)
 end
+announce(users, KEYS[n + 1], KEYS[n + 2], ARGV[2 * n + 3])
 return out
 "#;
 
 /// Deletes a device's field only if it still names this gateway and connection (a newer login
-/// elsewhere may have replaced it).
+/// elsewhere may have replaced it), and then announces it: KEYS = user key, the feed's gen and
+/// epoch keys; ARGV = device, value prefix, user id, channel.
 const REMOVE: &str = r#"
 local v = redis.call('HGET', KEYS[1], ARGV[1])
 if v and string.sub(v, 1, #ARGV[2]) == ARGV[2] then
-  return redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  announce({ARGV[3]}, KEYS[2], KEYS[3], ARGV[4])
+  return 1
 end
 return 0
 "#;
@@ -151,8 +163,8 @@ impl Presence {
             conn: std::sync::Arc::new(std::sync::Mutex::new(conn)),
             client,
             cfg,
-            remove_script: redis::Script::new(REMOVE),
-            swap_script: redis::Script::new(SWAP),
+            remove_script: redis::Script::new(&format!("{}{REMOVE}", changes::ANNOUNCE)),
+            swap_script: redis::Script::new(&format!("{}{SWAP}", changes::ANNOUNCE)),
         };
         // One command now, so that a missing or refused password fails at start, not at every
         // later call.
@@ -224,6 +236,8 @@ impl Presence {
             pipe.hset(&key, &e.device_id, value).ignore();
             pipe.pexpire(&key, key_ttl_ms as i64).ignore();
         }
+        let users: Vec<&str> = entries.iter().map(|e| e.user_id.as_str()).collect();
+        self.announce_in(&mut pipe, &users);
         let mut conn = self.conn();
         self.bounded(pipe.query_async::<()>(&mut conn)).await
     }
@@ -242,10 +256,12 @@ impl Presence {
         for e in entries {
             inv.key(self.key(&e.user_id));
         }
+        inv.key(self.gen_key()).key(self.epoch_key());
         inv.arg(self.cfg.ttl.as_millis() as u64 * 2);
         for e in entries {
             inv.arg(&e.device_id).arg(format!("{} {} {expires}", e.gateway_id, e.connection_id));
         }
+        inv.arg(self.cfg.key_prefix.len() + 2).arg(self.channel());
         let mut conn = self.conn();
         let old: Vec<String> = self.bounded(inv.invoke_async(&mut conn)).await?;
         let now = now_ms();
@@ -281,10 +297,14 @@ impl Presence {
         for e in entries {
             pipe.cmd("EVALSHA")
                 .arg(self.remove_script.get_hash())
-                .arg(1)
+                .arg(3)
                 .arg(self.key(&e.user_id))
+                .arg(self.gen_key())
+                .arg(self.epoch_key())
                 .arg(&e.device_id)
                 .arg(format!("{} {} ", e.gateway_id, e.connection_id))
+                .arg(&e.user_id)
+                .arg(self.channel())
                 .ignore();
         }
         self.bounded(pipe.query_async::<()>(&mut conn)).await
@@ -293,6 +313,12 @@ impl Presence {
     /// Where each of `users` is connected (same order as `users`), one pipelined round trip.
     /// Expired entries are left out.
     pub async fn lookup(&self, users: &[String]) -> Result<Vec<Vec<Location>>, PresenceError> {
+        let users: Vec<&str> = users.iter().map(String::as_str).collect();
+        self.locate(&users).await
+    }
+
+    /// As [`Presence::lookup`], for borrowed ids.
+    pub async fn locate(&self, users: &[&str]) -> Result<Vec<Vec<Location>>, PresenceError> {
         if users.is_empty() {
             return Ok(Vec::new());
         }

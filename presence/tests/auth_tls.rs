@@ -41,7 +41,7 @@ async fn password_and_acl_user_urls_work_and_a_wrong_password_is_a_clear_error()
     let server = secured(RedisSecurity {
         requirepass: Some("s3cret".into()),
         // An ACL user limited to Tern's keys.
-        acl_users: vec!["tern on >t3rn ~tern:* +@all".into()],
+        acl_users: vec!["tern on >t3rn ~tern:* &tern:* +@all".into()],
         tls: None,
     });
     for url in [server.url_with_auth("", "s3cret"), server.url_with_auth("tern", "t3rn")] {

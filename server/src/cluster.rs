@@ -133,7 +133,7 @@ pub async fn run_dispatch(
             .with_check("presence", presence_check(presence.clone(), id.clone())),
     );
     let links = Arc::new(Links::default());
-    let router = Router::start(presence.clone(), links.clone());
+    let router = Router::start(presence.clone(), links.clone(), cfg.dispatch.presence_cache_users);
     let route_metrics = router.metrics.clone();
     let dispatcher = Dispatcher::new(cfg.dispatch_config(), store, Arc::new(router));
 

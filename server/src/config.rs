@@ -210,6 +210,8 @@ pub struct DispatchSection {
     pub receipt_push_max_members: u32,
     /// Member rows the membership cache holds over all groups.
     pub group_cache_rows: usize,
+    /// Users whose presence the router caches (distributed mode; 0: look every recipient up).
+    pub presence_cache_users: usize,
 }
 
 /// `[store]`
@@ -358,6 +360,7 @@ impl Default for DispatchSection {
             max_group_members: d.max_group_members,
             receipt_push_max_members: d.receipt_push_max_members,
             group_cache_rows: d.group_cache_rows,
+            presence_cache_users: 1_000_000,
         }
     }
 }

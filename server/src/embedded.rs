@@ -24,6 +24,11 @@ impl Pusher for LocalPusher {
         // One gateway: every connection id is this registry's.
         self.0.push(user_id, frame, skip.map(|s| s.connection_id));
     }
+
+    fn push_many(&self, users: Arc<[String]>, frame: &Bytes, skip: Option<&ConnRef>) {
+        let skip = skip.map(|s| s.connection_id);
+        self.0.push_many(users.iter().map(|u| (u.as_str(), skip)), frame);
+    }
 }
 
 /// The gateway's upstream in embedded mode: a direct call into dispatch.

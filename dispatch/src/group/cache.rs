@@ -31,6 +31,27 @@ pub struct Cached {
     pub version: u64,
     /// The current members then, in user id order.
     pub members: Vec<Member>,
+    /// Their user ids, shared by every push to all of them.
+    pub user_ids: Arc<[String]>,
+    /// The latest join seq among them: a message at or after it reaches all of them.
+    pub latest_join: u64,
+}
+
+impl Cached {
+    /// Caches `members` (current ones) as of `version`.
+    pub fn new(version: u64, members: Vec<Member>) -> Self {
+        let user_ids = members.iter().map(|m| m.user_id.clone()).collect();
+        let latest_join = members.iter().map(|m| m.joined_seq).max().unwrap_or(0);
+        Self { version, members, user_ids, latest_join }
+    }
+
+    /// The members a message at `seq` reaches: those who joined at or before it.
+    pub fn recipients(&self, seq: u64) -> Arc<[String]> {
+        if seq >= self.latest_join {
+            return self.user_ids.clone();
+        }
+        self.members.iter().filter(|m| m.receives(seq)).map(|m| m.user_id.clone()).collect()
+    }
 }
 
 /// The cache (see the module doc). Bounded by `max_rows` member rows over all groups; past it,
@@ -85,7 +106,7 @@ impl GroupCache {
                 _ => break,
             }
         }
-        let cached = Arc::new(Cached { version, members });
+        let cached = Arc::new(Cached::new(version, members));
         let mut e = self.lock();
         let keep = !matches!(e.map.get(conv), Some(old) if old.version > version);
         if keep && cached.members.len() <= self.max_rows {
@@ -133,9 +154,7 @@ impl GroupCache {
 }
 
 fn push_to(pusher: &dyn Pusher, cached: &Cached, seq: u64, frame: &Bytes, skip: Option<&ConnRef>) {
-    for m in cached.members.iter().filter(|m| m.receives(seq)) {
-        pusher.push(&m.user_id, frame, skip);
-    }
+    pusher.push_many(cached.recipients(seq), frame, skip);
 }
 
 #[cfg(test)]
@@ -162,10 +181,12 @@ mod tests {
 
     #[test]
     fn a_message_reaches_only_members_who_joined_before_it() {
-        let cached =
-            Cached { version: 5, members: vec![member("a", 1), member("b", 5), member("c", 9)] };
+        let cached = Cached::new(5, vec![member("a", 1), member("b", 5), member("c", 9)]);
         let rec = Recorder(Mutex::new(Vec::new()));
         push_to(&rec, &cached, 6, &Bytes::new(), None);
         assert_eq!(*rec.0.lock().unwrap(), ["a", "b"]);
+        push_to(&rec, &cached, 9, &Bytes::new(), None);
+        assert_eq!(*rec.0.lock().unwrap(), ["a", "b", "a", "b", "c"]);
+        assert!(Arc::ptr_eq(&cached.recipients(10), &cached.user_ids), "shared, not copied");
     }
 }

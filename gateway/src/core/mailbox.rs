@@ -77,6 +77,18 @@ impl Mailbox {
         }
     }
 
+    /// Queues several commands with one lock and at most one wake.
+    pub(crate) fn send_all(&self, cmds: impl IntoIterator<Item = Cmd>) {
+        let wake = {
+            let mut s = self.lock();
+            s.cmds.extend(cmds);
+            std::mem::take(&mut s.asleep)
+        };
+        if wake && let Err(e) = self.waker.wake() {
+            tracing::error!(error = %e, "waking an I/O thread failed");
+        }
+    }
+
     /// Takes every queued command into `into` (which must be empty; its buffer is reused).
     pub(crate) fn drain(&self, into: &mut Vec<Cmd>) {
         std::mem::swap(&mut self.lock().cmds, into);
@@ -113,6 +125,16 @@ impl ConnHandle {
     /// Queues `frame` for the connection (its I/O thread applies the outbound caps).
     pub fn push(&self, frame: Bytes) {
         self.mailbox.send(Cmd::Push { slot: self.slot, generation: self.generation, frame });
+    }
+
+    /// The push of `frame` to this connection, for [`Mailbox::send_all`] on its mailbox.
+    pub(crate) fn push_cmd(&self, frame: Bytes) -> Cmd {
+        Cmd::Push { slot: self.slot, generation: self.generation, frame }
+    }
+
+    /// The I/O thread's inbox.
+    pub(crate) fn mailbox(&self) -> &Arc<Mailbox> {
+        &self.mailbox
     }
 
     /// Closes the connection after writing `last`.

@@ -26,7 +26,7 @@
 //! as tasks on the async runtime; their answers come back through the mailbox.
 
 mod io;
-mod mailbox;
+pub(crate) mod mailbox;
 pub mod wheel;
 
 use std::future::Future;

@@ -360,3 +360,42 @@ async fn groups_across_gateways_and_workers() {
     }
     block_in_place(|| drop(cluster));
 }
+
+/// The router caches presence: a device that logs in after its user was cached (and routed to
+/// from the cache) gets the very next push, because the change feed dropped the user's entry
+/// before that message was routed. The laptop's gateway holds nobody else, so a Push arriving
+/// there is the proof (the message could also reach the laptop by a late sync).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_logs_in_after_its_user_was_cached_gets_the_next_push() {
+    let (cluster, key) = start(ClusterOptions { gateways: 2, workers: 1, ..Default::default() });
+    let (alice, _ae) = connect(&cluster, 0, &mint(&key, "alice", "phone"), Transport::Tcp).await;
+    let (_bob, mut be) = connect(&cluster, 0, &mint(&key, "bob", "phone"), Transport::Tcp).await;
+    let hits = |c: &Cluster| {
+        let m = block_in_place(|| c.worker_metrics(0)).unwrap();
+        m.get("tern_dispatch_route_cache_hits_total").unwrap_or(0.0) as u64
+    };
+    // Until a push was routed from the cache (a round whose cache lags the change feed looks
+    // everyone up instead, so on a busy machine it may take a few).
+    let mut last = 0;
+    for i in 0..50 {
+        last = send(&alice, "bob", text(&format!("to the phone {i}")), &cluster).await.seq;
+        while next_message(&mut be).await.seq < last {}
+        if i > 0 && hits(&cluster) > 0 {
+            break;
+        }
+    }
+    assert!(hits(&cluster) > 0, "bob's pushes were routed from the cache\n{}", cluster.logs());
+    let (_laptop, mut le) =
+        connect(&cluster, 1, &mint(&key, "bob", "laptop"), Transport::Tcp).await;
+    while next_message(&mut le).await.seq < last {}
+    let ack = send(&alice, "bob", text("to both"), &cluster).await;
+    for events in [&mut le, &mut be] {
+        let m = next_message(events).await;
+        assert_eq!((m.seq, &m.body[..]), (ack.seq, &b"to both"[..]));
+    }
+    // Pushed, not synced: gateway 1 holds nobody but the laptop, so any Push it got was this.
+    let gw1 = block_in_place(|| cluster.gateway_metrics(1)).unwrap();
+    let pushes = gw1.get("tern_gateway_link_pushes_total").unwrap_or(0.0);
+    assert!(pushes >= 1.0, "the laptop's gateway got no Push\n{}", cluster.logs());
+    block_in_place(|| drop(cluster));
+}
