@@ -325,3 +325,46 @@ pub async fn group_conversations_are_listed(store: &dyn Store) {
     assert_eq!(listed(bob).await, [(conv.clone(), 4)], "ends at the removal");
     assert_eq!(listed(owner).await, [(conv, 5)]);
 }
+
+/// Mentions in a group: by id they move the mentioned member's mention seq, a mention of all
+/// every member's; a former member's entry ends at their removal, so a mention after it is
+/// not theirs (and hides their earlier own one), while a mention of all before it still is.
+pub async fn group_mentions_are_listed(store: &dyn Store) {
+    let conv = format!("g:{}", unique("ment"));
+    let (owner, bob, carol) = (unique("u-owner"), unique("u-bob"), unique("u-carol"));
+    create(store, &conv, &owner, &[&bob, &carol]).await;
+    let sent = |id: &str, mentions: &[&String], all: bool| {
+        Write::Append(NewMessage {
+            members: Vec::new(),
+            mention_user_ids: mentions.iter().map(|u| (*u).clone()).collect(),
+            mention_all: all,
+            ..message(&conv, &owner, id, "hi")
+        })
+    };
+    let mention_seq = |user: String| {
+        let conv = conv.clone();
+        async move {
+            let list = store.list_conversations(&user, "", 100).await.expect("list");
+            let e = list.into_iter().find(|e| e.conversation_id == conv).expect("listed");
+            (e.last_seq, e.mention_seq)
+        }
+    };
+    store.commit(&[sent("m1", &[&bob], false)]).await.expect("commit");
+    assert_eq!(mention_seq(bob.clone()).await, (2, 2));
+    assert_eq!(mention_seq(carol.clone()).await, (2, 0), "carol is not mentioned");
+    assert_eq!(mention_seq(owner.clone()).await, (2, 0));
+    let stored = store.get_message(&conv, 2).await.expect("get").expect("stored");
+    assert_eq!(stored.mention_user_ids, std::slice::from_ref(&bob));
+    store.commit(&[sent("m2", &[], true), sent("m3", &[], false)]).await.expect("commit");
+    assert_eq!(mention_seq(bob.clone()).await, (4, 3), "all includes bob");
+    assert_eq!(mention_seq(carol.clone()).await, (4, 3));
+    assert_eq!(mention_seq(owner.clone()).await, (4, 3));
+    assert!(store.get_message(&conv, 3).await.expect("get").expect("stored").mention_all);
+    let kind = v1::group_event::Kind::MembersRemoved;
+    let w = change(event(&conv, &owner, "rm", kind), 1, meta(&owner, 2), vec![remove(&bob)]);
+    assert!(matches!(commit_one(store, w).await, Committed::Appended(a) if a.seq == 5));
+    store.commit(&[sent("m4", &[&bob, &carol], false)]).await.expect("commit");
+    assert_eq!(mention_seq(bob).await, (5, 3), "a mention after the removal is not bob's");
+    assert_eq!(mention_seq(carol).await, (6, 6));
+    assert_eq!(mention_seq(owner).await, (6, 3));
+}

@@ -42,7 +42,8 @@ pub use commit::{commit_coalesces_watermarks, commit_mixes_appends_and_watermark
 pub use flags::{flags_are_per_user_and_independent, mentions_are_stored_and_listed};
 pub use group::{
     group_changes_compare_and_set, group_conversations_are_listed, group_create_reads_back,
-    group_rows_follow_joins_roles_and_dissolution, group_sends_need_current_membership,
+    group_mentions_are_listed, group_rows_follow_joins_roles_and_dissolution,
+    group_sends_need_current_membership,
 };
 pub use reuse::{
     one_client_msg_id_across_conversations_and_kinds, recall_resend_is_answered_by_dedupe,
@@ -122,6 +123,7 @@ macro_rules! group_conformance_tests {
             group_sends_need_current_membership,
             group_rows_follow_joins_roles_and_dissolution,
             group_conversations_are_listed,
+            group_mentions_are_listed,
         );
     };
 }
@@ -150,6 +152,7 @@ pub async fn run_all_groups(store: &dyn Store) {
     group_sends_need_current_membership(store).await;
     group_rows_follow_joins_roles_and_dissolution(store).await;
     group_conversations_are_listed(store).await;
+    group_mentions_are_listed(store).await;
 }
 
 /// An id no other case, test process or earlier run uses.

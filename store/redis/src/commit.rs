@@ -14,10 +14,9 @@ use tracing::warn;
 use crate::error::RedisStoreError;
 use crate::group::{encode_group_record, is_group};
 use crate::keys::{BUCKET_SIZE, MENTION_ALL, bucket_of, mention_field};
+use crate::records::{encode_event_header, encode_header, parse_dedupe_record, parse_watermarks};
 use crate::scripts;
-use crate::store::{
-    RedisStore, encode_event_header, encode_header, parse_dedupe_record, parse_watermarks,
-};
+use crate::store::RedisStore;
 
 /// Reply fields per write (see [`crate::scripts`]).
 const REPLY_FIELDS: usize = 4;

@@ -8,6 +8,8 @@
 //! - [`keys`]: the key layout (below) and bucket arithmetic.
 //! - [`scripts`]: the Lua scripts that make each append batch and each watermark move atomic.
 //! - `group`: group conversations: the record and member rows, and their reads (see "Groups").
+//! - `read`, `receipts`, `listing`: the [`RedisStore`] reads of messages, receipt watermarks
+//!   (and their moves) and a user's conversation list; `records`: the field records they parse.
 //!
 //! # Durability: what an `Ok` from `append` means
 //!
@@ -187,6 +189,10 @@ mod failover;
 mod group;
 mod health;
 pub mod keys;
+mod listing;
+mod read;
+mod receipts;
+mod records;
 pub mod scripts;
 pub mod store;
 

@@ -3,7 +3,8 @@
 //! conversation's writes in batch order, so a send after a removal in the same batch is
 //! checked after it); each watermark move is bounded by the conversation's last seq as it
 //! stands then (counting the runs before it), and moves of one (conversation, user) are
-//! coalesced as the trait says. There is no cross-partition atomicity: on `Err` any write of
+//! coalesced as the trait says; each flags write is one plain write, in batch order (see
+//! `flags.rs`). There is no cross-partition atomicity: on `Err` any write of
 //! the batch may or may not have been applied (appends and changes are deduplicated on retry,
 //! watermarks are monotonic).
 
@@ -30,8 +31,11 @@ impl Inner {
             match write {
                 Write::Append(m) => run.push(Item::Send(m.clone())),
                 Write::Group(g) => run.push(Item::Change(g.clone())),
-                // Mentions and flags are not in the Scylla schema yet (issue 11, next step).
-                Write::Flags(_) => return Err(OpError::Unsupported("conversation flags")),
+                Write::Flags(f) => {
+                    self.set_flags(f).await?;
+                    out.push(Committed::Flagged);
+                    continue;
+                }
                 Write::Watermark(w) => {
                     let last_seq = self.meta(&w.conversation_id).await?.0;
                     if w.seq > last_seq {

@@ -20,7 +20,7 @@ mod decide;
 mod read;
 mod write;
 
-pub(crate) use decide::{Pending, Snapshot};
+pub(crate) use decide::{Pending, Snapshot, effective};
 
 /// Group conversation ids start with this (`tern_proto::ids`).
 pub(crate) const GROUP_PREFIX: &str = "g:";

@@ -10,7 +10,10 @@
 //! - `commit`: [`tern_store::Store::commit`]: runs of appends and group changes, watermarks.
 //! - `group`: where a group lives (allocator row, member rows), its reads, writes and the
 //!   pure decisions they share.
-//! - `listing`: a user's conversation list (index entries, watermarks, group entries).
+//! - `flags`: mentions and the user's own conversation flags (muted, pinned): where they
+//!   live, what writes them, what they cost.
+//! - `listing`: a user's conversation list (index entries with mentions and flags,
+//!   watermarks, group entries).
 //! - [`bucket`]: message partitions (`seq / bucket_size`) and which ones a read touches.
 //! - [`row`]: row <-> type mapping.
 //! - [`ScyllaStore`]: connect (schema, policies, timeouts) and the [`tern_store::Store`] impl.
@@ -24,6 +27,7 @@ pub mod bucket;
 mod commit;
 pub mod config;
 mod error;
+mod flags;
 mod group;
 mod health;
 mod listing;

@@ -81,8 +81,8 @@ pub struct MessageRow {
 /// The stored form of `m` at `seq` (what the row's blob holds).
 pub fn stored_message(m: &NewMessage, seq: u64, server_time_ms: i64) -> v1::Message {
     v1::Message {
-        mention_user_ids: Vec::new(),
-        mention_all: false,
+        mention_user_ids: m.mention_user_ids.clone(),
+        mention_all: m.mention_all,
         conversation_id: m.conversation_id.clone(),
         seq,
         sender_user_id: m.sender_user_id.clone(),
@@ -173,6 +173,19 @@ mod tests {
         assert!(!m.recalled);
         let back = decode_row("dm:alice:bob", row(42, Some(encode(&m)), None)).unwrap();
         assert_eq!(back, Some(m.clone()));
+        // Mentions are stored in the blob.
+        let mentioning = NewMessage {
+            mention_user_ids: vec!["bob".into(), "carol".into()],
+            mention_all: true,
+            ..new_message()
+        };
+        let m2 = stored_message(&mentioning, 43, 1_235);
+        assert_eq!(
+            (m2.mention_user_ids.as_slice(), m2.mention_all),
+            (&["bob".to_owned(), "carol".to_owned()][..], true)
+        );
+        let back = decode_row("dm:alice:bob", row(43, Some(encode(&m2)), None)).unwrap();
+        assert_eq!(back, Some(m2));
         let back = decode_row("dm:alice:bob", row(42, Some(encode(&m)), Some(false))).unwrap();
         assert_eq!(back, Some(m));
     }

@@ -140,9 +140,24 @@ statements! {
     UpsertIndex: Plain,
         "UPDATE ${keyspace}.user_conversations USING TIMESTAMP ? SET last_seq = ?, last_time_ms = ? \
          WHERE user_id = ? AND conversation_id = ?";
-    /// One page of a user's conversations after an id.
+    /// Moves a member's index entry to a seq that mentions them, with their mention seq
+    /// (timestamp = seq, as `UpsertIndex`).
+    UpsertIndexMention: Plain,
+        "UPDATE ${keyspace}.user_conversations USING TIMESTAMP ? SET last_seq = ?, last_time_ms = ?, mention_seq = ? \
+         WHERE user_id = ? AND conversation_id = ?";
+    /// Moves a group member's mention seq (timestamp = seq; their entry itself follows the
+    /// group: read diffusion).
+    UpsertMention: Plain,
+        "UPDATE ${keyspace}.user_conversations USING TIMESTAMP ? SET mention_seq = ? \
+         WHERE user_id = ? AND conversation_id = ?";
+    /// Sets a user's flags of a conversation (timestamp = the writer's clock in microseconds;
+    /// an unset value leaves that flag as it is).
+    SetFlags: Plain,
+        "UPDATE ${keyspace}.user_conversations USING TIMESTAMP ? SET muted = ?, pinned = ? \
+         WHERE user_id = ? AND conversation_id = ?";
+    /// One page of a user's conversations after an id, with the user's mentions and flags.
     ListIndex: Plain,
-        "SELECT conversation_id, last_seq, last_time_ms FROM ${keyspace}.user_conversations \
+        "SELECT conversation_id, last_seq, last_time_ms, mention_seq, muted, pinned FROM ${keyspace}.user_conversations \
          WHERE user_id = ? AND conversation_id > ? LIMIT ?";
     /// Raises the delivered watermark (timestamp = value: the highest value wins).
     SetDelivered: Plain,
@@ -162,15 +177,20 @@ statements! {
          WHERE conversation_id = ?";
     /// A group's head: allocator, version, record and pending change.
     SelectGroup: Plain,
-        "SELECT last_seq, last_time_ms, last_owner, group_version, group_dissolved, group_record, group_pending, change_fence \
+        "SELECT last_seq, last_time_ms, last_owner, group_version, group_dissolved, group_record, group_pending, change_fence, mention_all_seq \
          FROM ${keyspace}.conversation_meta WHERE conversation_id = ?";
     /// A group's head, linearizably (before a refusal, after an LWT with unknown outcome).
     SelectGroupSerial: SerialRead,
-        "SELECT last_seq, last_time_ms, last_owner, group_version, group_dissolved, group_record, group_pending, change_fence \
+        "SELECT last_seq, last_time_ms, last_owner, group_version, group_dissolved, group_record, group_pending, change_fence, mention_all_seq \
          FROM ${keyspace}.conversation_meta WHERE conversation_id = ?";
     /// Allocates a group message's seq at the version its sender was checked at.
     CasGroupSend: Lwt,
         "UPDATE ${keyspace}.conversation_meta SET last_seq = ?, last_time_ms = ?, last_alloc_ms = ?, last_owner = ? \
+         WHERE conversation_id = ? IF last_seq = ? AND group_version = ?";
+    /// As `CasGroupSend`, for a message mentioning all: its seq becomes the group's
+    /// `mention_all_seq` in the same LWT (read diffusion: no per-member write).
+    CasGroupSendMentionAll: Lwt,
+        "UPDATE ${keyspace}.conversation_meta SET last_seq = ?, last_time_ms = ?, last_alloc_ms = ?, last_owner = ?, mention_all_seq = ? \
          WHERE conversation_id = ? IF last_seq = ? AND group_version = ?";
     /// Creates a group (no row yet): seq, version, record and pending change at once.
     InsertGroup: Lwt,

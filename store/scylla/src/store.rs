@@ -5,7 +5,7 @@
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use scylla::DeserializeRow;
@@ -66,6 +66,8 @@ pub(crate) struct Inner {
     /// Random per process: owner tokens are `seed-counter`.
     pub(crate) token_seed: u64,
     pub(crate) counter: AtomicU64,
+    /// The latest flags write timestamp of this process (see `flags.rs`).
+    pub(crate) flag_clock: AtomicI64,
     /// Bounds the conversations of one batch appended at once.
     pub(crate) limiter: Semaphore,
 }
@@ -201,6 +203,7 @@ impl ScyllaStore {
             cfg,
             token_seed,
             counter: AtomicU64::new(0),
+            flag_clock: AtomicI64::new(0),
         };
         inner.check_bucket_size().await?;
         info!(nodes = ?inner.cfg.nodes, keyspace = %inner.cfg.keyspace, "scylla store ready");

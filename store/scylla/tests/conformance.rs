@@ -1,7 +1,8 @@
 //! Runs the conformance suite against a live ScyllaDB node when `TERN_SCYLLA_NODES` is set
 //! (see build.rs); otherwise every live test is ignored with that reason, never passed.
 //!
-//! The group cases (`run_all_groups`) are run the same way.
+//! The group cases (`run_all_groups`) and the conversation-list cases (`run_all_flags`:
+//! mentions, muted / pinned) are run the same way.
 //!
 //! All cases share one keyspace (`TERN_SCYLLA_KEYSPACE`, default `tern_conformance`): the
 //! cases use unique ids, so they can run concurrently on one persistent store.
@@ -35,7 +36,13 @@ const GROUP_CASES: &[&str] = &[
     "group_sends_need_current_membership",
     "group_rows_follow_joins_roles_and_dissolution",
     "group_conversations_are_listed",
+    "group_mentions_are_listed",
 ];
+
+/// Every conversation-list case this file runs, in the order of
+/// `tern_store_conformance::run_all_flags`.
+const FLAG_CASES: &[&str] =
+    &["mentions_are_stored_and_listed", "flags_are_per_user_and_independent"];
 
 /// A store on the configured node(s); the keyspace defaults to `tern_conformance`.
 #[cfg_attr(not(scylla_live), allow(dead_code))]
@@ -93,6 +100,13 @@ live_cases!(
     group_sends_need_current_membership,
     group_rows_follow_joins_roles_and_dissolution,
     group_conversations_are_listed,
+    group_mentions_are_listed,
+);
+
+live_cases!(
+    GENERATED_FLAGS:
+    mentions_are_stored_and_listed,
+    flags_are_per_user_and_independent,
 );
 
 /// The whole suite in turn on one store, as `run_all` does.
@@ -117,7 +131,18 @@ async fn run_all_groups_on_one_store() {
     tern_store_conformance::run_all_groups(&store).await;
 }
 
-/// The case names `runner` (`run_all` or `run_all_groups`) calls, read from the conformance
+/// The conversation-list cases in turn on one store, as `run_all_flags` does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(scylla_live),
+    ignore = "set TERN_SCYLLA_NODES=host:port to run against a ScyllaDB node"
+)]
+async fn run_all_flags_on_one_store() {
+    let store = store().await;
+    tern_store_conformance::run_all_flags(&store).await;
+}
+
+/// The case names `runner` (`run_all`, `run_all_groups` or `run_all_flags`) calls, read from the conformance
 /// crate's source.
 fn cases_of(runner: &str) -> Vec<String> {
     let src = include_str!("../../conformance/src/lib.rs");
@@ -142,13 +167,21 @@ fn every_conformance_case_is_run_here() {
     assert!(groups.len() >= 5, "could not parse run_all_groups: {groups:?}");
     assert_eq!(groups, GROUP_CASES, "update GROUP_CASES and live_cases! in this file");
     assert_eq!(GENERATED_GROUPS, GROUP_CASES, "live_cases! and GROUP_CASES disagree");
-    // The group cases are also exactly the ones `group_conformance_tests!` generates.
+    let flags = cases_of("run_all_flags");
+    assert!(flags.len() >= 2, "could not parse run_all_flags: {flags:?}");
+    assert_eq!(flags, FLAG_CASES, "update FLAG_CASES and live_cases! in this file");
+    assert_eq!(GENERATED_FLAGS, FLAG_CASES, "live_cases! and FLAG_CASES disagree");
+    // The group and list cases are also exactly the ones their macros generate.
     let src = include_str!("../../conformance/src/lib.rs");
-    let start = src.find("macro_rules! group_conformance_tests").expect("the group macro");
-    let body = &src[start..];
-    let body = &body[..body.find("\n}").expect("end of the group macro")];
-    for case in GROUP_CASES {
-        assert!(body.contains(&format!("{case},")), "group_conformance_tests! lacks {case}");
+    for (mac, cases) in
+        [("group_conformance_tests", GROUP_CASES), ("flags_conformance_tests", FLAG_CASES)]
+    {
+        let start = src.find(&format!("macro_rules! {mac}")).expect("the macro");
+        let body = &src[start..];
+        let body = &body[..body.find("\n}").expect("end of the macro")];
+        for case in cases {
+            assert!(body.contains(&format!("{case},")), "{mac}! lacks {case}");
+        }
     }
     // Every `pub async fn` case of the crate (and of its modules) is run here.
     let sources = [
@@ -156,13 +189,16 @@ fn every_conformance_case_is_run_here() {
         include_str!("../../conformance/src/group.rs"),
         include_str!("../../conformance/src/commit.rs"),
         include_str!("../../conformance/src/reuse.rs"),
+        include_str!("../../conformance/src/flags.rs"),
     ];
     for line in sources.iter().flat_map(|s| s.lines()) {
         if let Some(rest) = line.strip_prefix("pub async fn ") {
             let name = rest.split('(').next().unwrap_or_default();
             if name != "run_all" && name != "run_all_groups" && name != "run_all_flags" {
                 assert!(
-                    CASES.contains(&name) || GROUP_CASES.contains(&name),
+                    CASES.contains(&name)
+                        || GROUP_CASES.contains(&name)
+                        || FLAG_CASES.contains(&name),
                     "conformance case {name} is not run here"
                 );
             }

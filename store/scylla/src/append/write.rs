@@ -1,5 +1,5 @@
-//! Step 4 of an append: the message write (before its write fence), a recall's target, and
-//! the message-row reads the resend path uses.
+//! Step 4 of an append: the message write (before its write fence), a recall's target, the
+//! index and mention writes (see `flags.rs`), and the message-row reads the resend path uses.
 
 use std::sync::Arc;
 
@@ -11,6 +11,7 @@ use tracing::warn;
 use super::{fence_ms, ms};
 use crate::bucket::bucket_of;
 use crate::error::OpError;
+use crate::flags::{IndexWrite, direct_index_writes};
 use crate::group::is_group;
 use crate::row::{self, MessageRow};
 use crate::statements::Stmt;
@@ -44,14 +45,30 @@ impl Inner {
         let blob = row::encode(&row::stored_message(m, seq, time));
         let ts = time.saturating_mul(1000);
         self.exec(Stmt::InsertMessage, (conv, bucket, cql_seq, blob, allocated_at, ts)).await?;
+        if is_group(conv) {
+            // A group's members read its allocator row instead (read diffusion); its
+            // mentions of all are in that row too, set by the allocating LWT.
+            return self.write_group_mentions(m, cql_seq).await;
+        }
         let mut index = JoinSet::new();
-        // A group's members read its allocator row instead (read diffusion).
-        let members: &[String] = if is_group(conv) { &[] } else { &m.members };
-        for member in members {
+        for write in direct_index_writes(m) {
             let session = Arc::clone(&self.session);
-            let stmt = self.stmts.get(Stmt::UpsertIndex).clone();
-            let values = (cql_seq, cql_seq, time, member.clone(), conv.to_owned());
-            index.spawn(async move { session.execute_unpaged(&stmt, values).await });
+            let (conv, seq) = (conv.to_owned(), cql_seq);
+            // A member the message mentions (by id, or all) gets its mention seq in the same
+            // write (see flags.rs).
+            let (stmt, mention, member) = match write {
+                IndexWrite::Entry(u) => (Stmt::UpsertIndex, None, u.to_owned()),
+                IndexWrite::Mentioned(u) => (Stmt::UpsertIndexMention, Some(seq), u.to_owned()),
+            };
+            let stmt = self.stmts.get(stmt).clone();
+            index.spawn(async move {
+                match mention {
+                    None => session.execute_unpaged(&stmt, (seq, seq, time, member, conv)).await,
+                    Some(s) => {
+                        session.execute_unpaged(&stmt, (seq, seq, time, s, member, conv)).await
+                    }
+                }
+            });
         }
         while let Some(joined) = index.join_next().await {
             joined.map_err(|e| OpError::Task(e.to_string()))??;

@@ -29,6 +29,8 @@ pub(crate) struct Snapshot {
     pub record: Option<GroupMeta>,
     /// The latest change, while it is not known to be completed.
     pub pending: Option<Pending>,
+    /// The latest seq of a message mentioning all (0: none).
+    pub mention_all_seq: u64,
 }
 
 /// A committed group change's completion record (`conversation_meta.group_pending`):

@@ -110,20 +110,21 @@ impl Inner {
     }
 
     /// What `user`'s conversation list shows for group `conv`, whose index entry says `entry`
-    /// (last_seq, last_time_ms).
+    /// (last_seq, last_time_ms), and the group's latest mention of all (0 for a conversation
+    /// that is not a group: its mentions of all are in the entry's own mention seq).
     pub(crate) async fn group_list_entry(
         &self,
         conv: &str,
         user: &str,
         entry: (u64, i64),
-    ) -> Result<(u64, i64), OpError> {
+    ) -> Result<((u64, i64), u64), OpError> {
         if !is_group(conv) {
-            return Ok(entry);
+            return Ok((entry, 0));
         }
         let s = self.group_snapshot(conv, false).await?;
         let row = self.member_row(conv, user).await?;
         let row = effective(s.pending.as_ref(), user, row);
-        Ok(list_entry(entry, &s, row.as_ref()))
+        Ok((list_entry(entry, &s, row.as_ref()), s.mention_all_seq))
     }
 
     /// The event at `seq` of a group whose pending change it is: completed, and returned as

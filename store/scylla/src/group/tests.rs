@@ -29,6 +29,7 @@ fn head(last_seq: u64, version: u64) -> Snapshot {
         dissolved: false,
         record: Some(GroupMeta::default()),
         pending: None,
+        mention_all_seq: 0,
     }
 }
 

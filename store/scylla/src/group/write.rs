@@ -87,12 +87,21 @@ impl Inner {
             };
             let next = next_seq(conv, snap.last_seq)?;
             let alloc_at = now_ms();
-            let values =
-                (next as i64, time, alloc_at, owner, conv, snap.last_seq as i64, snap.version_cql);
-            match self.lwt(Stmt::CasGroupSend, values).await {
+            let (n, e, v) = (next as i64, snap.last_seq as i64, snap.version_cql);
+            let cas = if m.mention_all {
+                // The mention of all is the group's, set with the seq (see flags.rs).
+                let values = (n, time, alloc_at, owner, n, conv, e, v);
+                self.lwt(Stmt::CasGroupSendMentionAll, values).await
+            } else {
+                self.lwt(Stmt::CasGroupSend, (n, time, alloc_at, owner, conv, e, v)).await
+            };
+            match cas {
                 Ok(l) if l.applied => {
                     snap.last_seq = next;
                     snap.last_time_ms = time;
+                    if m.mention_all {
+                        snap.mention_all_seq = next;
+                    }
                     hint.group = Some(snap);
                     let a = self.bind_and_write(m, owner, next, alloc_at, version).await?;
                     return Ok(Committed::Appended(a));

@@ -119,6 +119,8 @@ pub struct GroupRow {
     pub group_pending: Option<Vec<u8>>,
     /// The change fence.
     pub change_fence: Option<i64>,
+    /// The latest seq of a group message mentioning all.
+    pub mention_all_seq: Option<i64>,
 }
 
 /// The head of a group conversation from its row (`None`: no row).
@@ -147,6 +149,7 @@ pub(crate) fn snapshot_of(row: Option<GroupRow>) -> Result<Snapshot, RowError> {
         dissolved: r.group_dissolved == Some(true),
         record,
         pending,
+        mention_all_seq: seq_from_cql("conversation_meta.mention_all_seq", r.mention_all_seq)?,
     })
 }
 
@@ -322,9 +325,11 @@ mod tests {
             group_record: Some(encode_record(&meta())),
             group_pending: Some(encode_pending(&pending())),
             change_fence: Some(2),
+            mention_all_seq: Some(8),
         };
         let s = snapshot_of(Some(row.clone())).unwrap();
         assert!(s.exists);
+        assert_eq!(s.mention_all_seq, 8);
         assert_eq!((s.last_seq, s.last_time_ms, s.version, s.version_cql), (12, 5, 9, Some(9)));
         assert_eq!((s.fence, s.dissolved), (Some(2), false));
         assert_eq!(s.record, Some(meta()));
@@ -346,6 +351,8 @@ mod tests {
         assert!(snapshot_of(Some(no_record)).is_err());
         let other_seq = GroupRow { group_version: Some(10), ..row.clone() };
         assert!(snapshot_of(Some(other_seq)).is_err(), "pending seq must be the version");
+        let bad_mention = GroupRow { mention_all_seq: Some(-2), ..row.clone() };
+        assert!(snapshot_of(Some(bad_mention)).is_err());
         let negative = GroupRow { group_version: Some(-1), ..row };
         assert!(snapshot_of(Some(negative)).is_err());
     }

@@ -205,6 +205,10 @@ fn schema_parses_into_the_expected_keys() {
         assert!(t["conversation_meta"].columns.contains(c), "conversation_meta.{c}");
     }
     assert!(t["dedupe"].columns.contains("group_version"));
+    for c in ["mention_seq", "muted", "pinned"] {
+        assert!(t["user_conversations"].columns.contains(c), "user_conversations.{c}");
+    }
+    assert!(t["conversation_meta"].columns.contains("mention_all_seq"));
     assert_eq!(t.len(), 8);
 }
 
@@ -361,6 +365,10 @@ fn group_allocations_compare_the_version() {
     // fence (so a takeover can stop it); a clear only while the change is the latest.
     assert_eq!(condition_columns(Stmt::CasGroupSend.cql()), ["last_seq", "group_version"]);
     assert_eq!(
+        condition_columns(Stmt::CasGroupSendMentionAll.cql()),
+        ["last_seq", "group_version"]
+    );
+    assert_eq!(
         condition_columns(Stmt::CasGroupChange.cql()),
         ["last_seq", "group_version", "change_fence"]
     );
@@ -388,6 +396,7 @@ fn lwt_results_are_read_only_for_columns_they_return() {
     let read: &[(Stmt, &[&str])] = &[
         (Stmt::CasMeta, &["last_seq"]),
         (Stmt::CasGroupSend, &["last_seq", "group_version"]),
+        (Stmt::CasGroupSendMentionAll, &["last_seq", "group_version"]),
         (Stmt::CasFence, &["change_fence"]),
         (Stmt::BindGroupEvent, &["seq"]),
     ];
@@ -405,6 +414,9 @@ fn plain_writes_of_rows_several_writers_touch_carry_a_timestamp() {
         Stmt::InsertMessage,
         Stmt::RecallMessage,
         Stmt::UpsertIndex,
+        Stmt::UpsertIndexMention,
+        Stmt::UpsertMention,
+        Stmt::SetFlags,
         Stmt::SetDelivered,
         Stmt::SetRead,
         Stmt::UpsertMember,
@@ -441,6 +453,9 @@ fn markers_match_the_values_the_code_binds() {
         (Stmt::ReleaseDedupe, 4),
         (Stmt::BindGroupEvent, 9),
         (Stmt::UpsertIndex, 5),
+        (Stmt::UpsertIndexMention, 6),
+        (Stmt::UpsertMention, 4),
+        (Stmt::SetFlags, 5),
         (Stmt::ListIndex, 3),
         (Stmt::SetDelivered, 4),
         (Stmt::SetRead, 4),
@@ -449,6 +464,7 @@ fn markers_match_the_values_the_code_binds() {
         (Stmt::SelectGroup, 1),
         (Stmt::SelectGroupSerial, 1),
         (Stmt::CasGroupSend, 7),
+        (Stmt::CasGroupSendMentionAll, 8),
         (Stmt::InsertGroup, 10),
         (Stmt::CasGroupChange, 12),
         (Stmt::ClearPending, 3),
@@ -474,7 +490,7 @@ fn group_reads_select_what_their_rows_map() {
     assert_eq!(head.named, serial.named);
     assert_eq!(Stmt::SelectGroupSerial.class(), Class::SerialRead);
     assert_eq!(
-        &head.named[..8],
+        &head.named[..9],
         [
             "last_seq",
             "last_time_ms",
@@ -483,7 +499,8 @@ fn group_reads_select_what_their_rows_map() {
             "group_dissolved",
             "group_record",
             "group_pending",
-            "change_fence"
+            "change_fence",
+            "mention_all_seq"
         ]
     );
     let member = parse_statement(Stmt::SelectMember.cql());
@@ -511,4 +528,37 @@ fn member_rows_are_read_and_written_where_quorums_meet() {
         assert_eq!(membership_consistency(c, S::Serial), None, "{c:?}");
     }
     assert_eq!(membership_consistency(C::LocalQuorum, S::LocalSerial), None);
+}
+
+#[test]
+fn mentions_and_flags_statements_fit_their_rows() {
+    // The page read returns, in order, the columns `listing::IndexRow` maps.
+    let list = parse_statement(Stmt::ListIndex.cql());
+    assert_eq!(
+        &list.named[..6],
+        ["conversation_id", "last_seq", "last_time_ms", "mention_seq", "muted", "pinned"]
+    );
+    // Mentions and flags are cells of the user's index row: one row of the user's partition.
+    for stmt in [Stmt::UpsertIndexMention, Stmt::UpsertMention, Stmt::SetFlags] {
+        let p = parse_statement(stmt.cql());
+        assert_eq!(p.table, "user_conversations", "{stmt:?}");
+        assert_eq!(p.kind, "UPDATE", "{stmt:?}");
+        assert_eq!(stmt.class(), Class::Plain, "{stmt:?}");
+    }
+    let set = |stmt: Stmt| {
+        let p = parse_statement(stmt.cql());
+        p.named[..p.named.len() - p.restrictions.len()].to_vec()
+    };
+    assert_eq!(set(Stmt::UpsertIndexMention), ["last_seq", "last_time_ms", "mention_seq"]);
+    assert_eq!(set(Stmt::UpsertMention), ["mention_seq"]);
+    assert_eq!(set(Stmt::SetFlags), ["muted", "pinned"]);
+    // The index write with a mention is the plain one plus the mention cell.
+    let plain = set(Stmt::UpsertIndex);
+    assert_eq!(&set(Stmt::UpsertIndexMention)[..plain.len()], plain.as_slice());
+    // A mention of all in a group is set by the allocating LWT, which is the plain group send
+    // plus that column: same conditions, same allocator columns.
+    let mut expected = parse_statement(Stmt::CasGroupSend.cql()).named;
+    let at = expected.iter().position(|c| c == "last_owner").expect("last_owner") + 1;
+    expected.insert(at, "mention_all_seq".to_owned());
+    assert_eq!(parse_statement(Stmt::CasGroupSendMentionAll.cql()).named, expected);
 }
