@@ -32,8 +32,8 @@ pub struct NotifyConfig {
     #[serde(with = "duration")]
     pub ttl: Duration,
     /// Tokens remembered as invalid (reported once, later notifications to them dropped until
-    /// `Notifier::forget_invalid`). About 200 B each; the oldest is forgotten first.
-    /// Default 10,000.
+    /// `NotifyHandle::forget_invalid`). About 200 B each; the oldest is forgotten first; 0:
+    /// none remembered, every refusal reported. Default 10,000.
     pub invalid_token_memory: usize,
     /// How long `shutdown` lets queued and in-flight pushes finish before abandoning them.
     /// Default 5 s.
@@ -102,7 +102,8 @@ impl Default for ContentConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProviderLimits {
-    /// Requests in flight at once (HTTP/2 streams for APNs and FCM). Default 32.
+    /// Requests in flight at once (HTTP/2 streams for APNs and FCM); a push waiting to retry
+    /// keeps its slot. Default 32.
     pub concurrency: usize,
     /// Pushes waiting for a free request slot; past it they are dropped and counted
     /// (`dropped{reason="provider_full"}`), so a slow provider never holds up the others.
@@ -197,7 +198,7 @@ impl Default for FcmConfig {
 }
 
 /// `[notify.webhook]`: a JSON POST signed with HMAC-SHA256 (see [`crate::webhook`]).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WebhookConfig {
     /// Where to POST, `http://` or `https://`.
@@ -208,17 +209,6 @@ pub struct WebhookConfig {
     pub secret_file: Option<PathBuf>,
     /// Limits.
     pub limits: ProviderLimits,
-}
-
-impl Default for WebhookConfig {
-    fn default() -> Self {
-        Self {
-            url: String::new(),
-            secret: String::new(),
-            secret_file: None,
-            limits: ProviderLimits::default(),
-        }
-    }
 }
 
 /// Durations as text: a whole number and a unit (`ms`, `s`, `m`, `h`, `d`).
@@ -260,7 +250,7 @@ pub(crate) mod duration {
     pub fn format(d: Duration) -> String {
         let ms = d.as_millis();
         for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
-            if ms != 0 && ms % size == 0 {
+            if ms != 0 && ms.is_multiple_of(size) {
                 return format!("{}{unit}", ms / size);
             }
         }
@@ -294,11 +284,13 @@ mod tests {
             notify: NotifyConfig,
         }
         let root: Root = toml_from_str(&readme[start..end]);
-        let mut expected = NotifyConfig::default();
         // The README shows every provider, commented values aside.
-        expected.apns = root.notify.apns.clone();
-        expected.fcm = root.notify.fcm.clone();
-        expected.webhook = root.notify.webhook.clone();
+        let expected = NotifyConfig {
+            apns: root.notify.apns.clone(),
+            fcm: root.notify.fcm.clone(),
+            webhook: root.notify.webhook.clone(),
+            ..Default::default()
+        };
         assert_eq!(root.notify, expected);
         let apns = root.notify.apns.expect("apns section");
         assert_eq!(apns.production_url, ApnsConfig::default().production_url);

@@ -112,7 +112,8 @@ impl NotifyMetrics {
             }
         }
 
-        let rows: [(&str, &str, fn(&ProviderMetrics) -> &AtomicU64); 4] = [
+        type Field = fn(&ProviderMetrics) -> &AtomicU64;
+        let rows: [(&str, &str, Field); 4] = [
             ("tern_notify_sent_total", "Pushes the provider accepted.", |m| &m.sent),
             (
                 "tern_notify_failed_total",

@@ -205,7 +205,7 @@ impl std::fmt::Debug for Notifier {
 
 /// One provider's sender.
 enum ProviderClient {
-    Apns(ApnsClient),
+    Apns(Box<ApnsClient>),
     Fcm(FcmClient),
     Webhook(WebhookClient),
 }
@@ -240,7 +240,7 @@ impl Notifier {
             let client = http::client(&roots, Protocols::Http2Tls, &c.limits)?;
             providers.push((
                 Provider::Apns,
-                ProviderClient::Apns(ApnsClient::new(c, client, ttl)?),
+                ProviderClient::Apns(Box::new(ApnsClient::new(c, client, ttl)?)),
                 c.limits.clone(),
             ));
         }
@@ -579,8 +579,7 @@ mod tests {
             ..Default::default()
         };
         assert!(matches!(Notifier::start(no_secret, |_| {}), Err(StartError::Config(_))));
-        let mut limits = ProviderLimits::default();
-        limits.concurrency = 0;
+        let limits = ProviderLimits { concurrency: 0, ..Default::default() };
         let zero = NotifyConfig {
             webhook: Some(crate::config::WebhookConfig {
                 url: "http://127.0.0.1:1/".into(),

@@ -207,7 +207,7 @@ async fn the_right_device_gets_the_right_payload() {
     mentioned.seq = 4;
     assert_eq!(n.enqueue(mentioned), Enqueued::Muted);
 
-    let mut production = vec![w.production.next().await, w.production.next().await];
+    let mut production = [w.production.next().await, w.production.next().await];
     production.sort_by_key(|s| s.uri.path().to_owned());
     let sandbox = w.sandbox.next().await;
     let expect = |seen: &Seen, token: &str, conversation: &str, seq: u64, mention: &str| {
@@ -248,7 +248,7 @@ async fn a_token_reported_invalid_is_unregistered_exactly_once() {
         w.notifier.enqueue(notification("dan", "old-phone", apns(&gone, false), &conversation, 1));
         w.notifier.enqueue(notification("eve", "tablet", apns(&bad, true), &conversation, 1));
     }
-    let mut reported = vec![recv(&mut w.invalid).await, recv(&mut w.invalid).await];
+    let mut reported = [recv(&mut w.invalid).await, recv(&mut w.invalid).await];
     reported.sort_by(|x, y| x.user_id.cmp(&y.user_id));
     assert_eq!(
         (reported[0].user_id.as_str(), reported[0].device_id.as_str()),

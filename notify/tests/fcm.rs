@@ -353,7 +353,7 @@ async fn the_right_device_gets_the_right_payload_with_one_cached_access_token() 
     {
         n.enqueue(notification(user, "phone", fcm(token), conversation, 6));
     }
-    let mut rest = vec![w.fcm.next().await, w.fcm.next().await];
+    let mut rest = [w.fcm.next().await, w.fcm.next().await];
     let message =
         |s: &Seen| serde_json::from_slice::<Value>(&s.body).expect("json")["message"].clone();
     rest.sort_by_key(|s| {
@@ -408,7 +408,7 @@ async fn a_token_reported_invalid_is_unregistered_exactly_once() {
         w.notifier.enqueue(notification("dan", "old", fcm("unregistered-dan"), &conversation, 1));
         w.notifier.enqueue(notification("eve", "tab", fcm("malformed-eve"), &conversation, 1));
     }
-    let mut reported = vec![recv(&mut w.invalid).await, recv(&mut w.invalid).await];
+    let mut reported = [recv(&mut w.invalid).await, recv(&mut w.invalid).await];
     reported.sort_by(|a, b| a.user_id.cmp(&b.user_id));
     assert_eq!(
         (reported[0].token.as_str(), reported[0].device_id.as_str()),

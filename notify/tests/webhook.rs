@@ -150,7 +150,7 @@ async fn a_burst_is_merged_into_one_push_with_its_count() {
         w.notifier.enqueue(notification("bob", "desktop", hook("wh-bob"), "g:team", seq));
     }
     w.notifier.enqueue(notification("bob", "desktop", hook("wh-bob"), "g:other", 1));
-    let mut first = vec![json_of(&w.hook.next().await), json_of(&w.hook.next().await)];
+    let mut first = [json_of(&w.hook.next().await), json_of(&w.hook.next().await)];
     first.sort_by_key(|b| b["conversation_id"].as_str().unwrap_or("").to_owned());
     assert_eq!(
         (first[0]["conversation_id"].as_str(), first[0]["count"].as_u64()),
