@@ -2,8 +2,7 @@
 //! Pushes from dispatch and kicks of older duplicate logins go through it.
 
 use std::collections::HashMap;
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 
@@ -26,25 +25,32 @@ pub struct Conn {
     pub handle: ConnHandle,
 }
 
-type Shard = Mutex<HashMap<String, Vec<Conn>>>;
+/// Keyed (seeded per process) fast hashing: user ids are client-controlled.
+type Hasher = foldhash::fast::RandomState;
+type Map = HashMap<String, Vec<Conn>, Hasher>;
+type Shard = Mutex<Map>;
 
 /// Connections by user id, sharded to keep lock contention low.
 #[derive(Debug)]
 pub struct Registry {
     shards: Vec<Shard>,
+    /// Picks a user's shard.
+    hasher: Hasher,
     metrics: Arc<GatewayMetrics>,
 }
 
 impl Registry {
     /// An empty registry counting into `metrics`.
     pub fn new(metrics: Arc<GatewayMetrics>) -> Self {
-        Self { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(), metrics }
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(Map::default())).collect(),
+            hasher: Hasher::default(),
+            metrics,
+        }
     }
 
-    fn shard(&self, user: &str) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Conn>>> {
-        let mut h = DefaultHasher::new();
-        user.hash(&mut h);
-        let shard = &self.shards[(h.finish() as usize) % SHARDS];
+    fn shard(&self, user: &str) -> std::sync::MutexGuard<'_, Map> {
+        let shard = &self.shards[(self.hasher.hash_one(user) as usize) % SHARDS];
         // Critical sections only edit the map; a poisoned lock is still consistent.
         shard.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -23,6 +23,9 @@ use tokio::sync::{mpsc, watch};
 use crate::link::Links;
 use crate::push::{ConnRef, Pusher};
 
+/// The hasher of the per-round maps (keyed by user ids: seeded per process).
+type Fast = foldhash::fast::RandomState;
+
 pub mod cache;
 mod plan;
 pub use cache::PresenceCache;
@@ -272,7 +275,7 @@ async fn run(
 ) {
     let mut jobs = Vec::with_capacity(ROUTE_BATCH);
     while next_round(&mut rx, &mut jobs).await {
-        let mut seen: HashSet<&str> = HashSet::new();
+        let mut seen: HashSet<&str, Fast> = HashSet::default();
         let users: Vec<&str> =
             jobs.iter().flat_map(|j| j.users.iter()).filter(|u| seen.insert(u)).collect();
         // The cache answers only once it has applied every presence change made before this
@@ -284,7 +287,8 @@ async fn run(
         {
             cache = Some(&*c);
         }
-        let mut where_is: HashMap<&str, Arc<[Location]>> = HashMap::with_capacity(users.len());
+        let mut where_is: HashMap<&str, Arc<[Location]>, Fast> =
+            HashMap::with_capacity_and_hasher(users.len(), Fast::default());
         let (misses, since) = match cache {
             Some(c) => {
                 let c = lock(&c.cache);

@@ -72,7 +72,7 @@ pub fn plan<'a>(
     where_is: impl Fn(&str) -> Option<&'a [Location]>,
 ) -> Vec<GatewayBatch> {
     let mut batches: Vec<GatewayBatch> = Vec::new();
-    let mut index: HashMap<&str, usize> = HashMap::new();
+    let mut index: HashMap<&str, usize, foldhash::fast::RandomState> = HashMap::default();
     // Per job: (batch index, targets) of the gateways it reaches, in first-seen order.
     let mut per_gateway: Vec<(usize, Vec<link::PushTarget>)> = Vec::new();
     for job in jobs {
