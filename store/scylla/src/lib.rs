@@ -10,6 +10,7 @@
 //! - `commit`: [`tern_store::Store::commit`]: runs of appends and group changes, watermarks.
 //! - `group`: where a group lives (allocator row, member rows), its reads, writes and the
 //!   pure decisions they share.
+//! - `device`: users' device records (blind upserts with timestamps, no LWT).
 //! - `listing`: a user's conversation list (index entries, watermarks, group entries).
 //! - [`bucket`]: message partitions (`seq / bucket_size`) and which ones a read touches.
 //! - [`row`]: row <-> type mapping.
@@ -23,6 +24,7 @@ mod append;
 pub mod bucket;
 mod commit;
 pub mod config;
+mod device;
 mod error;
 mod group;
 mod health;

@@ -205,7 +205,12 @@ fn schema_parses_into_the_expected_keys() {
         assert!(t["conversation_meta"].columns.contains(c), "conversation_meta.{c}");
     }
     assert!(t["dedupe"].columns.contains("group_version"));
-    assert_eq!(t.len(), 8);
+    assert_eq!(t["devices"].partition_key, ["user_id"]);
+    assert_eq!(t["devices"].clustering, ["device_id"]);
+    for c in ["platform", "last_seen_ms", "revoked_before_ms", "push"] {
+        assert!(t["devices"].columns.contains(c), "devices.{c}");
+    }
+    assert_eq!(t.len(), 9);
 }
 
 #[test]
@@ -271,7 +276,8 @@ fn no_filtering_and_multi_row_reads_are_bounded() {
         assert!(!cql.contains(" IN "), "{stmt:?}: multi-partition IN");
     }
     // The reads that may return several rows: bounded by a seq range inside one bucket,
-    // a LIMIT, or a partition whose size the schema bounds (a conversation's members).
+    // a LIMIT, or a partition whose size the schema bounds (a conversation's members, a
+    // user's devices).
     let multi: Vec<Stmt> = Stmt::ALL
         .iter()
         .copied()
@@ -288,7 +294,13 @@ fn no_filtering_and_multi_row_reads_are_bounded() {
         .collect();
     assert_eq!(
         multi,
-        [Stmt::SelectMessages, Stmt::ListIndex, Stmt::SelectReceipts, Stmt::ListCurrent]
+        [
+            Stmt::SelectMessages,
+            Stmt::ListIndex,
+            Stmt::SelectReceipts,
+            Stmt::ListCurrent,
+            Stmt::SelectDevices
+        ]
     );
     assert!(Stmt::SelectMessages.cql().contains("seq >= ? AND seq <= ?"));
     assert!(Stmt::ListIndex.cql().ends_with("LIMIT ?"));
@@ -460,6 +472,12 @@ fn markers_match_the_values_the_code_binds() {
         (Stmt::DeleteCurrent, 3),
         (Stmt::ListCurrent, 3),
         (Stmt::InsertSetting, 2),
+        (Stmt::CheckInDevice, 5),
+        (Stmt::SetDevicePush, 4),
+        (Stmt::ClearDevicePush, 3),
+        (Stmt::FenceDevice, 4),
+        (Stmt::SelectDevice, 2),
+        (Stmt::SelectDevices, 1),
     ];
     assert_eq!(bound.len(), Stmt::ALL.len(), "every statement is listed");
     for &(stmt, n) in bound {
