@@ -23,7 +23,8 @@ use bytes::Bytes;
 use tern_proto::session::server::{DeviceLogin, error};
 use tern_proto::v1::{self, Envelope, ErrorCode, envelope::Body};
 
-use super::{Connection, Env, Phase, REARM, WAIT_TIMER};
+use super::{Connection, Env, LOGIN_PUBLISH_WAIT, Phase, REARM, WAIT_TIMER};
+use crate::config::DuplicateLogin;
 use crate::registry::encode;
 use crate::upstream::RequestCtx;
 
@@ -163,5 +164,49 @@ impl Connection {
         self.phase = Phase::Open;
         let refusal: Option<Bytes> = encode(error(request_id, code, message, true));
         self.close_with(now, refusal, io, env);
+    }
+
+    /// The device checked in: register the connection under the duplicate-login policy, then
+    /// wait for presence before LoginOk (`login_ok`).
+    fn logged_in(
+        &mut self,
+        now: Instant,
+        ctx: Arc<RequestCtx>,
+        request_id: u64,
+        login_ok: Option<Box<Bytes>>,
+        io: &mut impl Write,
+        env: &impl Env,
+    ) {
+        let m = env.metrics();
+        let policy = env.config().duplicate_login;
+        if policy == DuplicateLogin::OldestWins && !env.register(&ctx, policy) {
+            m.duplicate_login_refusals.fetch_add(1, Relaxed);
+            m.logins_failed.fetch_add(1, Relaxed);
+            let refusal = error(
+                request_id,
+                ErrorCode::AlreadyLoggedIn,
+                "this device is connected already (the server keeps the oldest \
+                 connection); retry later",
+                true,
+            );
+            return self.close_with(now, encode(refusal), io, env);
+        }
+        m.logins_ok.fetch_add(1, Relaxed);
+        self.settle(env);
+        tracing::debug!(connection_id = self.id(), user = %ctx.user_id, device = %ctx.device_id, "logged in");
+        if policy == DuplicateLogin::NewestWins {
+            env.register(&ctx, policy);
+        }
+        self.ctx = Some(ctx.clone());
+        // Reachable for pushes before the client hears LoginOk.
+        self.phase = Phase::LoginWait { until: now + LOGIN_PUBLISH_WAIT, login_ok };
+        if env.reachable(&ctx, LOGIN_PUBLISH_WAIT) {
+            self.login_ready(now, io, env);
+        } else if self.flags & WAIT_TIMER == 0 {
+            self.flags |= REARM | WAIT_TIMER;
+        } else {
+            // The check-in's own timer is still armed: it serves the presence wait.
+            self.flags |= REARM;
+        }
     }
 }
