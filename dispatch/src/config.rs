@@ -40,6 +40,9 @@ pub struct DispatchConfig {
     /// Most member rows the membership cache holds over all groups (about 100 B each).
     /// Default 1,000,000.
     pub group_cache_rows: usize,
+    /// How many devices of each class a user may have connected at once
+    /// ([`crate::devices::DevicePolicy`]).
+    pub devices: crate::devices::DevicePolicy,
 }
 
 impl Default for DispatchConfig {
@@ -57,6 +60,7 @@ impl Default for DispatchConfig {
             max_group_members: 10_000,
             receipt_push_max_members: 100,
             group_cache_rows: 1_000_000,
+            devices: crate::devices::DevicePolicy::default(),
         }
     }
 }

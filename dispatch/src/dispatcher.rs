@@ -59,6 +59,8 @@ pub struct Dispatcher {
     pub metrics: Arc<DispatchMetrics>,
     /// Group members, for the fan-out of group messages.
     pub groups: Arc<crate::group::cache::GroupCache>,
+    /// Who is connected and how to kick (device logout, class policy); set once at wiring.
+    sessions: std::sync::OnceLock<Arc<dyn crate::devices::Sessions>>,
     /// The runtime that runs request tasks and the store's futures.
     rt: Handle,
 }
@@ -82,7 +84,20 @@ impl Dispatcher {
             &cfg,
             rt.clone(),
         );
-        Arc::new(Self { cfg, store, pusher, pipeline, metrics, groups, rt })
+        let sessions = std::sync::OnceLock::new();
+        Arc::new(Self { cfg, store, pusher, pipeline, metrics, groups, sessions, rt })
+    }
+
+    /// Sets who answers "which devices are connected" and carries kicks (once; later calls
+    /// are ignored). Without it, logouts still fence tokens but kick nobody, and the class
+    /// policy replaces nobody.
+    pub fn set_sessions(&self, sessions: Arc<dyn crate::devices::Sessions>) {
+        let _ = self.sessions.set(sessions);
+    }
+
+    /// The sessions set with [`Dispatcher::set_sessions`].
+    pub fn sessions(&self) -> Option<&Arc<dyn crate::devices::Sessions>> {
+        self.sessions.get()
     }
 
     /// Handles one request and calls `reply` with its answer, on whichever thread has it.
@@ -168,6 +183,21 @@ impl Dispatcher {
             Some(Body::UpdateConversation(req)) => {
                 Box::pin(async move { crate::conversations::update(&this, &origin, req).await })
             }
+            Some(Body::DeviceCheckIn(req)) => {
+                Box::pin(async move { crate::devices::check_in(&this, &origin, req).await })
+            }
+            Some(Body::ListDevices(_)) => {
+                Box::pin(async move { crate::devices::list(&this, &origin).await })
+            }
+            Some(Body::LogoutDevice(req)) => {
+                Box::pin(async move { crate::devices::logout(&this, &origin, req).await })
+            }
+            Some(Body::RegisterPush(req)) => {
+                Box::pin(async move { crate::devices::register_push(&this, &origin, req).await })
+            }
+            Some(Body::UnregisterPush(_)) => {
+                Box::pin(async move { crate::devices::unregister_push(&this, &origin).await })
+            }
             Some(
                 body @ (Body::CreateGroup(_)
                 | Body::AddMembers(_)
@@ -204,6 +234,9 @@ impl Dispatcher {
 
 fn count_error(metrics: &DispatchMetrics, e: &DispatchError) {
     metrics.request_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if matches!(e, DispatchError::LoggedOut) {
+        metrics.logged_out_refusals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     if matches!(e, DispatchError::Store(_)) {
         tracing::warn!(error = %e, "request failed");
     }

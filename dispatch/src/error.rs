@@ -44,6 +44,9 @@ pub enum DispatchError {
     /// recompute. Retried inside dispatch; a client sees UNAVAILABLE only if it keeps losing.
     #[error("the group changed meanwhile")]
     GroupChanged,
+    /// Client's fault: the device was logged out (LogoutDevice) after its token was issued.
+    #[error("this device was logged out; sign in again for a new token")]
+    LoggedOut,
     /// Not implemented by this server version.
     #[error("{0} is not implemented by this server yet")]
     Unimplemented(&'static str),
@@ -78,6 +81,7 @@ impl DispatchError {
             DispatchError::ClientMsgIdReused(_) => ErrorCode::ClientMsgIdReused,
             DispatchError::Forbidden(_) => ErrorCode::Forbidden,
             DispatchError::GroupFull(_) => ErrorCode::GroupFull,
+            DispatchError::LoggedOut => ErrorCode::BadToken,
             DispatchError::Unimplemented(_) => ErrorCode::Unimplemented,
             DispatchError::Unavailable(_)
             | DispatchError::GroupChanged

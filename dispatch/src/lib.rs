@@ -5,6 +5,8 @@
 //!   (one durable write per batch), then acknowledged and pushed in sequence order.
 //! - One module per request kind, each returning a reply frame and never touching a socket:
 //!   [`send`], [`recall`], [`receipt`], [`sync`], [`conversations`], [`group`].
+//! - [`devices`]: device check-in at login, the device list, logout, push registrations,
+//!   the per-class login policy; [`devices::Sessions`] (who is connected, kicks).
 //! - [`membership`]: who may use a conversation.
 //! - [`push`]: the [`Pusher`] trait through which deliveries reach connections.
 //! - [`link`]: the worker's side of gateway links (distributed mode).
@@ -17,6 +19,7 @@
 pub mod batching;
 pub mod config;
 pub mod conversations;
+pub mod devices;
 pub mod dispatcher;
 pub mod error;
 pub mod group;

@@ -68,6 +68,10 @@ pub struct DispatchMetrics {
     pub sync_pages: AtomicU64,
     /// Receipt updates accepted.
     pub receipts: AtomicU64,
+    /// Connections kicked by the device class policy (DEVICE_REPLACED).
+    pub devices_replaced: AtomicU64,
+    /// Logins refused because the device was logged out after the token was issued.
+    pub logged_out_refusals: AtomicU64,
     /// How long each group commit took in the store (the durable write: append and fdatasync
     /// embedded, the Lua call with Redis's own fsync): disk stalls show here first.
     pub commit_seconds: DurationHistogram,
@@ -76,7 +80,7 @@ pub struct DispatchMetrics {
 impl DispatchMetrics {
     /// Appends every metric to `out` in Prometheus text exposition format.
     pub fn render(&self, out: &mut String) {
-        let rows: [(&str, &str, &AtomicU64); 8] = [
+        let rows: [(&str, &str, &AtomicU64); 10] = [
             (
                 "tern_dispatch_accepted_total",
                 "Messages and events durably accepted.",
@@ -105,6 +109,16 @@ impl DispatchMetrics {
             ),
             ("tern_dispatch_sync_pages_total", "Sync pages served.", &self.sync_pages),
             ("tern_dispatch_receipts_total", "Receipt updates accepted.", &self.receipts),
+            (
+                "tern_dispatch_devices_replaced_total",
+                "Connections kicked by the device class policy (DEVICE_REPLACED).",
+                &self.devices_replaced,
+            ),
+            (
+                "tern_dispatch_logged_out_refusals_total",
+                "Logins and check-ins refused: the device was logged out after its token.",
+                &self.logged_out_refusals,
+            ),
         ];
         for (name, help, v) in rows {
             let _ = writeln!(

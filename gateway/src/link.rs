@@ -321,6 +321,10 @@ impl Inner {
 }
 
 impl Upstream for LinkUpstream {
+    fn check_in(&self, ctx: &Arc<RequestCtx>, env: Envelope) -> BoxFuture<'static, Envelope> {
+        self.request(ctx, env)
+    }
+
     fn request(&self, ctx: &Arc<RequestCtx>, env: Envelope) -> BoxFuture<'static, Envelope> {
         let (tx, rx) = oneshot::channel();
         let request_id = env.request_id;
@@ -485,7 +489,13 @@ async fn run_link(inner: &Arc<Inner>, addr: &str, stop: &AtomicBool) -> Result<(
                 inner.registry.push_many(targets, &push.frame);
             }
             Some(LinkBody::KickConnection(k)) => {
-                inner.registry.kick_connection(&k.user_id, &k.device_id, k.connection_id);
+                let reason = match tern_proto::v1::KickReason::try_from(k.reason) {
+                    Ok(tern_proto::v1::KickReason::Unspecified) | Err(_) => {
+                        tern_proto::v1::KickReason::DuplicateLogin
+                    }
+                    Ok(r) => r,
+                };
+                inner.registry.kick_with(&k.user_id, &k.device_id, k.connection_id, reason);
             }
             Some(LinkBody::Ping(_)) => {
                 let pong = tern_proto::encode_to_bytes(

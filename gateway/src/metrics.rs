@@ -16,6 +16,8 @@ pub struct GatewayMetrics {
     pub logins_ok: AtomicU64,
     /// Refused logins (bad or expired token, unsupported version).
     pub logins_failed: AtomicU64,
+    /// Logins refused by the device check-in: the device was logged out after its token.
+    pub logged_out_refusals: AtomicU64,
     /// Connections closed for sending no Login in time.
     pub login_timeouts: AtomicU64,
     /// Connections closed for silence.
@@ -77,7 +79,13 @@ pub struct GatewayMetrics {
 impl GatewayMetrics {
     /// Appends every metric to `out` in Prometheus text exposition format.
     pub fn render(&self, out: &mut String) {
-        let rows: [(&str, &str, &str, &AtomicU64); 19] = [
+        let rows: [(&str, &str, &str, &AtomicU64); 20] = [
+            (
+                "tern_gateway_logged_out_refusals_total",
+                "counter",
+                "Logins refused: the device was logged out after its token was issued.",
+                &self.logged_out_refusals,
+            ),
             (
                 "tern_gateway_source_connection_rejections_total",
                 "counter",

@@ -160,6 +160,14 @@ impl Registry {
             .unwrap_or_default()
     }
 
+    /// Connections of `user` here, as (device, connection id).
+    pub fn connections(&self, user: &str) -> Vec<(String, u64)> {
+        self.shard(user)
+            .get(user)
+            .map(|c| c.iter().map(|c| (c.ctx.device_id.clone(), c.ctx.connection_id)).collect())
+            .unwrap_or_default()
+    }
+
     /// Every registered connection as (user, device, connection id), e.g. to refresh presence.
     pub fn snapshot(&self) -> Vec<(String, String, u64)> {
         let mut out = Vec::new();
@@ -179,6 +187,12 @@ impl Registry {
     /// Kicks connection `id` of `user`'s `device` (DUPLICATE_LOGIN) if it is here: the same
     /// device logged in on another gateway. Returns whether it was found.
     pub fn kick_connection(&self, user: &str, device: &str, id: u64) -> bool {
+        self.kick_with(user, device, id, KickReason::DuplicateLogin)
+    }
+
+    /// Kicks connection `id` of `user`'s `device` with `reason` if it is here (a logout, a
+    /// device replaced by the class policy, a duplicate login). Returns whether it was found.
+    pub fn kick_with(&self, user: &str, device: &str, id: u64, reason: KickReason) -> bool {
         let found = {
             let mut map = self.shard(user);
             let Some(conns) = map.get_mut(user) else { return false };
@@ -192,8 +206,10 @@ impl Registry {
             found
         };
         let Some(conn) = found else { return false };
-        self.metrics.duplicate_login_kicks.fetch_add(1, Relaxed);
-        conn.handle.kick(KickReason::DuplicateLogin);
+        if reason == KickReason::DuplicateLogin {
+            self.metrics.duplicate_login_kicks.fetch_add(1, Relaxed);
+        }
+        conn.handle.kick(reason);
         true
     }
 

@@ -19,6 +19,9 @@ pub struct RequestCtx {
     pub device_id: String,
     /// The gateway's id for the connection (pushes skip the sending connection).
     pub connection_id: u64,
+    /// The device's logout fence (Unix ms, 0: none) as its check-in answered it: a
+    /// RefreshToken with a token issued at or before it is refused.
+    pub logout_fence_ms: i64,
 }
 
 /// Takes a request's answer: called once, on any thread (an Error frame carries the request's
@@ -40,6 +43,19 @@ pub trait Upstream: Send + Sync + 'static {
     fn submit(&self, ctx: &Arc<RequestCtx>, env: Envelope, reply: Reply) {
         let answer = self.request(ctx, env);
         tokio::spawn(async move { reply(answer.await) });
+    }
+
+    /// Checks a logging-in device in (`request` is an internal `DeviceCheckIn`; see
+    /// `conn::checkin`): resolves to `DeviceCheckedIn` or an Error. The default, for an
+    /// upstream without device records: accepted, no logout fence.
+    fn check_in(&self, _ctx: &Arc<RequestCtx>, request: Envelope) -> BoxFuture<'static, Envelope> {
+        let answer = Envelope {
+            request_id: request.request_id,
+            body: Some(tern_proto::v1::envelope::Body::DeviceCheckedIn(
+                tern_proto::v1::DeviceCheckedIn { revoked_before_ms: 0 },
+            )),
+        };
+        Box::pin(std::future::ready(answer))
     }
 
     /// A connection logged in (the registry already holds it); LoginOk is sent when the

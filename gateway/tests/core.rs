@@ -84,7 +84,15 @@ impl Server {
 
     fn login_bytes(&self, user: &str, device: &str) -> Bytes {
         let token = self.key.mint_for(user, device, now_secs(), 3600);
-        frame(1, Body::Login(v1::Login { token, protocol_version: 1, client_version: "t".into() }))
+        frame(
+            1,
+            Body::Login(v1::Login {
+                token,
+                protocol_version: 1,
+                client_version: "t".into(),
+                ..Default::default()
+            }),
+        )
     }
 
     async fn stop(mut self) {

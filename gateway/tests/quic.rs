@@ -142,7 +142,15 @@ impl Server {
 }
 
 fn login(token: String) -> Bytes {
-    frame(1, Body::Login(v1::Login { token, protocol_version: 1, client_version: "t".into() }))
+    frame(
+        1,
+        Body::Login(v1::Login {
+            token,
+            protocol_version: 1,
+            client_version: "t".into(),
+            ..Default::default()
+        }),
+    )
 }
 
 fn ping(request_id: u64) -> Bytes {

@@ -75,7 +75,15 @@ impl Server {
 
     fn login(&self, user: &str) -> Bytes {
         let token = self.key.mint_for(user, "d1", now_secs(), 3600);
-        frame(1, Body::Login(v1::Login { token, protocol_version: 1, client_version: "t".into() }))
+        frame(
+            1,
+            Body::Login(v1::Login {
+                token,
+                protocol_version: 1,
+                client_version: "t".into(),
+                ..Default::default()
+            }),
+        )
     }
 
     async fn stop(mut self) {

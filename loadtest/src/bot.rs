@@ -154,6 +154,7 @@ impl BotSession {
                 token,
                 protocol_version: PROTOCOL_VERSION,
                 client_version: "tern-loadtest".into(),
+                ..Default::default()
             })),
         };
         encode_frame(&login, DEFAULT_MAX_FRAME_BYTES, out)?;

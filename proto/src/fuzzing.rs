@@ -245,6 +245,7 @@ fn announced_end(start: Instant, expires_at_ms: i64) -> Option<Instant> {
         identity: Identity { user_id: String::new(), device_id: String::new() },
         expires_at_ms: Some(expires_at_ms),
         leeway_ms: FUZZ_LEEWAY_MS,
+        issued_at_ms: None,
     };
     v.session_end(start, FUZZ_SESSION_T0_UNIX_MS)
 }
@@ -282,6 +283,7 @@ impl Authenticator for FuzzAuth {
             identity: Identity { user_id: user.to_owned(), device_id: device.to_owned() },
             expires_at_ms: exp,
             leeway_ms: FUZZ_LEEWAY_MS,
+            issued_at_ms: None,
         })
     }
 }
@@ -325,7 +327,7 @@ fn on_frame_checked(
                 other => panic!("unexpected reply body {other:?}"),
             }
         }
-        Action::LoggedIn { identity, reply } => {
+        Action::LoggedIn { identity, reply, .. } => {
             assert!(!logged_in, "LoggedIn twice");
             assert_eq!(reply.request_id, request_id);
             let Some(Body::LoginOk(ok)) = &reply.body else {

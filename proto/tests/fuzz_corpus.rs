@@ -42,6 +42,7 @@ fn login(token: &str, protocol_version: u32) -> v1::Envelope {
             token: token.into(),
             protocol_version,
             client_version: "seed/1".into(),
+            ..Default::default()
         }),
     )
 }

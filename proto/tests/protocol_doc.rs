@@ -73,6 +73,7 @@ fn login_example_matches_the_codec() {
                 token: "abc.def.ghi".into(),
                 protocol_version: 1,
                 client_version: "kt/1.0".into(),
+                ..Default::default()
             })),
         },
     );

@@ -37,6 +37,10 @@ pub struct ClientConfig {
     pub max_frame_bytes: usize,
     /// Free-form client name and version sent at login (at most 64 bytes).
     pub client_version: String,
+    /// What kind of device this is, sent at login: shown in the user's device list and
+    /// mapped to a device class by the server's login policy (one phone, one desktop ...).
+    /// Default `Unspecified` (class "other").
+    pub platform: tern_proto::v1::DevicePlatform,
     /// Capacity of the event channel. When the app does not drain it, the connection task waits
     /// (it stops reading the socket), and past the server's queue cap the server drops the
     /// connection; the client then reconnects and catches up by sync. Default 4096.
@@ -78,6 +82,7 @@ impl ClientConfig {
             send_timeout: Duration::from_secs(30),
             max_frame_bytes: tern_proto::DEFAULT_MAX_FRAME_BYTES,
             client_version: concat!("tern-sdk/", env!("CARGO_PKG_VERSION")).to_owned(),
+            platform: tern_proto::v1::DevicePlatform::Unspecified,
             event_capacity: 4096,
             max_outbox: 10_000,
             max_buffered_per_conversation: 1000,

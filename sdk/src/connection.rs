@@ -574,7 +574,12 @@ impl Driver {
             Some(Body::Kick(k)) => {
                 let reason = KickReason::try_from(k.reason).unwrap_or(KickReason::Unspecified);
                 self.emit(Event::Kicked { reason }).await;
-                if reason == KickReason::DuplicateLogin {
+                if matches!(
+                    reason,
+                    KickReason::DuplicateLogin | KickReason::LoggedOut | KickReason::DeviceReplaced
+                ) {
+                    // Reconnecting would fight the other instance (duplicate), be refused
+                    // (logged out) or replace the newer device in turn: the app decides.
                     Some(End::Stop)
                 } else if reason == KickReason::TokenExpired {
                     Some(End::TokenExpired)

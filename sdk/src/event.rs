@@ -33,8 +33,9 @@ pub enum Event {
         /// Why, for logs.
         reason: String,
     },
-    /// The server kicked this connection. After `DuplicateLogin` the client stops (the event
-    /// channel closes after this event); after `TokenExpired` it reconnects with a token from
+    /// The server kicked this connection. After `DuplicateLogin`, `LoggedOut` (the user
+    /// logged this device out: sign in again) or `DeviceReplaced` (a newer device of the same
+    /// class logged in) the client stops (the event channel closes after this event); after `TokenExpired` it reconnects with a token from
     /// [`crate::ClientConfig::token_provider`], or stops when there is none; after any other
     /// reason it reconnects.
     Kicked {

@@ -4,6 +4,8 @@
 //!
 //! - [`config`]: [`ClientConfig`], a plain struct with defaults.
 //! - [`client`]: [`Client`], the cheap cloneable handle (send, recall, receipts, sync, list).
+//! - `devices` (methods on [`Client`]): the user's device list, logging a device out, push
+//!   registration.
 //! - [`event`]: [`Event`]s the client emits and [`Target`]s messages go to.
 //! - [`persist`]: the [`Persistence`] trait (cursors and outbox) and [`MemoryPersistence`].
 //! - [`file_persistence`]: [`FilePersistence`], the trait in one small JSON file (atomic
@@ -56,6 +58,7 @@ pub mod client;
 pub mod config;
 mod connection;
 mod connector;
+mod devices;
 pub mod error;
 pub mod event;
 pub mod file_persistence;

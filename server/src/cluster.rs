@@ -136,6 +136,10 @@ pub async fn run_dispatch(
     let router = Router::start(presence.clone(), links.clone(), cfg.dispatch.presence_cache_users);
     let route_metrics = router.metrics.clone();
     let dispatcher = Dispatcher::new(cfg.dispatch_config(), store, Arc::new(router));
+    dispatcher.set_sessions(Arc::new(tern_dispatch::devices::ClusterSessions::new(
+        presence.clone(),
+        links.clone(),
+    )));
 
     let advertise = if cfg.cluster.link_advertise.is_empty() {
         bound.to_string()

@@ -27,6 +27,33 @@ pub struct Config {
     pub cluster: ClusterSection,
     /// The certificate QUIC (and TLS on TCP) present to clients.
     pub tls: TlsSection,
+    /// The per-class login policy: how many devices of each class a user may have connected.
+    pub devices: DevicesSection,
+}
+
+/// `[devices]`: the most devices of each class a user may have connected at once; a login
+/// beyond it kicks the user's longest-logged-in device of that class (DEVICE_REPLACED). 0:
+/// unlimited. Classes: phone (ios, android), tablet, desktop, web, other (and no platform).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DevicesSection {
+    /// Phones (ios, android).
+    pub phone: u32,
+    /// Tablets.
+    pub tablet: u32,
+    /// Desktop apps.
+    pub desktop: u32,
+    /// Browsers.
+    pub web: u32,
+    /// Other platforms and logins that name none.
+    pub other: u32,
+}
+
+impl Default for DevicesSection {
+    fn default() -> Self {
+        let d = tern_dispatch::devices::DevicePolicy::default();
+        Self { phone: d.phone, tablet: d.tablet, desktop: d.desktop, web: d.web, other: d.other }
+    }
 }
 
 /// `[tls]` (loaded by [`Config::tls_identity`] in `tls.rs`).
@@ -529,6 +556,13 @@ impl Config {
             max_group_members: self.dispatch.max_group_members,
             receipt_push_max_members: self.dispatch.receipt_push_max_members,
             group_cache_rows: self.dispatch.group_cache_rows,
+            devices: tern_dispatch::devices::DevicePolicy {
+                phone: self.devices.phone,
+                tablet: self.devices.tablet,
+                desktop: self.devices.desktop,
+                web: self.devices.web,
+                other: self.devices.other,
+            },
             ..Default::default()
         }
         .fit_frames(self.gateway.max_frame_bytes)

@@ -51,6 +51,37 @@ impl Upstream for InProcess {
     fn submit(&self, ctx: &Arc<RequestCtx>, env: Envelope, reply: Reply) {
         self.0.submit(&origin(ctx), env, reply);
     }
+
+    fn check_in(&self, ctx: &Arc<RequestCtx>, env: Envelope) -> BoxFuture<'static, Envelope> {
+        self.0.handle(&origin(ctx), env)
+    }
+}
+
+/// Who is connected in embedded mode: the one gateway's registry.
+struct LocalSessions(Arc<Registry>);
+
+impl tern_dispatch::devices::Sessions for LocalSessions {
+    fn online<'a>(
+        &'a self,
+        user_id: &'a str,
+    ) -> tern_dispatch::BoxFuture<'a, Vec<(String, ConnRef)>> {
+        let conns = self.0.connections(user_id);
+        let out = conns
+            .into_iter()
+            .map(|(d, id)| (d, ConnRef { gateway_id: String::new(), connection_id: id }))
+            .collect();
+        Box::pin(std::future::ready(out))
+    }
+
+    fn kick(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        conn: &ConnRef,
+        reason: tern_proto::v1::KickReason,
+    ) {
+        self.0.kick_with(user_id, device_id, conn.connection_id, reason);
+    }
 }
 
 /// Runs the embedded server on already-bound listeners until `shutdown` resolves.
@@ -83,6 +114,7 @@ pub async fn run_with_ready(
     let registry = Arc::new(Registry::new(Arc::new(GatewayMetrics::default())));
     let dispatcher =
         Dispatcher::new(cfg.dispatch_config(), store, Arc::new(LocalPusher(registry.clone())));
+    dispatcher.set_sessions(Arc::new(LocalSessions(registry.clone())));
     let gateway = Arc::new(Gateway::new(gw_cfg, key, registry, InProcess(dispatcher.clone())));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -6,6 +6,9 @@
 //!   ([`Store::commit`]).
 //! - [`group`]: group conversations: [`GroupWrite`] (a change, committed with its event
 //!   message), [`GroupState`], [`Member`].
+//! - [`device`]: a user's devices (platform, last login, push registration, logout fence):
+//!   [`DeviceRecord`], [`DeviceWrite`], read and written with the `device*` methods of
+//!   [`Store`] (outside the group commit: logins and push registrations are their own writes).
 //! - [`embedded`]: the single-node backend: a write-ahead log ([`wal`]) as the durability point
 //!   and a redb index applied from it (pure Rust).
 //! - The conformance suite every backend must pass lives beside this crate, in
@@ -13,6 +16,7 @@
 //!
 //! Messages are stored as protobuf-encoded [`tern_proto::v1::Message`]s.
 
+pub mod device;
 pub mod embedded;
 mod error;
 pub mod group;
@@ -24,6 +28,7 @@ use std::pin::Pin;
 use bytes::Bytes;
 use tern_proto::v1;
 
+pub use device::{DeviceRecord, DeviceWrite, Platform, PushProvider, PushRegistration};
 pub use embedded::{EmbeddedConfig, EmbeddedStore};
 pub use error::StoreError;
 pub use group::{GroupMeta, GroupState, GroupWrite, History, Member, MemberChange, Role};
@@ -335,6 +340,62 @@ pub trait Store: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Vec<Member>, StoreError>> {
         let _ = (conversation_id, after, limit);
         Box::pin(async { Err(StoreError::Unsupported("groups")) })
+    }
+
+    /// Applies `write` to the record of `user_id`'s device `device_id` (creating it), durably
+    /// (fsynced, or what the backend's durability setting promises for commits), and returns
+    /// the record after it. Concurrent writes of one device are serialized (no lost update).
+    fn device_write<'a>(
+        &'a self,
+        user_id: &'a str,
+        device_id: &'a str,
+        write: &'a DeviceWrite,
+    ) -> BoxFuture<'a, Result<DeviceRecord, StoreError>> {
+        let _ = (user_id, device_id, write);
+        Box::pin(async { Err(StoreError::Unsupported("devices")) })
+    }
+
+    /// One device's record (`None`: it never logged in).
+    fn device<'a>(
+        &'a self,
+        user_id: &'a str,
+        device_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<DeviceRecord>, StoreError>> {
+        let _ = (user_id, device_id);
+        Box::pin(async { Err(StoreError::Unsupported("devices")) })
+    }
+
+    /// Every device of `user_id`, in device id order.
+    fn devices<'a>(
+        &'a self,
+        user_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<DeviceRecord>, StoreError>> {
+        let _ = user_id;
+        Box::pin(async { Err(StoreError::Unsupported("devices")) })
+    }
+
+    /// The devices with a push registration of every user in `user_ids` (each user once, in
+    /// `user_ids` order, a user's devices in device id order), in one round trip where the
+    /// backend can: what the notifier reads for the offline members of a conversation. The
+    /// default asks [`Store::devices`] per user.
+    fn push_registrations<'a>(
+        &'a self,
+        user_ids: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<(String, DeviceRecord)>, StoreError>> {
+        Box::pin(async move {
+            let mut out = Vec::new();
+            for (i, u) in user_ids.iter().enumerate() {
+                if user_ids[..i].contains(u) {
+                    continue;
+                }
+                for d in self.devices(u).await? {
+                    if d.push.is_some() {
+                        out.push((u.clone(), d));
+                    }
+                }
+            }
+            Ok(out)
+        })
     }
 
     /// A cheap health probe for `/healthz`: a write round-trip where the backend can do one

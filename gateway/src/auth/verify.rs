@@ -264,6 +264,8 @@ impl Authenticator for Verifier {
             // Within MAX_EXP_SECS: no overflow.
             expires_at_ms: Some(claims.exp * 1000),
             leeway_ms: i64::from(self.rules.leeway_secs) * 1000,
+            // Within MAX_EXP_SECS: no overflow.
+            issued_at_ms: claims.iat.map(|iat| iat * 1000),
         })
     }
 }

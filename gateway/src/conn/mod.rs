@@ -3,8 +3,9 @@
 //!
 //! [`ServerSession`] (in `proto`) decides the wire protocol: login first and on time, pings,
 //! idle and token expiry, which frames are requests. [`Connection`] wraps it with what the
-//! gateway decides per connection: when LoginOk may go out (after presence made the login
-//! reachable, or after [`LOGIN_PUBLISH_WAIT`]), when to stop reading (while waiting for
+//! gateway decides per connection: the device check-in before a login counts ([`checkin`]),
+//! when LoginOk may go out (after presence made the login reachable, or after
+//! [`LOGIN_PUBLISH_WAIT`]), when to stop reading (while waiting for
 //! presence, or with `max_inflight_requests` requests in flight), the duplicate-login policy, the
 //! capped outbound queue and its SLOW_CONSUMER kick, kicks from outside (duplicate login,
 //! shutdown), and the closing sequence (last frame, half-close, linger: [`CloseTimer`]).
@@ -21,6 +22,7 @@
 //!    - frames to push: [`Connection::push`] / [`Connection::push_batch`] (one `writev`);
 //!    - a request's answer arrived: [`Connection::on_answer`] (then push its frame);
 //!    - presence answered: [`Connection::on_reachable`];
+//!    - the device check-in answered: [`Connection::on_checked_in`];
 //!    - kicks and closes from outside: [`Connection::on_kick`], [`Connection::close_with`];
 //!    - a timer armed for [`Connection::deadline`] fired: [`Connection::on_timer`].
 //! 3. After every input drain [`Connection::poll_event`] and carry each [`Event`] out: arm a
@@ -41,7 +43,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tern_proto::FrameDecoder;
-use tern_proto::session::server::{Action, Authenticator, CloseReason, ServerSession, error, kick};
+use tern_proto::session::server::{
+    Action, Authenticator, CloseReason, Fenced, ServerSession, kick,
+};
 use tern_proto::v1::{Envelope, ErrorCode, KickReason, envelope::Body};
 
 use crate::closing::CloseTimer;
@@ -52,6 +56,9 @@ use crate::registry::encode;
 use crate::upstream::RequestCtx;
 
 pub mod admission;
+pub mod checkin;
+#[cfg(test)]
+mod checkin_tests;
 pub mod early;
 mod output;
 #[doc(hidden)]
@@ -88,6 +95,10 @@ pub trait Env {
     fn reachable(&self, ctx: &Arc<RequestCtx>, within: Duration) -> bool;
     /// Starts a request; its answer comes back as [`Connection::on_answer`] plus a push.
     fn submit(&self, ctx: &Arc<RequestCtx>, request: Envelope);
+    /// Starts the device check-in of a login (`DeviceCheckIn`, [`checkin`]): its answer now,
+    /// or `None` when it comes later as [`Connection::on_checked_in`] (within
+    /// [`checkin::CHECK_IN_WAIT`]).
+    fn check_in(&self, ctx: &Arc<RequestCtx>, request: Envelope) -> Option<Envelope>;
     /// The connection is no longer a pending login (logged in or closing).
     fn login_settled(&self);
 }
@@ -124,6 +135,9 @@ const HELD: u8 = 64;
 enum Phase {
     /// Reading frames (before or after login).
     Open,
+    /// The token checked out; the device check-in ([`checkin`]) decides, at most until
+    /// `until`. Not reading (as in `LoginWait`); not registered yet.
+    CheckIn(Box<checkin::Waiting>),
     /// Logged in; LoginOk (kept here) waits for the login to be reachable, at most `until`.
     /// Not reading: frames pipelined behind the Login wait and are processed in order right
     /// after LoginOk is written (PROTOCOL.md section 5 step 3).
@@ -202,6 +216,9 @@ impl Connection {
             Phase::LoginWait { until, .. } => {
                 Some(self.session.deadline(&cfg.session).map_or(*until, |d| d.min(*until)))
             }
+            Phase::CheckIn(w) => {
+                Some(self.session.deadline(&cfg.session).map_or(w.until, |d| d.min(w.until)))
+            }
             Phase::Closing(t) => Some(t.deadline()),
             Phase::Done => None,
         }
@@ -215,7 +232,7 @@ impl Connection {
             return true;
         }
         match self.phase {
-            Phase::LoginWait { .. } => true,
+            Phase::LoginWait { .. } | Phase::CheckIn(_) => true,
             Phase::Open => self.inflight >= max_inflight(cfg),
             Phase::Closing(_) | Phase::Done => false,
         }
@@ -337,6 +354,8 @@ impl Connection {
             KickReason::DuplicateLogin => "another connection logged in as this device",
             KickReason::ServerShutdown => "server shutting down",
             KickReason::SlowConsumer => "outbound queue full: reconnect and sync",
+            KickReason::LoggedOut => "this device was logged out; sign in again",
+            KickReason::DeviceReplaced => "a newer device of the same kind logged in",
             _ => "closed by the server",
         };
         self.close_with(now, encode(kick(reason, message)), io, env);
@@ -355,6 +374,14 @@ impl Connection {
                     self.flags |= REARM;
                 }
                 return;
+            }
+            Phase::CheckIn(w) => {
+                if now >= w.until {
+                    if self.check_in_timed_out(now, io, env) {
+                        return;
+                    }
+                    return self.flags |= REARM;
+                }
             }
             Phase::LoginWait { until, .. } => {
                 if now >= *until {
@@ -384,7 +411,7 @@ impl Connection {
             let action = self.session.on_tick(now, &cfg.session);
             self.apply(now, action, io, env);
         }
-        if matches!(self.phase, Phase::Open | Phase::LoginWait { .. })
+        if matches!(self.phase, Phase::Open | Phase::LoginWait { .. } | Phase::CheckIn(_))
             && self.deadline(cfg).is_some()
         {
             self.flags |= REARM;
@@ -402,7 +429,7 @@ impl Connection {
     // ----- input -----
 
     fn keeps_input(&self) -> bool {
-        matches!(self.phase, Phase::Open | Phase::LoginWait { .. })
+        matches!(self.phase, Phase::Open | Phase::LoginWait { .. } | Phase::CheckIn(_))
     }
 
     /// Keeps unprocessed input (copied: the source is the driver's scratch buffer).
@@ -453,7 +480,9 @@ impl Connection {
     fn on_frame(&mut self, now: Instant, frame: Envelope, io: &mut impl Write, env: &impl Env) {
         let cfg = &env.config().session;
         let before = self.session.deadline(cfg);
-        let action = self.session.on_frame(now, env.unix_ms(), frame, cfg, env.authenticator());
+        let fence = self.ctx.as_ref().map_or(0, |c| c.logout_fence_ms);
+        let auth = Fenced { inner: env.authenticator(), revoked_before_ms: fence };
+        let action = self.session.on_frame(now, env.unix_ms(), frame, cfg, &auth);
         // The armed timer finds later deadlines when it fires; a deadline that moved earlier
         // (a token that ends before the login timeout, a refresh to a shorter token) needs a
         // timer of its own.
@@ -475,42 +504,14 @@ impl Connection {
                 count_token_reply(m, &reply);
                 self.push(now, encode(reply), io, env);
             }
-            Action::LoggedIn { identity, reply } => {
+            Action::LoggedIn { identity, reply, device } => {
                 let ctx = Arc::new(RequestCtx {
                     user_id: identity.user_id,
                     device_id: identity.device_id,
                     connection_id: self.id(),
+                    logout_fence_ms: 0,
                 });
-                let policy = env.config().duplicate_login;
-                if policy == DuplicateLogin::OldestWins && !env.register(&ctx, policy) {
-                    m.duplicate_login_refusals.fetch_add(1, Relaxed);
-                    m.logins_failed.fetch_add(1, Relaxed);
-                    let refusal = error(
-                        reply.request_id,
-                        ErrorCode::AlreadyLoggedIn,
-                        "this device is connected already (the server keeps the oldest \
-                         connection); retry later",
-                        true,
-                    );
-                    return self.close_with(now, encode(refusal), io, env);
-                }
-                m.logins_ok.fetch_add(1, Relaxed);
-                self.settle(env);
-                tracing::debug!(connection_id = self.id(), user = %ctx.user_id, device = %ctx.device_id, "logged in");
-                if policy == DuplicateLogin::NewestWins {
-                    env.register(&ctx, policy);
-                }
-                self.ctx = Some(ctx.clone());
-                // Reachable for pushes before the client hears LoginOk.
-                self.phase = Phase::LoginWait {
-                    until: now + LOGIN_PUBLISH_WAIT,
-                    login_ok: encode(reply).map(Box::new),
-                };
-                if env.reachable(&ctx, LOGIN_PUBLISH_WAIT) {
-                    self.login_ready(now, io, env);
-                } else {
-                    self.flags |= REARM | WAIT_TIMER;
-                }
+                self.start_check_in(now, ctx, reply, device, io, env);
             }
             Action::Forward(request) => {
                 if let Some(ctx) = &self.ctx {

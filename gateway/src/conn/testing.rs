@@ -40,6 +40,10 @@ pub struct TestEnv {
     pub unregistered: Cell<u32>,
     pub settled: Cell<u32>,
     pub submitted: RefCell<Vec<u64>>,
+    /// The answer the device check-in gets at once (`None`: it comes later).
+    pub check_in_answer: RefCell<Option<Envelope>>,
+    /// Check-ins asked for.
+    pub check_ins: RefCell<Vec<Envelope>>,
 }
 
 impl Env for TestEnv {
@@ -73,8 +77,20 @@ impl Env for TestEnv {
     fn submit(&self, _ctx: &Arc<RequestCtx>, request: Envelope) {
         self.submitted.borrow_mut().push(request.request_id);
     }
+    fn check_in(&self, _ctx: &Arc<RequestCtx>, request: Envelope) -> Option<Envelope> {
+        self.check_ins.borrow_mut().push(request);
+        self.check_in_answer.borrow().clone()
+    }
     fn login_settled(&self) {
         self.settled.set(self.settled.get() + 1);
+    }
+}
+
+/// A check-in answer that lets the login go on, with the device's logout fence.
+pub fn checked_in(revoked_before_ms: i64) -> Envelope {
+    Envelope {
+        request_id: 1,
+        body: Some(Body::DeviceCheckedIn(v1::DeviceCheckedIn { revoked_before_ms })),
     }
 }
 
@@ -130,6 +146,8 @@ impl Harness {
             unregistered: Cell::new(0),
             settled: Cell::new(0),
             submitted: RefCell::new(Vec::new()),
+            check_in_answer: RefCell::new(Some(checked_in(0))),
+            check_ins: RefCell::new(Vec::new()),
         };
         let conn = Connection::new(t0, 7, &env.cfg);
         let mut h = Self {
@@ -239,7 +257,12 @@ pub fn frame(request_id: u64, body: Body) -> Bytes {
 
 /// A Login as u/d.
 pub fn login(request_id: u64) -> Bytes {
-    let login = v1::Login { token: "u/d".into(), protocol_version: 1, client_version: "t".into() };
+    let login = v1::Login {
+        token: "u/d".into(),
+        protocol_version: 1,
+        client_version: "t".into(),
+        ..Default::default()
+    };
     frame(request_id, Body::Login(login))
 }
 

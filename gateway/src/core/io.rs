@@ -483,6 +483,12 @@ impl<U: Upstream> IoThread<U> {
                         self.staged.push((slot, frame));
                     }
                 }
+                Cmd::CheckedIn { slot, generation, answer } => {
+                    self.flush_staged(now);
+                    if self.is_live(Key { slot, generation }) {
+                        self.drive(slot, |c, io, env, _| c.on_checked_in(now, &answer, io, env));
+                    }
+                }
                 Cmd::LoginReady { slot, generation } => {
                     self.flush_staged(now);
                     if self.is_live(Key { slot, generation }) {

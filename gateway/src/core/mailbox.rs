@@ -24,6 +24,8 @@ pub(crate) enum Cmd {
     Answer { slot: u32, generation: u32, frame: Option<Bytes> },
     /// The upstream made a new login reachable: write LoginOk and resume reading.
     LoginReady { slot: u32, generation: u32 },
+    /// The device check-in of a login answered.
+    CheckedIn { slot: u32, generation: u32, answer: Box<tern_proto::v1::Envelope> },
     /// Stop accepting, kick every connection (SERVER_SHUTDOWN), exit once they closed.
     Shutdown,
     /// A QUIC datagram another thread's socket received for this thread's endpoint.
@@ -149,6 +151,11 @@ impl ConnHandle {
 
     pub(crate) fn answer(&self, frame: Option<Bytes>) {
         self.mailbox.send(Cmd::Answer { slot: self.slot, generation: self.generation, frame });
+    }
+
+    pub(crate) fn checked_in(&self, answer: tern_proto::v1::Envelope) {
+        let (slot, generation, answer) = (self.slot, self.generation, Box::new(answer));
+        self.mailbox.send(Cmd::CheckedIn { slot, generation, answer });
     }
 
     pub(crate) fn login_ready(&self) {

@@ -75,6 +75,7 @@ pub(super) async fn publish_presence(
                                 user_id: e.user_id.clone(),
                                 connection_id: old.connection_id,
                                 device_id: e.device_id.clone(),
+                                reason: tern_proto::v1::KickReason::DuplicateLogin as i32,
                             };
                             if !send_any(&inner, LinkBody::KickConnection(kick)) {
                                 tracing::warn!(user = %e.user_id, "no worker link to forward a duplicate-login kick");

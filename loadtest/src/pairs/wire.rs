@@ -72,6 +72,7 @@ pub fn login(token: String, out: &mut Vec<u8>) -> Result<(), FrameError> {
             token,
             protocol_version: PROTOCOL_VERSION,
             client_version: "tern-loadtest-pairs".into(),
+            ..Default::default()
         })),
     };
     encode_frame(&env, DEFAULT_MAX_FRAME_BYTES, out)

@@ -89,13 +89,18 @@ pub enum Action {
     None,
     /// Write this frame to the client.
     Reply(v1::Envelope),
-    /// Login succeeded: register the connection for `identity` (kicking an older connection of
-    /// the same user and device), then write `reply` (the LoginOk).
+    /// The token checked out: check the device in (refused if it was logged out after the
+    /// token was issued: [`token_revoked`]), register the connection for `identity` (kicking
+    /// an older connection of the same user and device), then write `reply` (the LoginOk).
+    /// Pass the device's logout fence with every later frame through [`Fenced`], so that a
+    /// RefreshToken with a token from before it is refused.
     LoggedIn {
         /// Who logged in.
         identity: Identity,
         /// The LoginOk frame.
         reply: v1::Envelope,
+        /// What the device check-in needs.
+        device: DeviceLogin,
     },
     /// A request for dispatch, from the logged-in identity ([`ServerSession::identity`]).
     Forward(v1::Envelope),
@@ -106,6 +111,49 @@ pub enum Action {
         /// Why, for logs and metrics.
         reason: CloseReason,
     },
+}
+
+/// What a login tells about its device, for the check-in before LoginOk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceLogin {
+    /// `Login.platform` (a `v1::DevicePlatform` number, unknown values kept as sent).
+    pub platform: i32,
+    /// The token's `iat` in Unix ms (`None`: the token has none).
+    pub issued_at_ms: Option<i64>,
+}
+
+/// The logout rule: a device with a fence (`revoked_before_ms > 0`, set when the user logged
+/// it out) refuses tokens without `iat` and tokens issued at or before the fence. (`iat` has
+/// whole seconds: a token minted in the same second as the logout is refused too.)
+pub fn token_revoked(issued_at_ms: Option<i64>, revoked_before_ms: i64) -> bool {
+    revoked_before_ms > 0 && issued_at_ms.is_none_or(|iat| iat <= revoked_before_ms)
+}
+
+/// An [`Authenticator`] that also refuses tokens the device's logout fence refuses
+/// ([`token_revoked`]): the driver wraps its authenticator with the fence its check-in
+/// answered, so RefreshToken cannot bring back a token from before a logout. (The fence stays
+/// with the driver: the session's per-connection state does not grow.)
+pub struct Fenced<'a, A> {
+    /// The token verifier.
+    pub inner: &'a A,
+    /// The device's logout fence, Unix ms (0: none).
+    pub revoked_before_ms: i64,
+}
+
+impl<A: Authenticator> Authenticator for Fenced<'_, A> {
+    fn authenticate(&self, token: &str, now_unix_ms: i64) -> Result<Identity, AuthError> {
+        self.verify(token, now_unix_ms).map(|v| v.identity)
+    }
+
+    fn verify(&self, token: &str, now_unix_ms: i64) -> Result<Verified, AuthError> {
+        let v = self.inner.verify(token, now_unix_ms)?;
+        if token_revoked(v.issued_at_ms, self.revoked_before_ms) {
+            return Err(AuthError::BadToken(
+                "this device was logged out after the token was issued".into(),
+            ));
+        }
+        Ok(v)
+    }
 }
 
 /// Why the session closed a connection.
@@ -317,6 +365,9 @@ impl ServerSession {
                     Some(Body::RefreshToken(r)) => {
                         self.refresh_token(now, now_unix_ms, request_id, &r.token, auth)
                     }
+                    Some(Body::DeviceCheckIn(_) | Body::DeviceCheckedIn(_)) => Action::Reply(
+                        error(request_id, ErrorCode::UnknownFrame, "unknown frame body", false),
+                    ),
                     Some(body) if is_client_request(&body) => {
                         Action::Forward(v1::Envelope { request_id, body: Some(body) })
                     }
@@ -410,6 +461,8 @@ impl ServerSession {
         match auth.verify(&login.token, now_unix_ms) {
             Ok(verified) => {
                 let token_end = verified.session_end(now, now_unix_ms);
+                let device =
+                    DeviceLogin { platform: login.platform, issued_at_ms: verified.issued_at_ms };
                 let identity = verified.identity;
                 let reply = v1::Envelope {
                     request_id,
@@ -430,7 +483,7 @@ impl ServerSession {
                     bucket: Bucket::new(now, cfg.max_frames_per_sec),
                     token_end,
                 };
-                Action::LoggedIn { identity, reply }
+                Action::LoggedIn { identity, reply, device }
             }
             Err(e) => {
                 let code = match e {
@@ -459,6 +512,10 @@ fn is_client_request(body: &Body) -> bool {
             | Body::SyncRequest(_)
             | Body::ListConversations(_)
             | Body::UpdateConversation(_)
+            | Body::ListDevices(_)
+            | Body::LogoutDevice(_)
+            | Body::RegisterPush(_)
+            | Body::UnregisterPush(_)
             | Body::CreateGroup(_)
             | Body::AddMembers(_)
             | Body::RemoveMembers(_)

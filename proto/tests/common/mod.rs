@@ -62,7 +62,7 @@ fn receipt_update() -> impl Strategy<Value = v1::ReceiptUpdate> {
 fn session_body() -> impl Strategy<Value = Body> {
     prop_oneof![
         (s(), any::<u32>(), s()).prop_map(|(token, protocol_version, client_version)| {
-            Body::Login(v1::Login { token, protocol_version, client_version })
+            Body::Login(v1::Login { token, protocol_version, client_version, ..Default::default() })
         }),
         (s(), s(), any::<u32>(), any::<u32>(), any::<u32>(), any::<i64>(), s(), any::<i64>())
             .prop_map(|(u, d, hb, idle, max, t, c, exp)| Body::LoginOk(v1::LoginOk {
@@ -307,6 +307,7 @@ pub fn typical_envelopes() -> Vec<v1::Envelope> {
                 token: "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2ln".into(),
                 protocol_version: 1,
                 client_version: "tern-kotlin/1.0".into(),
+                ..Default::default()
             })),
         },
         v1::Envelope {

@@ -82,6 +82,7 @@ impl Transport {
                 token,
                 protocol_version: tern_proto::PROTOCOL_VERSION,
                 client_version: cfg.client_version.clone(),
+                platform: cfg.platform as i32,
             })),
         };
         let mut t = Transport {

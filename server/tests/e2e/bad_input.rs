@@ -8,7 +8,12 @@ use tern_proto::v1::{self, ErrorCode, KickReason, envelope::Body};
 use tern_sdk::Target;
 
 fn login(token: String) -> Body {
-    Body::Login(v1::Login { token, protocol_version: 1, client_version: "test".into() })
+    Body::Login(v1::Login {
+        token,
+        protocol_version: 1,
+        client_version: "test".into(),
+        ..Default::default()
+    })
 }
 
 /// Asserts the connection answers with a fatal error of `code` and then closes.

@@ -472,23 +472,14 @@ async fn nodes_with_different_secrets_refuse_each_other_both_ways() {
     let gw_logs = || cluster.gateway(0).logs();
     wait_logs(&cluster, gw_logs, &["refused a dispatch worker link", "bad proof"]).await;
     wait_logs(&cluster, || cluster.worker(0).logs(), &["refused by the peer"]).await;
-    // No link: a client's send is answered UNAVAILABLE (a raw client: the SDK would keep
-    // resending), and the worker never sees it.
-    let (mut raw, _) = common::Raw::login(cluster.gateway_addr(0), &mint(&key, "alice")).await;
-    let send = v1::Send {
-        conversation_id: "dm:alice:bob".into(),
-        client_msg_id: "m1".into(),
-        content_type: "text/plain".into(),
-        body: text("x"),
-        ..Default::default()
-    };
-    raw.send(2, v1::envelope::Body::Send(send)).await;
+    // No link: a login cannot be checked in against the device records (PROTOCOL.md section
+    // 20), so it is refused UNAVAILABLE (fatal; a raw client: the SDK would keep retrying), and
+    // the worker never sees anything.
+    let mut raw = common::Raw::connect(cluster.gateway_addr(0)).await;
+    let login = v1::Login { token: mint(&key, "alice"), protocol_version: 1, ..Default::default() };
+    raw.send(1, v1::envelope::Body::Login(login)).await;
     let answer = raw.recv_answer().await;
-    assert_eq!(
-        common::error_code(&answer),
-        Some((v1::ErrorCode::Unavailable, false)),
-        "{answer:?}"
-    );
+    assert_eq!(common::error_code(&answer), Some((v1::ErrorCode::Unavailable, true)), "{answer:?}");
     assert_eq!(metric(block_in_place(wk), "tern_dispatch_accepted_total"), 0.0);
     assert_eq!(metric(block_in_place(gw), "tern_gateway_links_up_total"), 0.0);
     block_in_place(|| drop(cluster));

@@ -8,6 +8,7 @@ mod chaos;
 mod cluster;
 mod contract;
 mod crash;
+mod devices;
 mod fuzz_corpus;
 mod groups;
 mod kernel_tuning;

@@ -77,6 +77,7 @@ fn login_body(token: &str) -> v1::envelope::Body {
         token: token.into(),
         protocol_version: 1,
         client_version: "test".into(),
+        ..Default::default()
     })
 }
 

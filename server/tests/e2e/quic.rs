@@ -57,7 +57,12 @@ async fn tern_serve_speaks_quic_on_its_client_port() {
     let conn = tokio::time::timeout(WAIT, connecting).await.expect("handshake").unwrap();
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     let token = key.mint_for("quic-e2e", "d", now_secs(), 3600);
-    let login = v1::Login { token, protocol_version: 1, client_version: "e2e".into() };
+    let login = v1::Login {
+        token,
+        protocol_version: 1,
+        client_version: "e2e".into(),
+        ..Default::default()
+    };
     for (id, body) in [(1, Body::Login(login)), (2, Body::Ping(v1::Ping::default()))] {
         let env = v1::Envelope { request_id: id, body: Some(body) };
         send.write_all(&encode_to_bytes(&env, usize::MAX).unwrap()).await.unwrap();

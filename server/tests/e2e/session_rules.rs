@@ -17,7 +17,12 @@ fn frame(request_id: u64, body: Body) -> Vec<u8> {
 }
 
 fn login(token: String) -> Body {
-    Body::Login(v1::Login { token, protocol_version: 1, client_version: "test".into() })
+    Body::Login(v1::Login {
+        token,
+        protocol_version: 1,
+        client_version: "test".into(),
+        ..Default::default()
+    })
 }
 
 fn ping() -> Body {
@@ -111,6 +116,7 @@ async fn request_id_zero_and_long_client_versions_are_refused() {
             token: srv.token("carol", "phone"),
             protocol_version: 1,
             client_version: "v".repeat(len),
+            ..Default::default()
         });
         raw.send(1, body).await;
         let first = raw.recv().await.expect("an answer");

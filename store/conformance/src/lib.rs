@@ -35,10 +35,15 @@ use tern_proto::v1;
 use tern_store::{Appended, NewMessage, Store, WatermarkUpdate, Watermarks};
 
 mod commit;
+mod device;
 mod flags;
 mod group;
 mod reuse;
 pub use commit::{commit_coalesces_watermarks, commit_mixes_appends_and_watermarks};
+pub use device::{
+    concurrent_device_writes_lose_nothing, device_push_registrations_batch_read,
+    device_revoke_fences_tokens, devices_check_in_and_list,
+};
 pub use flags::{flags_are_per_user_and_independent, mentions_are_stored_and_listed};
 pub use group::{
     group_changes_compare_and_set, group_conversations_are_listed, group_create_reads_back,
@@ -137,6 +142,28 @@ macro_rules! flags_conformance_tests {
             flags_are_per_user_and_independent,
         );
     };
+}
+
+/// Generates one `#[tokio::test]` per device case (check-ins, push registrations, logout
+/// fence).
+#[macro_export]
+macro_rules! device_conformance_tests {
+    ($setup:path) => {
+        $crate::conformance_tests!(@cases $setup;
+            devices_check_in_and_list,
+            device_push_registrations_batch_read,
+            device_revoke_fences_tokens,
+            concurrent_device_writes_lose_nothing,
+        );
+    };
+}
+
+/// Runs every device case in turn on one store.
+pub async fn run_all_devices(store: &dyn Store) {
+    devices_check_in_and_list(store).await;
+    device_push_registrations_batch_read(store).await;
+    device_revoke_fences_tokens(store).await;
+    concurrent_device_writes_lose_nothing(store).await;
 }
 
 /// Runs every conversation-list case in turn on one store.

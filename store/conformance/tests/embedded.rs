@@ -30,6 +30,7 @@ async fn setup() -> Setup {
 tern_store_conformance::conformance_tests!(setup);
 tern_store_conformance::group_conformance_tests!(setup);
 tern_store_conformance::flags_conformance_tests!(setup);
+tern_store_conformance::device_conformance_tests!(setup);
 
 /// The whole suite on one shared store, as a persistent backend would run it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -38,6 +39,7 @@ async fn run_all_on_one_store() {
     tern_store_conformance::run_all(setup.store()).await;
     tern_store_conformance::run_all_groups(setup.store()).await;
     tern_store_conformance::run_all_flags(setup.store()).await;
+    tern_store_conformance::run_all_devices(setup.store()).await;
 }
 
 fn message(conv: &str, user: &str, cmid: &str, time: i64) -> NewMessage {

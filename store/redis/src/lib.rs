@@ -7,6 +7,7 @@
 //! - `failover`: the history fence at connect and `WAIT` after appends (see "Failover").
 //! - [`keys`]: the key layout (below) and bucket arithmetic.
 //! - [`scripts`]: the Lua scripts that make each append batch and each watermark move atomic.
+//! - [`device`]: users' device records (one hash per user, one script per write).
 //! - `group`: group conversations: the record and member rows, and their reads (see "Groups").
 //! - `read`, `receipts`, `listing`: the [`RedisStore`] reads of messages, receipt watermarks
 //!   (and their moves) and a user's conversation list; `records`: the field records they parse.
@@ -184,6 +185,7 @@
 mod client;
 mod commit;
 pub mod config;
+pub mod device;
 pub mod error;
 mod failover;
 mod group;

@@ -167,6 +167,7 @@ impl RedisStore {
             &*scripts::SET_WATERMARK,
             &*scripts::HISTORY,
             &*scripts::GROUP_MEMBERS,
+            &*crate::device::DEVICE_WRITE,
         ] {
             with_timeout(self.timeout, script.load_async(&mut conn)).await?;
         }
@@ -301,5 +302,36 @@ impl Store for RedisStore {
 
     fn health(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move { Ok(self.probe().await?) })
+    }
+
+    fn device_write<'a>(
+        &'a self,
+        user_id: &'a str,
+        device_id: &'a str,
+        write: &'a tern_store::DeviceWrite,
+    ) -> BoxFuture<'a, Result<tern_store::DeviceRecord, StoreError>> {
+        Box::pin(async move { Ok(self.write_device(user_id, device_id, write).await?) })
+    }
+
+    fn device<'a>(
+        &'a self,
+        user_id: &'a str,
+        device_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<tern_store::DeviceRecord>, StoreError>> {
+        Box::pin(async move { Ok(self.one_device(user_id, device_id).await?) })
+    }
+
+    fn devices<'a>(
+        &'a self,
+        user_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<tern_store::DeviceRecord>, StoreError>> {
+        Box::pin(async move { Ok(self.user_devices(user_id).await?) })
+    }
+
+    fn push_registrations<'a>(
+        &'a self,
+        user_ids: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<(String, tern_store::DeviceRecord)>, StoreError>> {
+        Box::pin(async move { Ok(self.registrations(user_ids).await?) })
     }
 }

@@ -27,6 +27,7 @@ async fn setup() -> Setup {
 tern_store_conformance::conformance_tests!(setup);
 tern_store_conformance::group_conformance_tests!(setup);
 tern_store_conformance::flags_conformance_tests!(setup);
+tern_store_conformance::device_conformance_tests!(setup);
 
 /// The whole suite twice on one shared server, as dispatch workers share it: cases use unique
 /// ids, so a second run over the first one's data must pass too.
@@ -36,7 +37,9 @@ async fn run_all_twice_on_one_server() {
     tern_store_conformance::run_all(setup.store()).await;
     tern_store_conformance::run_all_groups(setup.store()).await;
     tern_store_conformance::run_all_flags(setup.store()).await;
+    tern_store_conformance::run_all_devices(setup.store()).await;
     tern_store_conformance::run_all(setup.store()).await;
     tern_store_conformance::run_all_groups(setup.store()).await;
     tern_store_conformance::run_all_flags(setup.store()).await;
+    tern_store_conformance::run_all_devices(setup.store()).await;
 }

@@ -12,6 +12,7 @@
 //!   pure decisions they share.
 //! - `flags`: mentions and the user's own conversation flags (muted, pinned): where they
 //!   live, what writes them, what they cost.
+//! - `device`: users' device records (blind upserts with timestamps, no LWT).
 //! - `listing`: a user's conversation list (index entries with mentions and flags,
 //!   watermarks, group entries).
 //! - [`bucket`]: message partitions (`seq / bucket_size`) and which ones a read touches.
@@ -26,6 +27,7 @@ mod append;
 pub mod bucket;
 mod commit;
 pub mod config;
+mod device;
 mod error;
 mod flags;
 mod group;

@@ -76,7 +76,8 @@ mod tests {
                 "receipts",
                 "group_members",
                 "group_current",
-                "settings"
+                "settings",
+                "devices"
             ]
         );
         for s in &stmts {

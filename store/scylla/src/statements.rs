@@ -238,6 +238,30 @@ statements! {
     /// Records a setting at first start; returns the stored one when it exists.
     InsertSetting: Lwt,
         "INSERT INTO ${keyspace}.settings (setting, int_value) VALUES (?, ?) IF NOT EXISTS";
+    /// A device's check-in (timestamp = its time: the latest check-in wins).
+    CheckInDevice: Plain,
+        "UPDATE ${keyspace}.devices USING TIMESTAMP ? SET platform = ?, last_seen_ms = ? \
+         WHERE user_id = ? AND device_id = ?";
+    /// A device's push registration (timestamp = its registration time).
+    SetDevicePush: Plain,
+        "UPDATE ${keyspace}.devices USING TIMESTAMP ? SET push = ? \
+         WHERE user_id = ? AND device_id = ?";
+    /// Removes a device's push registration (timestamp = now: earlier registrations go).
+    ClearDevicePush: Plain,
+        "DELETE push FROM ${keyspace}.devices USING TIMESTAMP ? \
+         WHERE user_id = ? AND device_id = ?";
+    /// A logout's fence (timestamp = the fence: the highest wins).
+    FenceDevice: Plain,
+        "UPDATE ${keyspace}.devices USING TIMESTAMP ? SET revoked_before_ms = ? \
+         WHERE user_id = ? AND device_id = ?";
+    /// One device.
+    SelectDevice: Plain,
+        "SELECT device_id, platform, last_seen_ms, revoked_before_ms, push FROM ${keyspace}.devices \
+         WHERE user_id = ? AND device_id = ?";
+    /// Every device of a user.
+    SelectDevices: Plain,
+        "SELECT device_id, platform, last_seen_ms, revoked_before_ms, push FROM ${keyspace}.devices \
+         WHERE user_id = ?";
 }
 
 impl Stmt {

@@ -562,4 +562,35 @@ impl Store for ScyllaStore {
     fn health(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move { Ok(self.inner.probe().await?) })
     }
+
+    fn device_write<'a>(
+        &'a self,
+        user_id: &'a str,
+        device_id: &'a str,
+        write: &'a tern_store::DeviceWrite,
+    ) -> BoxFuture<'a, Result<tern_store::DeviceRecord, StoreError>> {
+        Box::pin(async move { Ok(self.inner.device_write(user_id, device_id, write).await?) })
+    }
+
+    fn device<'a>(
+        &'a self,
+        user_id: &'a str,
+        device_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<tern_store::DeviceRecord>, StoreError>> {
+        Box::pin(async move { Ok(self.inner.device(user_id, device_id).await?) })
+    }
+
+    fn devices<'a>(
+        &'a self,
+        user_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<tern_store::DeviceRecord>, StoreError>> {
+        Box::pin(async move { Ok(self.inner.devices(user_id).await?) })
+    }
+
+    fn push_registrations<'a>(
+        &'a self,
+        user_ids: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<(String, tern_store::DeviceRecord)>, StoreError>> {
+        Box::pin(async move { Ok(self.inner.push_registrations(user_ids).await?) })
+    }
 }

@@ -43,6 +43,13 @@ const GROUP_CASES: &[&str] = &[
 /// `tern_store_conformance::run_all_flags`.
 const FLAG_CASES: &[&str] =
     &["mentions_are_stored_and_listed", "flags_are_per_user_and_independent"];
+/// Every device case this file runs, in the order of `tern_store_conformance::run_all_devices`.
+const DEVICE_CASES: &[&str] = &[
+    "devices_check_in_and_list",
+    "device_push_registrations_batch_read",
+    "device_revoke_fences_tokens",
+    "concurrent_device_writes_lose_nothing",
+];
 
 /// A store on the configured node(s); the keyspace defaults to `tern_conformance`.
 #[cfg_attr(not(scylla_live), allow(dead_code))]
@@ -109,6 +116,25 @@ live_cases!(
     flags_are_per_user_and_independent,
 );
 
+live_cases!(
+    GENERATED_DEVICES:
+    devices_check_in_and_list,
+    device_push_registrations_batch_read,
+    device_revoke_fences_tokens,
+    concurrent_device_writes_lose_nothing,
+);
+
+/// The device cases in turn on one store, as `run_all_devices` does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(scylla_live),
+    ignore = "set TERN_SCYLLA_NODES=host:port to run against a ScyllaDB node"
+)]
+async fn run_all_devices_on_one_store() {
+    let store = store().await;
+    tern_store_conformance::run_all_devices(&store).await;
+}
+
 /// The whole suite in turn on one store, as `run_all` does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
@@ -171,10 +197,17 @@ fn every_conformance_case_is_run_here() {
     assert!(flags.len() >= 2, "could not parse run_all_flags: {flags:?}");
     assert_eq!(flags, FLAG_CASES, "update FLAG_CASES and live_cases! in this file");
     assert_eq!(GENERATED_FLAGS, FLAG_CASES, "live_cases! and FLAG_CASES disagree");
+    let devices = cases_of("run_all_devices");
+    assert_eq!(devices, DEVICE_CASES, "update DEVICE_CASES and live_cases! in this file");
+    assert_eq!(GENERATED_DEVICES, DEVICE_CASES, "live_cases! and DEVICE_CASES disagree");
     // The group and list cases are also exactly the ones their macros generate.
     let src = include_str!("../../conformance/src/lib.rs");
     for (mac, cases) in
-        [("group_conformance_tests", GROUP_CASES), ("flags_conformance_tests", FLAG_CASES)]
+        [
+            ("group_conformance_tests", GROUP_CASES),
+            ("flags_conformance_tests", FLAG_CASES),
+            ("device_conformance_tests", DEVICE_CASES),
+        ]
     {
         let start = src.find(&format!("macro_rules! {mac}")).expect("the macro");
         let body = &src[start..];
@@ -190,15 +223,18 @@ fn every_conformance_case_is_run_here() {
         include_str!("../../conformance/src/commit.rs"),
         include_str!("../../conformance/src/reuse.rs"),
         include_str!("../../conformance/src/flags.rs"),
+        include_str!("../../conformance/src/device.rs"),
     ];
     for line in sources.iter().flat_map(|s| s.lines()) {
         if let Some(rest) = line.strip_prefix("pub async fn ") {
             let name = rest.split('(').next().unwrap_or_default();
-            if name != "run_all" && name != "run_all_groups" && name != "run_all_flags" {
+            let runners = ["run_all", "run_all_groups", "run_all_flags", "run_all_devices"];
+            if !runners.contains(&name) {
                 assert!(
                     CASES.contains(&name)
                         || GROUP_CASES.contains(&name)
-                        || FLAG_CASES.contains(&name),
+                        || FLAG_CASES.contains(&name)
+                        || DEVICE_CASES.contains(&name),
                     "conformance case {name} is not run here"
                 );
             }

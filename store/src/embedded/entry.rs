@@ -177,6 +177,7 @@ pub(crate) enum IndexOp {
     Watermark(WatermarkOp),
     Group(GroupOp),
     Flags(FlagsWrite),
+    Device(super::device::DeviceOp),
 }
 
 /// The payload of one log record (the decoder's view; [`encode_append`] and friends write
@@ -198,6 +199,9 @@ pub struct Record {
     /// A user's conversation flags.
     #[prost(message, optional, tag = "5")]
     pub flags: Option<FlagsRecord>,
+    /// A device's record (`super::device`).
+    #[prost(message, optional, tag = "6")]
+    pub device: Option<super::device::DeviceLogRecord>,
 }
 
 /// [`Record::flags`]: the flags a write sets (unset ones unchanged).
@@ -429,6 +433,7 @@ pub(crate) fn decode(lsn: u64, payload: &[u8]) -> Result<Option<IndexOp>, Embedd
         record.watermark.is_some(),
         record.group.is_some(),
         record.flags.is_some(),
+        record.device.is_some(),
     ];
     if kinds.iter().filter(|k| **k).count() > 1 {
         return Err(bad("more than one kind of change".into()));
@@ -463,6 +468,9 @@ pub(crate) fn decode(lsn: u64, payload: &[u8]) -> Result<Option<IndexOp>, Embedd
             muted: f.muted,
             pinned: f.pinned,
         })));
+    }
+    if let Some(d) = record.device {
+        return super::device::decode_device(d).map(|op| Some(IndexOp::Device(op))).map_err(bad);
     }
     Ok(None)
 }

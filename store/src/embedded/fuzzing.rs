@@ -15,12 +15,14 @@ pub fn store_record(data: &[u8]) {
             }
             IndexOp::Group(g) => entry::encode_group(g, &mut again),
             IndexOp::Flags(f) => entry::encode_flags(f, &mut again),
+            IndexOp::Device(d) => super::device::encode_device(d, &mut again),
         }
         assert_eq!(entry::decode(1, &again).ok().flatten().as_ref(), Some(&op));
     }
 }
 
-/// Seed payloads for the corpus: an append, a watermark, a probe, a group change, flags.
+/// Seed payloads for the corpus: an append, a watermark, a probe, a group change, flags, a
+/// device record.
 pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     let message = tern_proto::v1::Message {
         conversation_id: "dm:alice:bob".into(),
@@ -66,11 +68,30 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         pinned: None,
     };
     entry::encode_flags(&w, &mut flags);
+    let mut device = Vec::new();
+    let op = super::device::DeviceOp {
+        user_id: "alice".into(),
+        record: crate::DeviceRecord {
+            device_id: "phone".into(),
+            platform: crate::Platform::Ios,
+            last_seen_ms: 1_700_000_000_000,
+            push: Some(crate::PushRegistration {
+                provider: crate::PushProvider::Apns,
+                token: "a1b2".into(),
+                app_id: "com.example".into(),
+                sandbox: true,
+                registered_ms: 1_700_000_000_001,
+            }),
+            revoked_before_ms: 0,
+        },
+    };
+    super::device::encode_device(&op, &mut device);
     vec![
         ("seed-append", append),
         ("seed-watermark", mark),
         ("seed-probe", probe),
         ("seed-group", change),
         ("seed-flags", flags),
+        ("seed-device", device),
     ]
 }

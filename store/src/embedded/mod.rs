@@ -45,6 +45,7 @@
 //! not cancel the write: it may still commit, and the client's resend is then answered by
 //! dedupe. The database file is locked by the process that opens it: one process per store.
 
+mod device;
 mod entry;
 mod filter;
 pub mod fuzzing;
@@ -136,6 +137,8 @@ struct Inner {
     index_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// The log's durable lsn: what reads must see.
     durable: AtomicU64,
+    /// Device writes waiting for the log, and device rows not in the index yet.
+    devices: device::DeviceQueue,
     path: PathBuf,
 }
 
@@ -194,6 +197,7 @@ impl EmbeddedStore {
                 index,
                 index_thread: Mutex::new(Some(thread)),
                 durable: AtomicU64::new(applied),
+                devices: device::DeviceQueue::default(),
                 path,
             }),
         })
@@ -428,6 +432,37 @@ impl Store for EmbeddedStore {
     ) -> BoxFuture<'a, Result<Vec<Member>, StoreError>> {
         let (conv, after) = (conversation_id.to_owned(), after.to_owned());
         Box::pin(self.read(move |db| tables::group_members_blocking(db, &conv, &after, limit)))
+    }
+
+    fn device_write<'a>(
+        &'a self,
+        user_id: &'a str,
+        device_id: &'a str,
+        write: &'a crate::DeviceWrite,
+    ) -> BoxFuture<'a, Result<crate::DeviceRecord, StoreError>> {
+        self.device_write_impl(user_id, device_id, write)
+    }
+
+    fn device<'a>(
+        &'a self,
+        user_id: &'a str,
+        device_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<crate::DeviceRecord>, StoreError>> {
+        self.device_impl(user_id, device_id)
+    }
+
+    fn devices<'a>(
+        &'a self,
+        user_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<crate::DeviceRecord>, StoreError>> {
+        self.devices_impl(user_id)
+    }
+
+    fn push_registrations<'a>(
+        &'a self,
+        user_ids: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<(String, crate::DeviceRecord)>, StoreError>> {
+        self.push_registrations_impl(user_ids)
     }
 
     /// Writes a probe record through the log (one fsync, like a commit) and opens an index

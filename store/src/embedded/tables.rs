@@ -12,6 +12,7 @@
 //! | `group_members` | (conversation_id, user_id) | (role, joined_seq, visible_from, removed_seq) |
 //! | `mentions` | (conversation_id, user_id or "" for all) | the latest seq mentioning them |
 //! | `flags` | (user_id, conversation_id) | the user's muted / pinned bits |
+//! | `devices` | (user_id, device_id) | protobuf-encoded device record (`super::device`) |
 //! | `index_meta` | `"applied_lsn"` | the last log record applied (written in every index commit) |
 //!
 //! Every read is a point lookup or a range scan bounded by its key prefix and the caller's
@@ -117,6 +118,7 @@ pub(super) fn create_tables(db: &Database) -> Result<u64, EmbeddedError> {
     txn.open_table(GROUP_MEMBERS)?;
     txn.open_table(MENTIONS)?;
     txn.open_table(FLAGS)?;
+    txn.open_table(super::device::DEVICES)?;
     let applied = txn.open_table(INDEX_META)?.get(APPLIED_LSN)?.map_or(0, |g| g.value());
     txn.commit()?;
     Ok(applied)
@@ -204,6 +206,7 @@ fn apply_in(txn: &WriteTransaction, ops: Vec<IndexOp>) -> Result<(), EmbeddedErr
                     (w.watermarks.delivered, w.watermarks.read),
                 )?;
             }
+            IndexOp::Device(d) => super::device::apply(txn, d)?,
             IndexOp::Flags(f) => {
                 let key = (f.user_id.as_str(), f.conversation_id.as_str());
                 let mut bits = flags.get(key)?.map_or(0, |g| g.value());

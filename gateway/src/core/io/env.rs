@@ -99,6 +99,23 @@ impl<U: Upstream> crate::conn::Env for Env<'_, U> {
         self.gw.upstream.submit(ctx, request, reply);
     }
 
+    fn check_in(&self, ctx: &Arc<RequestCtx>, request: Envelope) -> Option<Envelope> {
+        let mut answer = self.gw.upstream.check_in(ctx, request);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        if let std::task::Poll::Ready(a) = answer.as_mut().poll(&mut cx) {
+            return Some(a);
+        }
+        let handle = self.handle();
+        let wait = crate::conn::checkin::CHECK_IN_WAIT;
+        self.rt.spawn(async move {
+            // Bounded, so the task ends when the connection stops waiting.
+            if let Ok(a) = tokio::time::timeout(wait, answer).await {
+                handle.checked_in(a);
+            }
+        });
+        None
+    }
+
     fn login_settled(&self) {
         self.gw.sources.not_pending(self.source);
     }

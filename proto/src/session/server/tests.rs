@@ -62,6 +62,7 @@ impl Harness {
             token: token.to_owned(),
             protocol_version,
             client_version: "test/1".to_owned(),
+            ..Default::default()
         };
         self.frame(request_id, Some(Body::Login(login)))
     }
@@ -126,7 +127,7 @@ fn login_ok_carries_identity_and_limits() {
     let mut h = Harness::new();
     h.advance(Duration::from_millis(1500));
     let action = h.login(77, "ok:alice:phone", 1);
-    let Action::LoggedIn { identity, reply } = action else {
+    let Action::LoggedIn { identity, reply, .. } = action else {
         panic!("expected LoggedIn, got {action:?}");
     };
     let alice = Identity { user_id: "alice".into(), device_id: "phone".into() };
@@ -300,6 +301,7 @@ fn client_version_is_limited_to_64_bytes() {
         token: "ok:alice:phone".into(),
         protocol_version: 1,
         client_version: "v".repeat(v),
+        ..Default::default()
     };
     let mut h = Harness::new();
     let action = h.frame(3, Some(Body::Login(login(MAX_CLIENT_VERSION_BYTES))));

@@ -17,12 +17,14 @@ pub struct Verified {
     pub expires_at_ms: Option<i64>,
     /// Clock-skew allowance: the session ends `leeway_ms` after `expires_at_ms`.
     pub leeway_ms: i64,
+    /// The token's `iat` in Unix milliseconds; `None`: it has none.
+    pub issued_at_ms: Option<i64>,
 }
 
 impl Verified {
     /// A token that never expires (authenticators without expiry).
     pub fn forever(identity: Identity) -> Self {
-        Self { identity, expires_at_ms: None, leeway_ms: 0 }
+        Self { identity, expires_at_ms: None, leeway_ms: 0, issued_at_ms: None }
     }
 
     /// When a session using this token must end, on the monotonic clock: `exp + leeway` mapped
@@ -119,6 +121,8 @@ mod tests {
                 identity: Identity { user_id: user.into(), device_id: device.into() },
                 expires_at_ms: Some(T0_UNIX_MS + exp * 1000),
                 leeway_ms: LEEWAY_MS,
+                // Issued an hour before it expires.
+                issued_at_ms: Some(T0_UNIX_MS + (exp - 3600) * 1000),
             })
         }
     }
@@ -282,6 +286,45 @@ mod tests {
     }
 
     #[test]
+    fn a_refresh_with_a_token_from_before_the_logout_fence_is_refused() {
+        let cfg = ServerSessionConfig::default();
+        let now = Instant::now();
+        let mut s = ServerSession::new(now, 1, &cfg);
+        let login = v1::Envelope {
+            request_id: 1,
+            body: Some(Body::Login(v1::Login {
+                token: "alice:phone:7200".into(),
+                platform: v1::DevicePlatform::Ios as i32,
+                ..Default::default()
+            })),
+        };
+        let Action::LoggedIn { device, .. } =
+            s.on_frame(now, T0_UNIX_MS, login, &cfg, &ExpiringAuth)
+        else {
+            panic!("login refused")
+        };
+        assert_eq!(device.platform, v1::DevicePlatform::Ios as i32);
+        assert_eq!(device.issued_at_ms, Some(T0_UNIX_MS + 3600 * 1000));
+        // The device was logged out 10 s after T0: tokens issued before are refused.
+        let fenced =
+            super::super::Fenced { inner: &ExpiringAuth, revoked_before_ms: T0_UNIX_MS + 10_000 };
+        let refresh = |id: u64, token: &str| v1::Envelope {
+            request_id: id,
+            body: Some(Body::RefreshToken(v1::RefreshToken { token: token.into() })),
+        };
+        let old = s.on_frame(now, T0_UNIX_MS, refresh(2, "alice:phone:60"), &cfg, &fenced);
+        let Action::Reply(v1::Envelope { body: Some(Body::Error(e)), .. }) = old else {
+            panic!("{old:?}")
+        };
+        assert_eq!((e.code, e.fatal), (ErrorCode::BadToken as i32, false));
+        let new = s.on_frame(now, T0_UNIX_MS, refresh(3, "alice:phone:7300"), &cfg, &fenced);
+        assert!(
+            matches!(new, Action::Reply(v1::Envelope { body: Some(Body::TokenRefreshed(_)), .. })),
+            "{new:?}"
+        );
+    }
+
+    #[test]
     fn a_refresh_before_login_is_refused_like_any_frame() {
         let cfg = ServerSessionConfig::default();
         let now = Instant::now();
@@ -298,8 +341,12 @@ mod tests {
     fn session_end_maps_the_wall_clock_and_saturates() {
         let now = Instant::now();
         let id = Identity { user_id: "u".into(), device_id: "d".into() };
-        let v =
-            |exp: Option<i64>| Verified { identity: id.clone(), expires_at_ms: exp, leeway_ms: 1 };
+        let v = |exp: Option<i64>| Verified {
+            identity: id.clone(),
+            expires_at_ms: exp,
+            leeway_ms: 1,
+            issued_at_ms: None,
+        };
         assert_eq!(v(None).session_end(now, 0), None);
         assert_eq!(v(Some(999)).session_end(now, 0), Some(now + Duration::from_millis(1000)));
         assert_eq!(v(Some(-5)).session_end(now, 10), Some(now), "already over: now");

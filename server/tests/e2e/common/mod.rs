@@ -306,6 +306,7 @@ impl Raw {
                 token: token.into(),
                 protocol_version: 1,
                 client_version: "test".into(),
+                ..Default::default()
             }),
         )
         .await;

@@ -209,7 +209,12 @@ fn schema_parses_into_the_expected_keys() {
         assert!(t["user_conversations"].columns.contains(c), "user_conversations.{c}");
     }
     assert!(t["conversation_meta"].columns.contains("mention_all_seq"));
-    assert_eq!(t.len(), 8);
+    assert_eq!(t["devices"].partition_key, ["user_id"]);
+    assert_eq!(t["devices"].clustering, ["device_id"]);
+    for c in ["platform", "last_seen_ms", "revoked_before_ms", "push"] {
+        assert!(t["devices"].columns.contains(c), "devices.{c}");
+    }
+    assert_eq!(t.len(), 10);
 }
 
 #[test]
@@ -275,7 +280,8 @@ fn no_filtering_and_multi_row_reads_are_bounded() {
         assert!(!cql.contains(" IN "), "{stmt:?}: multi-partition IN");
     }
     // The reads that may return several rows: bounded by a seq range inside one bucket,
-    // a LIMIT, or a partition whose size the schema bounds (a conversation's members).
+    // a LIMIT, or a partition whose size the schema bounds (a conversation's members, a
+    // user's devices).
     let multi: Vec<Stmt> = Stmt::ALL
         .iter()
         .copied()
@@ -292,7 +298,13 @@ fn no_filtering_and_multi_row_reads_are_bounded() {
         .collect();
     assert_eq!(
         multi,
-        [Stmt::SelectMessages, Stmt::ListIndex, Stmt::SelectReceipts, Stmt::ListCurrent]
+        [
+            Stmt::SelectMessages,
+            Stmt::ListIndex,
+            Stmt::SelectReceipts,
+            Stmt::ListCurrent,
+            Stmt::SelectDevices
+        ]
     );
     assert!(Stmt::SelectMessages.cql().contains("seq >= ? AND seq <= ?"));
     assert!(Stmt::ListIndex.cql().ends_with("LIMIT ?"));
@@ -476,6 +488,12 @@ fn markers_match_the_values_the_code_binds() {
         (Stmt::DeleteCurrent, 3),
         (Stmt::ListCurrent, 3),
         (Stmt::InsertSetting, 2),
+        (Stmt::CheckInDevice, 5),
+        (Stmt::SetDevicePush, 4),
+        (Stmt::ClearDevicePush, 3),
+        (Stmt::FenceDevice, 4),
+        (Stmt::SelectDevice, 2),
+        (Stmt::SelectDevices, 1),
     ];
     assert_eq!(bound.len(), Stmt::ALL.len(), "every statement is listed");
     for &(stmt, n) in bound {
