@@ -244,6 +244,7 @@ mod tests {
             user_id: user.into(),
             device_id: device.into(),
             connection_id: id,
+            logout_fence_ms: 0,
         });
         Conn { ctx, handle: ConnHandle::new(mailbox.clone(), id as u32, 1) }
     }

@@ -214,7 +214,7 @@ fn schema_parses_into_the_expected_keys() {
     for c in ["platform", "last_seen_ms", "revoked_before_ms", "push"] {
         assert!(t["devices"].columns.contains(c), "devices.{c}");
     }
-    assert_eq!(t.len(), 10);
+    assert_eq!(t.len(), 9);
 }
 
 #[test]
