@@ -183,11 +183,27 @@ slab_after=$(awk '/^Slab:/ {print $2}' /proc/meminfo)
 # idle. Every server process's CPU is read around it.
 group_args=(); [ "$GROUP" = 1 ] && group_args=(--group)
 SERVER_PIDS=("${PIDS[@]}")
+frames0=0
+for h in "${GW_HTTP[@]}"; do frames0=$(( frames0 + $(metric "$h" tern_gateway_frames_out_total || echo 0) )); done
 cpu_probe0=$(cpu_ticks "${SERVER_PIDS[@]}")
 timeout $(( hold_s + 30 )) "$LOADTEST_BIN" probe --addr "127.0.0.1:$CLIENT" --key "$KEY" \
   --user-prefix dn --procs "$BOT_PROCS" --users "$per_bot" --count "$PROBES" --rate "$PROBE_RATE" \
   --quiet "${group_args[@]}" --json "$OUT/probe.json" >"$OUT/probe.txt" \
   || echo "density: the probe failed" >&2
+if [ "$GROUP" = 1 ]; then
+  # The probe ends at its last ack; the fan-out goes on. Count the server's CPU until every
+  # gateway has handed out every delivery (frames out; nothing left queued), at most 120 s.
+  want=$(( frames0 + PROBES * per_bot * BOT_PROCS ))
+  for _ in $(seq 1 600); do
+    out=0; queued=0
+    for h in "${GW_HTTP[@]}"; do
+      out=$(( out + $(metric "$h" tern_gateway_frames_out_total || echo 0) ))
+      queued=$(( queued + $(metric "$h" tern_gateway_outbound_queued_bytes || echo 0) ))
+    done
+    [ "$out" -ge "$want" ] && [ "$queued" -eq 0 ] && break
+    sleep 0.2
+  done
+fi
 cpu_probe1=$(cpu_ticks "${SERVER_PIDS[@]}")
 
 held_end=$(conns_now)
@@ -217,6 +233,20 @@ page_kib=$(( $(getconf PAGESIZE) / 1024 ))
        "gateway CPU per login $(( (cpu1_gw - cpu0_gw) * 1000000 / tck / (held > 0 ? held : 1) )) us"
   probe_secs=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["duration_secs"])' "$OUT/probe.json" 2>/dev/null || echo 0)
   echo "server CPU during the probe (gateways, dispatch, both Redis): $(secs $(( cpu_probe1 - cpu_probe0 ))) s over ${probe_secs} s"
+  if [ "$GROUP" = 1 ]; then
+    # Throughput from the bots' own stamps: first probe sent -> last member received the last.
+    python3 - "$OUT/swarm.json" "$(( cpu_probe1 - cpu_probe0 ))" "$tck" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+last = {int(k) // 1000: v for k, v in d.get("probe_last_us", {}).items()}
+n = d.get("delivery_latency", {}).get("n", 0)
+if last and n:
+    span = (max(s + l for s, l in last.items()) - min(last)) / 1e6
+    cpu = int(sys.argv[2]) / int(sys.argv[3])
+    print(f"group fan-out: {n} probe deliveries in {span:.2f} s (first send -> last receipt) ="
+          f" {n / span:,.0f} deliveries/s; server CPU {cpu:.1f} s = {cpu * 1e6 / n:.2f} ms per 1,000 deliveries")
+PY
+  fi
   echo "--- swarm ---"; cat "$OUT/swarm.txt"
   echo "--- probe ---"; cat "$OUT/probe.txt" 2>/dev/null || true
 } | tee "$OUT/summary.txt"
