@@ -69,14 +69,7 @@ impl Mailbox {
     /// Queues `cmd`; wakes the thread only if it sleeps (the first sender after it fell asleep
     /// does; the thread then drains everything queued at once).
     pub(crate) fn send(&self, cmd: Cmd) {
-        let wake = {
-            let mut s = self.lock();
-            s.cmds.push(cmd);
-            std::mem::take(&mut s.asleep)
-        };
-        if wake && let Err(e) = self.waker.wake() {
-            tracing::error!(error = %e, "waking an I/O thread failed");
-        }
+        self.send_all(std::iter::once(cmd));
     }
 
     /// Queues several commands with one lock and at most one wake.
