@@ -176,10 +176,13 @@ impl ConvState {
             return;
         }
         if let Some(existing) = self.buffer.get(&first) {
-            // Keep what we have unless the new slot covers more (a range over a single seq).
+            // Keep what we have unless the new slot covers more (a range over a single seq), or
+            // it is this device's own ack for a message buffered behind a gap (a copy pushed or
+            // synced before the ack): the app has it from the ack, so it must not be released.
             let keep = match (existing, &slot) {
                 (Slot::Missing(a), Slot::Missing(b)) => a >= b,
                 (_, Slot::Missing(_)) => false,
+                (Slot::Message(_), Slot::Own) => false,
                 _ => true,
             };
             if keep {
@@ -697,6 +700,20 @@ mod tests {
         assert_eq!(seqs(&out), [3, 5]);
         assert_eq!(io.cursor("c"), 5);
         assert_eq!(io.needs_sync("c"), None);
+    }
+
+    /// A copy of this device's own send arrived (pushed to a new connection, or synced)
+    /// behind a gap, then its ack: the app has it from the ack, so once the gap fills the copy
+    /// must not be released as a message too.
+    #[test]
+    fn an_own_ack_replaces_its_buffered_copy() {
+        let mut io = InboundOrder::default();
+        io.set_cursor("c", 1);
+        assert!(io.on_message(msg("c", 3)).is_empty(), "behind the gap at 2");
+        assert!(io.on_own_ack("c", 3).is_empty());
+        assert_eq!(seqs(&io.on_message(msg("c", 2))), [2], "3 is own: seen, not released");
+        assert_eq!(io.cursor("c"), 3);
+        assert!(io.on_message(msg("c", 3)).is_empty(), "and later copies are duplicates");
     }
 
     #[test]

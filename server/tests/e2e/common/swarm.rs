@@ -82,7 +82,20 @@ impl Swarm {
         // first gap, like any message it missed.
         let request = format!("{prefix}group");
         let others: Vec<&str> = names.iter().skip(1).map(String::as_str).collect();
-        let info = all[0].1.create_group("swarm", &others, &request).await.expect("create group");
+        // Retried while the network chaos closes connections under it: the request id makes a
+        // retried create return the group the first one made.
+        let mut attempts = 0;
+        let info = loop {
+            match all[0].1.create_group("swarm", &others, &request).await {
+                Ok(info) => break info,
+                Err(e) if attempts < 50 => {
+                    attempts += 1;
+                    tracing_free_log(&format!("create group failed ({e}), retrying"));
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("create group: {e:?}"),
+            }
+        };
         let group = info.conversation_id.clone();
         for (_, _, convs) in &mut all {
             convs.push(group.clone());
