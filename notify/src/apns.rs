@@ -338,7 +338,7 @@ mod tests {
     #[test]
     fn a_bad_key_is_refused() {
         assert!(ProviderToken::from_pem(b"nonsense", "k", "t").is_err());
-        let rsa = include_bytes!("../tests/fixtures/test-service-account-key.pem");
+        let rsa = tern_testkit::push_services::fcm::TEST_SERVICE_ACCOUNT_KEY_PEM.as_bytes();
         assert!(ProviderToken::from_pem(rsa, "k", "t").unwrap_err().contains("P-256"));
     }
 

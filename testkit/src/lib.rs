@@ -21,6 +21,10 @@
 //! - [`metrics`]: `GET /metrics` and `/healthz` over a raw socket, and the Prometheus text
 //!   parsed ([`Metrics`]).
 //! - [`corpus`]: fuzz-corpus replay and seed checks for the stable test runs.
+//! - [`push_services`]: [`ApnsImitation`], [`FcmImitation`] (with its OAuth2 token endpoint)
+//!   and [`WebhookReceiver`], local HTTP/2 and HTTP servers that accept exactly the documented
+//!   request shapes of APNs, FCM HTTP v1 and Tern's signed webhook, with scripted answers per
+//!   device token and every request awaitable as an event.
 //! - [`ports`]: free loopback ports below the ephemeral range, safe to restart servers on.
 //!
 //! # Why tests use real servers
@@ -35,7 +39,9 @@
 //!
 //! Every method here is blocking (std I/O, bounded waits); from an async test call them from
 //! `tokio::task::block_in_place` or a blocking task. The chaos proxy runs on a runtime of its
-//! own, so its controls are safe to call from anywhere.
+//! own, so its controls are safe to call from anywhere. The push-service imitations run on
+//! runtimes of their own too; only their waits for requests are async (any tokio runtime with
+//! time enabled).
 
 pub mod chaos;
 pub mod cluster;
@@ -44,6 +50,7 @@ pub mod lazyfs;
 pub mod metrics;
 pub mod ports;
 pub mod process;
+pub mod push_services;
 pub mod redis_server;
 pub mod replica;
 pub mod resp;
@@ -54,6 +61,10 @@ pub use cluster::{Cluster, ClusterError, ClusterOptions, Discovery};
 pub use lazyfs::{Cut, FsyncMode, LazyFs, LazyFsError, LazyFsOptions};
 pub use metrics::{HttpError, HttpResponse, Metrics, http_get};
 pub use process::{Announcement, ProcessError, ProcessOptions, TernProcess};
+pub use push_services::{
+    Answer, ApnsImitation, ApnsOptions, FcmImitation, FcmOptions, PushServiceError, TestCa,
+    WebhookOptions, WebhookReceiver,
+};
 pub use redis_server::{AppendFsync, RedisOptions, RedisServer, TestkitError};
 pub use resp::Reply;
 pub use udp_chaos::{Faults, Spikes, UdpChaosError, UdpChaosOptions, UdpChaosProxy, UdpChaosStats};
