@@ -202,13 +202,11 @@ fn every_conformance_case_is_run_here() {
     assert_eq!(GENERATED_DEVICES, DEVICE_CASES, "live_cases! and DEVICE_CASES disagree");
     // The group and list cases are also exactly the ones their macros generate.
     let src = include_str!("../../conformance/src/lib.rs");
-    for (mac, cases) in
-        [
-            ("group_conformance_tests", GROUP_CASES),
-            ("flags_conformance_tests", FLAG_CASES),
-            ("device_conformance_tests", DEVICE_CASES),
-        ]
-    {
+    for (mac, cases) in [
+        ("group_conformance_tests", GROUP_CASES),
+        ("flags_conformance_tests", FLAG_CASES),
+        ("device_conformance_tests", DEVICE_CASES),
+    ] {
         let start = src.find(&format!("macro_rules! {mac}")).expect("the macro");
         let body = &src[start..];
         let body = &body[..body.find("\n}").expect("end of the macro")];
