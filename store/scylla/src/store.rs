@@ -535,6 +535,14 @@ impl Store for ScyllaStore {
         Box::pin(async move { Ok(self.inner.list_conversations(user_id, after, limit).await?) })
     }
 
+    fn muted_among<'a>(
+        &'a self,
+        conversation_id: &'a str,
+        user_ids: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
+        Box::pin(async move { Ok(self.inner.muted_among(conversation_id, user_ids).await?) })
+    }
+
     fn get_group<'a>(
         &'a self,
         conversation_id: &'a str,
