@@ -312,6 +312,19 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> BoxFuture<'a, Result<Vec<ConversationEntry>, StoreError>>;
 
+    /// Of `user_ids`, those who muted `conversation_id` ([`FlagsWrite::muted`]), in
+    /// `user_ids` order (an id given twice is answered twice), in one round trip per backend:
+    /// what the offline-push stage reads for a message's recipients. Unknown users and a
+    /// conversation never flagged answer nothing.
+    fn muted_among<'a>(
+        &'a self,
+        conversation_id: &'a str,
+        user_ids: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
+        let _ = (conversation_id, user_ids);
+        Box::pin(async { Err(StoreError::Unsupported("conversation flags")) })
+    }
+
     /// A group's record and version (`None`: no such group; a dissolved one is returned).
     fn get_group<'a>(
         &'a self,

@@ -38,6 +38,7 @@ mod commit;
 mod device;
 mod flags;
 mod group;
+mod muted;
 mod reuse;
 pub use commit::{commit_coalesces_watermarks, commit_mixes_appends_and_watermarks};
 pub use device::{
@@ -49,6 +50,11 @@ pub use group::{
     group_changes_compare_and_set, group_conversations_are_listed, group_create_reads_back,
     group_mentions_are_listed, group_rows_follow_joins_roles_and_dissolution,
     group_sends_need_current_membership,
+};
+pub use muted::{
+    muted_among_answers_thousands_in_one_call, muted_among_follows_mute_and_unmute,
+    muted_among_keeps_the_callers_order, muted_among_nobody_muted,
+    muted_among_unknown_users_and_unflagged_conversations,
 };
 pub use reuse::{
     one_client_msg_id_across_conversations_and_kinds, recall_resend_is_answered_by_dedupe,
@@ -133,13 +139,19 @@ macro_rules! group_conformance_tests {
     };
 }
 
-/// Generates one `#[tokio::test]` per conversation-list case (mentions, flags).
+/// Generates one `#[tokio::test]` per conversation-list case (mentions, flags, and the
+/// notifier's read of them, `muted_among`).
 #[macro_export]
 macro_rules! flags_conformance_tests {
     ($setup:path) => {
         $crate::conformance_tests!(@cases $setup;
             mentions_are_stored_and_listed,
             flags_are_per_user_and_independent,
+            muted_among_nobody_muted,
+            muted_among_follows_mute_and_unmute,
+            muted_among_keeps_the_callers_order,
+            muted_among_unknown_users_and_unflagged_conversations,
+            muted_among_answers_thousands_in_one_call,
         );
     };
 }
@@ -170,6 +182,11 @@ pub async fn run_all_devices(store: &dyn Store) {
 pub async fn run_all_flags(store: &dyn Store) {
     mentions_are_stored_and_listed(store).await;
     flags_are_per_user_and_independent(store).await;
+    muted_among_nobody_muted(store).await;
+    muted_among_follows_mute_and_unmute(store).await;
+    muted_among_keeps_the_callers_order(store).await;
+    muted_among_unknown_users_and_unflagged_conversations(store).await;
+    muted_among_answers_thousands_in_one_call(store).await;
 }
 
 /// Runs every group case in turn on one store.

@@ -1,6 +1,7 @@
 //! A user's conversation list on [`RedisStore`]: one ZRANGEBYLEX of `U:convs`, then one
 //! atomic pipelined round trip for the page's entries, flags, receipts, mentions and (for a
-//! group) member row and latest seq (costs: the crate doc, *Key layout*).
+//! group) member row and latest seq (costs: the crate doc, *Key layout*); and the notifier's
+//! read of the same flags for many users of one conversation ([`RedisStore::muted_users`]).
 
 use tern_store::{ConversationEntry, Watermarks};
 
@@ -10,7 +11,48 @@ use crate::keys::{FLAG_MUTED, FLAG_PINNED, MENTION_ALL, mention_field};
 use crate::records::{parse_last, parse_watermarks};
 use crate::store::RedisStore;
 
+/// The flag bits of a `U:flags` field (`None`: no field, no flags); garbage is corrupt.
+fn flag_bits(field: Option<&str>, key: impl FnOnce() -> String) -> Result<u8, RedisStoreError> {
+    let Some(f) = field else { return Ok(0) };
+    f.parse::<u8>()
+        .ok()
+        .filter(|b| *b <= FLAG_MUTED | FLAG_PINNED)
+        .ok_or_else(|| RedisStoreError::Corrupt { key: key(), what: format!("flags {f:?}") })
+}
+
 impl RedisStore {
+    /// [`tern_store::Store::muted_among`]: one pipeline of one `HGET U:flags C` per user (each
+    /// user's flags live under their own tag), so one round trip of O(n) commands.
+    pub(crate) async fn muted_users(
+        &self,
+        conversation_id: &str,
+        user_ids: &[String],
+    ) -> Result<Vec<String>, RedisStoreError> {
+        if user_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for u in user_ids {
+            pipe.cmd("HGET").arg(self.keys.user_flags(u)).arg(conversation_id);
+        }
+        let fields: Vec<Option<String>> =
+            self.run(|mut conn| async move { Ok(pipe.query_async(&mut conn).await?) }).await?;
+        if fields.len() != user_ids.len() {
+            return Err(RedisStoreError::Corrupt {
+                key: self.keys.user_flags(&user_ids[0]),
+                what: "pipeline answered the wrong number of values".into(),
+            });
+        }
+        let mut out = Vec::new();
+        for (user, field) in user_ids.iter().zip(fields) {
+            let key = || format!("{} field {conversation_id}", self.keys.user_flags(user));
+            if flag_bits(field.as_deref(), key)? & FLAG_MUTED != 0 {
+                out.push(user.clone());
+            }
+        }
+        Ok(out)
+    }
+
     pub(crate) async fn conversations(
         &self,
         user_id: &str,
@@ -105,17 +147,8 @@ impl RedisStore {
                 Some(r) => parse_watermarks(&r)
                     .ok_or_else(|| self.corrupt_receipt(&conversation_id, user_id, &r))?,
             };
-            let bits = match flags {
-                None => 0,
-                Some(f) => f
-                    .parse::<u8>()
-                    .ok()
-                    .filter(|b| *b <= FLAG_MUTED | FLAG_PINNED)
-                    .ok_or_else(|| RedisStoreError::Corrupt {
-                        key: format!("{} field {conversation_id}", self.keys.user_flags(user_id)),
-                        what: format!("flags {f:?}"),
-                    })?,
-            };
+            let key = || format!("{} field {conversation_id}", self.keys.user_flags(user_id));
+            let bits = flag_bits(flags.as_deref(), key)?;
             out.push(ConversationEntry {
                 conversation_id,
                 last_seq,

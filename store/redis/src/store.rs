@@ -276,6 +276,14 @@ impl Store for RedisStore {
         Box::pin(async move { Ok(self.conversations(user_id, after, limit).await?) })
     }
 
+    fn muted_among<'a>(
+        &'a self,
+        conversation_id: &'a str,
+        user_ids: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
+        Box::pin(async move { Ok(self.muted_users(conversation_id, user_ids).await?) })
+    }
+
     fn get_group<'a>(
         &'a self,
         conversation_id: &'a str,

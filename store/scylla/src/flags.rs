@@ -9,6 +9,7 @@
 //! | mentions by id, group | `user_conversations.mention_seq` of each mentioned user with a member row | `UpsertMention`, after one head read and one member-row read per mentioned user |
 //! | mention of all, group | `conversation_meta.mention_all_seq` | the allocating LWT (`CasGroupSendMentionAll`) |
 //! | muted / pinned | `user_conversations.muted` / `.pinned` | `SetFlags` (`Write::Flags`) |
+//! | muted, by conversation | `conversation_mutes.muted` (row per user who ever set it) | `SetMute`, with `SetFlags` |
 //!
 //! Every cell keeps only the latest value, as the other backends keep only the latest mention
 //! of each kind: `mention_seq` is written `USING TIMESTAMP = seq` (the highest seq wins in any
@@ -27,9 +28,15 @@
 //! Costs: a message without mentions writes nothing more. A direct message with mentions:
 //! no extra statement. A group message mentioning k users: 1 head read, then k member-row
 //! reads and at most k writes (concurrent). A mention of all in a group: nothing more (a
-//! column of the allocating LWT). A flags write: 1 plain write. `list_conversations` reads
-//! all of it with the rows it reads anyway (see `listing.rs`).
+//! column of the allocating LWT). A flags write: 1 plain write, 2 (concurrent) when it sets
+//! muted. `list_conversations` reads all of it with the rows it reads anyway (see
+//! `listing.rs`). `muted_among` (which of n recipients muted a conversation: the offline-push
+//! read) is one single-partition read of `conversation_mutes` (`SelectMutes`, paged at the
+//! driver's page size: ceil(m / page) round trips for the m users who ever set the
+//! conversation's mute, whatever n is), then a hash-set filter of the n ids in the caller's
+//! order. Reading `user_conversations` instead would be n partitions, n queries.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use scylla::value::MaybeUnset;
@@ -105,14 +112,43 @@ pub(crate) fn next_stamp(last: &AtomicI64, now_us: i64) -> i64 {
     }
 }
 
+/// Of `user_ids`, in their order, those whose `conversation_mutes` row (`rows`: user id,
+/// muted; null = false) says muted.
+pub(crate) fn muted_of(rows: Vec<(String, Option<bool>)>, user_ids: &[String]) -> Vec<String> {
+    let muted: HashSet<String> =
+        rows.into_iter().filter(|(_, m)| *m == Some(true)).map(|(u, _)| u).collect();
+    if muted.is_empty() {
+        return Vec::new();
+    }
+    user_ids.iter().filter(|u| muted.contains(u.as_str())).cloned().collect()
+}
+
 impl Inner {
     /// A [`FlagsWrite`]: one plain write of the flags it sets (none when it sets nothing).
     pub(crate) async fn set_flags(&self, w: &FlagsWrite) -> Result<(), OpError> {
         let Some((muted, pinned)) = flag_values(w) else { return Ok(()) };
         let ts = next_stamp(&self.flag_clock, now_ms().saturating_mul(1000));
         let values = (ts, muted, pinned, w.user_id.as_str(), w.conversation_id.as_str());
-        self.exec(Stmt::SetFlags, values).await?;
+        let flags = self.exec(Stmt::SetFlags, values);
+        let Some(mute) = w.muted else { return flags.await.map(drop) };
+        let values = (ts, mute, w.conversation_id.as_str(), w.user_id.as_str());
+        tokio::try_join!(flags, self.exec(Stmt::SetMute, values))?;
         Ok(())
+    }
+
+    /// [`tern_store::Store::muted_among`]: the conversation's `conversation_mutes` partition,
+    /// then `user_ids` filtered by it in their order.
+    pub(crate) async fn muted_among(
+        &self,
+        conversation_id: &str,
+        user_ids: &[String],
+    ) -> Result<Vec<String>, OpError> {
+        if user_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(String, Option<bool>)> =
+            self.select_all(Stmt::SelectMutes, (conversation_id,)).await?;
+        Ok(muted_of(rows, user_ids))
     }
 
     /// The mentions by id of a group message at `seq`: each mentioned user with a member row
@@ -228,6 +264,23 @@ mod tests {
         assert!(matches!((m, p), (MaybeUnset::Set(true), MaybeUnset::Unset)));
         let Some((m, p)) = flag_values(&w(Some(false), Some(true))) else { panic!("a write") };
         assert!(matches!((m, p), (MaybeUnset::Set(false), MaybeUnset::Set(true))));
+    }
+
+    #[test]
+    fn mutes_filter_the_asked_users_in_their_order() {
+        let s = |v: &[&str]| v.iter().map(|u| (*u).to_owned()).collect::<Vec<_>>();
+        let rows = vec![
+            ("a".to_owned(), Some(true)),
+            ("b".to_owned(), Some(false)),
+            ("c".to_owned(), None),
+            ("d".to_owned(), Some(true)),
+        ];
+        assert_eq!(
+            muted_of(rows.clone(), &s(&["d", "b", "x", "a", "c", "d"])),
+            s(&["d", "a", "d"])
+        );
+        assert!(muted_of(rows, &s(&["b", "c", "x"])).is_empty());
+        assert!(muted_of(Vec::new(), &s(&["a"])).is_empty());
     }
 
     #[test]

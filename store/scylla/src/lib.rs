@@ -35,6 +35,7 @@ mod health;
 mod listing;
 pub mod row;
 pub mod schema;
+mod select;
 mod statements;
 mod store;
 

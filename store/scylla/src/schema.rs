@@ -73,6 +73,7 @@ mod tests {
                 "conversation_meta",
                 "dedupe",
                 "user_conversations",
+                "conversation_mutes",
                 "receipts",
                 "group_members",
                 "group_current",

@@ -155,6 +155,14 @@ statements! {
     SetFlags: Plain,
         "UPDATE ${keyspace}.user_conversations USING TIMESTAMP ? SET muted = ?, pinned = ? \
          WHERE user_id = ? AND conversation_id = ?";
+    /// Sets a user's mute of a conversation in the conversation's mutes (written with
+    /// `SetFlags`, the same timestamp and value).
+    SetMute: Plain,
+        "UPDATE ${keyspace}.conversation_mutes USING TIMESTAMP ? SET muted = ? \
+         WHERE conversation_id = ? AND user_id = ?";
+    /// Every user who ever set a mute of a conversation, with their mute (paged).
+    SelectMutes: Plain,
+        "SELECT user_id, muted FROM ${keyspace}.conversation_mutes WHERE conversation_id = ?";
     /// One page of a user's conversations after an id, with the user's mentions and flags.
     ListIndex: Plain,
         "SELECT conversation_id, last_seq, last_time_ms, mention_seq, muted, pinned FROM ${keyspace}.user_conversations \

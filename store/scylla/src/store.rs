@@ -1,6 +1,6 @@
 //! [`ScyllaStore`]: session setup (policies, timeouts, schema, prepared statements) and the
-//! [`Store`] implementation; appends live in `append.rs`, commits in `commit.rs`, groups in
-//! `group.rs`.
+//! [`Store`] implementation; appends live in `append.rs`, commits in `commit.rs`, row reads in
+//! `select.rs`, groups in `group.rs`.
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -12,11 +12,9 @@ use scylla::DeserializeRow;
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
-use scylla::deserialize::row::DeserializeRow;
 use scylla::policies::load_balancing::DefaultPolicy;
 use scylla::policies::retry::DefaultRetryPolicy;
 use scylla::response::query_result::QueryResult;
-use scylla::response::{PagingState, PagingStateResponse};
 use scylla::serialize::row::SerializeRow;
 use scylla::value::{CqlValue, Row};
 use tern_proto::v1;
@@ -227,43 +225,6 @@ impl Inner {
 
     pub(crate) async fn lwt(&self, stmt: Stmt, values: impl SerializeRow) -> Result<Lwt, OpError> {
         Lwt::from_result(self.exec(stmt, values).await?)
-    }
-
-    pub(crate) async fn select_one<R>(
-        &self,
-        stmt: Stmt,
-        values: impl SerializeRow,
-    ) -> Result<Option<R>, OpError>
-    where
-        R: for<'f> DeserializeRow<'f, 'f>,
-    {
-        let rows = self.exec(stmt, values).await?.into_rows_result()?;
-        Ok(rows.maybe_first_row::<R>()?)
-    }
-
-    /// Every row, page by page (`page_size` rows per round trip).
-    pub(crate) async fn select_all<R>(
-        &self,
-        stmt: Stmt,
-        values: impl SerializeRow,
-    ) -> Result<Vec<R>, OpError>
-    where
-        R: for<'f> DeserializeRow<'f, 'f>,
-    {
-        let prepared = self.stmts.get(stmt);
-        let mut out = Vec::new();
-        let mut state = PagingState::start();
-        loop {
-            let (result, next) = self.session.execute_single_page(prepared, &values, state).await?;
-            let rows = result.into_rows_result()?;
-            for r in rows.rows::<R>()? {
-                out.push(r?);
-            }
-            match next {
-                PagingStateResponse::HasMorePages { state: s } => state = s,
-                PagingStateResponse::NoMorePages => return Ok(out),
-            }
-        }
     }
 
     /// (last_seq, last_alloc_ms) of the allocator row (0, 0 when absent).
@@ -533,6 +494,14 @@ impl Store for ScyllaStore {
         limit: u32,
     ) -> BoxFuture<'a, Result<Vec<ConversationEntry>, StoreError>> {
         Box::pin(async move { Ok(self.inner.list_conversations(user_id, after, limit).await?) })
+    }
+
+    fn muted_among<'a>(
+        &'a self,
+        conversation_id: &'a str,
+        user_ids: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
+        Box::pin(async move { Ok(self.inner.muted_among(conversation_id, user_ids).await?) })
     }
 
     fn get_group<'a>(

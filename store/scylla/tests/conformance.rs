@@ -2,7 +2,7 @@
 //! (see build.rs); otherwise every live test is ignored with that reason, never passed.
 //!
 //! The group cases (`run_all_groups`) and the conversation-list cases (`run_all_flags`:
-//! mentions, muted / pinned) are run the same way.
+//! mentions, muted / pinned, `muted_among`) are run the same way.
 //!
 //! All cases share one keyspace (`TERN_SCYLLA_KEYSPACE`, default `tern_conformance`): the
 //! cases use unique ids, so they can run concurrently on one persistent store.
@@ -41,8 +41,15 @@ const GROUP_CASES: &[&str] = &[
 
 /// Every conversation-list case this file runs, in the order of
 /// `tern_store_conformance::run_all_flags`.
-const FLAG_CASES: &[&str] =
-    &["mentions_are_stored_and_listed", "flags_are_per_user_and_independent"];
+const FLAG_CASES: &[&str] = &[
+    "mentions_are_stored_and_listed",
+    "flags_are_per_user_and_independent",
+    "muted_among_nobody_muted",
+    "muted_among_follows_mute_and_unmute",
+    "muted_among_keeps_the_callers_order",
+    "muted_among_unknown_users_and_unflagged_conversations",
+    "muted_among_answers_thousands_in_one_call",
+];
 /// Every device case this file runs, in the order of `tern_store_conformance::run_all_devices`.
 const DEVICE_CASES: &[&str] = &[
     "devices_check_in_and_list",
@@ -114,6 +121,11 @@ live_cases!(
     GENERATED_FLAGS:
     mentions_are_stored_and_listed,
     flags_are_per_user_and_independent,
+    muted_among_nobody_muted,
+    muted_among_follows_mute_and_unmute,
+    muted_among_keeps_the_callers_order,
+    muted_among_unknown_users_and_unflagged_conversations,
+    muted_among_answers_thousands_in_one_call,
 );
 
 live_cases!(

@@ -407,6 +407,15 @@ impl Store for EmbeddedStore {
         Box::pin(self.read(move |db| tables::list_conversations_blocking(db, &user, &after, limit)))
     }
 
+    fn muted_among<'a>(
+        &'a self,
+        conversation_id: &'a str,
+        user_ids: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
+        let (conv, users) = (conversation_id.to_owned(), user_ids.to_vec());
+        Box::pin(self.read(move |db| tables::muted_among_blocking(db, &conv, &users)))
+    }
+
     fn get_group<'a>(
         &'a self,
         conversation_id: &'a str,

@@ -413,6 +413,25 @@ pub(super) fn list_conversations_blocking(
     Ok(out)
 }
 
+/// [`crate::Store::muted_among`]: one point lookup of `flags` per user, in one read
+/// transaction.
+pub(super) fn muted_among_blocking(
+    db: &Database,
+    conversation_id: &str,
+    user_ids: &[String],
+) -> Result<Vec<String>, EmbeddedError> {
+    let txn = db.begin_read()?;
+    let flags = txn.open_table(FLAGS)?;
+    let mut out = Vec::new();
+    for user in user_ids {
+        let bits = flags.get((user.as_str(), conversation_id))?.map_or(0, |g| g.value());
+        if bits & MUTED != 0 {
+            out.push(user.clone());
+        }
+    }
+    Ok(out)
+}
+
 /// Group conversation ids start with this (`tern_proto::ids`).
 pub(super) const GROUP_PREFIX: &str = "g:";
 

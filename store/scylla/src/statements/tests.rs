@@ -214,7 +214,10 @@ fn schema_parses_into_the_expected_keys() {
     for c in ["platform", "last_seen_ms", "revoked_before_ms", "push"] {
         assert!(t["devices"].columns.contains(c), "devices.{c}");
     }
-    assert_eq!(t.len(), 9);
+    assert_eq!(t["conversation_mutes"].partition_key, ["conversation_id"]);
+    assert_eq!(t["conversation_mutes"].clustering, ["user_id"]);
+    assert!(t["conversation_mutes"].columns.contains("muted"));
+    assert_eq!(t.len(), 10);
 }
 
 #[test]
@@ -280,8 +283,8 @@ fn no_filtering_and_multi_row_reads_are_bounded() {
         assert!(!cql.contains(" IN "), "{stmt:?}: multi-partition IN");
     }
     // The reads that may return several rows: bounded by a seq range inside one bucket,
-    // a LIMIT, or a partition whose size the schema bounds (a conversation's members, a
-    // user's devices).
+    // a LIMIT, or a partition whose size the schema bounds (a conversation's members, the
+    // users who ever muted a conversation, a user's devices).
     let multi: Vec<Stmt> = Stmt::ALL
         .iter()
         .copied()
@@ -300,6 +303,7 @@ fn no_filtering_and_multi_row_reads_are_bounded() {
         multi,
         [
             Stmt::SelectMessages,
+            Stmt::SelectMutes,
             Stmt::ListIndex,
             Stmt::SelectReceipts,
             Stmt::ListCurrent,
@@ -429,6 +433,7 @@ fn plain_writes_of_rows_several_writers_touch_carry_a_timestamp() {
         Stmt::UpsertIndexMention,
         Stmt::UpsertMention,
         Stmt::SetFlags,
+        Stmt::SetMute,
         Stmt::SetDelivered,
         Stmt::SetRead,
         Stmt::UpsertMember,
@@ -468,6 +473,8 @@ fn markers_match_the_values_the_code_binds() {
         (Stmt::UpsertIndexMention, 6),
         (Stmt::UpsertMention, 4),
         (Stmt::SetFlags, 5),
+        (Stmt::SetMute, 4),
+        (Stmt::SelectMutes, 1),
         (Stmt::ListIndex, 3),
         (Stmt::SetDelivered, 4),
         (Stmt::SetRead, 4),
