@@ -34,7 +34,11 @@ export PAIRS=$GROUP_COUNT TAG=$MODE-group
 PAIRS_ARGS="--group-size $SIZE --receipt-interval $RECEIPT_INTERVAL --login-timeout 60s"
 if [ "$READ" = 0 ]; then PAIRS_ARGS+=" --no-read"; fi
 export PAIRS_ARGS
+# Every member logs in at once from one address (the default allows 1,000 pending per source).
+export SERVER_SETS="gateway.max_pending_logins_per_source=100000 gateway.max_connections_per_source=100000"
 
+# 2 x GROUP_COUNT x SIZE sockets (client and server side) need more than the usual 1024 fds.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 loadtest/scripts/msg_path.sh
 
 python3 - "$OUT/$TAG-rate.json" "$OUT/$TAG-saturation.json" <<'PY' | tee "$OUT/$TAG-figures.txt"

@@ -18,7 +18,7 @@
 # Settings (environment): MODE (embedded | distributed) PAIRS RATE WINDOW BODY WARMUP DURATION
 # RECEIPTS (1; 0 = receivers send none: the issue's "no receipts" rows) GATEWAYS WORKERS
 # (distributed) PAIRS_ARGS (more `pairs` arguments for both runs; group_chat.sh passes
-# `--group-size`) TAG (result name prefix, default MODE) FRAME_LIMIT (gateway.max_frames_per_sec; default 0 = off: at 100k msg/s each of
+# `--group-size`) SERVER_SETS (more `key=value` server settings, space-separated) TAG (result name prefix, default MODE) FRAME_LIMIT (gateway.max_frames_per_sec; default 0 = off: at 100k msg/s each of
 # 100 senders sends 1000 frames/s, the default limit) OUT (result directory) TERN_BIN
 # LOADTEST_BIN (skip the build). Results: OUT/<mode>[-noreceipts]-{rate,saturation}.{txt,json}
 # and OUT/<mode>[-noreceipts]-summary.txt. Everything stops by itself (`--max-duration` and
@@ -89,6 +89,7 @@ KEY=$(python3 -c 'import base64,os; print(base64.b64encode(os.urandom(32)).decod
 CLIENT=$(free_port)
 SERVER_PIDS=()
 limit=(--set "gateway.max_frames_per_sec=$FRAME_LIMIT")
+for kv in ${SERVER_SETS:-}; do limit+=(--set "$kv"); done
 case $MODE in
   embedded)
     "$TERN_BIN" serve --listen "127.0.0.1:$CLIENT" --http-listen "" --data-dir "$WORK/data" \

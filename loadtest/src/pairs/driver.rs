@@ -417,7 +417,8 @@ impl Driver {
         self.dirty.push(token);
     }
 
-    fn flush_dirty(&mut self) {
+    /// Writes what every connection has waiting (the loop does it at the end of each turn).
+    pub fn flush_dirty(&mut self) {
         let mut dirty = std::mem::take(&mut self.dirty);
         dirty.sort_unstable();
         dirty.dedup();

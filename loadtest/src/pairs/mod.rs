@@ -296,6 +296,8 @@ fn create_groups(
         let crid = format!("{nonce:08x}-g{g}");
         d.create_group(g * size, name, members, crid);
     }
+    // Out now: the loop below may wait for the first answer before its turn writes.
+    d.flush_dirty();
     // Bounded: until the deadline.
     loop {
         let created = (0..groups)
