@@ -380,7 +380,7 @@ fn report(
         pairs: args.pairs as u64,
         group_size: args.group_size as u64,
         read_receipts: args.group_size > 0 && !args.no_receipts && !args.no_read,
-        receipt_interval_secs: (args.group_size > 0).then(|| args.receipt_interval.as_secs_f64()),
+        receipt_interval_secs: (args.group_size > 0).then_some(args.receipt_interval.as_secs_f64()),
         body_bytes: args.body_bytes as u64,
         target_rate: args.rate,
         window: window as u64,

@@ -138,7 +138,7 @@ pub enum Role {
     /// `{prefix}r{i}`: receives and sends receipts.
     Receiver(Receiver),
     /// `{prefix}g{g}m{j}` (`--group-size`): sends to its group, receives, sends receipts.
-    Member(Member),
+    Member(Box<Member>),
 }
 
 /// What the run shares with every peer.
@@ -229,13 +229,13 @@ impl Peer {
     ) -> Result<Self, PeerError> {
         wire::login(token, out)?;
         let m = Member::new(seat, run.nonce, Sender::new(String::new(), body_bytes, run.nonce));
-        Ok(Self::new(seat.index, Role::Member(m), run))
+        Ok(Self::new(seat.index, Role::Member(Box::new(m)), run))
     }
 
     /// The member state (`None` for a pair's peers).
     pub fn as_member(&self) -> Option<&Member> {
         match &self.role {
-            Role::Member(m) => Some(m),
+            Role::Member(m) => Some(&**m),
             _ => None,
         }
     }
@@ -243,7 +243,7 @@ impl Peer {
     /// The member state, mutable.
     pub fn as_member_mut(&mut self) -> Option<&mut Member> {
         match &mut self.role {
-            Role::Member(m) => Some(m),
+            Role::Member(m) => Some(&mut **m),
             _ => None,
         }
     }
