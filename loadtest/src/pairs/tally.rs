@@ -221,10 +221,12 @@ mod tests {
         t.on_ack(2_000, 12_000, true);
         t.on_deliver(2_000, 7_000);
         t.on_receipt_sent();
+        t.on_receipt_push();
         t.measuring = false;
         t.on_deliver(5_000, 9_000);
-        assert_eq!((t.sent, t.acked, t.duplicate_acks, t.delivered), (2, 2, 1, 2));
         t.on_receipt_push();
+        assert_eq!((t.sent, t.acked, t.duplicate_acks, t.delivered), (2, 2, 1, 2));
+        assert_eq!(t.receipt_pushes, 2);
         assert_eq!(
             t.in_window,
             InWindow { sent: 1, acked: 1, delivered: 1, receipts_sent: 1, receipt_pushes: 1 }
