@@ -17,7 +17,8 @@
 #
 # Settings (environment): MODE (embedded | distributed) PAIRS RATE WINDOW BODY WARMUP DURATION
 # RECEIPTS (1; 0 = receivers send none: the issue's "no receipts" rows) GATEWAYS WORKERS
-# (distributed) FRAME_LIMIT (gateway.max_frames_per_sec; default 0 = off: at 100k msg/s each of
+# (distributed) PAIRS_ARGS (more `pairs` arguments for both runs; group_chat.sh passes
+# `--group-size`) SERVER_SETS (more `key=value` server settings, space-separated) TAG (result name prefix, default MODE) FRAME_LIMIT (gateway.max_frames_per_sec; default 0 = off: at 100k msg/s each of
 # 100 senders sends 1000 frames/s, the default limit) OUT (result directory) TERN_BIN
 # LOADTEST_BIN (skip the build). Results: OUT/<mode>[-noreceipts]-{rate,saturation}.{txt,json}
 # and OUT/<mode>[-noreceipts]-summary.txt. Everything stops by itself (`--max-duration` and
@@ -37,6 +38,7 @@ WORKERS=${WORKERS:-2}
 FRAME_LIMIT=${FRAME_LIMIT:-0}
 RECEIPTS=${RECEIPTS:-1}
 OUT=${OUT:-target/msg_path}
+PAIRS_ARGS=${PAIRS_ARGS:-}
 
 if [ -z "${TERN_BIN:-}" ] || [ -z "${LOADTEST_BIN:-}" ]; then
   cargo build --release -p tern -p tern-loadtest
@@ -87,6 +89,7 @@ KEY=$(python3 -c 'import base64,os; print(base64.b64encode(os.urandom(32)).decod
 CLIENT=$(free_port)
 SERVER_PIDS=()
 limit=(--set "gateway.max_frames_per_sec=$FRAME_LIMIT")
+for kv in ${SERVER_SETS:-}; do limit+=(--set "$kv"); done
 case $MODE in
   embedded)
     "$TERN_BIN" serve --listen "127.0.0.1:$CLIENT" --http-listen "" --data-dir "$WORK/data" \
@@ -140,7 +143,8 @@ esac
 wait_port "$CLIENT" "the client port"
 
 pid_args=(); for p in "${SERVER_PIDS[@]}"; do pid_args+=(--server-pid "$p"); done
-tag=$MODE
+tag=${TAG:-$MODE}
+read -r -a extra <<<"$PAIRS_ARGS"
 if [ "$RECEIPTS" = 0 ]; then pid_args+=(--no-receipts); tag+=-noreceipts; fi
 hard=$(( $(secs "$WARMUP") + $(secs "$DURATION") + 90 ))
 run_pairs() { # name, user prefix, extra args...
@@ -148,7 +152,7 @@ run_pairs() { # name, user prefix, extra args...
   echo "msg_path: $name ($MODE) ..." >&2
   timeout $(( hard + 30 )) "$LOADTEST_BIN" pairs --addr "127.0.0.1:$CLIENT" --key "$KEY" \
     --pairs "$PAIRS" --body-bytes "$BODY" --warmup "$WARMUP" --duration "$DURATION" \
-    --user-prefix "$prefix" --max-duration "${hard}s" --quiet "${pid_args[@]}" "$@" \
+    --user-prefix "$prefix" --max-duration "${hard}s" --quiet "${pid_args[@]}" "${extra[@]}" "$@" \
     --json "$OUT/$tag-$name.json" >"$OUT/$tag-$name.txt" \
     || echo "msg_path: the $name run failed" >&2
 }

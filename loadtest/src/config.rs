@@ -195,6 +195,20 @@ pub struct PairsArgs {
     /// most one in flight, like a real client).
     #[arg(long)]
     pub no_receipts: bool,
+    /// Group chat: `--pairs` groups of this many members each (2 to 500; user `{prefix}g{g}m{j}`),
+    /// created before sending by their first member; every member sends `--rate / (pairs *
+    /// group-size)` msg/s to its group (or keeps `--window` in flight) and receives the others'.
+    /// 0: 1:1 pairs.
+    #[arg(long, default_value_t = 0)]
+    pub group_size: usize,
+    /// Group members send at most one receipt per kind per this interval (PROTOCOL.md section
+    /// 11: one per second); 0: one per received batch, at most one in flight per kind.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub receipt_interval: Duration,
+    /// Group members send DELIVERED receipts only (by default every delivered seq is also
+    /// READ: the chat is open on screen).
+    #[arg(long)]
+    pub no_read: bool,
     /// Sends in flight per pair at most (default: 16 with `--rate 0`, 256 with a rate, the
     /// server's default `gateway.max_inflight_requests`).
     #[arg(long)]

@@ -129,3 +129,41 @@ fn open_loop_pairs_get_every_message_acked_delivered_once_and_receipted() {
     let again = pairs(&server, &["--pairs", "5", "--messages", "100", "--rate", "300"], out.path());
     assert_all_settled(&again, 100, true);
 }
+
+#[test]
+fn group_members_get_every_other_members_messages_once_and_their_receipts_are_answered() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let server = serve(dir.path());
+    let out = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    // 2 groups of 5: every message reaches the 4 other members of its group.
+    let args = ["--pairs", "2", "--group-size", "5", "--messages", "200", "--rate", "0"];
+    let r = pairs(
+        &server,
+        &[&args[..], &["--window", "2", "--receipt-interval", "100ms"]].concat(),
+        out.path(),
+    );
+    for key in ["sent", "acked", "window_sent", "window_acked"] {
+        assert_eq!(r[key], 200, "{key} in {r:#}");
+    }
+    assert_eq!(r["delivered"], 800, "{r:#}");
+    assert_eq!(r["deliver_latency_us"]["n"], 800, "{r:#}");
+    assert_eq!(r["deliver_last_latency_us"]["n"], 200, "{r:#}");
+    for key in ["undelivered", "duplicate_deliveries", "foreign_deliveries", "misrouted_deliveries"]
+    {
+        assert_eq!(r[key], 0, "{key} in {r:#}");
+    }
+    for key in ["send_errors", "receipt_errors", "failures", "other_frames"] {
+        assert_eq!(r[key].as_object().map(|m| m.len()), Some(0), "{key} in {r:#}");
+    }
+    // Every member heard of its group's creation; DELIVERED and READ receipts, all answered,
+    // each pushed to the other members.
+    let events = r["group_events"].as_u64().unwrap_or(0);
+    assert!((8..=10).contains(&events), "{r:#}");
+    let receipts = r["receipts_sent"].as_u64().unwrap_or(0);
+    let read = r["read_receipts_sent"].as_u64().unwrap_or(0);
+    assert!(receipts >= 20 && read >= 10 && read < receipts, "{r:#}");
+    assert_eq!(r["receipt_answers"], receipts, "{r:#}");
+    assert!(r["receipt_pushes"].as_u64().unwrap_or(0) > 0, "{r:#}");
+    assert_eq!(r["drained"], true, "{r:#}");
+    assert!(r["cpu"]["server_cpu_secs_per_100k_deliveries"].as_f64().is_some(), "{r:#}");
+}

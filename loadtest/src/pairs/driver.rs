@@ -74,8 +74,11 @@ pub struct Driver {
     poll: Poll,
     events: Events,
     timer: OwnedFd,
-    /// Sender of pair `i` at `2i`, receiver at `2i + 1`.
+    /// Pairs: sender of pair `i` at `2i`, receiver at `2i + 1`. Groups: member `j` of group
+    /// `g` at `g * group_size + j`, every one a sender.
     pub conns: Vec<Conn>,
+    /// Members per group (0: pairs).
+    pub group_size: usize,
     buf: Vec<u8>,
     /// The run clock's zero (reset when sending starts).
     pub epoch: Instant,
@@ -118,6 +121,7 @@ impl Driver {
             events: Events::with_capacity(256),
             timer,
             conns: Vec::new(),
+            group_size: 0,
             buf: vec![0; READ_BUF_BYTES],
             epoch: Instant::now(),
             tally,
@@ -265,7 +269,7 @@ impl Driver {
                 self.mark_dirty(token);
             }
             if fed.answered > 0 {
-                self.try_send(token / 2, now_ns);
+                self.try_send(self.sender_of(token), now_ns);
             }
             // A short read emptied the socket: no second read just to see WouldBlock (bytes
             // arriving from now on raise a new edge-triggered event).
@@ -282,11 +286,21 @@ impl Driver {
         Ok(())
     }
 
-    /// Sends what pair `pair`'s sender may send now: up to its window, and in open loop only
-    /// the messages that are due.
+    /// Senders: one per pair, or every group member.
+    pub fn senders(&self) -> usize {
+        if self.group_size > 0 { self.conns.len() } else { self.conns.len() / 2 }
+    }
+
+    /// The sender index of connection `token` (pairs: its pair's).
+    fn sender_of(&self, token: usize) -> usize {
+        if self.group_size > 0 { token } else { token / 2 }
+    }
+
+    /// Sends what sender `pair` (a pair's sender or a group member) may send now: up to its
+    /// window, and in open loop only the messages that are due.
     pub fn try_send(&mut self, pair: usize, now_ns: u64) {
-        let token = 2 * pair;
-        let pairs = (self.conns.len() / 2) as u64;
+        let token = if self.group_size > 0 { pair } else { 2 * pair };
+        let pairs = self.senders() as u64;
         let mut wrote = false;
         let result = loop {
             let Some(c) = self.conns.get_mut(token) else { break Ok(()) };
@@ -324,7 +338,7 @@ impl Driver {
 
     /// Open loop: makes every message due by `now_ns` due at its pair, and sends it.
     pub fn release_due(&mut self, now_ns: u64) {
-        let pairs = (self.conns.len() / 2).max(1) as u64;
+        let pairs = self.senders().max(1) as u64;
         // Bounded by the messages due since the last call (rate x the time since).
         loop {
             let Pace::Rate { rate, next_m, due } = &mut self.pace else { return };
@@ -352,6 +366,37 @@ impl Driver {
         Some(self.epoch + Duration::from_nanos(Pace::due_ns(*rate, *next_m)))
     }
 
+    /// Groups: member `token` (a group's first) creates its group with `members`.
+    pub fn create_group(
+        &mut self,
+        token: usize,
+        name: String,
+        members: Vec<String>,
+        client_request_id: String,
+    ) {
+        let Some(c) = self.conns.get_mut(token) else { return };
+        let Some(m) = c.peer.as_member_mut() else { return };
+        match m.create_group(name, members, client_request_id, &mut c.out) {
+            Ok(()) => self.mark_dirty(token),
+            Err(e) => self.fail(token, &e),
+        }
+    }
+
+    /// Groups: appends the receipts members owe and may send now (their receipt interval).
+    pub fn receipt_ticks(&mut self, now_ns: u64) {
+        for token in 0..self.conns.len() {
+            let c = &mut self.conns[token];
+            if c.dead || !c.peer.logged_in {
+                continue;
+            }
+            match c.peer.tick(now_ns, &mut self.tally, &mut c.out) {
+                Ok(true) => self.mark_dirty(token),
+                Ok(false) => {}
+                Err(e) => self.fail(token, &e),
+            }
+        }
+    }
+
     /// Appends a Ping to every live connection that wrote nothing for half its heartbeat.
     pub fn heartbeats(&mut self, now_ns: u64) {
         for token in 0..self.conns.len() {
@@ -372,7 +417,8 @@ impl Driver {
         self.dirty.push(token);
     }
 
-    fn flush_dirty(&mut self) {
+    /// Writes what every connection has waiting (the loop does it at the end of each turn).
+    pub fn flush_dirty(&mut self) {
         let mut dirty = std::mem::take(&mut self.dirty);
         dirty.sort_unstable();
         dirty.dedup();
@@ -434,6 +480,9 @@ impl Driver {
     /// no receipt in flight or owed. Pairs with a failed connection cannot settle; they count
     /// as settled (the report shows the failure).
     pub fn settled(&self) -> bool {
+        if self.group_size > 0 {
+            return self.conns.chunks(self.group_size).all(group_settled);
+        }
         self.conns.chunks(2).all(|pair| match pair {
             [s, r] => {
                 s.dead
@@ -451,4 +500,19 @@ impl Driver {
     pub fn in_flight(&self) -> usize {
         self.conns.iter().filter_map(|c| c.peer.as_sender()).map(|s| s.in_flight).sum()
     }
+}
+
+/// Whether a group is settled: no send in flight, every member has every other member's acked
+/// messages, no receipt in flight or owed (or a member failed: the report shows it).
+fn group_settled(members: &[Conn]) -> bool {
+    if members.iter().any(|c| c.dead) {
+        return true;
+    }
+    let acked: u64 = members.iter().filter_map(|c| c.peer.as_sender()).map(|s| s.acked).sum();
+    members.iter().all(|c| {
+        let own = c.peer.as_sender().map_or(0, |s| s.acked);
+        c.peer.as_sender().is_some_and(|s| s.in_flight == 0)
+            && c.peer.delivered() >= acked - own
+            && c.peer.receipts_settled()
+    })
 }

@@ -6,11 +6,15 @@
 //! the protocol asks of a real client (PROTOCOL.md section 11): one DELIVERED receipt per
 //! received batch of Delivers (a batch is what one read returned), at most one in flight; when
 //! its answer comes, the next one goes out for the highest seq seen, if that moved.
+//!
+//! A group member ([`Role::Member`], `--group-size`) is both: its state and frames are in
+//! [`super::member`].
 
 use tern_proto::v1::envelope::Body;
-use tern_proto::v1::{Envelope, ErrorCode};
+use tern_proto::v1::{Envelope, ErrorCode, ReceiptKind};
 use tern_proto::{FrameDecoder, FrameError};
 
+use super::member::{Member, Seat};
 use super::tally::Tally;
 use super::wire::{self, SendEncoder, Stamp};
 
@@ -33,6 +37,9 @@ pub enum PeerError {
     /// The server sent a fatal Error after login.
     #[error("fatal server error: {0}")]
     Fatal(String),
+    /// The server refused the CreateGroup.
+    #[error("group not created: {0}")]
+    GroupRefused(String),
     /// The server closed the connection.
     #[error("closed by the server")]
     Closed,
@@ -49,6 +56,7 @@ impl PeerError {
             PeerError::LoginRejected(_) => "login_rejected",
             PeerError::Kicked(_) => "kicked",
             PeerError::Fatal(_) => "server_error",
+            PeerError::GroupRefused(_) => "group_refused",
             PeerError::Closed => "closed",
             PeerError::Io(_) => "io",
         }
@@ -66,6 +74,43 @@ pub struct Sender {
     /// Sends acked so far.
     pub acked: u64,
     last_request_id: u64,
+}
+
+impl Sender {
+    fn new(conversation_id: String, body_bytes: usize, nonce: u32) -> Self {
+        Self {
+            enc: SendEncoder::new(conversation_id, body_bytes, nonce),
+            in_flight: 0,
+            sent: 0,
+            acked: 0,
+            last_request_id: 1,
+        }
+    }
+
+    /// Sends go to `conversation_id` from now on.
+    pub fn set_conversation(&mut self, conversation_id: &str) {
+        self.enc.set_conversation(conversation_id);
+    }
+
+    /// The SendAck of request `id` (the send time + 1) arrived at `now_ns`.
+    pub fn on_ack(&mut self, id: u64, duplicate: bool, now_ns: u64, tally: &mut Tally) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        self.acked += 1;
+        tally.on_ack(id - 1, now_ns, duplicate);
+    }
+
+    /// A Send was refused with `code`.
+    pub fn on_refused(&mut self, code: &str, tally: &mut Tally) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        Tally::bump(&mut tally.send_errors, code);
+    }
+
+    /// The next request id for a frame written at `now_ns` (the send time + 1, never 0,
+    /// strictly increasing per connection).
+    fn next_id(&mut self, now_ns: u64) -> u64 {
+        self.last_request_id = (now_ns + 1).max(self.last_request_id + 1);
+        self.last_request_id
+    }
 }
 
 /// A receiver's state.
@@ -92,6 +137,8 @@ pub enum Role {
     Sender(Sender),
     /// `{prefix}r{i}`: receives and sends receipts.
     Receiver(Receiver),
+    /// `{prefix}g{g}m{j}` (`--group-size`): sends to its group, receives, sends receipts.
+    Member(Box<Member>),
 }
 
 /// What the run shares with every peer.
@@ -147,13 +194,7 @@ impl Peer {
         out: &mut Vec<u8>,
     ) -> Result<Self, PeerError> {
         wire::login(token, out)?;
-        let s = Sender {
-            enc: SendEncoder::new(conversation_id, body_bytes, run.nonce),
-            in_flight: 0,
-            sent: 0,
-            acked: 0,
-            last_request_id: 1,
-        };
+        let s = Sender::new(conversation_id, body_bytes, run.nonce);
         Ok(Self::new(pair, Role::Sender(s), run))
     }
 
@@ -178,6 +219,50 @@ impl Peer {
         Ok(Self::new(pair, Role::Receiver(r), run))
     }
 
+    /// The group member at `seat` logging in with `token` (its group's id comes later).
+    pub fn member(
+        seat: Seat,
+        token: String,
+        body_bytes: usize,
+        run: RunIds,
+        out: &mut Vec<u8>,
+    ) -> Result<Self, PeerError> {
+        wire::login(token, out)?;
+        let m = Member::new(seat, run.nonce, Sender::new(String::new(), body_bytes, run.nonce));
+        Ok(Self::new(seat.index, Role::Member(Box::new(m)), run))
+    }
+
+    /// The member state (`None` for a pair's peers).
+    pub fn as_member(&self) -> Option<&Member> {
+        match &self.role {
+            Role::Member(m) => Some(&**m),
+            _ => None,
+        }
+    }
+
+    /// The member state, mutable.
+    pub fn as_member_mut(&mut self) -> Option<&mut Member> {
+        match &mut self.role {
+            Role::Member(m) => Some(&mut **m),
+            _ => None,
+        }
+    }
+
+    /// Appends the receipts a member owes and may send at `now_ns` (the receipt interval).
+    pub fn tick(
+        &mut self,
+        now_ns: u64,
+        tally: &mut Tally,
+        out: &mut Vec<u8>,
+    ) -> Result<bool, PeerError> {
+        let Role::Member(m) = &mut self.role else { return Ok(false) };
+        let wrote = m.maybe_receipts(self.run.receipts, now_ns, tally, out)?;
+        if wrote {
+            self.last_write_ns = now_ns;
+        }
+        Ok(wrote)
+    }
+
     fn new(pair: usize, role: Role, run: RunIds) -> Self {
         Self {
             pair,
@@ -191,10 +276,11 @@ impl Peer {
         }
     }
 
-    /// The sender state (`None` for a receiver).
+    /// The sender state (`None` for a receiver, and for a member whose group is not known).
     pub fn as_sender(&self) -> Option<&Sender> {
         match &self.role {
             Role::Sender(s) => Some(s),
+            Role::Member(m) => m.conversation().map(|_| &m.send),
             Role::Receiver(_) => None,
         }
     }
@@ -203,6 +289,7 @@ impl Peer {
     pub fn delivered(&self) -> u64 {
         match &self.role {
             Role::Receiver(r) => r.delivered,
+            Role::Member(m) => m.delivered,
             Role::Sender(_) => 0,
         }
     }
@@ -214,6 +301,7 @@ impl Peer {
                 !self.run.receipts
                     || r.receipt_in_flight.is_none() && r.receipt_seq >= r.highest_seq
             }
+            Role::Member(m) => m.receipts_settled(self.run.receipts),
             Role::Sender(_) => true,
         }
     }
@@ -227,13 +315,15 @@ impl Peer {
         tally: &mut Tally,
         out: &mut Vec<u8>,
     ) -> Result<(), PeerError> {
-        let Role::Sender(s) = &mut self.role else { return Ok(()) };
-        // The request id is the send time + 1 (never 0), strictly increasing per connection.
-        let request_id = (now_ns + 1).max(s.last_request_id + 1);
+        let s = match &mut self.role {
+            Role::Sender(s) => s,
+            Role::Member(m) if m.conversation().is_some() => &mut m.send,
+            _ => return Ok(()),
+        };
+        let request_id = s.next_id(now_ns);
         let sent_ns = request_id - 1;
         let stamp = Stamp { nonce: self.run.nonce, pair: self.pair as u32, k: s.sent, sent_ns };
         s.enc.encode(&stamp, request_id, out)?;
-        s.last_request_id = request_id;
         s.sent += 1;
         s.in_flight += 1;
         self.last_write_ns = now_ns;
@@ -249,10 +339,8 @@ impl Peer {
         out: &mut Vec<u8>,
     ) -> Result<(), PeerError> {
         let id = match &mut self.role {
-            Role::Sender(s) => {
-                s.last_request_id = (now_ns + 1).max(s.last_request_id + 1);
-                s.last_request_id
-            }
+            Role::Sender(s) => s.next_id(now_ns),
+            Role::Member(m) => m.send.next_id(now_ns),
             Role::Receiver(r) => {
                 r.next_request_id += 1;
                 r.next_request_id - 1
@@ -342,18 +430,18 @@ impl Peer {
             (_, Body::Kick(k)) => return Err(PeerError::Kicked(k.reason)),
             (_, Body::Error(e)) if e.fatal => return Err(PeerError::Fatal(error_text(&e))),
             (_, Body::Pong(_)) => tally.pongs += 1,
+            (Role::Member(m), body) => {
+                *delivers |= m.on_frame(id, body, now_ns, tally, &mut fed.answered)?;
+            }
             (Role::Sender(s), Body::SendAck(ack)) if id != 0 => {
-                s.in_flight = s.in_flight.saturating_sub(1);
-                s.acked += 1;
+                s.on_ack(id, ack.duplicate, now_ns, tally);
                 fed.answered += 1;
-                tally.on_ack(id - 1, now_ns, ack.duplicate);
             }
             (Role::Sender(s), Body::Error(e)) if id != 0 => {
-                s.in_flight = s.in_flight.saturating_sub(1);
+                s.on_refused(code_name(e.code()), tally);
                 fed.answered += 1;
-                Tally::bump(&mut tally.send_errors, code_name(e.code()));
             }
-            (Role::Sender(_), Body::ReceiptUpdate(_)) if id == 0 => tally.receipt_pushes += 1,
+            (Role::Sender(_), Body::ReceiptUpdate(_)) if id == 0 => tally.on_receipt_push(),
             (Role::Receiver(r), Body::Deliver(d)) => {
                 let Some(m) = d.message else {
                     Tally::bump(&mut tally.other_frames, "Deliver without message");
@@ -398,12 +486,15 @@ impl Peer {
         tally: &mut Tally,
         out: &mut Vec<u8>,
     ) -> Result<(), PeerError> {
+        if matches!(self.role, Role::Member(_)) {
+            return self.tick(now_ns, tally, out).map(|_| ());
+        }
         let Role::Receiver(r) = &mut self.role else { return Ok(()) };
         if !self.run.receipts || r.receipt_in_flight.is_some() || r.highest_seq <= r.receipt_seq {
             return Ok(());
         }
         let id = r.next_request_id;
-        wire::receipt(&r.conversation_id, r.highest_seq, id, out)?;
+        wire::receipt(&r.conversation_id, ReceiptKind::Delivered, r.highest_seq, id, out)?;
         r.next_request_id += 1;
         r.receipt_in_flight = Some(id);
         r.receipt_seq = r.highest_seq;
@@ -427,7 +518,7 @@ impl Receiver {
 }
 
 /// A frame's kind for the report (`SyncHint`, `Error NOT_A_MEMBER`...).
-fn frame_name(body: &Body) -> String {
+pub fn frame_name(body: &Body) -> String {
     match body {
         Body::Error(e) => return format!("Error {}", code_name(e.code())),
         Body::SyncHint(h) => return format!("SyncHint {}", h.reason),
@@ -437,7 +528,7 @@ fn frame_name(body: &Body) -> String {
     text.split('(').next().unwrap_or("?").to_owned()
 }
 
-fn error_text(e: &tern_proto::v1::Error) -> String {
+pub fn error_text(e: &tern_proto::v1::Error) -> String {
     format!("{}: {}", code_name(e.code()), e.message)
 }
 
@@ -448,155 +539,5 @@ pub fn code_name(code: ErrorCode) -> &'static str {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::pairs::tally::Window;
-    use tern_proto::v1::{Deliver, Kick, LoginOk, Message, ReceiptUpdate, SendAck};
-    use tern_proto::{DEFAULT_MAX_FRAME_BYTES, encode_to_bytes};
-
-    const RUN: RunIds = RunIds { nonce: 9, receipts: true };
-
-    fn frame(request_id: u64, body: Body) -> Vec<u8> {
-        let env = Envelope { request_id, body: Some(body) };
-        encode_to_bytes(&env, DEFAULT_MAX_FRAME_BYTES).map(|b| b.to_vec()).unwrap_or_default()
-    }
-
-    fn deliver(seq: u64, nonce: u32, pair: u32, k: u64) -> Vec<u8> {
-        let mut body = Vec::new();
-        wire::write_body(&Stamp { nonce, pair, k, sent_ns: 100 }, 64, &mut body);
-        let message = Message {
-            conversation_id: "dm:a:b".into(),
-            seq,
-            body: body.into(),
-            ..Message::default()
-        };
-        frame(0, Body::Deliver(Deliver { message: Some(message) }))
-    }
-
-    /// The frames in `out` (drained).
-    fn frames(out: &mut Vec<u8>) -> Vec<Envelope> {
-        let (dec, mut at, mut v) = (FrameDecoder::default(), 0, Vec::new());
-        while let Ok(Some((env, n))) = dec.decode_slice(&out[at..]) {
-            at += n;
-            v.push(env);
-        }
-        assert_eq!(at, out.len());
-        out.clear();
-        v
-    }
-
-    fn receipt_of(env: &Envelope) -> Option<(u64, u64)> {
-        match &env.body {
-            Some(Body::Receipt(r)) => Some((env.request_id, r.seq)),
-            _ => None,
-        }
-    }
-
-    fn logged_in(peer: &mut Peer, tally: &mut Tally, out: &mut Vec<u8>) {
-        let ok =
-            frame(1, Body::LoginOk(LoginOk { heartbeat_interval_ms: 500, ..LoginOk::default() }));
-        let fed = peer.feed(&ok, 0, tally, out).unwrap_or_else(|e| panic!("login: {e}"));
-        assert!(fed.logged_in && peer.logged_in);
-        assert_eq!(peer.heartbeat_ms, 500);
-    }
-
-    #[test]
-    fn a_receiver_sends_one_receipt_per_batch_and_one_in_flight() {
-        let mut tally = Tally::new(Window { start_ns: 0, end_ns: u64::MAX });
-        let mut out = Vec::new();
-        let mut r = Peer::receiver(2, "tok".into(), "dm:a:b".into(), RUN, &mut out)
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert!(matches!(frames(&mut out)[0].body, Some(Body::Login(_))));
-        logged_in(&mut r, &mut tally, &mut out);
-
-        // One batch of three, the last split off: one receipt, for the highest seq.
-        let mut batch = [deliver(1, 9, 2, 0), deliver(2, 9, 2, 1), deliver(3, 9, 2, 2)].concat();
-        let tail = batch.split_off(batch.len() - 5);
-        assert!(r.feed(&batch, 1_000, &mut tally, &mut out).is_ok());
-        let sent = frames(&mut out);
-        assert_eq!(sent.iter().filter_map(receipt_of).collect::<Vec<_>>(), vec![(2, 2)]);
-        // The split tail and a duplicate arrive while the receipt is in flight: none more.
-        assert!(r.feed(&[tail, deliver(3, 9, 2, 2)].concat(), 2_000, &mut tally, &mut out).is_ok());
-        assert!(out.is_empty());
-        assert!(!r.receipts_settled());
-        // Its answer: the next receipt goes out, for the highest seq seen.
-        let answer = frame(
-            2,
-            Body::ReceiptUpdate(ReceiptUpdate { delivered_seq: 2, ..ReceiptUpdate::default() }),
-        );
-        assert!(r.feed(&answer, 3_000, &mut tally, &mut out).is_ok());
-        assert_eq!(
-            frames(&mut out).iter().filter_map(receipt_of).collect::<Vec<_>>(),
-            vec![(3, 3)]
-        );
-        let answer = frame(
-            3,
-            Body::ReceiptUpdate(ReceiptUpdate { delivered_seq: 3, ..ReceiptUpdate::default() }),
-        );
-        assert!(r.feed(&answer, 4_000, &mut tally, &mut out).is_ok());
-        assert!(out.is_empty() && r.receipts_settled());
-
-        // Other runs' and other pairs' messages are counted apart.
-        assert!(
-            r.feed(
-                &[deliver(4, 8, 2, 0), deliver(5, 9, 1, 0)].concat(),
-                5_000,
-                &mut tally,
-                &mut out
-            )
-            .is_ok()
-        );
-        assert_eq!(r.delivered(), 3);
-        assert_eq!((tally.delivered, tally.duplicate_deliveries), (3, 1));
-        assert_eq!((tally.foreign_deliveries, tally.misrouted_deliveries), (1, 1));
-        assert_eq!((tally.receipts_sent, tally.receipt_answers), (3, 2));
-        assert_eq!(tally.deliver_us, vec![0, 0, 1]);
-    }
-
-    #[test]
-    fn a_sender_times_acks_by_request_id_and_counts_refusals_and_pushes() {
-        let mut tally = Tally::new(Window { start_ns: 0, end_ns: u64::MAX });
-        let mut out = Vec::new();
-        let mut s = Peer::sender(0, "tok".into(), "dm:a:b".into(), 64, RUN, &mut out)
-            .unwrap_or_else(|e| panic!("{e}"));
-        frames(&mut out);
-        logged_in(&mut s, &mut tally, &mut out);
-        for now in [5_000, 5_000] {
-            assert!(s.send_next(now, Some(0), &mut tally, &mut out).is_ok());
-        }
-        let ids: Vec<u64> = frames(&mut out).iter().map(|e| e.request_id).collect();
-        assert_eq!(ids, vec![5_001, 5_002]);
-        assert_eq!(s.as_sender().map(|x| (x.sent, x.in_flight)), Some((2, 2)));
-
-        let ack = frame(5_001, Body::SendAck(SendAck { seq: 1, ..SendAck::default() }));
-        let refused = frame(
-            5_002,
-            Body::Error(tern_proto::v1::Error {
-                code: ErrorCode::RateLimited as i32,
-                ..tern_proto::v1::Error::default()
-            }),
-        );
-        let push = frame(0, Body::ReceiptUpdate(ReceiptUpdate::default()));
-        let fed = s.feed(&[ack, refused, push].concat(), 2_005_000, &mut tally, &mut out);
-        assert_eq!(fed.ok(), Some(Fed { logged_in: false, answered: 2 }));
-        assert_eq!(s.as_sender().map(|x| (x.acked, x.in_flight)), Some((1, 0)));
-        assert_eq!(tally.ack_us, vec![2_000]);
-        assert_eq!(tally.send_errors.get("RATE_LIMITED"), Some(&1));
-        assert_eq!(tally.receipt_pushes, 1);
-
-        let kick = frame(0, Body::Kick(Kick { reason: 2, message: String::new() }));
-        assert!(matches!(s.feed(&kick, 0, &mut tally, &mut out), Err(PeerError::Kicked(2))));
-    }
-
-    #[test]
-    fn a_refused_login_fails_the_connection() {
-        let mut tally = Tally::new(Window { start_ns: 0, end_ns: 1 });
-        let mut out = Vec::new();
-        let mut s = Peer::sender(0, "tok".into(), "dm:a:b".into(), 64, RUN, &mut out)
-            .unwrap_or_else(|e| panic!("{e}"));
-        let err =
-            frame(1, Body::Error(tern_proto::v1::Error { fatal: true, ..Default::default() }));
-        let e = s.feed(&err, 0, &mut tally, &mut out).err();
-        assert_eq!(e.map(|e| e.kind()), Some("login_rejected"));
-    }
-}
+#[path = "peer_tests.rs"]
+mod tests;

@@ -55,6 +55,8 @@ pub struct CpuReport {
     pub server_cpu_secs: f64,
     /// Server CPU seconds per 100,000 messages persisted (acked) in the window.
     pub server_cpu_secs_per_100k: Option<f64>,
+    /// Server CPU seconds per 100,000 deliveries (first copies) in the window.
+    pub server_cpu_secs_per_100k_deliveries: Option<f64>,
     /// This load generator's own CPU, seconds.
     pub loadgen_cpu_secs: f64,
     /// The same per 100,000 messages acked in the window.
@@ -72,8 +74,14 @@ pub struct PairsReport {
     pub mode: String,
     /// Whether receivers sent DELIVERED receipts.
     pub receipts: bool,
-    /// Sender→receiver pairs.
+    /// Sender→receiver pairs, or groups with `group_size`.
     pub pairs: u64,
+    /// Members per group (0: 1:1 pairs).
+    pub group_size: u64,
+    /// Groups: whether members also sent READ receipts.
+    pub read_receipts: bool,
+    /// Groups: a member's minimum time between two receipts of one kind, seconds.
+    pub receipt_interval_secs: Option<f64>,
     /// Body bytes per message.
     pub body_bytes: u64,
     /// Target messages per second in all (0 in saturation).
@@ -108,8 +116,12 @@ pub struct PairsReport {
     pub receipt_answers: u64,
     /// Receipts refused, by error code.
     pub receipt_errors: BTreeMap<String, u64>,
-    /// ReceiptUpdate pushes the senders got.
+    /// ReceiptUpdate pushes received (pairs: the senders; groups: every member).
     pub receipt_pushes: u64,
+    /// READ receipts among `receipts_sent`.
+    pub read_receipts_sent: u64,
+    /// Group events delivered (the CREATED of each group to its members).
+    pub group_events: u64,
     /// Pings sent / pongs received.
     pub pings: u64,
     /// Pongs received.
@@ -126,6 +138,12 @@ pub struct PairsReport {
     pub window_delivered: u64,
     /// Receipts sent in the window.
     pub window_receipts: u64,
+    /// ReceiptUpdate pushes received in the window.
+    pub window_receipt_pushes: u64,
+    /// Receipts sent per second over the window.
+    pub receipts_per_sec: f64,
+    /// ReceiptUpdate pushes received per second over the window.
+    pub receipt_pushes_per_sec: f64,
     /// Sends per second over the window.
     pub sent_per_sec: f64,
     /// Persisted (acked) messages per second over the window.
@@ -134,8 +152,10 @@ pub struct PairsReport {
     pub delivered_per_sec: f64,
     /// Send→ack latency of the messages sent in the window.
     pub ack_latency_us: LatencyUs,
-    /// Send→deliver latency of the messages sent in the window.
+    /// Send→deliver latency of the messages sent in the window (groups: every delivery).
     pub deliver_latency_us: LatencyUs,
+    /// Groups: send→deliver to the last member of the group, per message sent in the window.
+    pub deliver_last_latency_us: Option<LatencyUs>,
     /// Open loop: how late sends of the window went out against their schedule.
     pub schedule_lag_us: Option<LatencyUs>,
     /// Open loop: sends of the window later than 1 ms.
@@ -170,23 +190,40 @@ impl PairsReport {
         } else {
             format!("saturation, {} in flight per pair", self.window)
         };
-        let receipts = if self.receipts { "with receipts" } else { "no receipts" };
-        row(
-            "load",
-            format!("{load}, {} pairs, {} B bodies, {receipts}", self.pairs, self.body_bytes),
-        );
+        let receipts = match (self.receipts, self.read_receipts) {
+            (false, _) => "no receipts".to_owned(),
+            (true, false) => "with receipts".to_owned(),
+            (true, true) => "with DELIVERED and READ receipts".to_owned(),
+        };
+        let who = if self.group_size > 0 {
+            format!("{} groups of {}", self.pairs, self.group_size)
+        } else {
+            format!("{} pairs", self.pairs)
+        };
+        row("load", format!("{load}, {who}, {} B bodies, {receipts}", self.body_bytes));
         row("window", format!("{:.2} s after {:.2} s warm-up", self.window_secs, self.warmup_secs));
         row("send -> ack", us_cell(&self.ack_latency_us));
         row("send -> deliver", us_cell(&self.deliver_latency_us));
+        if let Some(last) = &self.deliver_last_latency_us {
+            row("send -> last member", us_cell(last));
+        }
         row("persisted (acks)", format!("{:.0} msg/s", self.persisted_per_sec));
         row("delivered", format!("{:.0} msg/s", self.delivered_per_sec));
         row("sent", format!("{:.0} msg/s", self.sent_per_sec));
+        row(
+            "receipt rate",
+            format!(
+                "{:.0} sent/s, {:.0} pushes received/s",
+                self.receipts_per_sec, self.receipt_pushes_per_sec
+            ),
+        );
         let c = &self.cpu;
         row(
             "server CPU",
             format!(
-                "{} CPU-s per 100k msgs ({:.2} CPU-s over {} process(es))",
+                "{} CPU-s per 100k msgs, {} per 100k deliveries ({:.2} CPU-s over {} process(es))",
                 per_100k(c.server_cpu_secs_per_100k),
+                per_100k(c.server_cpu_secs_per_100k_deliveries),
                 c.server_cpu_secs,
                 c.servers.len()
             ),
@@ -227,13 +264,17 @@ impl PairsReport {
         row(
             "receipts",
             format!(
-                "sent {} answered {} errors {} (pushes to senders {})",
+                "sent {} (READ {}) answered {} errors {} (pushes received {})",
                 self.receipts_sent,
+                self.read_receipts_sent,
                 self.receipt_answers,
                 map_cell(&self.receipt_errors),
                 self.receipt_pushes
             ),
         );
+        if self.group_size > 0 {
+            row("group events", format!("{} delivered (ignored)", self.group_events));
+        }
         row("send errors", map_cell(&self.send_errors));
         row("connection failures", map_cell(&self.failures));
         if self.foreign_deliveries + self.misrouted_deliveries > 0 || !self.other_frames.is_empty()

@@ -1,7 +1,7 @@
 //! What a `pairs` run counted: totals over the whole run, counts inside the measured window,
 //! and the latency samples of the messages sent inside it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// The measured window, in nanoseconds since the run's epoch (when sending started).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +30,8 @@ pub struct InWindow {
     pub delivered: u64,
     /// Receipts sent.
     pub receipts_sent: u64,
+    /// ReceiptUpdate pushes received.
+    pub receipt_pushes: u64,
 }
 
 /// Everything counted (one thread: plain fields).
@@ -63,8 +65,18 @@ pub struct Tally {
     pub receipt_answers: u64,
     /// Receipts answered with an Error, by code.
     pub receipt_errors: BTreeMap<String, u64>,
-    /// ReceiptUpdate pushes the senders got (ignored otherwise).
+    /// ReceiptUpdate pushes received (pairs: by the senders; groups: by every member).
     pub receipt_pushes: u64,
+    /// READ receipts among `receipts_sent` (group members).
+    pub read_receipts_sent: u64,
+    /// Group events (CREATED) delivered to members, ignored.
+    pub group_events: u64,
+    /// Groups: deliveries of one message that make it complete (every other member).
+    pub fanout_expect: u32,
+    /// Groups: messages (sender index, number) delivered to some members but not all yet.
+    pub fanout: HashMap<(u32, u64), u32>,
+    /// Groups: send→deliver to the last member, per message sent in the window, µs.
+    pub deliver_last_us: Vec<u32>,
     /// Pings sent (only connections silent for half a heartbeat send one).
     pub pings: u64,
     /// Pongs received.
@@ -100,6 +112,11 @@ impl Tally {
             receipt_answers: 0,
             receipt_errors: BTreeMap::new(),
             receipt_pushes: 0,
+            read_receipts_sent: 0,
+            group_events: 0,
+            fanout_expect: 0,
+            fanout: HashMap::new(),
+            deliver_last_us: Vec::new(),
             pings: 0,
             pongs: 0,
             other_frames: BTreeMap::new(),
@@ -144,6 +161,28 @@ impl Tally {
         }
     }
 
+    /// Groups: the first copy of message `k` of member `from`, sent at `sent_ns`, reached
+    /// one more member at `now_ns`; the last member's delivery is timed apart.
+    pub fn on_group_deliver(&mut self, from: u32, k: u64, sent_ns: u64, now_ns: u64) {
+        self.on_deliver(sent_ns, now_ns);
+        let n = self.fanout.entry((from, k)).or_insert(0);
+        *n += 1;
+        if *n >= self.fanout_expect {
+            self.fanout.remove(&(from, k));
+            if self.window.contains(sent_ns) {
+                self.deliver_last_us.push(micros(now_ns.saturating_sub(sent_ns)));
+            }
+        }
+    }
+
+    /// A ReceiptUpdate push arrived.
+    pub fn on_receipt_push(&mut self) {
+        self.receipt_pushes += 1;
+        if self.measuring {
+            self.in_window.receipt_pushes += 1;
+        }
+    }
+
     /// A receiver sent a receipt.
     pub fn on_receipt_sent(&mut self) {
         self.receipts_sent += 1;
@@ -182,14 +221,34 @@ mod tests {
         t.on_ack(2_000, 12_000, true);
         t.on_deliver(2_000, 7_000);
         t.on_receipt_sent();
+        t.on_receipt_push();
         t.measuring = false;
         t.on_deliver(5_000, 9_000);
+        t.on_receipt_push();
         assert_eq!((t.sent, t.acked, t.duplicate_acks, t.delivered), (2, 2, 1, 2));
-        assert_eq!(t.in_window, InWindow { sent: 1, acked: 1, delivered: 1, receipts_sent: 1 });
+        assert_eq!(t.receipt_pushes, 2);
+        assert_eq!(
+            t.in_window,
+            InWindow { sent: 1, acked: 1, delivered: 1, receipts_sent: 1, receipt_pushes: 1 }
+        );
         assert_eq!((t.ack_us, t.deliver_us, t.lag_us), (vec![10], vec![5], vec![3]));
         Tally::bump(&mut t.send_errors, "rate_limited");
         Tally::bump(&mut t.send_errors, "rate_limited");
         assert_eq!(t.send_errors.get("rate_limited"), Some(&2));
         assert_eq!(micros(u64::MAX), u32::MAX);
+    }
+
+    #[test]
+    fn a_group_message_is_timed_at_its_last_member() {
+        let mut t = Tally::new(Window { start_ns: 0, end_ns: 10_000 });
+        t.fanout_expect = 3;
+        t.on_group_deliver(1, 0, 1_000, 2_000);
+        t.on_group_deliver(1, 1, 1_000, 3_000);
+        t.on_group_deliver(1, 0, 1_000, 4_000);
+        assert!(t.deliver_last_us.is_empty());
+        t.on_group_deliver(1, 0, 1_000, 9_000);
+        assert_eq!((t.deliver_last_us.clone(), t.fanout.len()), (vec![8], 1));
+        assert_eq!(t.deliver_us, vec![1, 2, 3, 8]);
+        assert_eq!(t.delivered, 4);
     }
 }

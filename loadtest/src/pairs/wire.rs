@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use bytes::Bytes;
 use tern_proto::v1::envelope::Body;
-use tern_proto::v1::{Envelope, Login, Ping, Receipt, ReceiptKind, Send};
+use tern_proto::v1::{CreateGroup, Envelope, Login, Ping, Receipt, ReceiptKind, Send};
 use tern_proto::{DEFAULT_MAX_FRAME_BYTES, FrameError, PROTOCOL_VERSION, encode_frame};
 
 /// What a pairs body starts with.
@@ -29,6 +29,31 @@ pub fn sender_user(prefix: &str, i: usize) -> String {
 /// The receiver of pair `i`.
 pub fn receiver_user(prefix: &str, i: usize) -> String {
     format!("{prefix}r{i}")
+}
+
+/// Member `j` of group `g` (`--group-size`).
+pub fn member_user(prefix: &str, g: usize, j: usize) -> String {
+    format!("{prefix}g{g}m{j}")
+}
+
+/// Appends a CreateGroup of `members` (the caller is the owner) with an idempotency id.
+pub fn create_group(
+    name: String,
+    members: Vec<String>,
+    client_request_id: String,
+    request_id: u64,
+    out: &mut Vec<u8>,
+) -> Result<(), FrameError> {
+    let env = Envelope {
+        request_id,
+        body: Some(Body::CreateGroup(CreateGroup {
+            name,
+            member_user_ids: members,
+            client_request_id,
+            ..Default::default()
+        })),
+    };
+    encode_frame(&env, DEFAULT_MAX_FRAME_BYTES, out)
 }
 
 /// What a received body says about its message.
@@ -84,9 +109,10 @@ pub fn ping(request_id: u64, out: &mut Vec<u8>) -> Result<(), FrameError> {
     encode_frame(&env, DEFAULT_MAX_FRAME_BYTES, out)
 }
 
-/// Appends a DELIVERED receipt up to `seq`.
+/// Appends a receipt of `kind` up to `seq`.
 pub fn receipt(
     conversation_id: &str,
+    kind: ReceiptKind,
     seq: u64,
     request_id: u64,
     out: &mut Vec<u8>,
@@ -95,7 +121,7 @@ pub fn receipt(
         request_id,
         body: Some(Body::Receipt(Receipt {
             conversation_id: conversation_id.to_owned(),
-            kind: ReceiptKind::Delivered as i32,
+            kind: kind as i32,
             seq,
         })),
     };
@@ -126,6 +152,14 @@ impl SendEncoder {
         };
         let env = Envelope { request_id: 0, body: Some(Body::Send(send)) };
         Self { env, body: Vec::with_capacity(body_len.max(MIN_BODY_BYTES)), body_len, nonce }
+    }
+
+    /// Sends go to `conversation_id` from now on (a group's id is known once it is created).
+    pub fn set_conversation(&mut self, conversation_id: &str) {
+        if let Some(Body::Send(send)) = &mut self.env.body {
+            send.conversation_id.clear();
+            send.conversation_id.push_str(conversation_id);
+        }
     }
 
     /// Appends the Send of message `stamp.k` with `request_id`; its client message id is
@@ -189,5 +223,6 @@ mod tests {
         assert_eq!(at, out.len());
         assert_eq!(sender_user("pp", 4), "pps4");
         assert_eq!(receiver_user("pp", 4), "ppr4");
+        assert_eq!(member_user("pp", 4, 7), "ppg4m7");
     }
 }
