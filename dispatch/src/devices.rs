@@ -35,6 +35,19 @@ pub trait Sessions: Send + Sync + 'static {
     /// a duplicate login is being settled). Empty when it cannot tell (presence down).
     fn online<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, Vec<(String, ConnRef)>>;
 
+    /// The connected devices of each of `users` (same order), `None` when it cannot tell:
+    /// what offline push reads for a message's recipients. The default asks
+    /// [`Sessions::online`] per user (and cannot tell "unknown" from "none").
+    fn online_many<'a>(&'a self, users: &'a [String]) -> BoxFuture<'a, Option<Vec<Vec<String>>>> {
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(users.len());
+            for u in users {
+                out.push(self.online(u).await.into_iter().map(|(d, _)| d).collect());
+            }
+            Some(out)
+        })
+    }
+
     /// Closes `conn` of `user_id`'s `device_id` with `Kick{reason}`, if it is still that
     /// device's connection. Never blocks.
     fn kick(&self, user_id: &str, device_id: &str, conn: &ConnRef, reason: KickReason);
@@ -219,6 +232,7 @@ pub async fn logout(
     let user = origin.user_id.as_str();
     let write = DeviceWrite::Revoke { before_ms: unix_ms() };
     d.store.device_write(user, &req.device_id, &write).await?;
+    d.alerts.registration_changed(user, None);
     if let Some(sessions) = d.sessions() {
         for (dev, conn) in sessions.online(user).await {
             if dev == req.device_id {
@@ -256,15 +270,29 @@ pub async fn register_push(
         sandbox: req.sandbox,
         registered_ms: unix_ms(),
     };
+    let registered = (notify_provider(provider), reg.token.clone());
     let write = DeviceWrite::SetPush(reg);
     d.store.device_write(&origin.user_id, &origin.device_id, &write).await?;
+    let registered = registered.0.map(|p| (p, registered.1.as_str()));
+    d.alerts.registration_changed(&origin.user_id, registered);
     Ok(Body::Ok(v1::Ok {}))
 }
 
 /// `UnregisterPush`: removes the calling device's push registration.
 pub async fn unregister_push(d: &Dispatcher, origin: &Origin) -> Result<Body, DispatchError> {
     d.store.device_write(&origin.user_id, &origin.device_id, &DeviceWrite::ClearPush).await?;
+    d.alerts.registration_changed(&origin.user_id, None);
     Ok(Body::Ok(v1::Ok {}))
+}
+
+/// The notifier's name for a registration's provider.
+fn notify_provider(p: PushProvider) -> Option<tern_notify::Provider> {
+    match p {
+        PushProvider::Apns => Some(tern_notify::Provider::Apns),
+        PushProvider::Fcm => Some(tern_notify::Provider::Fcm),
+        PushProvider::Webhook => Some(tern_notify::Provider::Webhook),
+        PushProvider::Unspecified => None,
+    }
 }
 
 /// [`Sessions`] of the distributed mode: presence says where a user's devices are; a kick is
@@ -299,6 +327,23 @@ impl Sessions for ClusterSessions {
                 Err(e) => {
                     tracing::warn!(error = %e, "presence lookup for devices failed");
                     Vec::new()
+                }
+            }
+        })
+    }
+
+    fn online_many<'a>(&'a self, users: &'a [String]) -> BoxFuture<'a, Option<Vec<Vec<String>>>> {
+        Box::pin(async move {
+            match self.presence.lookup(users).await {
+                Ok(found) => Some(
+                    found
+                        .into_iter()
+                        .map(|ls| ls.into_iter().map(|l| l.device_id).collect())
+                        .collect(),
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "presence lookup for offline push failed");
+                    None
                 }
             }
         })

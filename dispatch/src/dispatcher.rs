@@ -59,6 +59,8 @@ pub struct Dispatcher {
     pub metrics: Arc<DispatchMetrics>,
     /// Group members, for the fan-out of group messages.
     pub groups: Arc<crate::group::cache::GroupCache>,
+    /// Offline push (inert until [`crate::offline::OfflinePush::start`]).
+    pub alerts: Arc<crate::offline::Alerts>,
     /// Who is connected and how to kick (device logout, class policy); set once at wiring.
     sessions: std::sync::OnceLock<Arc<dyn crate::devices::Sessions>>,
     /// The runtime that runs request tasks and the store's futures.
@@ -76,16 +78,18 @@ impl Dispatcher {
         let rt = Handle::current();
         let groups =
             Arc::new(crate::group::cache::GroupCache::new(store.clone(), cfg.group_cache_rows));
+        let alerts = Arc::new(crate::offline::Alerts::default());
         let pipeline = Pipeline::start(
             store.clone(),
             pusher.clone(),
             groups.clone(),
+            alerts.clone(),
             metrics.clone(),
             &cfg,
             rt.clone(),
         );
         let sessions = std::sync::OnceLock::new();
-        Arc::new(Self { cfg, store, pusher, pipeline, metrics, groups, sessions, rt })
+        Arc::new(Self { cfg, store, pusher, pipeline, metrics, groups, alerts, sessions, rt })
     }
 
     /// Sets who answers "which devices are connected" and carries kicks (once; later calls

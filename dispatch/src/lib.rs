@@ -8,6 +8,8 @@
 //! - [`devices`]: device check-in at login, the device list, logout, push registrations,
 //!   the per-class login policy; [`devices::Sessions`] (who is connected, kicks).
 //! - [`membership`]: who may use a conversation.
+//! - [`offline`]: offline push: notifications for devices that are not connected (or do not
+//!   acknowledge in time), handed to the notifier (`tern-notify`).
 //! - [`push`]: the [`Pusher`] trait through which deliveries reach connections.
 //! - [`link`]: the worker's side of gateway links (distributed mode).
 //! - [`route`]: the distributed-mode [`Pusher`]: Redis presence lookup, one Push per gateway.
@@ -26,6 +28,7 @@ pub mod group;
 pub mod link;
 pub mod membership;
 pub mod metrics;
+pub mod offline;
 pub mod pipeline;
 pub mod push;
 pub mod recall;

@@ -27,6 +27,7 @@ use crate::batching::Batching;
 use crate::error::DispatchError;
 use crate::group::cache::GroupCache;
 use crate::metrics::DispatchMetrics;
+use crate::offline::{Alert, Alerts};
 use crate::push::{ConnRef, Pusher, fan_out};
 
 /// Answers a request: called once, on any thread, with the response frame.
@@ -175,6 +176,7 @@ impl Pipeline {
         store: Arc<dyn Store>,
         pusher: Arc<dyn Pusher>,
         groups: Arc<GroupCache>,
+        alerts: Arc<Alerts>,
         metrics: Arc<DispatchMetrics>,
         cfg: &crate::DispatchConfig,
         rt: Handle,
@@ -183,7 +185,7 @@ impl Pipeline {
             (cfg.pipeline_queue, cfg.max_commit_batch, cfg.commit_delay);
         let q =
             Arc::new(Queue { state: Mutex::default(), ready: Condvar::new(), cap: queue.max(1) });
-        let worker = Committer { store, pusher, groups, metrics: metrics.clone(), rt };
+        let worker = Committer { store, pusher, groups, alerts, metrics: metrics.clone(), rt };
         let (qc, max) = (q.clone(), max_batch.max(1));
         let thread = std::thread::Builder::new()
             .name("tern-commit".into())
@@ -253,6 +255,7 @@ struct Committer {
     store: Arc<dyn Store>,
     pusher: Arc<dyn Pusher>,
     groups: Arc<GroupCache>,
+    alerts: Arc<Alerts>,
     metrics: Arc<DispatchMetrics>,
     rt: Handle,
 }
@@ -373,16 +376,37 @@ impl Committer {
         self.metrics.accepted.fetch_add(1, Relaxed);
         let members = std::mem::take(&mut msg.members);
         let client_msg_id = msg.client_msg_id.clone();
+        let alert = (msg.kind == v1::MessageKind::Normal && self.alerts.enabled())
+            .then(|| alert_of(&msg, &out, self.alerts.previews()));
         let message = stored(msg, &out);
         let body = Body::Deliver(v1::Deliver { message: Some(message) });
         if out.group_version > 0 {
             // A group message: its members from the cache, at its version or later.
             let frame = crate::push::encode_push(body);
-            self.groups.fan_out(&self.pusher, &self.rt, &out, frame, skip);
+            let alert = alert.map(|a| (a, self.alerts.clone()));
+            self.groups.fan_out(&self.pusher, &self.rt, &out, frame, skip, alert);
         } else {
             fan_out(&*self.pusher, &members, body, skip.as_ref());
+            if let Some(a) = alert {
+                self.alerts.committed(a, members.into());
+            }
         }
         ack(then, out, client_msg_id);
+    }
+}
+
+/// The offline-push facts of a just-appended message.
+fn alert_of(m: &NewMessage, out: &Appended, previews: bool) -> Alert {
+    Alert {
+        conversation_id: out.conversation_id.clone(),
+        seq: out.seq,
+        sender_user_id: m.sender_user_id.clone(),
+        mention_user_ids: m.mention_user_ids.clone(),
+        mention_all: m.mention_all,
+        is_group: out.group_version > 0,
+        preview: previews
+            .then(|| crate::offline::plan::preview(&m.sender_user_id, &m.content_type, &m.body))
+            .flatten(),
     }
 }
 

@@ -228,6 +228,7 @@ pub(crate) struct ApnsClient {
     token: ProviderToken,
     production_url: String,
     sandbox_url: String,
+    topic: String,
     ttl: Duration,
 }
 
@@ -253,11 +254,29 @@ impl ApnsClient {
             token,
             production_url: config.production_url.clone(),
             sandbox_url: config.sandbox_url.clone(),
+            topic: config.topic.clone(),
             ttl,
         })
     }
 
     pub(crate) async fn send(&self, push: &Push, content: &Content) -> Outcome {
+        // A registration without a topic gets the configured one.
+        let defaulted;
+        let push = match &push.latest.target {
+            Target::Apns { token, topic, sandbox }
+                if topic.is_empty() && !self.topic.is_empty() =>
+            {
+                let mut p = push.clone();
+                p.latest.target = Target::Apns {
+                    token: token.clone(),
+                    topic: self.topic.clone(),
+                    sandbox: *sandbox,
+                };
+                defaulted = p;
+                &defaulted
+            }
+            _ => push,
+        };
         let sandbox = matches!(push.latest.target, Target::Apns { sandbox: true, .. });
         let base = if sandbox { &self.sandbox_url } else { &self.production_url };
         let now = unix_now();

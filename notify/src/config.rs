@@ -39,6 +39,24 @@ pub struct NotifyConfig {
     /// Default 5 s.
     #[serde(with = "duration")]
     pub shutdown_grace: Duration,
+    /// When a connected device is notified too (read by dispatch): if its user has not
+    /// acknowledged a message (delivered watermark, PROTOCOL.md section 11) this long after
+    /// it. A suspended phone app keeps its connection open for minutes; this is what wakes
+    /// it. Zero: connected devices are never notified. Costs one watermark read per
+    /// conversation when due. Default 10 s.
+    #[serde(with = "duration")]
+    pub ack_timeout: Duration,
+    /// Most (conversation, user, device) watched for the ack timeout at once (about 400 B
+    /// each); past it a connected device is not watched (counted). Default 100,000.
+    pub max_watched: usize,
+    /// How long dispatch caches a user's push registrations (read by dispatch). A change
+    /// through another dispatch worker reaches pushes within this; the worker's own changes
+    /// at once. Zero: read at every message. Default 10 s.
+    #[serde(with = "duration")]
+    pub registration_ttl: Duration,
+    /// Most users whose registrations dispatch caches (about 200 B each plus the tokens).
+    /// Default 100,000.
+    pub registration_cache_users: usize,
     /// Extra trusted root certificates (PEM) for the providers' TLS, added to the system's
     /// roots. Default none. (The FCM OAuth2 token endpoint is reached by `gcp_auth` with the
     /// system roots only.)
@@ -61,6 +79,10 @@ impl Default for NotifyConfig {
             ttl: Duration::from_secs(86_400),
             invalid_token_memory: 10_000,
             shutdown_grace: Duration::from_secs(5),
+            ack_timeout: Duration::from_secs(10),
+            max_watched: 100_000,
+            registration_ttl: Duration::from_secs(10),
+            registration_cache_users: 100_000,
             ca_file: None,
             apns: None,
             fcm: None,
@@ -150,6 +172,9 @@ pub struct ApnsConfig {
     pub key_id: String,
     /// The 10-character team id (the JWT's `iss`).
     pub team_id: String,
+    /// The `apns-topic` (the app's bundle id) for registrations that name none (their
+    /// `app_id` empty). Default "": such registrations fail (counted).
+    pub topic: String,
     /// Base URL for production device tokens. Default `https://api.push.apple.com`.
     pub production_url: String,
     /// Base URL for development (sandbox) device tokens.
@@ -165,6 +190,7 @@ impl Default for ApnsConfig {
             key_file: PathBuf::new(),
             key_id: String::new(),
             team_id: String::new(),
+            topic: String::new(),
             production_url: "https://api.push.apple.com".into(),
             sandbox_url: "https://api.sandbox.push.apple.com".into(),
             limits: ProviderLimits::default(),
@@ -198,7 +224,7 @@ impl Default for FcmConfig {
 }
 
 /// `[notify.webhook]`: a JSON POST signed with HMAC-SHA256 (see [`crate::webhook`]).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WebhookConfig {
     /// Where to POST, `http://` or `https://`.
@@ -209,6 +235,25 @@ pub struct WebhookConfig {
     pub secret_file: Option<PathBuf>,
     /// Limits.
     pub limits: ProviderLimits,
+}
+
+/// The secret stays out of logs.
+impl std::fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("url", &self.url)
+            .field("secret", &if self.secret.is_empty() { "" } else { "<hidden>" })
+            .field("secret_file", &self.secret_file)
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+impl NotifyConfig {
+    /// Whether any provider is configured (else offline push does not run).
+    pub fn any_provider(&self) -> bool {
+        self.apns.is_some() || self.fcm.is_some() || self.webhook.is_some()
+    }
 }
 
 /// Durations as text: a whole number and a unit (`ms`, `s`, `m`, `h`, `d`).

@@ -32,6 +32,7 @@ fn world(team_id: Option<&str>) -> World {
             key_file: apple.key_file().to_owned(),
             key_id: apple.key_id().into(),
             team_id: team_id.unwrap_or(apple.team_id()).into(),
+            topic: apple.topic().into(),
             production_url: apple.production_url().into(),
             sandbox_url: apple.sandbox_url().into(),
             limits: limits(4, 100, 3, Duration::from_secs(10)),
@@ -101,6 +102,19 @@ async fn the_right_device_gets_the_right_payload() {
     assert_eq!((m.sent.load(Relaxed), m.failed.load(Relaxed)), (3, 0));
     assert_eq!(metrics.suppressed_muted.load(Relaxed), 1);
     assert!(w.invalid.try_recv().is_err());
+}
+
+#[tokio::test]
+async fn a_registration_without_a_topic_gets_the_configured_one() {
+    let mut w = world(None);
+    let target = Target::Apns { token: "ab".repeat(32), topic: String::new(), sandbox: false };
+    assert_eq!(
+        w.notifier.enqueue(notification("bob", "phone", target, "g:1", 1)),
+        Enqueued::Queued
+    );
+    let seen = w.apple.next().await.expect("a request");
+    assert_eq!((seen.status, seen.header("apns-topic")), (Some(200), Some(w.apple.topic())));
+    w.notifier.shutdown().await;
 }
 
 #[tokio::test]

@@ -40,6 +40,7 @@ fn world(
             key_file: apple.key_file().to_owned(),
             key_id: apple.key_id().into(),
             team_id: apple.team_id().into(),
+            topic: String::new(),
             production_url: apple.production_url().into(),
             sandbox_url: apple.production_url().into(),
             limits: apns_limits,

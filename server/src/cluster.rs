@@ -140,6 +140,8 @@ pub async fn run_dispatch(
         presence.clone(),
         links.clone(),
     )));
+    let push = crate::push::start(cfg, &dispatcher)?;
+    let push_metrics = crate::push::renderer(&push);
 
     let advertise = if cfg.cluster.link_advertise.is_empty() {
         bound.to_string()
@@ -166,6 +168,9 @@ pub async fn run_dispatch(
             route_metrics
                 .render(links.pushes_dropped.load(std::sync::atomic::Ordering::Relaxed), &mut out);
             links.render(&mut out);
+            if let Some(p) = &push_metrics {
+                p(&mut out);
+            }
             out
         });
         tokio::spawn(crate::http::serve(l, render, health.clone(), stopped(stop_rx.clone())))
@@ -183,6 +188,7 @@ pub async fn run_dispatch(
     // Commit and answer what still waits, then stop the commit thread (off the runtime's
     // threads: it may wait for a store round trip).
     let _ = tokio::task::spawn_blocking(move || d.shutdown()).await;
+    crate::push::shutdown(push).await;
     announcer.abort();
     let _ = presence.withdraw_worker(&id).await;
     let _ = stop_tx.send(true);

@@ -29,6 +29,8 @@ pub struct Config {
     pub tls: TlsSection,
     /// The per-class login policy: how many devices of each class a user may have connected.
     pub devices: DevicesSection,
+    /// Offline push: APNs, FCM, a webhook; when to notify. Off until a provider is set.
+    pub notify: tern_notify::NotifyConfig,
 }
 
 /// `[devices]`: the most devices of each class a user may have connected at once; a login
@@ -463,7 +465,7 @@ impl Config {
                 .split_once('=')
                 .with_context(|| format!("--set {o}: expected section.key=value"))?;
             let (section, key) = path
-                .split_once('.')
+                .rsplit_once('.')
                 .with_context(|| format!("--set {o}: expected section.key=value"))?;
             set(&mut table, section, key, value).with_context(|| format!("--set {o}"))?;
         }
@@ -640,12 +642,35 @@ fn find_key(table: &toml::Table, name: &str) -> Option<(String, String)> {
 }
 
 /// Sets one key from its text form, typed like the key's current value.
+/// Sets `key` of `section`. A nested section (`notify.webhook`) or a key that is absent because
+/// its default is "not configured" is created, typed by its text (integer, boolean, else
+/// string); deserialization then refuses unknown keys and sections as for a file.
 fn set(table: &mut toml::Table, section: &str, key: &str, text: &str) -> anyhow::Result<()> {
-    let sec = table
-        .get_mut(section)
+    let mut parts = section.split('.');
+    let top = parts.next().unwrap_or_default();
+    let mut sec = table
+        .get_mut(top)
         .and_then(|s| s.as_table_mut())
         .with_context(|| format!("unknown section [{section}]"))?;
-    let old = sec.get(key).with_context(|| format!("unknown key {section}.{key}"))?;
+    for part in parts {
+        sec = sec
+            .entry(part.to_owned())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .with_context(|| format!("{section}: {part} is not a section"))?;
+    }
+    let untyped;
+    let old = match sec.get(key) {
+        Some(old) => old,
+        None => {
+            untyped = match text.trim() {
+                t if t.parse::<i64>().is_ok() => toml::Value::Integer(0),
+                "true" | "false" => toml::Value::Boolean(false),
+                _ => toml::Value::String(String::new()),
+            };
+            &untyped
+        }
+    };
     let new = match old {
         toml::Value::Integer(_) => {
             toml::Value::Integer(text.trim().parse().context("expected an integer")?)
@@ -824,6 +849,27 @@ mod tests {
         assert!(load(&[&file, &format!("cluster.secret={a}")]).is_err());
         // The secret never reaches Debug output of the secrets.
         assert!(!format!("{:?}", load(&[&file]).unwrap()).contains("QUFB"));
+    }
+
+    #[test]
+    fn provider_sections_can_be_set_from_flags_and_typos_are_refused() {
+        let sets: Vec<String> = [
+            "notify.webhook.url=http://127.0.0.1:9/push",
+            "notify.webhook.limits.max_attempts=1",
+            "notify.ack_timeout=2s",
+            "notify.ca_file=/etc/tern/ca.pem",
+        ]
+        .map(String::from)
+        .into();
+        let cfg = Config::load(None, Vec::new(), &sets).unwrap();
+        let w = cfg.notify.webhook.as_ref().unwrap();
+        assert_eq!((w.url.as_str(), w.limits.max_attempts), ("http://127.0.0.1:9/push", 1));
+        assert_eq!(cfg.notify.ack_timeout, Duration::from_secs(2));
+        assert_eq!(cfg.notify.ca_file.as_deref(), Some(Path::new("/etc/tern/ca.pem")));
+        assert!(cfg.notify.any_provider() && !Config::default().notify.any_provider());
+        for typo in ["notify.webhook.ulr=x", "dispatch.no_such_key=1", "nosuch.key=1"] {
+            assert!(Config::load(None, Vec::new(), &[typo.to_string()]).is_err(), "{typo}");
+        }
     }
 
     #[test]

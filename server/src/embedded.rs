@@ -115,6 +115,8 @@ pub async fn run_with_ready(
     let dispatcher =
         Dispatcher::new(cfg.dispatch_config(), store, Arc::new(LocalPusher(registry.clone())));
     dispatcher.set_sessions(Arc::new(LocalSessions(registry.clone())));
+    let push = crate::push::start(cfg, &dispatcher)?;
+    let push_metrics = crate::push::renderer(&push);
     let gateway = Arc::new(Gateway::new(gw_cfg, key, registry, InProcess(dispatcher.clone())));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -125,6 +127,9 @@ pub async fn run_with_ready(
             let mut out = String::new();
             gw.metrics.render(&mut out);
             d.metrics.render(&mut out);
+            if let Some(p) = &push_metrics {
+                p(&mut out);
+            }
             out
         });
         let mut rx = stop_rx.clone();
@@ -139,6 +144,7 @@ pub async fn run_with_ready(
     // (off the runtime's threads: it may wait for one fsync).
     let d = dispatcher.clone();
     let _ = tokio::task::spawn_blocking(move || d.shutdown()).await;
+    crate::push::shutdown(push).await;
     let _ = stop_tx.send(true);
     if let Some(t) = http_task {
         let _ = t.await;

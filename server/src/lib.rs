@@ -5,6 +5,7 @@
 //! - [`env_check`]: warnings about `TERN_*` variables that name no key.
 //! - [`embedded`]: `tern serve`, gateway + dispatch + embedded store in one process.
 //! - [`cluster`]: `tern gateway` and `tern dispatch`, the distributed mode.
+//! - [`push`]: offline push (`[notify]`), started in both modes when a provider is set.
 //! - [`http`]: `/metrics`, `/healthz` and `/readyz`.
 //! - [`health`]: what `/healthz` and `/readyz` answer (lifecycle phase, dependency checks).
 //! - [`chat`]: `tern chat`, a terminal chat client on the SDK.
@@ -22,5 +23,6 @@ pub mod fuzzing;
 pub mod health;
 pub mod http;
 pub mod keys;
+pub mod push;
 pub mod quic;
 pub mod tls;

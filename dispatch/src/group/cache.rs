@@ -19,6 +19,7 @@ use bytes::Bytes;
 use tern_store::{Appended, Member, Store, StoreError};
 use tokio::runtime::Handle;
 
+use crate::offline::{Alert, Alerts};
 use crate::push::{ConnRef, Pusher};
 
 /// Members read per store call while loading.
@@ -134,16 +135,17 @@ impl GroupCache {
         out: &Appended,
         frame: Bytes,
         skip: Option<ConnRef>,
+        alert: Option<(Alert, Arc<Alerts>)>,
     ) {
         let (conv, seq, version) = (out.conversation_id.as_str(), out.seq, out.group_version);
         if let Some(cached) = self.fresh(conv, version) {
-            push_to(&**pusher, &cached, seq, &frame, skip.as_ref());
+            push_to(&**pusher, &cached, seq, &frame, skip.as_ref(), alert);
             return;
         }
         let (this, pusher, conv) = (self.clone(), pusher.clone(), conv.to_owned());
         rt.spawn(async move {
             match this.load(&conv).await {
-                Ok(cached) => push_to(&*pusher, &cached, seq, &frame, skip.as_ref()),
+                Ok(cached) => push_to(&*pusher, &cached, seq, &frame, skip.as_ref(), alert),
                 // Recipients read it by sync; the sender has its ack.
                 Err(e) => {
                     tracing::warn!(error = %e, conv, seq, "group fan-out: loading members failed")
@@ -153,8 +155,20 @@ impl GroupCache {
     }
 }
 
-fn push_to(pusher: &dyn Pusher, cached: &Cached, seq: u64, frame: &Bytes, skip: Option<&ConnRef>) {
-    pusher.push_many(cached.recipients(seq), frame, skip);
+/// Pushes to the members who receive `seq`, and hands them to offline push.
+fn push_to(
+    pusher: &dyn Pusher,
+    cached: &Cached,
+    seq: u64,
+    frame: &Bytes,
+    skip: Option<&ConnRef>,
+    alert: Option<(Alert, Arc<Alerts>)>,
+) {
+    let recipients = cached.recipients(seq);
+    pusher.push_many(recipients.clone(), frame, skip);
+    if let Some((alert, alerts)) = alert {
+        alerts.committed(alert, recipients);
+    }
 }
 
 #[cfg(test)]
@@ -183,9 +197,9 @@ mod tests {
     fn a_message_reaches_only_members_who_joined_before_it() {
         let cached = Cached::new(5, vec![member("a", 1), member("b", 5), member("c", 9)]);
         let rec = Recorder(Mutex::new(Vec::new()));
-        push_to(&rec, &cached, 6, &Bytes::new(), None);
+        push_to(&rec, &cached, 6, &Bytes::new(), None, None);
         assert_eq!(*rec.0.lock().unwrap(), ["a", "b"]);
-        push_to(&rec, &cached, 9, &Bytes::new(), None);
+        push_to(&rec, &cached, 9, &Bytes::new(), None, None);
         assert_eq!(*rec.0.lock().unwrap(), ["a", "b", "a", "b", "c"]);
         assert!(Arc::ptr_eq(&cached.recipients(10), &cached.user_ids), "shared, not copied");
     }

@@ -188,7 +188,7 @@ crate::over_transports!(
 
 /// Connects, retried while the gateways still link to the workers right after start (bounded
 /// by [`WAIT`]).
-async fn retry(
+pub(crate) async fn retry(
     cluster: &tern_testkit::cluster::Cluster,
     c: ClientConfig,
 ) -> (Client, Receiver<Event>) {

@@ -21,6 +21,7 @@ mod ops;
 mod ordering;
 mod per_source;
 mod power_loss;
+mod push;
 mod quic;
 mod recall;
 mod receipts;
