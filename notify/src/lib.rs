@@ -18,7 +18,7 @@
 //! - `http`: the shared hyper 1 client (HTTP/2, rustls with ring).
 //! - [`config`], [`error`], [`metrics`].
 //!
-//! The proposed `[notify]` configuration section is in this crate's `README.md`.
+//! The `[notify]` configuration section is in this crate's `README.md` and `etc/tern.toml`.
 
 pub mod apns;
 pub mod coalesce;
