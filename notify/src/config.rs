@@ -58,9 +58,9 @@ pub struct NotifyConfig {
     /// Default 100,000.
     pub registration_cache_users: usize,
     /// Extra trusted root certificates (PEM) for the providers' TLS, added to the system's
-    /// roots. Default none. (The FCM OAuth2 token endpoint is reached by `gcp_auth` with the
+    /// roots; empty: none. Default "". (The FCM OAuth2 token endpoint is reached by `gcp_auth` with the
     /// system roots only.)
-    pub ca_file: Option<PathBuf>,
+    pub ca_file: PathBuf,
     /// Apple Push Notification service. Default none.
     pub apns: Option<ApnsConfig>,
     /// Firebase Cloud Messaging, HTTP v1 API. Default none.
@@ -83,7 +83,7 @@ impl Default for NotifyConfig {
             max_watched: 100_000,
             registration_ttl: Duration::from_secs(10),
             registration_cache_users: 100_000,
-            ca_file: None,
+            ca_file: PathBuf::new(),
             apns: None,
             fcm: None,
             webhook: None,

@@ -232,7 +232,8 @@ impl Notifier {
         if config.queue_capacity == 0 {
             return Err(StartError::Config("queue_capacity must be at least 1".into()));
         }
-        let roots = http::roots(config.ca_file.as_deref())?;
+        let ca_file = (!config.ca_file.as_os_str().is_empty()).then_some(config.ca_file.as_path());
+        let roots = http::roots(ca_file)?;
         let ttl = config.ttl;
         let mut providers: Vec<(Provider, ProviderClient, ProviderLimits)> = Vec::new();
         if let Some(c) = &config.apns {

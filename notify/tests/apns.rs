@@ -27,7 +27,7 @@ struct World {
 fn world(team_id: Option<&str>) -> World {
     let apple = ApnsImitation::start(ApnsOptions::default()).expect("APNs imitation");
     let config = NotifyConfig {
-        ca_file: Some(apple.ca().ca_file().to_owned()),
+        ca_file: apple.ca().ca_file().to_owned(),
         apns: Some(ApnsConfig {
             key_file: apple.key_file().to_owned(),
             key_id: apple.key_id().into(),

@@ -25,7 +25,7 @@ fn world(first_expires_in: u64) -> World {
     let options = FcmOptions { first_expires_in, ..Default::default() };
     let google = FcmImitation::start(options).expect("FCM imitation");
     let config = NotifyConfig {
-        ca_file: Some(google.ca().ca_file().to_owned()),
+        ca_file: google.ca().ca_file().to_owned(),
         fcm: Some(FcmConfig {
             service_account_file: google.service_account_file().to_owned(),
             // Empty: the project comes from the service account file.

@@ -34,7 +34,7 @@ fn world(
     let hook = WebhookReceiver::start(hook_options).expect("webhook receiver");
     let config = NotifyConfig {
         queue_capacity: queue,
-        ca_file: Some(apple.ca().ca_file().to_owned()),
+        ca_file: apple.ca().ca_file().to_owned(),
         shutdown_grace: grace,
         apns: Some(ApnsConfig {
             key_file: apple.key_file().to_owned(),

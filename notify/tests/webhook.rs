@@ -39,7 +39,7 @@ fn world(https: bool, window: Duration, secret_in_file: bool) -> World {
         (String::from_utf8_lossy(SECRET).into_owned(), None)
     };
     let config = NotifyConfig {
-        ca_file: tls.map(|ca| ca.ca_file().to_owned()),
+        ca_file: tls.map(|ca| ca.ca_file().to_owned()).unwrap_or_default(),
         coalesce_window: window,
         webhook: Some(WebhookConfig {
             url: hook.url().into(),

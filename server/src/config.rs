@@ -642,9 +642,10 @@ fn find_key(table: &toml::Table, name: &str) -> Option<(String, String)> {
 }
 
 /// Sets one key from its text form, typed like the key's current value.
-/// Sets `key` of `section`. A nested section (`notify.webhook`) or a key that is absent because
-/// its default is "not configured" is created, typed by its text (integer, boolean, else
-/// string); deserialization then refuses unknown keys and sections as for a file.
+/// Sets `key` of `section`. In a nested section (`notify.webhook`, absent by default: "not
+/// configured") a missing section or key is created, typed by its text (integer, boolean, else
+/// string); deserialization then refuses unknown keys as for a file. A top-level section's
+/// keys all exist: another one is an unknown key.
 fn set(table: &mut toml::Table, section: &str, key: &str, text: &str) -> anyhow::Result<()> {
     let mut parts = section.split('.');
     let top = parts.next().unwrap_or_default();
@@ -652,7 +653,9 @@ fn set(table: &mut toml::Table, section: &str, key: &str, text: &str) -> anyhow:
         .get_mut(top)
         .and_then(|s| s.as_table_mut())
         .with_context(|| format!("unknown section [{section}]"))?;
+    let mut nested = false;
     for part in parts {
+        nested = true;
         sec = sec
             .entry(part.to_owned())
             .or_insert_with(|| toml::Value::Table(toml::Table::new()))
@@ -662,7 +665,7 @@ fn set(table: &mut toml::Table, section: &str, key: &str, text: &str) -> anyhow:
     let untyped;
     let old = match sec.get(key) {
         Some(old) => old,
-        None => {
+        None if nested => {
             untyped = match text.trim() {
                 t if t.parse::<i64>().is_ok() => toml::Value::Integer(0),
                 "true" | "false" => toml::Value::Boolean(false),
@@ -670,6 +673,7 @@ fn set(table: &mut toml::Table, section: &str, key: &str, text: &str) -> anyhow:
             };
             &untyped
         }
+        None => anyhow::bail!("unknown key {section}.{key}"),
     };
     let new = match old {
         toml::Value::Integer(_) => {
@@ -865,7 +869,7 @@ mod tests {
         let w = cfg.notify.webhook.as_ref().unwrap();
         assert_eq!((w.url.as_str(), w.limits.max_attempts), ("http://127.0.0.1:9/push", 1));
         assert_eq!(cfg.notify.ack_timeout, Duration::from_secs(2));
-        assert_eq!(cfg.notify.ca_file.as_deref(), Some(Path::new("/etc/tern/ca.pem")));
+        assert_eq!(cfg.notify.ca_file, Path::new("/etc/tern/ca.pem"));
         assert!(cfg.notify.any_provider() && !Config::default().notify.any_provider());
         for typo in ["notify.webhook.ulr=x", "dispatch.no_such_key=1", "nosuch.key=1"] {
             assert!(Config::load(None, Vec::new(), &[typo.to_string()]).is_err(), "{typo}");
