@@ -195,6 +195,10 @@ pub struct PairsArgs {
     /// most one in flight, like a real client).
     #[arg(long)]
     pub no_receipts: bool,
+    /// Receivers (and group members) register a webhook push token after login, so that the
+    /// server (with `[notify]` on) plans an offline push for each of their messages.
+    #[arg(long)]
+    pub register_push: bool,
     /// Group chat: `--pairs` groups of this many members each (2 to 500; user `{prefix}g{g}m{j}`),
     /// created before sending by their first member; every member sends `--rate / (pairs *
     /// group-size)` msg/s to its group (or keeps `--window` in flight) and receives the others'.

@@ -12,7 +12,7 @@
 //!
 //! - [`plan`]: who is notified now, who is watched (pure).
 //! - [`watch`]: the ack-timeout trigger (pure, virtual clock).
-//! - [`registrations`]: the short cache of push registrations (pure).
+//! - [`ttl`]: the short caches of push registrations and of who is connected (pure).
 //! - [`OfflinePush`]: starts the notifier and the task, renders metrics, shuts both down.
 
 use std::collections::{HashMap, HashSet};
@@ -30,18 +30,23 @@ use crate::devices::Sessions;
 use crate::dispatcher::Dispatcher;
 
 pub mod plan;
-pub mod registrations;
+pub mod ttl;
 pub mod watch;
 
 pub use plan::{Alert, Registered};
 
-use registrations::Registrations;
+use ttl::TtlCache;
 use watch::{AckWatch, Settled};
 
 /// Messages waiting for the offline-push task; past it they are dropped (counted).
 const QUEUE: usize = 65_536;
 /// Most messages the task takes per wake-up.
 const BATCH: usize = 64;
+/// How long the task trusts a presence answer. Staleness is harmless either way: a device
+/// that went offline meanwhile is watched and notified when it does not acknowledge; one that
+/// came online gets one push too many. Without it a large group whose members all have a
+/// registration would cost a presence read per member per message.
+const PRESENCE_TTL: Duration = Duration::from_secs(2);
 
 /// When dispatch notifies, besides the notifier's own settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -255,7 +260,8 @@ impl OfflinePush {
             sessions: d.sessions().cloned(),
             handle: notifier.handle(),
             alerts: alerts.clone(),
-            regs: Registrations::new(triggers.registration_ttl, triggers.registration_cache_users),
+            regs: TtlCache::new(triggers.registration_ttl, triggers.registration_cache_users),
+            online: TtlCache::new(PRESENCE_TTL, triggers.registration_cache_users),
             watch: AckWatch::new(triggers.ack_timeout, triggers.max_watched),
             ack_timeout: triggers.ack_timeout,
         };
@@ -290,7 +296,8 @@ struct Task {
     sessions: Option<Arc<dyn Sessions>>,
     handle: NotifyHandle,
     alerts: Arc<Alerts>,
-    regs: Registrations,
+    regs: TtlCache<Arc<[Registered]>>,
+    online: TtlCache<Arc<[String]>>,
     watch: AckWatch,
     ack_timeout: Duration,
 }
@@ -432,18 +439,30 @@ impl Task {
         out
     }
 
-    /// The connected (user, device) pairs of `users`, `None` when unknown.
-    async fn online(&self, users: &[String]) -> Option<HashSet<(String, String)>> {
-        let sessions = self.sessions.as_ref()?;
-        let Some(found) = sessions.online_many(users).await else {
+    /// The connected (user, device) pairs of `users` (briefly cached), `None` when unknown.
+    async fn online(&mut self, users: &[String]) -> Option<HashSet<(String, String)>> {
+        let sessions = self.sessions.clone()?;
+        let now = Instant::now();
+        let mut pairs = HashSet::new();
+        let mut missing = Vec::new();
+        for u in users {
+            match self.online.get(now, u) {
+                Some(devices) => pairs.extend(devices.iter().map(|d| (u.clone(), d.clone()))),
+                None => missing.push(u.clone()),
+            }
+        }
+        if missing.is_empty() {
+            return Some(pairs);
+        }
+        let Some(found) = sessions.online_many(&missing).await else {
             self.alerts.metrics.errors.fetch_add(1, Relaxed);
             return None;
         };
-        let pairs = users
-            .iter()
-            .zip(found)
-            .flat_map(|(u, devices)| devices.into_iter().map(move |d| (u.clone(), d)));
-        Some(pairs.collect())
+        for (u, devices) in missing.into_iter().zip(found) {
+            pairs.extend(devices.iter().map(|d| (u.clone(), d.clone())));
+            self.online.insert(now, u, devices.into());
+        }
+        Some(pairs)
     }
 
     /// Settles the watches that are due: one watermark read per conversation.

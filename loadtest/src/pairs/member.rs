@@ -283,7 +283,7 @@ mod tests {
     use tern_proto::v1::{Deliver, Envelope, GroupInfo, LoginOk, Message, ReceiptUpdate, SendAck};
     use tern_proto::{DEFAULT_MAX_FRAME_BYTES, FrameDecoder, encode_to_bytes};
 
-    const RUN: RunIds = RunIds { nonce: 5, receipts: true };
+    const RUN: RunIds = RunIds { nonce: 5, receipts: true, register_push: false };
     const SEC: u64 = 1_000_000_000;
 
     fn frame(request_id: u64, body: Body) -> Vec<u8> {

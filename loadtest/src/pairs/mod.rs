@@ -155,7 +155,11 @@ pub fn run(args: &PairsArgs) -> Result<PairsReport, PairsError> {
     let mut d = Driver::new(tally, pace, window, args.messages)?;
     d.group_size = group;
 
-    let run = RunIds { nonce: fastrand::u32(..), receipts: !args.no_receipts };
+    let run = RunIds {
+        nonce: fastrand::u32(..),
+        receipts: !args.no_receipts,
+        register_push: args.register_push,
+    };
     let now_secs = i64::try_from(unix_nanos_now() / 1_000_000_000).unwrap_or(i64::MAX / 2);
     let ttl = i64::try_from(args.max_duration.as_secs()).unwrap_or(i64::MAX / 4) + 3600;
     let interval_ns = u64::try_from(args.receipt_interval.as_nanos()).unwrap_or(u64::MAX);
@@ -404,6 +408,7 @@ fn report(
         pings: t.pings,
         pongs: t.pongs,
         other_frames: t.other_frames.clone(),
+        push_registrations: t.push_registrations,
         failures: t.failures.clone(),
         window_sent: t.in_window.sent,
         window_acked: t.in_window.acked,

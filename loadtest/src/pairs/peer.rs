@@ -148,6 +148,9 @@ pub struct RunIds {
     pub nonce: u32,
     /// Whether receivers send DELIVERED receipts (`--no-receipts` turns them off).
     pub receipts: bool,
+    /// Whether receivers and members register a (webhook) push token after login
+    /// (`--register-push`): the server then plans an offline push for every message to them.
+    pub register_push: bool,
 }
 
 /// What a fed batch changed that the driver acts on.
@@ -207,6 +210,9 @@ impl Peer {
         out: &mut Vec<u8>,
     ) -> Result<Self, PeerError> {
         wire::login(token, out)?;
+        if run.register_push {
+            wire::register_push(pair, out)?;
+        }
         let r = Receiver {
             conversation_id,
             highest_seq: 0,
@@ -228,6 +234,9 @@ impl Peer {
         out: &mut Vec<u8>,
     ) -> Result<Self, PeerError> {
         wire::login(token, out)?;
+        if run.register_push {
+            wire::register_push(seat.index, out)?;
+        }
         let m = Member::new(seat, run.nonce, Sender::new(String::new(), body_bytes, run.nonce));
         Ok(Self::new(seat.index, Role::Member(Box::new(m)), run))
     }
@@ -430,6 +439,7 @@ impl Peer {
             (_, Body::Kick(k)) => return Err(PeerError::Kicked(k.reason)),
             (_, Body::Error(e)) if e.fatal => return Err(PeerError::Fatal(error_text(&e))),
             (_, Body::Pong(_)) => tally.pongs += 1,
+            (_, Body::Ok(_)) if id == wire::PUSH_REQUEST_ID => tally.push_registrations += 1,
             (Role::Member(m), body) => {
                 *delivers |= m.on_frame(id, body, now_ns, tally, &mut fed.answered)?;
             }

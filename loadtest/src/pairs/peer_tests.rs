@@ -5,7 +5,7 @@ use crate::pairs::tally::Window;
 use tern_proto::v1::{Deliver, Kick, LoginOk, Message, ReceiptUpdate, SendAck};
 use tern_proto::{DEFAULT_MAX_FRAME_BYTES, encode_to_bytes};
 
-const RUN: RunIds = RunIds { nonce: 9, receipts: true };
+const RUN: RunIds = RunIds { nonce: 9, receipts: true, register_push: false };
 
 fn frame(request_id: u64, body: Body) -> Vec<u8> {
     let env = Envelope { request_id, body: Some(body) };

@@ -128,6 +128,8 @@ pub struct PairsReport {
     pub pongs: u64,
     /// Frames nobody asked for, by kind.
     pub other_frames: BTreeMap<String, u64>,
+    /// RegisterPush requests answered Ok (`--register-push`).
+    pub push_registrations: u64,
     /// Failed connections, by kind.
     pub failures: BTreeMap<String, u64>,
     /// Sends in the window.
@@ -274,6 +276,9 @@ impl PairsReport {
         );
         if self.group_size > 0 {
             row("group events", format!("{} delivered (ignored)", self.group_events));
+        }
+        if self.push_registrations > 0 {
+            row("push registrations", self.push_registrations.to_string());
         }
         row("send errors", map_cell(&self.send_errors));
         row("connection failures", map_cell(&self.failures));

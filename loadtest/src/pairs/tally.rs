@@ -83,6 +83,8 @@ pub struct Tally {
     pub pongs: u64,
     /// Frames nobody asked for (sync hints, non-fatal errors without a request...), by kind.
     pub other_frames: BTreeMap<String, u64>,
+    /// RegisterPush requests answered Ok (`--register-push`).
+    pub push_registrations: u64,
     /// Connections that failed, by kind.
     pub failures: BTreeMap<String, u64>,
     /// Send→ack latency of messages sent in the window, microseconds.
@@ -120,6 +122,7 @@ impl Tally {
             pings: 0,
             pongs: 0,
             other_frames: BTreeMap::new(),
+            push_registrations: 0,
             failures: BTreeMap::new(),
             ack_us: Vec::new(),
             deliver_us: Vec::new(),

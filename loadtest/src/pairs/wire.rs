@@ -103,6 +103,24 @@ pub fn login(token: String, out: &mut Vec<u8>) -> Result<(), FrameError> {
     encode_frame(&env, DEFAULT_MAX_FRAME_BYTES, out)
 }
 
+/// The request id of a receiver's or member's RegisterPush (above any other it uses).
+pub const PUSH_REQUEST_ID: u64 = u64::MAX - 1;
+
+/// Appends a RegisterPush of a webhook token (`lt-<n>`): the server's notifier would post to
+/// its configured webhook for this device.
+pub fn register_push(n: usize, out: &mut Vec<u8>) -> Result<(), FrameError> {
+    let env = Envelope {
+        request_id: PUSH_REQUEST_ID,
+        body: Some(Body::RegisterPush(tern_proto::v1::RegisterPush {
+            provider: tern_proto::v1::PushProvider::Webhook as i32,
+            token: format!("lt-{n}"),
+            app_id: String::new(),
+            sandbox: false,
+        })),
+    };
+    encode_frame(&env, DEFAULT_MAX_FRAME_BYTES, out)
+}
+
 /// Appends a Ping frame.
 pub fn ping(request_id: u64, out: &mut Vec<u8>) -> Result<(), FrameError> {
     let env = Envelope { request_id, body: Some(Body::Ping(Ping { client_time_ms: 0 })) };

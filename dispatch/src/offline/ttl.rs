@@ -1,29 +1,23 @@
-//! Users' push registrations, cached briefly, sans-IO: a group message needs the
-//! registrations of all its members, and reading 10,000 device lists per message would cost
-//! more than the message. Entries (also "no registration") live `ttl`; this worker's own
-//! registration writes (RegisterPush, UnregisterPush, LogoutDevice, a token the provider
-//! refused) drop the user's entry at once. A write through another worker (distributed mode)
-//! is seen within `ttl`.
+//! A per-user cache whose entries live a fixed time, sans-IO (the caller passes the clock).
+//! Offline push keeps two: users' push registrations (a group message needs all its members'
+//! registrations, and reading 10,000 device lists per message would cost more than the
+//! message; this worker's own registration writes drop the user's entry at once, other
+//! workers' are seen within the ttl) and which of their devices are connected (one presence
+//! read per user per ttl, not per message: a stale answer is harmless, see the module doc).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use super::plan::Registered;
-
-/// One user's registered devices.
-pub type Devices = Arc<[Registered]>;
 
 /// The cache.
 #[derive(Debug)]
-pub struct Registrations {
+pub struct TtlCache<V> {
     ttl: Duration,
     cap: usize,
-    map: HashMap<String, (Instant, Devices)>,
+    map: HashMap<String, (Instant, V)>,
     order: VecDeque<(Instant, String)>,
 }
 
-impl Registrations {
+impl<V: Clone> TtlCache<V> {
     /// Entries live `ttl`; at most `cap` users (0: no cache).
     pub fn new(ttl: Duration, cap: usize) -> Self {
         Self { ttl, cap, map: HashMap::new(), order: VecDeque::new() }
@@ -39,23 +33,23 @@ impl Registrations {
         self.map.is_empty()
     }
 
-    /// `user`'s devices if cached and fresh.
-    pub fn get(&self, now: Instant, user: &str) -> Option<Devices> {
-        let (at, devices) = self.map.get(user)?;
-        (now < *at + self.ttl).then(|| devices.clone())
+    /// `user`'s value if cached and fresh.
+    pub fn get(&self, now: Instant, user: &str) -> Option<V> {
+        let (at, value) = self.map.get(user)?;
+        (now < *at + self.ttl).then(|| value.clone())
     }
 
-    /// Caches `user`'s devices as read at `now`.
-    pub fn insert(&mut self, now: Instant, user: String, devices: Devices) {
+    /// Caches `user`'s value as read at `now`.
+    pub fn insert(&mut self, now: Instant, user: String, value: V) {
         self.expire(now);
         if self.ttl.is_zero() || (self.map.len() >= self.cap && !self.map.contains_key(&user)) {
             return;
         }
         self.order.push_back((now, user.clone()));
-        self.map.insert(user, (now, devices));
+        self.map.insert(user, (now, value));
     }
 
-    /// Forgets `user`'s entry (their registration changed).
+    /// Forgets `user`'s entry.
     pub fn invalidate(&mut self, user: &str) {
         self.map.remove(user);
     }
@@ -77,7 +71,11 @@ impl Registrations {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::offline::plan::Registered;
+    use std::sync::Arc;
     use tern_store::{PushProvider, PushRegistration};
+
+    type Devices = Arc<[Registered]>;
 
     fn devices(user: &str) -> Devices {
         let push = PushRegistration {
@@ -93,9 +91,9 @@ mod tests {
     #[test]
     fn entries_expire_and_invalidations_drop_them() {
         let t0 = Instant::now();
-        let mut r = Registrations::new(TTL, 10);
+        let mut r = TtlCache::new(TTL, 10);
         r.insert(t0, "bob".into(), devices("bob"));
-        r.insert(t0, "carol".into(), Arc::from(Vec::new()));
+        r.insert(t0, "carol".into(), Arc::from(Vec::<Registered>::new()));
         assert!(r.get(t0 + TTL - Duration::from_millis(1), "bob").is_some());
         assert_eq!(r.get(t0, "carol").map(|d| d.len()), Some(0), "no registration is cached too");
         assert!(r.get(t0 + TTL, "bob").is_none());
@@ -111,12 +109,12 @@ mod tests {
     #[test]
     fn the_cap_bounds_it_and_zero_ttl_caches_nothing() {
         let t0 = Instant::now();
-        let mut r = Registrations::new(TTL, 1);
+        let mut r = TtlCache::new(TTL, 1);
         r.insert(t0, "bob".into(), devices("bob"));
         r.insert(t0, "carol".into(), devices("carol"));
         assert_eq!(r.len(), 1);
         assert!(r.get(t0, "carol").is_none());
-        let mut off = Registrations::new(Duration::ZERO, 10);
+        let mut off: TtlCache<Devices> = TtlCache::new(Duration::ZERO, 10);
         off.insert(t0, "bob".into(), devices("bob"));
         assert!(off.is_empty());
     }
