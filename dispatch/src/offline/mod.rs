@@ -371,18 +371,10 @@ impl Task {
         let mut users: Vec<String> = registered.iter().map(|r| r.user_id.clone()).collect();
         users.dedup();
         let online = self.online(&users).await;
-        let muted = match self.store.muted_among(&alert.conversation_id, &users).await {
-            Ok(m) => m.into_iter().collect(),
-            Err(StoreError::Unsupported(_)) => HashSet::new(),
-            Err(e) => {
-                // Unknown mutes: treat everyone as muted, so only mentions notify.
-                self.alerts.metrics.errors.fetch_add(1, Relaxed);
-                tracing::warn!(error = %e, "push: reading mutes failed");
-                users.iter().cloned().collect()
-            }
-        };
-        let planned = plan::plan(alert, &registered, online.as_ref(), &muted);
-        for n in planned.now {
+        // Mutes are read only for what is sent (most watched devices acknowledge).
+        let planned = plan::plan(alert, &registered, online.as_ref(), &HashSet::new());
+        let now_list = self.with_mutes(&alert.conversation_id, planned.now).await;
+        for n in now_list {
             self.alerts.metrics.offline.fetch_add(1, Relaxed);
             self.handle.enqueue(n);
         }
@@ -395,6 +387,34 @@ impl Task {
                 self.alerts.metrics.watch_full.fetch_add(1, Relaxed);
             }
         }
+    }
+
+    /// `notifications` (of one conversation) with their users' mute flags set: one store read.
+    async fn with_mutes(
+        &self,
+        conv: &str,
+        mut notifications: Vec<Notification>,
+    ) -> Vec<Notification> {
+        if notifications.is_empty() {
+            return notifications;
+        }
+        let mut users: Vec<String> = notifications.iter().map(|n| n.user_id.clone()).collect();
+        users.sort();
+        users.dedup();
+        let muted: HashSet<String> = match self.store.muted_among(conv, &users).await {
+            Ok(m) => m.into_iter().collect(),
+            Err(StoreError::Unsupported(_)) => HashSet::new(),
+            Err(e) => {
+                // Unknown mutes: treat everyone as muted, so only mentions notify.
+                self.alerts.metrics.errors.fetch_add(1, Relaxed);
+                tracing::warn!(error = %e, "push: reading mutes failed");
+                users.into_iter().collect()
+            }
+        };
+        for n in &mut notifications {
+            n.muted = muted.contains(&n.user_id);
+        }
+        notifications
     }
 
     /// The registered devices of `recipients` other than `sender`, from the cache or the store.
@@ -481,15 +501,19 @@ impl Task {
                     None
                 }
             };
+            let mut notify = Vec::new();
             for (key, w) in items {
                 let delivered = marks.as_ref().map(|m| m.get(&key.1).copied().unwrap_or(0));
                 match self.watch.settle(now, key, w, delivered) {
-                    Settled::Notify(n) => self.notify_unacknowledged(*n),
+                    Settled::Notify(n) => notify.push(*n),
                     Settled::Acked => {
                         self.alerts.metrics.acknowledged.fetch_add(1, Relaxed);
                     }
                     Settled::Rearmed => {}
                 }
+            }
+            for n in self.with_mutes(&conv, notify).await {
+                self.notify_unacknowledged(n);
             }
         }
     }
