@@ -167,6 +167,12 @@ pub struct ProbeArgs {
     /// owner): a fan-out benchmark. The server's `dispatch.max_group_members` must allow it.
     #[arg(long)]
     pub group: bool,
+    /// With `--group`: how long to wait after building the group before the first probe. Its
+    /// setup is itself a fan-out (each AddMembers event reaches every member added so far:
+    /// 105,000 deliveries for 10,000 members); without the pause the first probes measure
+    /// that traffic too.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub settle: Duration,
 }
 
 /// `tern-loadtest pairs`.

@@ -178,6 +178,9 @@ pub async fn run(args: &ProbeArgs) -> Result<ProbeReport, ProbeError> {
         false => None,
         true => Some(make_group(&client, args).await.map_err(ProbeError::Connect)?),
     };
+    if group.is_some() && !args.settle.is_zero() {
+        tokio::time::sleep(args.settle).await;
+    }
     let progress = Arc::new(Progress::default());
     let printer = (!args.quiet).then(|| {
         tokio::spawn(progress_loop(progress.clone(), args.count as u64, args.max_duration))
