@@ -1,5 +1,6 @@
 //! One bot: [`BotSession`], the client side of login, heartbeats and received deliveries as a
-//! sans-IO state machine, and [`run_bot`], the thin task that drives it over a raw `TcpStream`.
+//! sans-IO state machine, [`count_event`] (what both engines count), and [`run_bot`], the thin
+//! tokio task that drives one session over a raw `TcpStream` or QUIC.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -504,31 +505,43 @@ fn feed<'a>(
     logged_in: &mut Option<Gauge<'a>>,
 ) -> Result<(), Outcome> {
     session
-        .feed(data, Instant::now(), unix_nanos_now(), |ev| match ev {
-            Event::LoggedIn { latency } => {
-                c.logins.fetch_add(1, Ordering::Relaxed);
-                c.login_latency_us(latency.as_micros() as u64);
+        .feed(data, Instant::now(), unix_nanos_now(), |ev| {
+            if count_event(c, ev) {
                 *logged_in = Some(Gauge::up(&c.logged_in));
-            }
-            Event::Pong => {
-                c.pongs.fetch_add(1, Ordering::Relaxed);
-            }
-            Event::Delivered(d) => {
-                c.deliveries.fetch_add(1, Ordering::Relaxed);
-                match d {
-                    Delivery::Probe { latency, sent } => {
-                        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-                        c.delivery_latency_us(us);
-                        c.probe_delivered(sent, us);
-                    }
-                    Delivery::ProbeFromFuture => {
-                        c.delivery_clock_skew.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Delivery::Other => {}
-                }
             }
         })
         .map_err(|e| Outcome::Failed(e.kind()))
+}
+
+/// Counts what a session reported (logins and their latency, pongs, deliveries and probe
+/// latencies); returns whether it was the login (the driver raises the logged-in gauge). Both
+/// engines count through here.
+pub fn count_event(c: &Counters, ev: Event) -> bool {
+    match ev {
+        Event::LoggedIn { latency } => {
+            c.logins.fetch_add(1, Ordering::Relaxed);
+            c.login_latency_us(latency.as_micros() as u64);
+            return true;
+        }
+        Event::Pong => {
+            c.pongs.fetch_add(1, Ordering::Relaxed);
+        }
+        Event::Delivered(d) => {
+            c.deliveries.fetch_add(1, Ordering::Relaxed);
+            match d {
+                Delivery::Probe { latency, sent } => {
+                    let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+                    c.delivery_latency_us(us);
+                    c.probe_delivered(sent, us);
+                }
+                Delivery::ProbeFromFuture => {
+                    c.delivery_clock_skew.fetch_add(1, Ordering::Relaxed);
+                }
+                Delivery::Other => {}
+            }
+        }
+    }
+    false
 }
 
 async fn connect(ctx: &BotCtx, index: usize) -> std::io::Result<BotStream> {
