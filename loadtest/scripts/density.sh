@@ -33,7 +33,11 @@
 # PROBES (messages) PROBE_RATE (messages/s, default 20) GROUP (1: the probe sends to one group
 # of every bot; reports the time until the last member has each message, deliveries/s and
 # server CPU per 1,000 deliveries) IO_THREADS (per gateway) QUIC_PERCENT (0-100, default 0)
-# OUT (result directory) TERN_BIN LOADTEST_BIN.
+# BOT_ENGINE (auto, mio or tokio: `swarm --engine`; auto = mio, one epoll loop per bot process,
+# unless bots use QUIC) BOT_SCHED (batch, the default: the bot processes run under SCHED_BATCH,
+# `chrt --batch 0`, so a bot woken by a push does not preempt the gateway writing the next one
+# and reads many at once; normal: the default policy, as before) OUT (result directory)
+# TERN_BIN LOADTEST_BIN.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -48,6 +52,8 @@ IO_THREADS=${IO_THREADS:-1}
 QUIC_PERCENT=${QUIC_PERCENT:-0}
 PROBE_RATE=${PROBE_RATE:-20}
 GROUP=${GROUP:-0}
+BOT_ENGINE=${BOT_ENGINE:-auto}
+BOT_SCHED=${BOT_SCHED:-batch}
 OUT=${OUT:-target/density}
 
 if [ -z "${TERN_BIN:-}" ] || [ -z "${LOADTEST_BIN:-}" ]; then
@@ -148,10 +154,12 @@ hold_s=${HOLD%s}
 ramp_s=$(( CONNS / RATE + 1 ))
 pid_args=(); for p in "${GW_PIDS[@]}"; do pid_args+=(--gateway-pid "$p"); done
 echo "density: $CONNS connections ($QUIC_PERCENT % QUIC), $GATEWAYS gateways x $IO_THREADS" \
-     "I/O thread(s), $BOT_PROCS bot processes, $RATE logins/s, hold $HOLD" >&2
-"$LOADTEST_BIN" swarm --addr "127.0.0.1:$CLIENT" --key "$KEY" --procs "$BOT_PROCS" \
+     "I/O thread(s), $BOT_PROCS bot processes ($BOT_ENGINE engine, $BOT_SCHED policy), $RATE logins/s," \
+     "hold $HOLD" >&2
+sched=(); [ "$BOT_SCHED" = batch ] && sched=(chrt --batch 0)   # inherited by the bot processes
+"${sched[@]}" "$LOADTEST_BIN" swarm --addr "127.0.0.1:$CLIENT" --key "$KEY" --procs "$BOT_PROCS" \
   --count-per-proc "$per_bot" --rate $(( RATE / BOT_PROCS )) --hold "$HOLD" \
-  --heartbeat "$HEARTBEAT" --user-prefix dn --max-duration $(( ramp_s + hold_s + 120 ))s \
+  --heartbeat "$HEARTBEAT" --user-prefix dn --engine "$BOT_ENGINE" --max-duration $(( ramp_s + hold_s + 120 ))s \
   --json "$OUT/swarm.json" "${pid_args[@]}" "${quic_args[@]}" >"$OUT/swarm.txt" & SWARM=$!
 PIDS+=($SWARM)
 
@@ -185,7 +193,8 @@ group_args=(); [ "$GROUP" = 1 ] && group_args=(--group)
 SERVER_PIDS=("${PIDS[@]}")
 frames0=0
 for h in "${GW_HTTP[@]}"; do frames0=$(( frames0 + $(metric "$h" tern_gateway_frames_out_total || echo 0) )); done
-cpu_probe0=$(cpu_ticks "${SERVER_PIDS[@]}")
+BOT_PIDS=($(pgrep -P "$SWARM" || true))
+cpu_probe0=$(cpu_ticks "${SERVER_PIDS[@]}"); cpu_bots0=$(cpu_ticks "${BOT_PIDS[@]}")
 timeout $(( hold_s + 30 )) "$LOADTEST_BIN" probe --addr "127.0.0.1:$CLIENT" --key "$KEY" \
   --user-prefix dn --procs "$BOT_PROCS" --users "$per_bot" --count "$PROBES" --rate "$PROBE_RATE" \
   --quiet "${group_args[@]}" --json "$OUT/probe.json" >"$OUT/probe.txt" \
@@ -205,6 +214,8 @@ if [ "$GROUP" = 1 ]; then
   done
 fi
 cpu_probe1=$(cpu_ticks "${SERVER_PIDS[@]}")
+# The bots may still be reading what the gateways wrote last: one more second for them.
+sleep 1; cpu_bots1=$(cpu_ticks "${BOT_PIDS[@]}")
 
 held_end=$(conns_now)
 rss_end=0
@@ -233,6 +244,16 @@ page_kib=$(( $(getconf PAGESIZE) / 1024 ))
        "gateway CPU per login $(( (cpu1_gw - cpu0_gw) * 1000000 / tck / (held > 0 ? held : 1) )) us"
   probe_secs=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["duration_secs"])' "$OUT/probe.json" 2>/dev/null || echo 0)
   echo "server CPU during the probe (gateways, dispatch, both Redis): $(secs $(( cpu_probe1 - cpu_probe0 ))) s over ${probe_secs} s"
+  # Bot CPU per Deliver frame received (probes, and the group's own system messages when
+  # GROUP=1: the probe adds the members in chunks and each chunk's notice goes to the group).
+  python3 - "$OUT/swarm.json" "$(( cpu_bots1 - cpu_bots0 ))" "$tck" "$BOT_ENGINE" "$BOT_SCHED" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+n = d.get("deliveries", 0)
+cpu = int(sys.argv[2]) / int(sys.argv[3])
+per = f" = {cpu * 1e6 / n:.2f} us per delivery ({n:,} Deliver frames)" if n else ""
+print(f"bot CPU during the probe ({sys.argv[4]} engine, {sys.argv[5]} policy, every bot process): {cpu:.2f} s{per}")
+PY
   if [ "$GROUP" = 1 ]; then
     # Throughput from the bots' own stamps: first probe sent -> last member received the last.
     python3 - "$OUT/swarm.json" "$(( cpu_probe1 - cpu_probe0 ))" "$tck" <<'PY'

@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Bots' user ids are `{prefix}{i}`; the default prefix of `bots`, `swarm` and `probe`.
 pub const DEFAULT_USER_PREFIX: &str = "lt";
@@ -85,6 +85,42 @@ pub struct CommonArgs {
     /// generated one to `<data_dir>/tls/cert.pem`.
     #[arg(long)]
     pub ca: Option<PathBuf>,
+    /// How a process drives its bots: `mio` (one thread, one epoll loop for every TCP bot;
+    /// the cheapest per delivery), `tokio` (one task per bot; TCP and QUIC), or `auto` (mio
+    /// unless some bots use QUIC).
+    #[arg(long, value_enum, default_value_t = Engine::Auto)]
+    pub engine: Engine,
+}
+
+/// The bot engine of `bots` and `swarm` (`--engine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Engine {
+    /// `mio` when every bot is on TCP, `tokio` otherwise.
+    Auto,
+    /// One thread and one epoll loop for every bot (TCP only).
+    Mio,
+    /// One tokio task per bot (TCP and QUIC).
+    Tokio,
+}
+
+impl Engine {
+    /// The engine `self` means for a run with `quic_percent` % of the bots on QUIC.
+    pub fn resolve(self, quic_percent: u8) -> Engine {
+        match self {
+            Engine::Auto if quic_percent > 0 => Engine::Tokio,
+            Engine::Auto => Engine::Mio,
+            e => e,
+        }
+    }
+
+    /// The `--engine` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Engine::Auto => "auto",
+            Engine::Mio => "mio",
+            Engine::Tokio => "tokio",
+        }
+    }
 }
 
 /// `tern-loadtest bots`.
@@ -282,5 +318,13 @@ mod tests {
         assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn auto_engine_is_mio_unless_bots_use_quic() {
+        assert_eq!(Engine::Auto.resolve(0), Engine::Mio);
+        assert_eq!(Engine::Auto.resolve(1), Engine::Tokio);
+        assert_eq!(Engine::Mio.resolve(50), Engine::Mio);
+        assert_eq!(Engine::Tokio.resolve(0), Engine::Tokio);
     }
 }

@@ -187,6 +187,8 @@ pub fn child_args(args: &SwarmArgs, k: usize, ips: &[IpAddr], dir: &Path) -> Vec
         "--delivery-samples-out".into(),
         dir.join(format!("{k}.delivery-samples")).display().to_string(),
         "--child".into(),
+        "--engine".into(),
+        c.engine.as_str().into(),
     ];
     if !ips.is_empty() {
         a.push("--source-ips".into());

@@ -2,6 +2,7 @@
 //!
 //! - [`config`]: command-line arguments and the plain run configuration.
 //! - [`bot`]: the per-connection state machine (sans-IO) and the thin task that drives it.
+//! - [`mio_bots`]: `bots --engine mio`, every TCP bot of a process on one epoll loop.
 //! - [`ramp`]: starts bots at a rate, holds, stops, prints progress.
 //! - [`stats`]: shared counters and latency percentiles.
 //! - [`sys`]: `/proc` readings (gateway RSS, kernel TCP memory).
@@ -15,6 +16,7 @@
 pub mod bot;
 pub mod config;
 pub mod coordinator;
+pub mod mio_bots;
 pub mod pairs;
 pub mod probe;
 pub mod ramp;

@@ -1,14 +1,14 @@
-//! `tern-loadtest`: parses arguments, builds the runtime, runs `bots`, `swarm`, `probe` or
-//! `pairs`, writes the report.
+//! `tern-loadtest`: parses arguments, builds the runtime (or the mio loop), runs `bots`,
+//! `swarm`, `probe` or `pairs`, writes the report.
 
 use std::io::Write;
 
 use anyhow::Context;
 use clap::Parser;
 use serde::Serialize;
-use tern_loadtest::config::{Cli, Command};
+use tern_loadtest::config::{Cli, Command, Engine};
 use tern_loadtest::stats::write_samples;
-use tern_loadtest::{coordinator, pairs, probe, ramp};
+use tern_loadtest::{coordinator, mio_bots, pairs, probe, ramp};
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -21,8 +21,14 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Bots(args) => {
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            let out = rt.block_on(ramp::run(&args))?;
+            let out = match args.common.engine.resolve(args.common.quic_percent) {
+                // One thread, its own event loop: no runtime.
+                Engine::Mio => mio_bots::run(&args)?,
+                _ => {
+                    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+                    rt.block_on(ramp::run(&args))?
+                }
+            };
             let files = [
                 (&args.samples_out, &out.samples.login_us),
                 (&args.delivery_samples_out, &out.samples.delivery_us),

@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::bot::{BotCtx, Churn, run_bot};
-use crate::config::BotsArgs;
+use crate::config::{BotsArgs, CommonArgs};
 use crate::report::{GatewayMem, Report, bytes_per_conn, rate};
 use crate::stats::{Counters, FailKind, Latency, RawSamples};
 use crate::sys;
@@ -40,6 +40,12 @@ pub enum RunError {
     /// `--quic-percent` without `--ca`.
     #[error("--quic-percent needs --ca (the server's certificate, PEM)")]
     NoCa,
+    /// `--engine mio` with QUIC bots.
+    #[error("--engine mio drives TCP bots only: use --engine tokio (or auto) with --quic-percent")]
+    MioQuic,
+    /// The mio engine's poll failed.
+    #[error("event loop: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 /// What one run produced: the report and the raw latency samples (µs).
@@ -51,8 +57,9 @@ pub struct RunOutput {
     pub samples: RawSamples,
 }
 
-/// Runs `args.count` bots in this process until ramp + hold (or `--max-duration`) are over.
-pub async fn run(args: &BotsArgs) -> Result<RunOutput, RunError> {
+/// Checks the arguments and builds what every bot of the run shares (its counters included);
+/// `start` is the run's start (the churn schedule begins at the nominal ramp end).
+pub fn bot_ctx(args: &BotsArgs, start: Instant) -> Result<Arc<BotCtx>, RunError> {
     let c = &args.common;
     if !(c.rate.is_finite() && c.rate > 0.0) {
         return Err(RunError::Rate("--rate"));
@@ -61,13 +68,6 @@ pub async fn run(args: &BotsArgs) -> Result<RunOutput, RunError> {
         return Err(RunError::Rate("--churn-per-sec"));
     }
     let key = TokenKey::from_base64(&c.key).map_err(|e| RunError::Key(e.to_string()))?;
-    let start = Instant::now();
-    let hard_deadline = start + c.max_duration;
-    let rss_before: Vec<Option<u64>> =
-        c.gateway_pid.iter().map(|p| sys::vm_rss_bytes(*p)).collect();
-    let tcp_before = sys::tcp_mem();
-
-    let counters = Arc::new(Counters::default());
     let nominal_ramp = Duration::from_secs_f64(args.count as f64 / c.rate);
     let churn = (c.churn_per_sec > 0.0).then(|| Churn {
         epoch: start + nominal_ramp,
@@ -80,7 +80,7 @@ pub async fn run(args: &BotsArgs) -> Result<RunOutput, RunError> {
         (_, Some(ca)) => Some(Arc::new(crate::transport::QuicClients::new(ca, None)?)),
         (_, None) => return Err(RunError::NoCa),
     };
-    let ctx = Arc::new(BotCtx {
+    Ok(Arc::new(BotCtx {
         addr: c.addr,
         key,
         user_prefix: c.user_prefix.clone(),
@@ -89,10 +89,24 @@ pub async fn run(args: &BotsArgs) -> Result<RunOutput, RunError> {
         login_timeout: c.login_timeout,
         churn,
         token_ttl: c.max_duration + Duration::from_secs(3600),
-        counters: counters.clone(),
+        counters: Arc::new(Counters::default()),
         quic,
         quic_percent: c.quic_percent,
-    });
+    }))
+}
+
+/// Runs `args.count` bots in this process until ramp + hold (or `--max-duration`) are over,
+/// one tokio task per bot.
+pub async fn run(args: &BotsArgs) -> Result<RunOutput, RunError> {
+    let c = &args.common;
+    let start = Instant::now();
+    let ctx = bot_ctx(args, start)?;
+    let counters = ctx.counters.clone();
+    let hard_deadline = start + c.max_duration;
+    let rss_before: Vec<Option<u64>> =
+        c.gateway_pid.iter().map(|p| sys::vm_rss_bytes(*p)).collect();
+    let tcp_before = sys::tcp_mem();
+
     let progress = (!c.quiet).then(|| {
         tokio::spawn(progress_loop(counters.clone(), c.user_prefix.clone(), c.max_duration))
     });
@@ -147,6 +161,48 @@ pub async fn run(args: &BotsArgs) -> Result<RunOutput, RunError> {
         p.abort();
     }
 
+    let marks = Marks {
+        start,
+        started,
+        ramp_secs,
+        logged_in_at_ramp_end,
+        logged_in_at_end,
+        hit_max_duration,
+        rss_before,
+        rss_after,
+        tcp_before,
+        tcp_after,
+    };
+    Ok(output(c, &counters, marks))
+}
+
+/// What a run noted at its phase boundaries (both engines), for [`output`].
+#[derive(Debug)]
+pub struct Marks {
+    /// The run's start.
+    pub start: Instant,
+    /// Bots started.
+    pub started: u64,
+    /// Start to ramp end.
+    pub ramp_secs: f64,
+    /// Logged-in bots at ramp end.
+    pub logged_in_at_ramp_end: u64,
+    /// Logged-in bots when the hold ended.
+    pub logged_in_at_end: u64,
+    /// The hold was cut short by `--max-duration`.
+    pub hit_max_duration: bool,
+    /// Gateway VmRSS before the ramp, per `--gateway-pid`.
+    pub rss_before: Vec<Option<u64>>,
+    /// Gateway VmRSS at ramp end.
+    pub rss_after: Vec<Option<u64>>,
+    /// Kernel TCP memory before the ramp.
+    pub tcp_before: Option<sys::TcpMem>,
+    /// Kernel TCP memory at ramp end.
+    pub tcp_after: Option<sys::TcpMem>,
+}
+
+/// The report and raw samples of a run whose bots are all stopped.
+pub fn output(c: &CommonArgs, counters: &Counters, m: Marks) -> RunOutput {
     let mut samples = counters.take_samples();
     let failures = FailKind::ALL
         .iter()
@@ -154,11 +210,11 @@ pub async fn run(args: &BotsArgs) -> Result<RunOutput, RunError> {
         .filter(|(_, v)| *v > 0)
         .collect();
     // With several gateways each one's share is unknown here (`swarm` counts their sockets).
-    let conns = (c.gateway_pid.len() == 1).then_some(logged_in_at_ramp_end);
+    let conns = (c.gateway_pid.len() == 1).then_some(m.logged_in_at_ramp_end);
     let gateways = c
         .gateway_pid
         .iter()
-        .zip(rss_before.iter().zip(&rss_after))
+        .zip(m.rss_before.iter().zip(&m.rss_after))
         .map(|(pid, (b, a))| GatewayMem {
             pid: *pid,
             rss_before: *b,
@@ -171,13 +227,13 @@ pub async fn run(args: &BotsArgs) -> Result<RunOutput, RunError> {
     let mut last: Vec<u32> = probe_last_us.values().copied().collect();
     let report = Report {
         procs: 1,
-        bots: started,
-        logged_in_at_ramp_end,
-        logged_in_at_end,
+        bots: m.started,
+        logged_in_at_ramp_end: m.logged_in_at_ramp_end,
+        logged_in_at_end: m.logged_in_at_end,
         logins: counters.logins.load(Ordering::Relaxed),
         reconnects: counters.reconnects.load(Ordering::Relaxed),
-        ramp_secs,
-        logins_per_sec: rate(logged_in_at_ramp_end, ramp_secs),
+        ramp_secs: m.ramp_secs,
+        logins_per_sec: rate(m.logged_in_at_ramp_end, m.ramp_secs),
         login_latency: Latency::from_samples(&mut samples.login_us),
         latency_merge: "exact".into(),
         failures,
@@ -188,13 +244,13 @@ pub async fn run(args: &BotsArgs) -> Result<RunOutput, RunError> {
         delivery_clock_skew: counters.delivery_clock_skew.load(Ordering::Relaxed),
         last_delivery_latency: Latency::from_samples(&mut last),
         probe_last_us,
-        duration_secs: start.elapsed().as_secs_f64(),
-        hit_max_duration,
+        duration_secs: m.start.elapsed().as_secs_f64(),
+        hit_max_duration: m.hit_max_duration,
         gateways,
-        tcp_before,
-        tcp_after,
+        tcp_before: m.tcp_before,
+        tcp_after: m.tcp_after,
     };
-    Ok(RunOutput { report, samples })
+    RunOutput { report, samples }
 }
 
 /// Waits for a line (or EOF) on stdin, at most until `deadline`.
@@ -212,17 +268,27 @@ async fn progress_loop(c: Arc<Counters>, prefix: String, max: Duration) {
     for _ in 0..max.as_secs() + 60 {
         tick.tick().await;
         let logins = c.logins.load(Ordering::Relaxed);
-        eprintln!(
-            "[{prefix}] t={:>4.0}s connected={} logged_in={} failed={} logins/s={} deliveries={}",
-            t0.elapsed().as_secs_f64(),
-            c.connected.load(Ordering::Relaxed),
-            c.logged_in.load(Ordering::Relaxed),
-            c.failures_total(),
-            logins - last_logins,
-            c.deliveries.load(Ordering::Relaxed),
-        );
+        eprintln!("{}", progress_line(&c, &prefix, t0.elapsed(), logins - last_logins));
         last_logins = logins;
     }
+}
+
+/// One progress line: `[prefix] t=... connected=... logged_in=... failed=... logins/s=...`.
+pub fn progress_line(
+    c: &Counters,
+    prefix: &str,
+    elapsed: Duration,
+    logins_last_sec: u64,
+) -> String {
+    format!(
+        "[{prefix}] t={:>4.0}s connected={} logged_in={} failed={} logins/s={} deliveries={}",
+        elapsed.as_secs_f64(),
+        c.connected.load(Ordering::Relaxed),
+        c.logged_in.load(Ordering::Relaxed),
+        c.failures_total(),
+        logins_last_sec,
+        c.deliveries.load(Ordering::Relaxed),
+    )
 }
 
 /// The source IPs of child `k` of `procs`: its share of `given` (round-robin), or, when none

@@ -116,6 +116,42 @@ fn bots_log_in_ping_and_stop_by_themselves() {
     let server = start_server();
     let out = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     let pid = server.child.id().to_string();
+    for engine in ["mio", "tokio"] {
+        let report = run_loadtest(
+            &[
+                "bots",
+                "--addr",
+                &server.addr,
+                "--key",
+                KEY,
+                "--user-prefix",
+                engine,
+                "--count",
+                "200",
+                "--rate",
+                "400",
+                "--hold",
+                "2s",
+                "--heartbeat",
+                "500ms",
+                "--gateway-pid",
+                &pid,
+                "--engine",
+                engine,
+            ],
+            &out.path().join(format!("{engine}.json")),
+        );
+        assert_all_logged_in(&report, 200);
+        assert_eq!(report["procs"], 1);
+        assert!(report["gateways"][0]["rss_after"].as_u64().is_some(), "{report:#}");
+        assert!(report["tcp_after"]["inuse"].as_u64().is_some(), "{report:#}");
+    }
+}
+
+#[test]
+fn mio_bots_reconnect_on_churn() {
+    let server = start_server();
+    let out = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     let report = run_loadtest(
         &[
             "bots",
@@ -124,22 +160,41 @@ fn bots_log_in_ping_and_stop_by_themselves() {
             "--key",
             KEY,
             "--count",
-            "200",
+            "50",
             "--rate",
-            "400",
+            "500",
             "--hold",
             "2s",
             "--heartbeat",
             "500ms",
-            "--gateway-pid",
-            &pid,
+            "--churn-per-sec",
+            "50",
+            "--engine",
+            "mio",
         ],
-        &out.path().join("bots.json"),
+        &out.path().join("churn.json"),
     );
-    assert_all_logged_in(&report, 200);
-    assert_eq!(report["procs"], 1);
-    assert!(report["gateways"][0]["rss_after"].as_u64().is_some(), "{report:#}");
-    assert!(report["tcp_after"]["inuse"].as_u64().is_some(), "{report:#}");
+    assert_eq!(report["failures"].as_object().map(|f| f.len()), Some(0), "{report:#}");
+    let reconnects = report["reconnects"].as_u64().unwrap_or(0);
+    assert!(reconnects >= 20, "{report:#}");
+    // Every reconnect but the last few (still logging in at the stop) logged in again.
+    let logins = report["logins"].as_u64().unwrap_or(0);
+    assert!(logins + 10 >= 50 + reconnects, "{report:#}");
+}
+
+#[test]
+fn mio_engine_refuses_quic_bots() {
+    let out = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let ca = out.path().join("ca.pem");
+    let status = Command::new(env!("CARGO_BIN_EXE_tern-loadtest"))
+        .args(["bots", "--addr", "127.0.0.1:9", "--key", KEY, "--count", "1", "--quiet"])
+        .args(["--engine", "mio", "--quic-percent", "50", "--ca"])
+        .arg(&ca)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap_or_else(|e| panic!("spawn tern-loadtest: {e}"));
+    assert!(!status.success());
 }
 
 #[test]
@@ -190,6 +245,15 @@ fn assert_positive_percentiles(latency: &Value) {
 
 #[test]
 fn bots_time_the_deliveries_of_a_probe_sent_during_the_hold() {
+    probe_during_the_hold("mio");
+}
+
+#[test]
+fn tokio_bots_time_the_deliveries_of_a_probe_sent_during_the_hold() {
+    probe_during_the_hold("tokio");
+}
+
+fn probe_during_the_hold(engine: &str) {
     let server = start_server();
     let out = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     let bots_json = out.path().join("bots.json");
@@ -198,6 +262,7 @@ fn bots_time_the_deliveries_of_a_probe_sent_during_the_hold() {
     let mut bots = Command::new(env!("CARGO_BIN_EXE_tern-loadtest"))
         .args(["bots", "--addr", &server.addr, "--key", KEY, "--count", "50", "--rate", "500"])
         .args(["--hold", "1s", "--heartbeat", "500ms", "--max-duration", "30s", "--quiet"])
+        .args(["--engine", engine])
         .arg("--child")
         .arg("--json")
         .arg(&bots_json)
