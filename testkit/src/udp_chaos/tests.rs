@@ -48,11 +48,16 @@ fn wait_for(proxy: &UdpChaosProxy, what: &str, cond: impl Fn(&UdpChaosStats) -> 
 }
 
 /// Sends datagrams 0..n (their number as 4 bytes) from the client through the proxy, 50 at a
-/// time, each batch only once the proxy has taken the previous one (so no socket buffer on
-/// the way overflows), then an end marker with the faults off; returns how many copies of
-/// each number the server received.
+/// time, each batch only once the proxy has taken the previous one and the server has read
+/// every copy the proxy sent so far (so no socket buffer on the way overflows, however late the
+/// reader thread is scheduled), then an end marker with the faults off; returns how many
+/// copies of each number the server received.
 fn numbered(rig: Rig, n: u32) -> (BTreeMap<u32, u32>, UdpChaosProxy) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
     let Rig { client, server, proxy } = rig;
+    let read = Arc::new(AtomicU64::new(0));
+    let counter = read.clone();
     let reader = std::thread::spawn(move || {
         let mut got = BTreeMap::new();
         let mut buf = [0u8; 16];
@@ -63,6 +68,7 @@ fn numbered(rig: Rig, n: u32) -> (BTreeMap<u32, u32>, UdpChaosProxy) {
             }
             let k = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
             *got.entry(k).or_insert(0) += 1;
+            counter.fetch_add(1, Ordering::Relaxed);
         }
     });
     for i in 0..n {
@@ -70,6 +76,10 @@ fn numbered(rig: Rig, n: u32) -> (BTreeMap<u32, u32>, UdpChaosProxy) {
         if i % 50 == 49 {
             let seen = u64::from(i) + 1;
             wait_for(&proxy, "the proxy takes a batch", |s| s.to_server.received >= seen);
+            let sent = proxy.stats().to_server.sent;
+            wait_for(&proxy, "the server reads the batch", |_| {
+                read.load(Ordering::Relaxed) >= sent
+            });
         }
     }
     // Every copy is accounted for once it was sent or dropped (the delayed ones last).
