@@ -16,7 +16,7 @@
 //! - [`notifier`]: [`Notifier::start`], the non-blocking [`NotifyHandle::enqueue`], the
 //!   provider lanes and [`Notifier::shutdown`].
 //! - `http`: the shared hyper 1 client (HTTP/2, rustls with ring).
-//! - [`config`], [`error`], [`metrics`].
+//! - [`config`], [`error`], [`metrics`]; `fuzzing`: the body of the `push_answer` fuzz target.
 //!
 //! The `[notify]` configuration section is in this crate's `README.md` and `etc/tern.toml`.
 
@@ -25,6 +25,8 @@ pub mod coalesce;
 pub mod config;
 pub mod error;
 pub mod fcm;
+#[doc(hidden)]
+pub mod fuzzing;
 mod http;
 pub mod metrics;
 pub mod notification;
