@@ -24,8 +24,15 @@ const TARGETS: [Target; 5] = [
 
 /// Targets whose bodies live in other crates (and are replayed by those crates' own
 /// `tests/fuzz_corpus.rs`).
-const OTHER_CRATES_TARGETS: [&str; 6] =
-    ["token", "gateway_connection", "quic_datagram", "http_request", "wal_record", "store_record"];
+const OTHER_CRATES_TARGETS: [&str; 7] = [
+    "token",
+    "gateway_connection",
+    "quic_datagram",
+    "http_request",
+    "wal_record",
+    "store_record",
+    "push_answer",
+];
 
 fn corpus_dir(target: &str) -> PathBuf {
     tern_testkit::corpus::corpus_dir(env!("CARGO_MANIFEST_DIR"), target)
