@@ -281,26 +281,11 @@ mod tests {
     use crate::pairs::tally::Window;
     use crate::pairs::wire::Stamp;
     use tern_proto::v1::{Deliver, Envelope, GroupInfo, LoginOk, Message, ReceiptUpdate, SendAck};
-    use tern_proto::{DEFAULT_MAX_FRAME_BYTES, FrameDecoder, encode_to_bytes};
 
     const RUN: RunIds = RunIds { nonce: 5, receipts: true, register_push: false };
     const SEC: u64 = 1_000_000_000;
 
-    fn frame(request_id: u64, body: Body) -> Vec<u8> {
-        let env = Envelope { request_id, body: Some(body) };
-        encode_to_bytes(&env, DEFAULT_MAX_FRAME_BYTES).map(|b| b.to_vec()).unwrap_or_default()
-    }
-
-    fn frames(out: &mut Vec<u8>) -> Vec<Envelope> {
-        let (dec, mut at, mut v) = (FrameDecoder::default(), 0, Vec::new());
-        while let Ok(Some((env, n))) = dec.decode_slice(&out[at..]) {
-            at += n;
-            v.push(env);
-        }
-        assert_eq!(at, out.len());
-        out.clear();
-        v
-    }
+    use crate::pairs::peer::tests::{frame, frames};
 
     /// A message of member `from` (number `k`) at `seq`, or a group event.
     fn deliver(seq: u64, nonce: u32, from: u32, k: u64, kind: MessageKind) -> Vec<u8> {

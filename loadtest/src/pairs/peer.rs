@@ -550,4 +550,4 @@ pub fn code_name(code: ErrorCode) -> &'static str {
 
 #[cfg(test)]
 #[path = "peer_tests.rs"]
-mod tests;
+pub(crate) mod tests;

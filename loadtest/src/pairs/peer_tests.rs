@@ -7,7 +7,8 @@ use tern_proto::{DEFAULT_MAX_FRAME_BYTES, encode_to_bytes};
 
 const RUN: RunIds = RunIds { nonce: 9, receipts: true, register_push: false };
 
-fn frame(request_id: u64, body: Body) -> Vec<u8> {
+/// One encoded frame (shared with the member tests).
+pub(crate) fn frame(request_id: u64, body: Body) -> Vec<u8> {
     let env = Envelope { request_id, body: Some(body) };
     encode_to_bytes(&env, DEFAULT_MAX_FRAME_BYTES).map(|b| b.to_vec()).unwrap_or_default()
 }
@@ -21,7 +22,7 @@ fn deliver(seq: u64, nonce: u32, pair: u32, k: u64) -> Vec<u8> {
 }
 
 /// The frames in `out` (drained).
-fn frames(out: &mut Vec<u8>) -> Vec<Envelope> {
+pub(crate) fn frames(out: &mut Vec<u8>) -> Vec<Envelope> {
     let (dec, mut at, mut v) = (FrameDecoder::default(), 0, Vec::new());
     while let Ok(Some((env, n))) = dec.decode_slice(&out[at..]) {
         at += n;

@@ -203,48 +203,10 @@ impl ApnsImitation {
         &self.ca
     }
 
-    /// Answers `token` with `answer` from now on.
-    pub fn answer(&self, token: &str, answer: Answer) {
-        self.apple.script.set(token, [answer]);
-    }
-
-    /// Answers `token`'s next requests in this order; the last answer repeats.
-    pub fn answer_sequence(&self, token: &str, answers: impl IntoIterator<Item = Answer>) {
-        self.apple.script.set(token, answers);
-    }
-
-    /// Answers every token without a script of its own with `answer`.
-    pub fn answer_all(&self, answer: Answer) {
-        self.apple.script.set_default(answer);
-    }
-
     /// Refuses the next valid provider token as `403 ExpiredProviderToken`, and again each
     /// time it comes back, as Apple does with a token older than an hour.
     pub fn expire_next_provider_token(&self) {
         *lock(&self.apple.expire) = Some("any".to_owned());
-    }
-
-    /// The next request to either endpoint, waiting at most [`super::GUARD`].
-    pub async fn next(&mut self) -> Result<ApnsRequest, PushServiceError> {
-        self.events.next().await
-    }
-
-    /// The next request, waiting at most `wait`.
-    pub async fn next_within(
-        &mut self,
-        wait: std::time::Duration,
-    ) -> Result<ApnsRequest, PushServiceError> {
-        self.events.next_within(wait).await
-    }
-
-    /// A request that already arrived, if any.
-    pub fn try_next(&mut self) -> Option<ApnsRequest> {
-        self.events.try_next()
-    }
-
-    /// Every request that already arrived.
-    pub fn drain(&mut self) -> Vec<ApnsRequest> {
-        self.events.drain()
     }
 }
 
@@ -393,3 +355,5 @@ fn handler(
         }
     })
 }
+
+scripted_imitation!(ApnsImitation, ApnsRequest, |this| this.apple.script);

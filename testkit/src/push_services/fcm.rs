@@ -195,44 +195,6 @@ impl FcmImitation {
     pub fn token_requests(&self) -> usize {
         self.google.token_requests.load(Ordering::Relaxed)
     }
-
-    /// Answers `token` with `answer` from now on.
-    pub fn answer(&self, token: &str, answer: Answer) {
-        self.script.set(token, [answer]);
-    }
-
-    /// Answers `token`'s next requests in this order; the last answer repeats.
-    pub fn answer_sequence(&self, token: &str, answers: impl IntoIterator<Item = Answer>) {
-        self.script.set(token, answers);
-    }
-
-    /// Answers every token without a script of its own with `answer`.
-    pub fn answer_all(&self, answer: Answer) {
-        self.script.set_default(answer);
-    }
-
-    /// The next messages:send request, waiting at most [`super::GUARD`].
-    pub async fn next(&mut self) -> Result<FcmRequest, PushServiceError> {
-        self.events.next().await
-    }
-
-    /// The next request, waiting at most `wait`.
-    pub async fn next_within(
-        &mut self,
-        wait: std::time::Duration,
-    ) -> Result<FcmRequest, PushServiceError> {
-        self.events.next_within(wait).await
-    }
-
-    /// A request that already arrived, if any.
-    pub fn try_next(&mut self) -> Option<FcmRequest> {
-        self.events.try_next()
-    }
-
-    /// Every request that already arrived.
-    pub fn drain(&mut self) -> Vec<FcmRequest> {
-        self.events.drain()
-    }
 }
 
 /// An answer: status, `error.status`, the FcmError `errorCode`, the violated field, message.
@@ -446,3 +408,5 @@ fn send_endpoint(
         }
     })
 }
+
+scripted_imitation!(FcmImitation, FcmRequest, |this| this.script);

@@ -23,6 +23,55 @@
 //!   and `drain` take what is already there. Every request is reported, also those the
 //!   imitation refused, with its token, headers, parsed payload and the status it answered.
 
+/// The methods every imitation has: scripted answers by token (`$script` names its [`Script`]
+/// given `self`) and the requests it received (its `events` field).
+macro_rules! scripted_imitation {
+    ($ty:ty, $request:ty, |$this:ident| $script:expr) => {
+        impl $ty {
+            /// Answers `token` with `answer` from now on.
+            pub fn answer(&self, token: &str, answer: Answer) {
+                let $this = self;
+                $script.set(token, [answer]);
+            }
+
+            /// Answers `token`'s next requests in this order; the last answer repeats.
+            pub fn answer_sequence(&self, token: &str, answers: impl IntoIterator<Item = Answer>) {
+                let $this = self;
+                $script.set(token, answers);
+            }
+
+            /// Answers every token without a script of its own with `answer`.
+            pub fn answer_all(&self, answer: Answer) {
+                let $this = self;
+                $script.set_default(answer);
+            }
+
+            /// The next request, waiting at most [`GUARD`](super::GUARD).
+            pub async fn next(&mut self) -> Result<$request, PushServiceError> {
+                self.events.next().await
+            }
+
+            /// The next request, waiting at most `wait`.
+            pub async fn next_within(
+                &mut self,
+                wait: std::time::Duration,
+            ) -> Result<$request, PushServiceError> {
+                self.events.next_within(wait).await
+            }
+
+            /// A request that already arrived, if any.
+            pub fn try_next(&mut self) -> Option<$request> {
+                self.events.try_next()
+            }
+
+            /// Every request that already arrived.
+            pub fn drain(&mut self) -> Vec<$request> {
+                self.events.drain()
+            }
+        }
+    };
+}
+
 pub mod apns;
 pub mod fcm;
 mod http;

@@ -121,44 +121,6 @@ impl WebhookReceiver {
     pub fn ca(&self) -> Option<&TestCa> {
         self.ca.as_ref()
     }
-
-    /// Answers `token` with `answer` from now on.
-    pub fn answer(&self, token: &str, answer: Answer) {
-        self.script.set(token, [answer]);
-    }
-
-    /// Answers `token`'s next requests in this order; the last answer repeats.
-    pub fn answer_sequence(&self, token: &str, answers: impl IntoIterator<Item = Answer>) {
-        self.script.set(token, answers);
-    }
-
-    /// Answers every token without a script of its own with `answer`.
-    pub fn answer_all(&self, answer: Answer) {
-        self.script.set_default(answer);
-    }
-
-    /// The next request, waiting at most [`super::GUARD`].
-    pub async fn next(&mut self) -> Result<WebhookRequest, PushServiceError> {
-        self.events.next().await
-    }
-
-    /// The next request, waiting at most `wait`.
-    pub async fn next_within(
-        &mut self,
-        wait: std::time::Duration,
-    ) -> Result<WebhookRequest, PushServiceError> {
-        self.events.next_within(wait).await
-    }
-
-    /// A request that already arrived, if any.
-    pub fn try_next(&mut self) -> Option<WebhookRequest> {
-        self.events.try_next()
-    }
-
-    /// Every request that already arrived.
-    pub fn drain(&mut self) -> Vec<WebhookRequest> {
-        self.events.drain()
-    }
 }
 
 /// Whether the headers sign `body` under `secret` with a timestamp within `tolerance` of now.
@@ -229,6 +191,8 @@ fn handler(
         }
     })
 }
+
+scripted_imitation!(WebhookReceiver, WebhookRequest, |this| this.script);
 
 #[cfg(test)]
 mod tests {
