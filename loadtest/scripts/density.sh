@@ -36,7 +36,9 @@
 # BOT_ENGINE (auto, mio or tokio: `swarm --engine`; auto = mio, one epoll loop per bot process,
 # unless bots use QUIC) BOT_SCHED (batch, the default: the bot processes run under SCHED_BATCH,
 # `chrt --batch 0`, so a bot woken by a push does not preempt the gateway writing the next one
-# and reads many at once; normal: the default policy, as before) OUT (result directory)
+# and reads many at once; normal: the default policy, as before) PIN_IO (1: every gateway I/O
+# thread pinned to its own core, `server.io_cpus`, as one runs one gateway per core; 0, the
+# default: the scheduler places them) OUT (result directory)
 # TERN_BIN LOADTEST_BIN.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -54,6 +56,7 @@ PROBE_RATE=${PROBE_RATE:-20}
 GROUP=${GROUP:-0}
 BOT_ENGINE=${BOT_ENGINE:-auto}
 BOT_SCHED=${BOT_SCHED:-batch}
+PIN_IO=${PIN_IO:-0}
 OUT=${OUT:-target/density}
 
 if [ -z "${TERN_BIN:-}" ] || [ -z "${LOADTEST_BIN:-}" ]; then
@@ -127,8 +130,16 @@ wait_port "$LINK" "tern dispatch"
 GW_PIDS=(); GW_HTTP=()
 for g in $(seq 1 "$GATEWAYS"); do
   http=$(free_port)
+  # PIN_IO=1: gateway g's I/O thread t on CPU ((g - 1) * IO_THREADS + t) mod cores.
+  cpus=""
+  if [ "$PIN_IO" = 1 ]; then
+    for t in $(seq 0 $(( IO_THREADS - 1 ))); do
+      cpus+="${cpus:+,}$(( ((g - 1) * IO_THREADS + t) % $(nproc) ))"
+    done
+  fi
   "$TERN_BIN" gateway "${common[@]}" --set "server.listen=127.0.0.1:$CLIENT" \
     --set "server.http_listen=127.0.0.1:$http" --set "server.io_threads=$IO_THREADS" \
+    --set "server.io_cpus=$cpus" \
     --set "cluster.dispatch_workers=127.0.0.1:$LINK" --set "cluster.node_id=gw$g" \
     --set server.share_port=true --set "gateway.max_pending_logins=$CONNS" \
     --set "gateway.max_pending_logins_per_source=$CONNS" \
@@ -194,7 +205,7 @@ SERVER_PIDS=("${PIDS[@]}")
 frames0=0
 for h in "${GW_HTTP[@]}"; do frames0=$(( frames0 + $(metric "$h" tern_gateway_frames_out_total || echo 0) )); done
 BOT_PIDS=($(pgrep -P "$SWARM" || true))
-cpu_probe0=$(cpu_ticks "${SERVER_PIDS[@]}"); cpu_bots0=$(cpu_ticks "${BOT_PIDS[@]}")
+cpu_probe0=$(cpu_ticks "${SERVER_PIDS[@]}"); cpu_gw_probe0=$(cpu_ticks "${GW_PIDS[@]}"); cpu_bots0=$(cpu_ticks "${BOT_PIDS[@]}")
 timeout $(( hold_s + 30 )) "$LOADTEST_BIN" probe --addr "127.0.0.1:$CLIENT" --key "$KEY" \
   --user-prefix dn --procs "$BOT_PROCS" --users "$per_bot" --count "$PROBES" --rate "$PROBE_RATE" \
   --quiet "${group_args[@]}" --json "$OUT/probe.json" >"$OUT/probe.txt" \
@@ -213,7 +224,7 @@ if [ "$GROUP" = 1 ]; then
     sleep 0.2
   done
 fi
-cpu_probe1=$(cpu_ticks "${SERVER_PIDS[@]}")
+cpu_probe1=$(cpu_ticks "${SERVER_PIDS[@]}"); cpu_gw_probe1=$(cpu_ticks "${GW_PIDS[@]}")
 # The bots may still be reading what the gateways wrote last: one more second for them.
 sleep 1; cpu_bots1=$(cpu_ticks "${BOT_PIDS[@]}")
 
@@ -243,7 +254,8 @@ page_kib=$(( $(getconf PAGESIZE) / 1024 ))
        "presence Redis $(secs $(( cpu1_redis - cpu0_redis ))), bots $(secs "$cpu1_bots");" \
        "gateway CPU per login $(( (cpu1_gw - cpu0_gw) * 1000000 / tck / (held > 0 ? held : 1) )) us"
   probe_secs=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["duration_secs"])' "$OUT/probe.json" 2>/dev/null || echo 0)
-  echo "server CPU during the probe (gateways, dispatch, both Redis): $(secs $(( cpu_probe1 - cpu_probe0 ))) s over ${probe_secs} s"
+  echo "server CPU during the probe (gateways, dispatch, both Redis): $(secs $(( cpu_probe1 - cpu_probe0 ))) s over ${probe_secs} s," \
+       "of it the gateways $(secs $(( cpu_gw_probe1 - cpu_gw_probe0 ))) s"
   # Bot CPU per Deliver frame received (probes, and the group's own system messages when
   # GROUP=1: the probe adds the members in chunks and each chunk's notice goes to the group).
   python3 - "$OUT/swarm.json" "$(( cpu_bots1 - cpu_bots0 ))" "$tck" "$BOT_ENGINE" "$BOT_SCHED" <<'PY'

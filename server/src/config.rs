@@ -103,6 +103,9 @@ pub struct ServerSection {
     pub listen_backlog: u32,
     /// Client I/O threads, each with its own event loop and listener; 0 = one per core.
     pub io_threads: usize,
+    /// CPUs the I/O threads are pinned to, in the `taskset -c` syntax ("0-3,6"): thread i
+    /// runs on the i-th CPU of the list (wrapping around). "" (the default): not pinned.
+    pub io_cpus: String,
     /// Share the client port with other processes (SO_REUSEPORT): every I/O thread gets its
     /// own listener, and other gateway processes of the same user that also set it may bind
     /// the same port (the kernel spreads connections over them). Off (the default): one
@@ -347,6 +350,7 @@ impl Default for ServerSection {
             log: "info".into(),
             listen_backlog: 4096,
             io_threads: 0,
+            io_cpus: String::new(),
             share_port: false,
             drain_delay: Duration::ZERO,
         }

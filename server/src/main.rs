@@ -230,7 +230,10 @@ fn bind_clients(cfg: &Config) -> anyhow::Result<tern_gateway::Listeners> {
         };
         anyhow::Error::new(e).context(format!("binding client address {}{hint}", s.listen))
     })?;
-    tern::tls::bind(cfg, tern::quic::bind(cfg, tcp)?)
+    let cpus = tern_gateway::core::affinity::CpuList::parse(&s.io_cpus)
+        .and_then(|c| c.check_allowed().map(|()| c))
+        .context("server.io_cpus")?;
+    tern::tls::bind(cfg, tern::quic::bind(cfg, tcp.with_io_cpus(cpus))?)
 }
 
 fn quic_addr(l: &tern_gateway::Listeners) -> String {

@@ -181,11 +181,17 @@ impl<U: Upstream> IoThread<U> {
         }
     }
 
-    /// Starts the thread.
-    pub(super) fn spawn(self, index: usize) -> io::Result<Running> {
+    /// Starts the thread, pinned to `cpu` if given.
+    pub(super) fn spawn(self, index: usize, cpu: Option<usize>) -> io::Result<Running> {
         let mailbox = self.mailbox.clone();
         let (tx, done) = oneshot::channel();
         std::thread::Builder::new().name(format!("tern-io-{index}")).spawn(move || {
+            if let Some(cpu) = cpu {
+                match super::affinity::pin_current_thread(cpu) {
+                    Ok(()) => tracing::debug!(thread = index, cpu, "I/O thread pinned"),
+                    Err(e) => tracing::warn!(thread = index, cpu, error = %e, "pinning an I/O thread failed; it runs unpinned"),
+                }
+            }
             let mut me = self;
             me.run();
             let _ = tx.send(());

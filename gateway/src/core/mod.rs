@@ -25,6 +25,7 @@
 //! only while the socket has not taken everything written to it. Requests that need dispatch run
 //! as tasks on the async runtime; their answers come back through the mailbox.
 
+pub mod affinity;
 mod io;
 pub(crate) mod mailbox;
 pub mod wheel;
@@ -48,6 +49,7 @@ pub struct Listeners {
     addr: SocketAddr,
     quic: Option<QuicSockets>,
     tls: Option<TlsListen>,
+    io_cpus: affinity::CpuList,
 }
 
 /// Where and how to serve QUIC, besides TCP ([`Listeners::with_quic`]).
@@ -97,6 +99,14 @@ impl Listeners {
     /// when `tls.plaintext` is false.
     pub fn with_tls(mut self, tls: Option<TlsListen>) -> Self {
         self.tls = tls;
+        self
+    }
+
+    /// Pins I/O thread `i` to CPU `cpus[i % len]` when it starts (empty: the scheduler's
+    /// choice). Check the list with [`affinity::CpuList::check_allowed`] first: a thread that
+    /// cannot pin itself runs unpinned and logs why.
+    pub fn with_io_cpus(mut self, cpus: affinity::CpuList) -> Self {
+        self.io_cpus = cpus;
         self
     }
 
@@ -180,7 +190,7 @@ pub fn listen(
     for _ in 1..threads {
         sockets.push(if share_port { bind_one(addr)? } else { sockets[0].try_clone()? });
     }
-    Ok(Listeners { sockets, addr, quic: None, tls: None })
+    Ok(Listeners { sockets, addr, quic: None, tls: None, io_cpus: Default::default() })
 }
 
 /// Serves connections on `listeners` until `shutdown` resolves, then kicks every connection
@@ -232,7 +242,7 @@ pub async fn serve<U: Upstream>(
     let mut threads = Vec::new();
     for (i, mut t) in built {
         t.set_peers(mailboxes.clone());
-        match t.spawn(i) {
+        match t.spawn(i, listeners.io_cpus.for_thread(i)) {
             Ok(t) => threads.push(t),
             Err(e) => tracing::error!(error = %e, "starting an I/O thread failed"),
         }

@@ -75,3 +75,48 @@ fn listening_is_printed_only_once_the_store_is_open() {
     let err = expect_startup_failure(dir.path(), "127.0.0.1:0", &[]);
     assert!(err.contains("opening the store"), "{err}");
 }
+
+/// The CPUs (`Cpus_allowed_list`) a thread of process `pid` may run on, by thread name.
+fn allowed_cpus_by_thread(pid: u32) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        let Ok(comm) = std::fs::read_to_string(dir.join("comm")) else { continue };
+        let Ok(status) = std::fs::read_to_string(dir.join("status")) else { continue };
+        let cpus = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .map(|v| v.trim().to_owned())
+            .unwrap();
+        out.push((comm.trim().to_owned(), cpus));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn io_threads_run_on_the_cpus_asked_for() {
+    // A CPU this test may run on.
+    let cpu = rustix::thread::sched_getcpu().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let arg = format!("server.io_cpus={cpu}");
+    let extra = ["--set", "server.io_threads=1", "--set", &arg];
+    let server = ChildServer::start_with(dir.path(), "127.0.0.1:0", &extra);
+    // The I/O thread pins itself before it serves anything: once a login is served, it is.
+    let key = ChildServer::key(dir.path());
+    let (_alice, _ae) =
+        connect(server.addr, &key.mint_for("alice", "phone", now_secs(), 3600)).await;
+    let threads = allowed_cpus_by_thread(server.child.id());
+    let io: Vec<_> = threads.iter().filter(|(name, _)| name.starts_with("tern-io-")).collect();
+    assert_eq!(io.len(), 1, "{threads:?}");
+    assert_eq!(io[0].1, cpu, "{threads:?}");
+}
+
+#[test]
+fn a_cpu_list_that_cannot_be_used_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    for (value, says) in [("1-0", "not a CPU list"), ("1023", "not one this process may run on")] {
+        let arg = format!("server.io_cpus={value}");
+        let err = expect_startup_failure(dir.path(), "127.0.0.1:0", &["--set", &arg]);
+        assert!(err.contains("server.io_cpus") && err.contains(says), "{value}: {err}");
+    }
+}
