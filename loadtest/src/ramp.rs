@@ -225,6 +225,8 @@ pub fn output(c: &CommonArgs, counters: &Counters, m: Marks) -> RunOutput {
         .collect();
     let probe_last_us = counters.take_probe_last();
     let mut last: Vec<u32> = probe_last_us.values().copied().collect();
+    let probe_first_us = counters.take_probe_first();
+    let mut first: Vec<u32> = probe_first_us.values().copied().collect();
     let report = Report {
         procs: 1,
         bots: m.started,
@@ -244,6 +246,8 @@ pub fn output(c: &CommonArgs, counters: &Counters, m: Marks) -> RunOutput {
         delivery_clock_skew: counters.delivery_clock_skew.load(Ordering::Relaxed),
         last_delivery_latency: Latency::from_samples(&mut last),
         probe_last_us,
+        first_delivery_latency: Latency::from_samples(&mut first),
+        probe_first_us,
         duration_secs: m.start.elapsed().as_secs_f64(),
         hit_max_duration: m.hit_max_duration,
         gateways,

@@ -76,6 +76,13 @@ pub struct Report {
     /// ran in the merged processes, as for a group probe).
     #[serde(default)]
     pub last_delivery_latency: Latency,
+    /// Per probe message: the earliest delivery to any bot, in µs (for a group message, the
+    /// server's routing time before the first write).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub probe_first_us: BTreeMap<u64, u32>,
+    /// Percentiles over messages of `probe_first_us`.
+    #[serde(default)]
+    pub first_delivery_latency: Latency,
     /// Whole run, seconds.
     pub duration_secs: f64,
     /// Whether `--max-duration` cut the run short.
@@ -115,6 +122,10 @@ impl Report {
                 let slot = m.probe_last_us.entry(*sent).or_default();
                 *slot = (*slot).max(*us);
             }
+            for (sent, us) in &r.probe_first_us {
+                let slot = m.probe_first_us.entry(*sent).or_insert(u32::MAX);
+                *slot = (*slot).min(*us);
+            }
             m.ramp_secs = m.ramp_secs.max(r.ramp_secs);
             m.duration_secs = m.duration_secs.max(r.duration_secs);
             m.hit_max_duration |= r.hit_max_duration;
@@ -125,6 +136,8 @@ impl Report {
         m.logins_per_sec = rate(m.logged_in_at_ramp_end, m.ramp_secs);
         let mut last: Vec<u32> = m.probe_last_us.values().copied().collect();
         m.last_delivery_latency = Latency::from_samples(&mut last);
+        let mut first: Vec<u32> = m.probe_first_us.values().copied().collect();
+        m.first_delivery_latency = Latency::from_samples(&mut first);
         match samples {
             Some(s) => {
                 m.login_latency = Latency::from_samples(&mut s.login_us);
@@ -169,6 +182,10 @@ impl Report {
         if self.last_delivery_latency.n > 0 {
             let cell = latency_cell(&self.last_delivery_latency, "exact");
             row("last recipient per message", cell);
+        }
+        if self.first_delivery_latency.n > 0 {
+            let cell = latency_cell(&self.first_delivery_latency, "exact");
+            row("first recipient per message", cell);
         }
         if self.delivery_clock_skew > 0 {
             row("probes from the future", format!("{} (clock skew)", self.delivery_clock_skew));
@@ -346,6 +363,18 @@ mod tests {
         assert_eq!(m.probe_last_us, [(1, 900), (2, 700), (3, 50)].into());
         assert_eq!(m.last_delivery_latency.n, 3);
         assert_eq!(m.last_delivery_latency.max_ms, 0.9);
+    }
+
+    /// The first recipient of a message is the earliest over every process.
+    #[test]
+    fn merge_takes_the_earliest_delivery_per_message_across_processes() {
+        let a = Report { probe_first_us: [(1, 900), (2, 100)].into(), ..Report::default() };
+        let b =
+            Report { probe_first_us: [(1, 300), (2, 700), (3, 50)].into(), ..Report::default() };
+        let m = Report::merge(&[a, b], None);
+        assert_eq!(m.probe_first_us, [(1, 300), (2, 100), (3, 50)].into());
+        assert_eq!(m.first_delivery_latency.n, 3);
+        assert_eq!(m.first_delivery_latency.max_ms, 0.3);
     }
 
     #[test]

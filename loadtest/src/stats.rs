@@ -88,6 +88,8 @@ pub struct Counters {
     delivery_samples_us: Mutex<Vec<u32>>,
     /// Per probe message (its send stamp): the latest delivery to any of this process's bots.
     probe_last_us: Mutex<std::collections::BTreeMap<u64, u32>>,
+    /// Per probe message: the earliest delivery to any of this process's bots.
+    probe_first_us: Mutex<std::collections::BTreeMap<u64, u32>>,
 }
 
 impl Counters {
@@ -123,6 +125,15 @@ impl Counters {
             let slot = m.entry(sent).or_default();
             *slot = (*slot).max(us);
         }
+        if let Ok(mut m) = self.probe_first_us.lock() {
+            let slot = m.entry(sent).or_insert(u32::MAX);
+            *slot = (*slot).min(us);
+        }
+    }
+
+    /// Takes the earliest delivery per probe message.
+    pub fn take_probe_first(&self) -> std::collections::BTreeMap<u64, u32> {
+        self.probe_first_us.lock().map(|mut m| std::mem::take(&mut *m)).unwrap_or_default()
     }
 
     /// Takes the latest delivery per probe message.

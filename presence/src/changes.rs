@@ -33,14 +33,6 @@ local function announce(users, gen_key, epoch_key, channel)
 end
 "#;
 
-/// Announces a change of `ARGV` (user ids): KEYS = gen key, epoch key; ARGV[1] = channel.
-pub(crate) const ANNOUNCE_USERS: &str = r#"
-local users = {}
-for i = 2, #ARGV do users[i - 1] = ARGV[i] end
-announce(users, KEYS[1], KEYS[2], ARGV[1])
-return 1
-"#;
-
 /// A point of the change feed: its epoch and the counter (`pgen`) within it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Mark {
@@ -122,15 +114,6 @@ impl Presence {
         };
         let pubsub = self.bounded(connect).await?;
         Ok(ChangeStream { stream: pubsub.into_on_message() })
-    }
-
-    /// Adds the announcement of `users` to `pipe` (after the writes it reports). EVAL, not
-    /// EVALSHA: a restarted Redis has no scripts cached, and this must work right then.
-    pub(crate) fn announce_in(&self, pipe: &mut redis::Pipeline, users: &[&str]) {
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(format!("{ANNOUNCE}{ANNOUNCE_USERS}")).arg(2);
-        cmd.arg(self.gen_key()).arg(self.epoch_key()).arg(self.channel()).arg(users);
-        pipe.add_command(cmd).ignore();
     }
 }
 

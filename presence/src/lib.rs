@@ -114,6 +114,7 @@ pub struct Presence {
     cfg: PresenceConfig,
     remove_script: redis::Script,
     swap_script: redis::Script,
+    refresh_script: redis::Script,
 }
 
 /// Sets each device's entry and returns what it replaced, for the logins of one batch, and
@@ -134,6 +135,34 @@ for i = 1, n do
 end
 announce(users, KEYS[n + 1], KEYS[n + 2], ARGV[2 * n + 3])
 return out
+"#;
+
+/// Sets each device's entry (a refresh) and announces only the users whose entry was missing,
+/// expired, or named another gateway or connection: a refresh of what is already there changes
+/// nobody's location, so caches keep it. KEYS = user keys, then the feed's gen and epoch keys;
+/// ARGV = key TTL in ms, then (device, value) pairs in KEYS order, then the key prefix's
+/// length, the feed's channel and the writer's clock (Unix ms, the clock of the expiry stamps).
+const REFRESH: &str = r#"
+local n = #KEYS - 2
+local users = {}
+local plen = tonumber(ARGV[2 * n + 2])
+local now = tonumber(ARGV[2 * n + 4])
+for i = 1, n do
+  local key = KEYS[i]
+  local dev = ARGV[2 * i]
+  local new = ARGV[2 * i + 1]
+  local old = redis.call('HGET', key, dev)
+  redis.call('HSET', key, dev, new)
+  redis.call('PEXPIRE', key, ARGV[1])
+  local same = false
+  if old then
+    local at, exp = string.match(old, '^(.*) (%d+)$')
+    same = at ~= nil and at == string.match(new, '^(.*) %d+$') and tonumber(exp) > now
+  end
+  if not same then users[#users + 1] = string.sub(key, plen + 1) end
+end
+if #users > 0 then announce(users, KEYS[n + 1], KEYS[n + 2], ARGV[2 * n + 3]) end
+return #users
 "#;
 
 /// Deletes a device's field only if it still names this gateway and connection (a newer login
@@ -165,6 +194,7 @@ impl Presence {
             cfg,
             remove_script: redis::Script::new(&format!("{}{REMOVE}", changes::ANNOUNCE)),
             swap_script: redis::Script::new(&format!("{}{SWAP}", changes::ANNOUNCE)),
+            refresh_script: redis::Script::new(&format!("{}{REFRESH}", changes::ANNOUNCE)),
         };
         // One command now, so that a missing or refused password fails at start, not at every
         // later call.
@@ -222,24 +252,28 @@ impl Presence {
         format!("{}p:{user}", self.cfg.key_prefix)
     }
 
-    /// Publishes (or refreshes) entries, one pipelined round trip for the whole batch.
+    /// Publishes (or refreshes) entries in one script call, and announces on the change feed
+    /// only the users whose entry is new, moved (another gateway or connection) or had expired:
+    /// the periodic refresh of every connection changes nobody's location, and announcing it
+    /// would make every presence cache drop every user at every refresh.
     pub async fn publish(&self, entries: &[Entry]) -> Result<(), PresenceError> {
         if entries.is_empty() {
             return Ok(());
         }
-        let expires = now_ms() + self.cfg.ttl.as_millis() as u64;
-        let key_ttl_ms = self.cfg.ttl.as_millis() as u64 * 2;
-        let mut pipe = redis::pipe();
+        let now = now_ms();
+        let expires = now + self.cfg.ttl.as_millis() as u64;
+        let mut inv = self.refresh_script.prepare_invoke();
         for e in entries {
-            let key = self.key(&e.user_id);
-            let value = format!("{} {} {expires}", e.gateway_id, e.connection_id);
-            pipe.hset(&key, &e.device_id, value).ignore();
-            pipe.pexpire(&key, key_ttl_ms as i64).ignore();
+            inv.key(self.key(&e.user_id));
         }
-        let users: Vec<&str> = entries.iter().map(|e| e.user_id.as_str()).collect();
-        self.announce_in(&mut pipe, &users);
+        inv.key(self.gen_key()).key(self.epoch_key());
+        inv.arg(self.cfg.ttl.as_millis() as u64 * 2);
+        for e in entries {
+            inv.arg(&e.device_id).arg(format!("{} {} {expires}", e.gateway_id, e.connection_id));
+        }
+        inv.arg(self.cfg.key_prefix.len() + 2).arg(self.channel()).arg(now);
         let mut conn = self.conn();
-        self.bounded(pipe.query_async::<()>(&mut conn)).await
+        self.bounded(inv.invoke_async::<u64>(&mut conn)).await.map(drop)
     }
 
     /// Publishes logins and returns, for each entry, the location it replaced (a connection of

@@ -58,3 +58,44 @@ async fn every_presence_write_is_announced_in_order_and_the_mark_covers_it() {
     assert_ne!(after.mark.epoch, first.mark.epoch, "a new epoch");
     assert_eq!(p.change_mark().await.unwrap(), after.mark);
 }
+
+/// The periodic refresh rewrites every entry; only entries that were missing, had expired or
+/// named another connection are announced, so caches keep everyone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_announces_only_the_entries_it_changed() {
+    let server = RedisServer::start_with(RedisOptions::without_aof()).unwrap();
+    let p = Presence::connect(PresenceConfig::new(server.url())).await.unwrap();
+    let mut feed = p.subscribe_changes().await.unwrap();
+    let (alice, bob) = (entry("alice", "phone", "gw1", 1), entry("bob", "phone", "gw1", 2));
+    p.publish_logins(&[alice.clone(), bob.clone()]).await.unwrap();
+    assert_eq!(next(&mut feed).await.mark.count, 1);
+
+    // Unchanged: written again (a new expiry), announced to nobody, the counter untouched.
+    p.publish(&[alice.clone(), bob.clone()]).await.unwrap();
+    assert_eq!(p.change_mark().await.unwrap().count, 1);
+    assert_eq!(p.lookup(&["alice".into()]).await.unwrap()[0].len(), 1, "still there");
+
+    // Bob on another connection, carol new, dave's entry expired (written with a stamp in
+    // the past, as a gateway stalled past the TTL would have left it): those three only.
+    let mut raw = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg("tern:p:dave")
+        .arg("web")
+        .arg("gw1 4 1")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let moved = entry("bob", "phone", "gw1", 7);
+    let (carol, dave) = (entry("carol", "web", "gw1", 3), entry("dave", "web", "gw1", 4));
+    p.publish(&[alice.clone(), moved, carol, dave]).await.unwrap();
+    let change = next(&mut feed).await;
+    assert_eq!(
+        (change.users, change.mark.count),
+        (vec!["bob".into(), "carol".into(), "dave".into()], 2)
+    );
+    assert_eq!(p.change_mark().await.unwrap().count, 2);
+}

@@ -103,8 +103,9 @@ pub struct ServerSection {
     pub listen_backlog: u32,
     /// Client I/O threads, each with its own event loop and listener; 0 = one per core.
     pub io_threads: usize,
-    /// CPUs the I/O threads are pinned to, in the `taskset -c` syntax ("0-3,6"): thread i
-    /// runs on the i-th CPU of the list (wrapping around). "" (the default): not pinned.
+    /// CPUs the process runs on, in the `taskset -c` syntax ("0-3,6"): every thread stays on
+    /// them and I/O thread i is pinned to the i-th (wrapping around). "" (the default): the
+    /// scheduler's choice.
     pub io_cpus: String,
     /// Share the client port with other processes (SO_REUSEPORT): every I/O thread gets its
     /// own listener, and other gateway processes of the same user that also set it may bind

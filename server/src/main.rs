@@ -148,6 +148,14 @@ fn run() -> anyhow::Result<()> {
     for warning in tern::env_check::unknown_env_warnings(env_vars()) {
         tracing::warn!("{warning}");
     }
+    // A process given CPUs runs on them only: confined before any thread starts, so the
+    // runtime (sized by the CPUs it may use), the store and the I/O threads inherit it.
+    if matches!(cli.command, Command::Serve(_) | Command::Gateway(_)) {
+        let cpus = tern_gateway::core::affinity::CpuList::parse(&cfg.server.io_cpus)
+            .and_then(|c| c.check_allowed().map(|()| c))
+            .context("server.io_cpus")?;
+        cpus.confine_current_thread().context("server.io_cpus: confining the process")?;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
         Command::Serve(_) => rt.block_on(serve(cfg)),
@@ -230,9 +238,9 @@ fn bind_clients(cfg: &Config) -> anyhow::Result<tern_gateway::Listeners> {
         };
         anyhow::Error::new(e).context(format!("binding client address {}{hint}", s.listen))
     })?;
-    let cpus = tern_gateway::core::affinity::CpuList::parse(&s.io_cpus)
-        .and_then(|c| c.check_allowed().map(|()| c))
-        .context("server.io_cpus")?;
+    // Checked at start (`run`).
+    let cpus =
+        tern_gateway::core::affinity::CpuList::parse(&s.io_cpus).context("server.io_cpus")?;
     tern::tls::bind(cfg, tern::quic::bind(cfg, tcp.with_io_cpus(cpus))?)
 }
 

@@ -10,7 +10,10 @@
 //! A lookup's result is cached only if no change of its user was applied while it was in
 //! flight ([`PresenceCache::insert`]); any doubt (a gap in the feed, a new epoch, a lost
 //! subscription, a change log that no longer reaches back) empties the cache or skips the
-//! insert. Every presence refresh is announced too, so no entry outlives a refresh interval.
+//! insert. A gateway's periodic refresh announces only the entries it changed (missing,
+//! expired, another connection), so refreshes do not empty the cache; an entry of a gateway
+//! that died keeps naming it until its user logs in elsewhere, and pushes to it are dropped as
+//! unlinked, as any push to a dead gateway is.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -111,6 +114,11 @@ impl PresenceCache {
     /// The cached locations of `user` (empty: offline), if cached.
     pub fn get(&self, user: &str) -> Option<Arc<[Location]>> {
         self.entries.get(user).cloned()
+    }
+
+    /// [`PresenceCache::get`] without the clone, for planning under the lock.
+    pub fn get_ref(&self, user: &str) -> Option<&[Location]> {
+        self.entries.get(user).map(|l| &**l)
     }
 
     /// Where the change log is now: pass it to [`PresenceCache::insert`] with the results of a

@@ -275,9 +275,12 @@ async fn run(
 ) {
     let mut jobs = Vec::with_capacity(ROUTE_BATCH);
     while next_round(&mut rx, &mut jobs).await {
+        // One job's users are distinct already (a group's members); several jobs' may repeat.
         let mut seen: HashSet<&str, Fast> = HashSet::default();
-        let users: Vec<&str> =
-            jobs.iter().flat_map(|j| j.users.iter()).filter(|u| seen.insert(u)).collect();
+        let users: Vec<&str> = match jobs.as_slice() {
+            [one] => one.users.iter().collect(),
+            _ => jobs.iter().flat_map(|j| j.users.iter()).filter(|u| seen.insert(u)).collect(),
+        };
         // The cache answers only once it has applied every presence change made before this
         // round (after its messages were committed).
         let mut cache = None;
@@ -287,16 +290,27 @@ async fn run(
         {
             cache = Some(&*c);
         }
-        let mut where_is: HashMap<&str, Arc<[Location]>, Fast> =
-            HashMap::with_capacity_and_hasher(users.len(), Fast::default());
+        let mut where_is: HashMap<&str, Arc<[Location]>, Fast> = HashMap::default();
         let (misses, since) = match cache {
             Some(c) => {
                 let c = lock(&c.cache);
-                let mut misses = Vec::new();
+                let misses: Vec<&str> =
+                    users.iter().copied().filter(|u| c.get_ref(u).is_none()).collect();
+                if misses.is_empty() {
+                    // Everyone cached (steady traffic): plan from the cache itself, under the
+                    // same lock, with no per-recipient copy.
+                    m.cache_hits.fetch_add(users.len() as u64, Relaxed);
+                    let batches = plan(&jobs, |u| c.get_ref(u));
+                    drop(c);
+                    send(&links, batches, &m);
+                    drop(seen);
+                    jobs.clear();
+                    continue;
+                }
+                where_is.reserve(users.len());
                 for u in users {
-                    match c.get(u) {
-                        Some(l) => drop(where_is.insert(u, l)),
-                        None => misses.push(u),
+                    if let Some(l) = c.get(u) {
+                        where_is.insert(u, l);
                     }
                 }
                 (misses, c.position())
@@ -321,15 +335,20 @@ async fn run(
             }
             where_is.extend(misses.into_iter().zip(located));
         }
-        for batch in plan(&jobs, |u| where_is.get(u).map(|l| &**l)) {
-            if links.try_send_frames(&batch.gateway_id, batch.frames.freeze(), batch.count) {
-                m.pushes_sent.fetch_add(batch.count as u64, Relaxed);
-                m.targets_sent.fetch_add(batch.targets as u64, Relaxed);
-                m.link_batches.fetch_add(1, Relaxed);
-            }
-        }
+        send(&links, plan(&jobs, |u| where_is.get(u).map(|l| &**l)), &m);
         drop((where_is, seen));
         jobs.clear();
+    }
+}
+
+/// Hands each gateway its batch of the round.
+fn send(links: &Links, batches: Vec<plan::GatewayBatch>, m: &RouteMetrics) {
+    for batch in batches {
+        if links.try_send_frames(&batch.gateway_id, batch.frames.freeze(), batch.count) {
+            m.pushes_sent.fetch_add(batch.count as u64, Relaxed);
+            m.targets_sent.fetch_add(batch.targets as u64, Relaxed);
+            m.link_batches.fetch_add(1, Relaxed);
+        }
     }
 }
 

@@ -1,6 +1,7 @@
-//! Pinning I/O threads to CPUs (`server.io_cpus`): the CPU list syntax of `taskset -c` and
-//! systemd's `CPUAffinity=` ("0-3,6"), checked against the CPUs this process may use, and
-//! the call each I/O thread makes on itself when it starts.
+//! Pinning to CPUs (`server.io_cpus`): the CPU list syntax of `taskset -c` and systemd's
+//! `CPUAffinity=` ("0-3,6"), checked against the CPUs this process may use; the process is
+//! confined to the list before it starts any thread, and each I/O thread pins itself to its
+//! own CPU of it when it starts.
 //!
 //! Why pin: a gateway I/O thread handing one group message to thousands of connections is
 //! one long burst of kernel TCP work. Left to the scheduler, two such threads (two gateway
@@ -96,6 +97,22 @@ impl fmt::Display for CpuList {
             i += 1;
         }
         Ok(())
+    }
+}
+
+impl CpuList {
+    /// Confines the calling thread to the listed CPUs (all of them): threads it starts later
+    /// inherit that, so a process calls it before starting any (its runtime, its I/O threads,
+    /// which then narrow to their own CPU). Nothing happens for the empty list.
+    pub fn confine_current_thread(&self) -> std::io::Result<()> {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        let mut set = CpuSet::new();
+        for &cpu in &self.0 {
+            set.set(cpu);
+        }
+        sched_setaffinity(None, &set).map_err(std::io::Error::from)
     }
 }
 

@@ -108,7 +108,8 @@ async fn io_threads_run_on_the_cpus_asked_for() {
     let threads = allowed_cpus_by_thread(server.child.id());
     let io: Vec<_> = threads.iter().filter(|(name, _)| name.starts_with("tern-io-")).collect();
     assert_eq!(io.len(), 1, "{threads:?}");
-    assert_eq!(io[0].1, cpu, "{threads:?}");
+    // The whole process runs there (its runtime, store and I/O threads).
+    assert!(threads.iter().all(|(_, c)| *c == cpu), "{threads:?}");
 }
 
 #[test]
