@@ -294,19 +294,25 @@ async fn run(
         let (misses, since) = match cache {
             Some(c) => {
                 let c = lock(&c.cache);
-                let misses: Vec<&str> =
-                    users.iter().copied().filter(|u| c.get_ref(u).is_none()).collect();
-                if misses.is_empty() {
-                    // Everyone cached (steady traffic): plan from the cache itself, under the
-                    // same lock, with no per-recipient copy.
+                // Steady traffic has everyone cached: plan from the cache itself, under the
+                // same lock, with no per-recipient copy; one miss and the plan is dropped.
+                let missed = std::cell::Cell::new(false);
+                let batches = plan(&jobs, |u| {
+                    let l = c.get_ref(u);
+                    missed.set(missed.get() | l.is_none());
+                    l
+                });
+                if !missed.get() {
                     m.cache_hits.fetch_add(users.len() as u64, Relaxed);
-                    let batches = plan(&jobs, |u| c.get_ref(u));
                     drop(c);
                     send(&links, batches, &m);
                     drop(seen);
                     jobs.clear();
                     continue;
                 }
+                drop(batches);
+                let misses: Vec<&str> =
+                    users.iter().copied().filter(|u| c.get_ref(u).is_none()).collect();
                 where_is.reserve(users.len());
                 for u in users {
                     if let Some(l) = c.get(u) {
