@@ -105,6 +105,9 @@ cpu_ticks() { # pids...: user+system clock ticks so far, summed
   done
   echo "$t"
 }
+steal_ticks() { # the machine's steal time so far (/proc/stat: the hypervisor ran others on our cores)
+  awk '$1 == "cpu" {print $9}' /proc/stat
+}
 metric() { # http port, metric name
   curl -s "http://127.0.0.1:$1/metrics" | awk -v m="$2" '$1 == m {print $2}'
 }
@@ -206,6 +209,7 @@ frames0=0
 for h in "${GW_HTTP[@]}"; do frames0=$(( frames0 + $(metric "$h" tern_gateway_frames_out_total || echo 0) )); done
 BOT_PIDS=($(pgrep -P "$SWARM" || true))
 cpu_probe0=$(cpu_ticks "${SERVER_PIDS[@]}"); cpu_gw_probe0=$(cpu_ticks "${GW_PIDS[@]}"); cpu_bots0=$(cpu_ticks "${BOT_PIDS[@]}")
+steal0=$(steal_ticks)
 timeout $(( hold_s + 30 )) "$LOADTEST_BIN" probe --addr "127.0.0.1:$CLIENT" --key "$KEY" \
   --user-prefix dn --procs "$BOT_PROCS" --users "$per_bot" --count "$PROBES" --rate "$PROBE_RATE" \
   --quiet "${group_args[@]}" --json "$OUT/probe.json" >"$OUT/probe.txt" \
@@ -224,7 +228,7 @@ if [ "$GROUP" = 1 ]; then
     sleep 0.2
   done
 fi
-cpu_probe1=$(cpu_ticks "${SERVER_PIDS[@]}"); cpu_gw_probe1=$(cpu_ticks "${GW_PIDS[@]}")
+cpu_probe1=$(cpu_ticks "${SERVER_PIDS[@]}"); cpu_gw_probe1=$(cpu_ticks "${GW_PIDS[@]}"); steal1=$(steal_ticks)
 # The bots may still be reading what the gateways wrote last: one more second for them.
 sleep 1; cpu_bots1=$(cpu_ticks "${BOT_PIDS[@]}")
 
@@ -256,6 +260,9 @@ page_kib=$(( $(getconf PAGESIZE) / 1024 ))
   probe_secs=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["duration_secs"])' "$OUT/probe.json" 2>/dev/null || echo 0)
   echo "server CPU during the probe (gateways, dispatch, both Redis): $(secs $(( cpu_probe1 - cpu_probe0 ))) s over ${probe_secs} s," \
        "of it the gateways $(secs $(( cpu_gw_probe1 - cpu_gw_probe0 ))) s"
+  # A VM's cores are shared with other guests: time the hypervisor gave away shows up as steal
+  # and makes every figure of the run slower (compare runs only with little steal).
+  echo "host steal time during the probe: $(secs $(( steal1 - steal0 ))) s over all $(nproc) cores"
   # Bot CPU per Deliver frame received (probes, and the group's own system messages when
   # GROUP=1: the probe adds the members in chunks and each chunk's notice goes to the group).
   python3 - "$OUT/swarm.json" "$(( cpu_bots1 - cpu_bots0 ))" "$tck" "$BOT_ENGINE" "$BOT_SCHED" <<'PY'
