@@ -10,6 +10,13 @@
 #   MODE=distributed loadtest/scripts/msg_path.sh      # 2 gateways on one port, 2 workers,
 #                                                      # presence Redis, store Redis (AOF always)
 #   DURATION=30s RATE=5000 loadtest/scripts/msg_path.sh
+#   MODE=floor loadtest/scripts/msg_path.sh            # the floor: loadtest/examples/floor_server.rs
+#   MODE=floor FLOOR_FSYNC=0 loadtest/scripts/msg_path.sh   # ... persisting nothing
+#
+# MODE=floor runs the same load against a one-thread server that does the least the protocol
+# asks (no token check, no index, no dedupe; one log write + fdatasync per poll round, or none
+# with FLOOR_FSYNC=0): what the protocol itself costs on this machine, the lower bound for any
+# server's CPU figure here.
 #
 # MODE=distributed starts a presence redis-server, a store redis-server (appendonly yes,
 # appendfsync always), 2 `tern dispatch` workers and 2 `tern gateway`s sharing one client port
@@ -17,7 +24,7 @@
 #
 # Settings (environment): MODE (embedded | distributed) PAIRS RATE WINDOW BODY WARMUP DURATION
 # RECEIPTS (1; 0 = receivers send none: the issue's "no receipts" rows) GATEWAYS WORKERS
-# (distributed) PAIRS_ARGS (more `pairs` arguments for both runs; group_chat.sh passes
+# (distributed) FLOOR_FSYNC (floor; 1) PAIRS_ARGS (more `pairs` arguments for both runs; group_chat.sh passes
 # `--group-size`) SERVER_SETS (more `key=value` server settings, space-separated) TAG (result name prefix, default MODE) FRAME_LIMIT (gateway.max_frames_per_sec; default 0 = off: at 100k msg/s each of
 # 100 senders sends 1000 frames/s, the default limit) OUT (result directory) TERN_BIN
 # LOADTEST_BIN (skip the build). Results: OUT/<mode>[-noreceipts]-{rate,saturation}.{txt,json}
@@ -44,6 +51,7 @@ if [ -z "${TERN_BIN:-}" ] || [ -z "${LOADTEST_BIN:-}" ]; then
   cargo build --release -p tern -p tern-loadtest
 fi
 target=${CARGO_TARGET_DIR:-target}
+if [ "$MODE" = floor ]; then cargo build --release -p tern-loadtest --example floor_server; fi
 TERN_BIN=${TERN_BIN:-$target/release/tern}
 LOADTEST_BIN=${LOADTEST_BIN:-$target/release/tern-loadtest}
 mkdir -p "$OUT"
@@ -138,12 +146,21 @@ case $MODE in
     setup="$GATEWAYS gateways sharing one port, $WORKERS dispatch workers, presence Redis,"
     setup+=" store Redis (appendonly yes, appendfsync always)"
     ;;
-  *) echo "msg_path: MODE must be embedded or distributed" >&2; exit 2 ;;
+  floor)
+    floor_args=(); [ "${FLOOR_FSYNC:-1}" = 0 ] && floor_args+=(--no-fsync)
+    mkdir -p "$WORK/data"
+    "$target/release/examples/floor_server" "127.0.0.1:$CLIENT" "$WORK/data/floor.log" \
+      "${floor_args[@]}" >"$WORK/floor.log" 2>&1 & PIDS+=($!); SERVER_PIDS+=($!)
+    wait_line "$WORK/floor.log" "listening" "floor_server"
+    setup="floor_server (one thread; $([ "${FLOOR_FSYNC:-1}" = 0 ] && echo "persists nothing" || echo "one fdatasync per poll round"))"
+    ;;
+  *) echo "msg_path: MODE must be embedded, distributed or floor" >&2; exit 2 ;;
 esac
 wait_port "$CLIENT" "the client port"
 
 pid_args=(); for p in "${SERVER_PIDS[@]}"; do pid_args+=(--server-pid "$p"); done
 tag=${TAG:-$MODE}
+if [ "$MODE" = floor ] && [ "${FLOOR_FSYNC:-1}" = 0 ] && [ -z "${TAG:-}" ]; then tag+=-nofsync; fi
 read -r -a extra <<<"$PAIRS_ARGS"
 if [ "$RECEIPTS" = 0 ]; then pid_args+=(--no-receipts); tag+=-noreceipts; fi
 hard=$(( $(secs "$WARMUP") + $(secs "$DURATION") + 90 ))
