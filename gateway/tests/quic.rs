@@ -32,6 +32,8 @@ const UPSTREAM_MARK: i64 = -7;
 /// Answers every request with a marked Pong carrying the request id, once the gate lets it.
 struct Echo {
     requests: Arc<AtomicUsize>,
+    /// The request ids in the order the gateway handed them up.
+    seen: Arc<std::sync::Mutex<Vec<u64>>>,
     started: Arc<Notify>,
     gate: Arc<Semaphore>,
 }
@@ -39,6 +41,7 @@ struct Echo {
 impl Upstream for Echo {
     fn request(&self, _ctx: &Arc<RequestCtx>, env: Envelope) -> BoxFuture<'static, Envelope> {
         self.requests.fetch_add(1, SeqCst);
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).push(env.request_id);
         self.started.notify_one();
         let gate = self.gate.clone();
         Box::pin(async move {
@@ -60,6 +63,7 @@ struct Server {
     cert: CertificateDer<'static>,
     gw: Arc<Gateway<Echo>>,
     requests: Arc<AtomicUsize>,
+    seen: Arc<std::sync::Mutex<Vec<u64>>>,
     started: Arc<Notify>,
     gate: Arc<Semaphore>,
     stop: Option<oneshot::Sender<()>>,
@@ -86,6 +90,7 @@ impl Server {
         let server_config = config::server(tls, &settings).unwrap();
         let token_key = TokenKey::generate().unwrap();
         let requests = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
         let started = Arc::new(Notify::new());
         let gate = Arc::new(Semaphore::new(if gated { 0 } else { Semaphore::MAX_PERMITS }));
         let registry = Arc::new(Registry::new(Arc::new(GatewayMetrics::default())));
@@ -93,7 +98,12 @@ impl Server {
             cfg,
             TokenKey::from_base64(&token_key.to_base64()).unwrap(),
             registry,
-            Echo { requests: requests.clone(), started: started.clone(), gate: gate.clone() },
+            Echo {
+                requests: requests.clone(),
+                seen: seen.clone(),
+                started: started.clone(),
+                gate: gate.clone(),
+            },
         ));
         let quic = QuicListen { addr: "127.0.0.1:0".parse().unwrap(), server_config, settings };
         let listeners = tern_gateway::listen("127.0.0.1:0".parse().unwrap(), 1024, threads, false)
@@ -106,7 +116,7 @@ impl Server {
             let _ = stopped.await;
         }));
         let (stop, task) = (Some(stop), Some(task));
-        Self { tcp, quic, key: token_key, cert, gw, requests, started, gate, stop, task }
+        Self { tcp, quic, key: token_key, cert, gw, requests, seen, started, gate, stop, task }
     }
 
     fn login_bytes(&self, user: &str, device: &str) -> Bytes {
@@ -575,10 +585,16 @@ async fn a_resumed_client_logs_in_in_0rtt_and_its_writes_wait_for_the_handshake(
     send.write_all(&early).await.unwrap();
     let mut rx = Reader { recv, buf: BytesMut::new(), dec: FrameDecoder::new(1 << 20) };
     assert!(matches!(rx.expect("LoginOk").await.body, Some(Body::LoginOk(_))));
-    assert!(is_upstream_answer(&rx.expect("the read's answer").await, 3));
-    assert!(is_upstream_answer(&rx.expect("the write's answer").await, 4), "after the read");
+    // Answers are matched by request id, not ordered (PROTOCOL section 3): the upstream may
+    // finish the write before the read on a busy machine.
+    let (a, b) = (rx.expect("an answer").await, rx.expect("another answer").await);
+    let (read, write) = if a.request_id == 3 { (a, b) } else { (b, a) };
+    assert!(is_upstream_answer(&read, 3), "the read's answer: {read:?}");
+    assert!(is_upstream_answer(&write, 4), "the write's answer: {write:?}");
     assert!(tokio::time::timeout(WAIT, accepted).await.unwrap(), "the server took the 0-RTT data");
     assert_eq!(server.requests.load(SeqCst), 2, "each request once");
+    let seen = server.seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    assert_eq!(seen, [3, 4], "the held write ran after the read, in order");
     assert_eq!(server.gw.metrics.quic_0rtt_connections.load(SeqCst), 1);
     conn.close(0u32.into(), b"bye");
     server.stop().await;
