@@ -22,7 +22,7 @@
 # appendfsync always), 2 `tern dispatch` workers and 2 `tern gateway`s sharing one client port
 # (server.share_port); the CPU figure then sums gateways + workers + both Redis.
 #
-# Settings (environment): MODE (embedded | distributed) PAIRS RATE WINDOW BODY WARMUP DURATION
+# Settings (environment): MODE (embedded | distributed | floor) PAIRS RATE WINDOW BODY WARMUP DURATION
 # RECEIPTS (1; 0 = receivers send none: the "no receipts" rows) GATEWAYS WORKERS
 # (distributed) FLOOR_FSYNC (floor; 1) PAIRS_ARGS (more `pairs` arguments for both runs; group_chat.sh passes
 # `--group-size`) SERVER_SETS (more `key=value` server settings, space-separated) TAG (result name prefix, default MODE) FRAME_LIMIT (gateway.max_frames_per_sec; default 0 = off: at 100k msg/s each of
