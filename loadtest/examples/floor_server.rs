@@ -5,12 +5,14 @@
 //! decodes its frames, appends every Send and Receipt to a log file, writes that log with one
 //! `write` and one `fdatasync` (skipped with `--no-fsync`), and only then writes every answer
 //! (SendAck, the Deliver, the receipt's ReceiptUpdate and the sender's) with one `write` per
-//! connection (`--window-us N`: at most one sync per N µs, later records wait). Logins are accepted unverified (the user is read from the token's `sub`), there
-//! is no sync, no dedupe, no index, no recovery: it is not a server, it is a lower bound.
+//! connection (`--window-us N`: at most one sync per N µs, later records wait). A Login's
+//! token is checked with the gateway's own [`TokenKey`] (`--key`, as `pairs` takes it; logins
+//! fall outside the measured window); a bad one is not answered. There is no sync, no dedupe,
+//! no index, no recovery: it is not a server, it is a lower bound.
 //!
 //! ```sh
-//! cargo run --release -p tern-loadtest --example floor_server -- 127.0.0.1:7500 /tmp/floor.log
-//! tern-loadtest pairs --addr 127.0.0.1:7500 --key any --rate 2000 --server-pid <pid>
+//! cargo run --release -p tern-loadtest --example floor_server -- 127.0.0.1:7500 /tmp/floor.log --key "$KEY"
+//! tern-loadtest pairs --addr 127.0.0.1:7500 --key "$KEY" --rate 2000 --server-pid <pid>
 //! ```
 
 use std::collections::HashMap;
@@ -21,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
+use tern_gateway::TokenKey;
 use tern_proto::v1::envelope::Body;
 use tern_proto::v1::{Deliver, Envelope, LoginOk, Message, ReceiptUpdate, SendAck};
 use tern_proto::{DEFAULT_MAX_FRAME_BYTES, FrameDecoder, encode_frame};
@@ -32,32 +35,6 @@ struct Conn {
     user: Option<String>,
     inbuf: Vec<u8>,
     out: Vec<u8>,
-}
-
-/// The `sub` claim of a JWT, read without checking the signature.
-fn token_user(token: &str) -> Option<String> {
-    let payload = token.split('.').nth(1)?;
-    let mut bits = 0u32;
-    let mut n = 0;
-    let mut bytes = Vec::new();
-    for c in payload.bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'-' | b'+' => 62,
-            b'_' | b'/' => 63,
-            _ => continue,
-        };
-        bits = (bits << 6) | u32::from(v);
-        n += 6;
-        if n >= 8 {
-            n -= 8;
-            bytes.push((bits >> n) as u8);
-        }
-    }
-    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    Some(v.get("sub")?.as_str()?.to_owned())
 }
 
 fn peer_of<'a>(conv: &'a str, me: &str) -> Option<&'a str> {
@@ -74,6 +51,12 @@ fn main() -> anyhow::Result<()> {
     let fsync = !rest.iter().any(|a| a == "--no-fsync");
     // `--window-us N`: at most one sync per N µs; records that arrive sooner wait for it (the
     // group commit window: fewer syncs, up to N µs more latency).
+    let key = rest
+        .iter()
+        .position(|a| a == "--key")
+        .and_then(|i| rest.get(i + 1))
+        .ok_or_else(|| anyhow::anyhow!("--key <base64 HS256 key> is required"))?;
+    let key = TokenKey::from_base64(key).map_err(|e| anyhow::anyhow!("--key: {e}"))?;
     let window = rest
         .iter()
         .position(|a| a == "--window-us")
@@ -141,7 +124,11 @@ fn main() -> anyhow::Result<()> {
                 let id = env.request_id;
                 match env.body {
                     Some(Body::Login(l)) => {
-                        let user = token_user(&l.token).unwrap_or_default();
+                        let now_ms = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_millis() as i64);
+                        let Ok(claims) = key.verify(&l.token, now_ms) else { continue };
+                        let user = claims.sub;
                         by_user.insert(user.clone(), i);
                         c.user = Some(user.clone());
                         let ok =

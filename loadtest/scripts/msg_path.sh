@@ -14,9 +14,9 @@
 #   MODE=floor FLOOR_FSYNC=0 loadtest/scripts/msg_path.sh   # ... persisting nothing
 #
 # MODE=floor runs the same load against a one-thread server that does the least the protocol
-# asks (no token check, no index, no dedupe; one log write + fdatasync per poll round, or none
-# with FLOOR_FSYNC=0): what the protocol itself costs on this machine, the lower bound for any
-# server's CPU figure here.
+# asks (the token checked at login, no index, no dedupe; one log write + fdatasync per poll
+# round, or none with FLOOR_FSYNC=0): what the protocol itself costs on this machine, the lower
+# bound for any server's CPU figure here.
 #
 # MODE=distributed starts a presence redis-server, a store redis-server (appendonly yes,
 # appendfsync always), 2 `tern dispatch` workers and 2 `tern gateway`s sharing one client port
@@ -149,7 +149,7 @@ case $MODE in
   floor)
     floor_args=(); [ "${FLOOR_FSYNC:-1}" = 0 ] && floor_args+=(--no-fsync)
     mkdir -p "$WORK/data"
-    "$target/release/examples/floor_server" "127.0.0.1:$CLIENT" "$WORK/data/floor.log" \
+    "$target/release/examples/floor_server" "127.0.0.1:$CLIENT" "$WORK/data/floor.log" --key "$KEY" \
       "${floor_args[@]}" >"$WORK/floor.log" 2>&1 & PIDS+=($!); SERVER_PIDS+=($!)
     wait_line "$WORK/floor.log" "listening" "floor_server"
     setup="floor_server (one thread; $([ "${FLOOR_FSYNC:-1}" = 0 ] && echo "persists nothing" || echo "one fdatasync per poll round"))"
